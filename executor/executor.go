@@ -1,0 +1,377 @@
+// Package executor runs tool calls: catalog → tier selection → sandbox → validated result. It owns
+// the fallback policy, input and output validation and error classification, so no tier repeats
+// them.
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// Config configures an Executor. It is copied by New; later changes have no effect.
+type Config struct {
+	// Catalog is the tools root. Required.
+	Catalog *catalog.Catalog
+	// Sandboxes are the tiers this executor may use, at most one per tier. Tiers without a sandbox
+	// are reported unavailable.
+	Sandboxes []sandbox.Sandbox
+	// Strict refuses fallbacks to a weaker tier than a tool's ideal one (per-call options may set it
+	// too, never unset it).
+	Strict bool
+	// MaxOutputBytes bounds output.json (default 1 MiB).
+	MaxOutputBytes int64
+	// MaxTimeout caps every call's timeout (0: no cap). DefaultTimeout applies to tools that set none
+	// (default 10 s).
+	MaxTimeout     time.Duration
+	DefaultTimeout time.Duration
+	// Logger receives one record per call; nil logs nowhere.
+	Logger *slog.Logger
+}
+
+// Result is a successful call.
+type Result struct {
+	CallID string          `json:"call_id"`
+	Tool   string          `json:"tool"`
+	Output json.RawMessage `json:"output"`
+	// Tier is the tier that ran the call; Ideal the tool's ideal tier.
+	Tier  isolation.Tier `json:"tier"`
+	Ideal isolation.Tier `json:"ideal_tier"`
+	// Degraded is true when Tier isolates less strongly than Ideal (a security downgrade).
+	Degraded   bool          `json:"degraded"`
+	Backend    string        `json:"backend,omitempty"`
+	Duration   time.Duration `json:"-"`
+	DurationMS float64       `json:"duration_ms"`
+	Stderr     string        `json:"stderr"`
+}
+
+// Option changes one call.
+type Option func(*callOptions)
+
+type callOptions struct {
+	tier    *isolation.Tier
+	strict  bool
+	timeout time.Duration
+	callID  string
+}
+
+// WithTier runs the call only in tier t (no fallback).
+func WithTier(t isolation.Tier) Option { return func(o *callOptions) { o.tier = &t } }
+
+// WithStrict refuses a downgrade for this call.
+func WithStrict() Option { return func(o *callOptions) { o.strict = true } }
+
+// WithTimeout overrides the tool's timeout (still capped by Config.MaxTimeout).
+func WithTimeout(d time.Duration) Option { return func(o *callOptions) { o.timeout = d } }
+
+// WithCallID sets the call id (default: a random UUID).
+func WithCallID(id string) Option { return func(o *callOptions) { o.callID = id } }
+
+// TierStatus is one tier's state on this host.
+type TierStatus struct {
+	Tier isolation.Tier `json:"tier"`
+	isolation.Availability
+}
+
+// Executor runs calls. Safe for concurrent use; Close is idempotent.
+type Executor struct {
+	cfg       Config
+	log       *slog.Logger
+	sandboxes map[isolation.Tier]sandbox.Sandbox
+
+	probeMu sync.Mutex // protects probes
+	probes  map[isolation.Tier]isolation.Availability
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New returns an Executor.
+func New(cfg Config) (*Executor, error) {
+	if cfg.Catalog == nil {
+		return nil, errors.New("executor: Config.Catalog is required")
+	}
+	if cfg.MaxOutputBytes <= 0 {
+		cfg.MaxOutputBytes = sandbox.DefaultMaxOutputBytes
+	}
+	if cfg.DefaultTimeout <= 0 {
+		cfg.DefaultTimeout = sandbox.DefaultTimeout
+	}
+	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]isolation.Availability{}}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	for _, s := range cfg.Sandboxes {
+		if _, dup := e.sandboxes[s.Tier()]; dup {
+			return nil, fmt.Errorf("executor: two sandboxes for tier %s", s.Tier())
+		}
+		e.sandboxes[s.Tier()] = s
+	}
+	return e, nil
+}
+
+// Catalog returns the executor's catalog.
+func (e *Executor) Catalog() *catalog.Catalog { return e.cfg.Catalog }
+
+// Sandbox returns the sandbox of a tier, if configured.
+func (e *Executor) Sandbox(t isolation.Tier) (sandbox.Sandbox, bool) {
+	s, ok := e.sandboxes[t]
+	return s, ok
+}
+
+// Availability probes a tier once and remembers the answer.
+func (e *Executor) Availability(ctx context.Context, t isolation.Tier) isolation.Availability {
+	e.probeMu.Lock()
+	a, ok := e.probes[t]
+	e.probeMu.Unlock()
+	if ok {
+		return a
+	}
+	s, ok := e.sandboxes[t]
+	if !ok {
+		a = isolation.Availability{Reason: fmt.Sprintf("the %s tier is not configured in this executor", t), Fix: "configure a sandbox for it"}
+	} else {
+		a = s.Probe(ctx)
+	}
+	e.probeMu.Lock()
+	e.probes[t] = a
+	e.probeMu.Unlock()
+	return a
+}
+
+// Tiers reports every tier's availability, weakest first.
+func (e *Executor) Tiers(ctx context.Context) []TierStatus {
+	out := make([]TierStatus, 0, len(isolation.Tiers))
+	for _, t := range isolation.Tiers {
+		out = append(out, TierStatus{Tier: t, Availability: e.Availability(ctx, t)})
+	}
+	return out
+}
+
+// Tool loads a tool from the catalog, or a built-in of a sandbox that offers built-ins.
+func (e *Executor) Tool(name string) (*catalog.Tool, error) {
+	t, err := e.cfg.Catalog.Get(name)
+	if errors.Is(err, isolation.ErrToolNotFound) {
+		if b, ok := e.builtin(name); ok {
+			return b, nil
+		}
+	}
+	return t, err
+}
+
+// Tools lists the catalog's tools and the built-ins, sorted by name; a catalog tool shadows a
+// built-in of the same name.
+func (e *Executor) Tools() ([]*catalog.Tool, []error) {
+	tools, errs := e.cfg.Catalog.List()
+	seen := map[string]bool{}
+	for _, t := range tools {
+		seen[t.Name] = true
+	}
+	for _, s := range e.sandboxes {
+		if b, ok := s.(sandbox.Builtins); ok {
+			for _, bt := range b.Builtins() {
+				if !seen[bt.Name] {
+					tools = append(tools, builtinTool(bt))
+				}
+			}
+		}
+	}
+	sortTools(tools)
+	return tools, errs
+}
+
+func (e *Executor) builtin(name string) (*catalog.Tool, bool) {
+	for _, s := range e.sandboxes {
+		if b, ok := s.(sandbox.Builtins); ok {
+			for _, bt := range b.Builtins() {
+				if bt.Name == name {
+					return builtinTool(bt), true
+				}
+			}
+		}
+	}
+	return nil, false
+}
+
+// Select chooses the tier for a tool under the executor's policy and opts.
+func (e *Executor) Select(ctx context.Context, t *catalog.Tool, opts ...Option) (isolation.Selection, error) {
+	o := e.options(opts)
+	return e.selectTier(ctx, t, o)
+}
+
+func (e *Executor) options(opts []Option) callOptions {
+	var o callOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+func (e *Executor) selectTier(ctx context.Context, t *catalog.Tool, o callOptions) (isolation.Selection, error) {
+	policy := isolation.Policy{Strict: e.cfg.Strict || o.strict, Force: o.tier}
+	sel, err := isolation.Select(t.Runtime, policy, func(tier isolation.Tier) isolation.Candidate {
+		c := isolation.Candidate{Availability: e.Availability(ctx, tier)}
+		if s, ok := e.sandboxes[tier]; ok && c.Available {
+			c.Unsupported = s.Supports(t.Runtime)
+		}
+		return c
+	})
+	if err != nil {
+		var ie *isolation.Error
+		if errors.As(err, &ie) {
+			ie.Tool = t.Name
+		}
+	}
+	return sel, err
+}
+
+// Execute runs tool name with input (a JSON value) and returns its validated output. Errors are
+// *isolation.Error values of the classes in package isolation, or ctx's error when ctx ended
+// before its deadline.
+func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts ...Option) (*Result, error) {
+	o := e.options(opts)
+	callID := o.callID
+	if callID == "" {
+		callID = uuid.NewString()
+	}
+	start := time.Now()
+	res, err := e.execute(ctx, callID, name, input, o)
+	dur := time.Since(start)
+	if err != nil {
+		e.log.LogAttrs(ctx, slog.LevelWarn, "call failed", slog.String("call_id", callID), slog.String("tool", name),
+			slog.String("kind", isolation.KindName(err)), slog.Duration("duration", dur), slog.String("error", err.Error()))
+		var ie *isolation.Error
+		if errors.As(err, &ie) && ie.CallID == "" {
+			ie.CallID = callID
+		}
+		return nil, err
+	}
+	res.Duration = dur
+	res.DurationMS = float64(dur.Microseconds()) / 1000
+	e.log.LogAttrs(ctx, slog.LevelInfo, "call", slog.String("call_id", callID), slog.String("tool", name),
+		slog.String("tier", res.Tier.String()), slog.Bool("degraded", res.Degraded), slog.Duration("duration", dur))
+	return res, nil
+}
+
+func (e *Executor) execute(ctx context.Context, callID, name string, input []byte, o callOptions) (*Result, error) {
+	if err := catalog.ValidateName(name); err != nil {
+		return nil, err
+	}
+	tool, err := e.Tool(name)
+	if err != nil {
+		return nil, err
+	}
+	if !json.Valid(input) {
+		return nil, &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: name, Message: "input is not a single valid JSON value"}
+	}
+	if err := tool.ValidateInput(input); err != nil {
+		return nil, err
+	}
+	sel, err := e.selectTier(ctx, tool, o)
+	if err != nil {
+		return nil, err
+	}
+	sb := e.sandboxes[sel.Tier]
+
+	timeout := e.cfg.DefaultTimeout
+	if tool.TimeoutMS > 0 {
+		timeout = tool.Timeout()
+	}
+	if o.timeout > 0 {
+		timeout = o.timeout
+	}
+	if e.cfg.MaxTimeout > 0 && timeout > e.cfg.MaxTimeout {
+		timeout = e.cfg.MaxTimeout
+	}
+	call := sandbox.Call{
+		ID:         callID,
+		Tool:       name,
+		Runtime:    tool.Runtime,
+		Dir:        tool.Dir,
+		Entrypoint: tool.EntrypointPath,
+		Input:      input,
+		Limits: sandbox.Limits{
+			Timeout:        timeout,
+			MemoryMB:       tool.MemoryMB,
+			MaxOutputBytes: e.cfg.MaxOutputBytes,
+			Network:        tool.Network,
+		}.WithDefaults(),
+	}
+	fail := func(kind error, format string, args ...any) *isolation.Error {
+		return &isolation.Error{Kind: kind, Tool: name, Tier: sel.Tier, HasTier: true, Message: fmt.Sprintf(format, args...)}
+	}
+
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	out, err := sb.Run(runCtx, call)
+	if err != nil {
+		var ie *isolation.Error
+		switch {
+		case errors.As(err, &ie):
+			ie.Tool, ie.Tier, ie.HasTier = name, sel.Tier, true
+			if ie.Kind == isolation.ErrTimeout && ie.Message == "" {
+				ie.Message = fmt.Sprintf("stopped after %s", timeout)
+			}
+			return nil, ie
+		case errors.Is(err, isolation.ErrTimeout) || (errors.Is(err, context.DeadlineExceeded) && runCtx.Err() != nil && ctx.Err() == nil):
+			return nil, &isolation.Error{Kind: isolation.ErrTimeout, Tool: name, Tier: sel.Tier, HasTier: true, Message: fmt.Sprintf("stopped after %s", timeout), Err: err}
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("tool %q: %w", name, ctx.Err())
+		default:
+			for _, k := range isolation.Kinds {
+				if errors.Is(err, k) {
+					return nil, &isolation.Error{Kind: k, Tool: name, Tier: sel.Tier, HasTier: true, Err: err}
+				}
+			}
+			return nil, fmt.Errorf("tool %q in tier %s: %w", name, sel.Tier, err)
+		}
+	}
+	switch {
+	case out.ExitCode != 0:
+		e := fail(isolation.ErrToolFailed, "exited with code %d", out.ExitCode)
+		e.ExitCode, e.Stderr = out.ExitCode, out.Stderr
+		return nil, e
+	case out.Output == nil:
+		e := fail(isolation.ErrOutputMissing, "the tool exited 0 without writing %s", sandbox.GuestOutputPath)
+		e.Stderr = out.Stderr
+		return nil, e
+	case int64(len(out.Output)) > e.cfg.MaxOutputBytes:
+		return nil, fail(isolation.ErrOutputTooLarge, "%d bytes, the limit is %d", len(out.Output), e.cfg.MaxOutputBytes)
+	case !json.Valid(out.Output):
+		e := fail(isolation.ErrOutputInvalid, "%s is not valid JSON", sandbox.OutputFile)
+		e.Stderr = out.Stderr
+		return nil, e
+	}
+	return &Result{
+		CallID:   callID,
+		Tool:     name,
+		Output:   json.RawMessage(out.Output),
+		Tier:     sel.Tier,
+		Ideal:    sel.Ideal,
+		Degraded: sel.Degraded,
+		Backend:  out.Backend,
+		Stderr:   out.Stderr,
+	}, nil
+}
+
+// Close closes every sandbox. Idempotent.
+func (e *Executor) Close() error {
+	e.closeOnce.Do(func() {
+		var errs []error
+		for _, s := range e.sandboxes {
+			errs = append(errs, s.Close())
+		}
+		e.closeErr = errors.Join(errs...)
+	})
+	return e.closeErr
+}

@@ -1,0 +1,125 @@
+// Package native is the None tier: trusted tools that are Go functions registered in this process.
+// It isolates nothing; it exists for built-ins the platform itself trusts.
+package native
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sort"
+	"sync"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// Func is a trusted tool. It must honour ctx: the sandbox returns at the deadline, but cannot stop
+// a function that ignores it.
+type Func func(ctx context.Context, input json.RawMessage) (json.RawMessage, error)
+
+// Tool is one registered function.
+type Tool struct {
+	Name        string
+	Description string
+	InputSchema json.RawMessage
+	Func        Func
+}
+
+// Sandbox runs registered functions. Safe for concurrent use; Close is idempotent.
+type Sandbox struct {
+	mu    sync.RWMutex // protects tools
+	tools map[string]Tool
+}
+
+// New returns a sandbox with the given tools registered.
+func New(tools ...Tool) *Sandbox {
+	s := &Sandbox{tools: map[string]Tool{}}
+	for _, t := range tools {
+		s.Register(t)
+	}
+	return s
+}
+
+// NewWithBuiltins returns a sandbox with the built-in tools registered ("echo", "json-stats").
+func NewWithBuiltins() *Sandbox { return New(Builtin()...) }
+
+// Register adds or replaces a tool.
+func (s *Sandbox) Register(t Tool) {
+	s.mu.Lock()
+	s.tools[t.Name] = t
+	s.mu.Unlock()
+}
+
+func (s *Sandbox) Tier() isolation.Tier { return isolation.TierNone }
+
+func (s *Sandbox) Probe(context.Context) isolation.Availability {
+	return isolation.Availability{Available: true, Backend: "in-process"}
+}
+
+func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
+	if req != isolation.RequireNativeTrusted {
+		return "the in-process tier runs only registered Go functions (NativeTrusted)"
+	}
+	return ""
+}
+
+// Builtins lists the registered tools.
+func (s *Sandbox) Builtins() []sandbox.BuiltinTool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]sandbox.BuiltinTool, 0, len(s.tools))
+	for _, t := range s.tools {
+		out = append(out, sandbox.BuiltinTool{Name: t.Name, Description: t.Description, InputSchema: t.InputSchema})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Run calls the function registered under call.Tool. A returned error or a panic is a failed tool
+// (exit code 1, the message as stderr).
+func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, error) {
+	s.mu.RLock()
+	t, ok := s.tools[call.Tool]
+	s.mu.RUnlock()
+	if !ok {
+		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrToolNotFound, "no in-process function is registered as %q", call.Tool)
+	}
+	type result struct {
+		out json.RawMessage
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- result{err: fmt.Errorf("panic: %v\n%s", p, debug.Stack())}
+			}
+		}()
+		out, err := t.Func(ctx, call.Input)
+		done <- result{out, err}
+	}()
+	select {
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return sandbox.Outcome{}, isolation.ErrTimeout
+		}
+		return sandbox.Outcome{}, ctx.Err()
+	case r := <-done:
+		o := sandbox.Outcome{Backend: "in-process"}
+		if r.err != nil {
+			tail := sandbox.NewTailBuffer(call.Limits.MaxStderrBytes)
+			tail.Write([]byte(r.err.Error()))
+			o.ExitCode, o.Stderr = 1, tail.String()
+			return o, nil
+		}
+		if r.out == nil {
+			r.out = json.RawMessage{}
+		}
+		o.Output = r.out
+		return o, nil
+	}
+}
+
+func (s *Sandbox) Close() error { return nil }

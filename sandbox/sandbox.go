@@ -1,0 +1,140 @@
+// Package sandbox is the seam every tier implements: a Sandbox turns one Call into one Outcome in
+// a fresh, isolated environment and removes everything it created, whatever happened.
+//
+// The executor owns selection, fallback, input and output validation and error mapping; a tier only
+// runs the call and reports what happened. Optional abilities (warm pools, snapshots) are separate
+// small interfaces found by type assertion.
+package sandbox
+
+import (
+	"context"
+	"time"
+
+	"github.com/axocoatl/isolation"
+)
+
+// The tool I/O protocol, in every tier that has a filesystem.
+const (
+	GuestDir        = "/axocoatl"
+	GuestInputPath  = "/axocoatl/input.json"
+	GuestOutputPath = "/axocoatl/output.json"
+	InputFile       = "input.json"
+	OutputFile      = "output.json"
+)
+
+// Defaults for limits a tool does not set.
+const (
+	DefaultTimeout        = 10 * time.Second
+	DefaultMaxOutputBytes = 1 << 20
+	DefaultMaxStderrBytes = 8 << 10
+)
+
+// Limits bound one call.
+type Limits struct {
+	// Timeout is the wall-clock limit; the call is killed at it and reports isolation.ErrTimeout.
+	Timeout time.Duration
+	// MemoryMB is the memory limit; 0 means the tier's default.
+	MemoryMB int
+	// MaxOutputBytes bounds output.json; larger is isolation.ErrOutputTooLarge.
+	MaxOutputBytes int64
+	// MaxStderrBytes bounds the kept stderr tail.
+	MaxStderrBytes int
+	// Network allows a network device where the tier supports one. Off by default.
+	Network bool
+}
+
+// WithDefaults fills unset fields.
+func (l Limits) WithDefaults() Limits {
+	if l.Timeout <= 0 {
+		l.Timeout = DefaultTimeout
+	}
+	if l.MaxOutputBytes <= 0 {
+		l.MaxOutputBytes = DefaultMaxOutputBytes
+	}
+	if l.MaxStderrBytes <= 0 {
+		l.MaxStderrBytes = DefaultMaxStderrBytes
+	}
+	return l
+}
+
+// Call is one execution of one tool. The executor validates the tool name and the input before a
+// sandbox sees them; Dir and Entrypoint are absolute, cleaned paths inside the tools root.
+type Call struct {
+	// ID is unique per call (for logs, container ids, VM names).
+	ID string
+	// Tool is the validated tool name.
+	Tool string
+	// Runtime is the tool's declared requirement.
+	Runtime isolation.RuntimeRequirement
+	// Dir is the tool's folder (for ContainerImage tools, the OCI bundle).
+	Dir string
+	// Entrypoint is the absolute path of the tool's module, script or executable ("" for
+	// ContainerImage and NativeTrusted tools).
+	Entrypoint string
+	// Input is the call's input, a valid JSON value.
+	Input []byte
+	// Limits bound the call; WithDefaults has been applied.
+	Limits Limits
+}
+
+// Outcome is what a tool did. A sandbox returns an Outcome with a nil error whenever the tool ran to
+// an exit, whatever its exit code; the executor classifies it.
+type Outcome struct {
+	// ExitCode is the tool's exit status (0 for success).
+	ExitCode int
+	// Output is output.json's content; nil when the tool wrote none.
+	Output []byte
+	// Stderr is a bounded tail of the tool's stderr (and stdout, where a tier merges them).
+	Stderr string
+	// Backend names the mechanism that ran the call ("wazero", "libcontainer", "qemu-microvm", ...).
+	Backend string
+}
+
+// Sandbox runs single calls of tools in one tier.
+//
+// Sandboxes are safe for concurrent use. Run returns an Outcome for a tool that exited, or an error
+// that matches isolation.ErrTimeout (deadline or context end), isolation.ErrMemoryLimit,
+// isolation.ErrOutputTooLarge, isolation.ErrTierUnavailable, or another error for failures of the
+// sandbox itself. Whatever Run returns, every process, mount, cgroup, file and VM the call created
+// is gone or being removed off the call path. Close releases the sandbox's shared resources (pools,
+// caches) and is idempotent; Run after Close fails.
+type Sandbox interface {
+	Tier() isolation.Tier
+	// Probe reports whether this tier works on this host, with a reason and a fix when it does not.
+	Probe(ctx context.Context) isolation.Availability
+	// Supports returns "" when the sandbox can run tools of the requirement, else the reason.
+	Supports(req isolation.RuntimeRequirement) string
+	Run(ctx context.Context, call Call) (Outcome, error)
+	Close() error
+}
+
+// Preparer is implemented by sandboxes that can do per-tool work ahead of the first call
+// (compiling a module, filling a warm pool). Prepare is idempotent.
+type Preparer interface {
+	Prepare(ctx context.Context, call Call) error
+}
+
+// PoolStats is one warm pool's state.
+type PoolStats struct {
+	Tool  string `json:"tool"`
+	Ready int    `json:"ready"`
+	Size  int    `json:"size"`
+}
+
+// Pooler is implemented by sandboxes that keep warm pools.
+type Pooler interface {
+	PoolStats() []PoolStats
+}
+
+// BuiltinTool describes a tool a sandbox provides without a tool folder.
+type BuiltinTool struct {
+	Name        string
+	Description string
+	InputSchema []byte
+}
+
+// Builtins is implemented by sandboxes that provide tools of their own (the in-process tier's
+// registered functions). A tool folder of the same name shadows a built-in.
+type Builtins interface {
+	Builtins() []BuiltinTool
+}
