@@ -1,0 +1,123 @@
+package catalog_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/catalog"
+)
+
+func TestValidateName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"hello", true}, {"a", true}, {"0tool", true}, {"py-3.11_x", true}, {strings.Repeat("a", 63), true},
+		{"", false}, {strings.Repeat("a", 64), false}, {"Hello", false}, {"-x", false}, {".x", false},
+		{"a/b", false}, {"../etc", false}, {"a..b", false}, {"..", false}, {"a b", false}, {"a\x00", false},
+		{"/abs", false}, {"é", false},
+	}
+	for _, tt := range tests {
+		err := catalog.ValidateName(tt.name)
+		if tt.ok != (err == nil) {
+			t.Errorf("ValidateName(%q) = %v, want ok=%v", tt.name, err, tt.ok)
+		}
+		if err != nil && !errors.Is(err, isolation.ErrInvalidToolName) {
+			t.Errorf("ValidateName(%q) error %v is not ErrInvalidToolName", tt.name, err)
+		}
+	}
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "wasmy/tool.json"), `{"runtime":"WasmCompiled","entrypoint":"tool.wasm","timeout_ms":500,"memory_mb":32,"description":"d",
+		"input_schema":{"type":"object","required":["name"],"properties":{"name":{"type":"string"}}}}`)
+	write(t, filepath.Join(root, "wasmy/tool.wasm"), "\x00asm")
+	write(t, filepath.Join(root, "bundle/config.json"), `{}`)
+	os.MkdirAll(filepath.Join(root, "bundle/rootfs"), 0o755)
+	write(t, filepath.Join(root, "py/tool.json"), `{"runtime":"Python","entrypoint":"main.py"}`)
+	write(t, filepath.Join(root, "py/main.py"), "print(1)")
+	write(t, filepath.Join(root, "escape/tool.json"), `{"runtime":"Shell","entrypoint":"../py/main.py"}`)
+	write(t, filepath.Join(root, "badrt/tool.json"), `{"runtime":"Docker","entrypoint":"x"}`)
+	write(t, filepath.Join(root, "nort/tool.json"), `{"entrypoint":"x"}`)
+	write(t, filepath.Join(root, "extra/tool.json"), `{"runtime":"Shell","entrypoint":"x.sh","timeout":3}`)
+	write(t, filepath.Join(root, "link/tool.json"), `{"runtime":"Shell","entrypoint":"x.sh"}`)
+	os.Symlink("/etc/passwd", filepath.Join(root, "link/x.sh"))
+	os.MkdirAll(filepath.Join(root, "empty"), 0o755)
+	os.MkdirAll(filepath.Join(root, "Not_A_Name"), 0o755)
+
+	c, err := catalog.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Get("wasmy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Runtime != isolation.RequireWasm || w.EntrypointPath != filepath.Join(root, "wasmy/tool.wasm") || w.Timeout().Milliseconds() != 500 || w.MemoryMB != 32 {
+		t.Fatalf("wasmy = %+v", w)
+	}
+	if err := w.ValidateInput([]byte(`{"name":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{`{"name":3}`, `{}`, `[1]`} {
+		if err := w.ValidateInput([]byte(bad)); !errors.Is(err, isolation.ErrInvalidInput) {
+			t.Errorf("input %s: %v, want ErrInvalidInput", bad, err)
+		}
+	}
+	b, err := c.Get("bundle")
+	if err != nil || b.Runtime != isolation.RequireContainerImage {
+		t.Fatalf("bundle = %+v, %v", b, err)
+	}
+	for name, want := range map[string]string{
+		"escape": "inside the tool folder", "badrt": "unknown runtime requirement", "nort": `"runtime" is required`,
+		"extra": "unknown field", "link": "outside the tool folder",
+	} {
+		_, err := c.Get(name)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Get(%q) = %v, want error containing %q", name, err, want)
+		}
+	}
+	for _, name := range []string{"empty", "missing"} {
+		if _, err := c.Get(name); !errors.Is(err, isolation.ErrToolNotFound) {
+			t.Errorf("Get(%q) = %v, want ErrToolNotFound", name, err)
+		}
+	}
+	if _, err := c.Get("../etc"); !errors.Is(err, isolation.ErrInvalidToolName) {
+		t.Errorf("Get(../etc) = %v", err)
+	}
+	tools, errs := c.List()
+	var names []string
+	for _, tl := range tools {
+		names = append(names, tl.Name)
+	}
+	if got := strings.Join(names, ","); got != "bundle,py,wasmy" {
+		t.Errorf("List names = %s", got)
+	}
+	if len(errs) != 5 {
+		t.Errorf("List errors = %v, want 5", errs)
+	}
+}
+
+func TestSchemaRefsAreNotFetched(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "r/tool.json"), `{"runtime":"NativeTrusted","input_schema":{"$ref":"http://127.0.0.1:1/x.json"}}`)
+	c, _ := catalog.Open(root)
+	if _, err := c.Get("r"); err == nil || !strings.Contains(err.Error(), "not loaded") {
+		t.Fatalf("remote $ref: %v", err)
+	}
+}

@@ -1,0 +1,271 @@
+package isolation_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/axocoatl/isolation"
+)
+
+// The first ten tests mirror the original tier.rs tests, one for one.
+
+func TestIdealTierWasm(t *testing.T) {
+	if got := isolation.RequireWasm.IdealTier(); got != isolation.TierWasm {
+		t.Fatalf("WasmCompiled ideal tier = %s, want Wasmtime", got)
+	}
+}
+
+func TestIdealTierPython(t *testing.T) {
+	if got := isolation.RequirePython.IdealTier(); got != isolation.TierMicroVM {
+		t.Fatalf("Python ideal tier = %s, want Firecracker", got)
+	}
+}
+
+func TestIdealTierShell(t *testing.T) {
+	if got := isolation.RequireShell.IdealTier(); got != isolation.TierMicroVM {
+		t.Fatalf("Shell ideal tier = %s, want Firecracker", got)
+	}
+}
+
+func TestIdealTierArbitrary(t *testing.T) {
+	if got := isolation.RequireArbitrary.IdealTier(); got != isolation.TierMicroVM {
+		t.Fatalf("Arbitrary ideal tier = %s, want Firecracker", got)
+	}
+}
+
+func TestIdealTierContainerImage(t *testing.T) {
+	if got := isolation.RequireContainerImage.IdealTier(); got != isolation.TierOCI {
+		t.Fatalf("ContainerImage ideal tier = %s, want Oci", got)
+	}
+}
+
+func TestIdealTierNativeTrusted(t *testing.T) {
+	if got := isolation.RequireNativeTrusted.IdealTier(); got != isolation.TierNone {
+		t.Fatalf("NativeTrusted ideal tier = %s, want None", got)
+	}
+}
+
+func TestNoneAndWasmtimeAlwaysAvailable(t *testing.T) {
+	// With only None and Wasmtime on the host, their requirements still run where they should.
+	for _, req := range []isolation.RuntimeRequirement{isolation.RequireWasm, isolation.RequireNativeTrusted} {
+		sel, err := isolation.Select(req, isolation.Policy{}, hostWith(isolation.TierNone, isolation.TierWasm))
+		if err != nil || sel.Tier != req.IdealTier() || sel.Degraded {
+			t.Fatalf("%s on a None+Wasmtime host: %+v, %v", req, sel, err)
+		}
+	}
+}
+
+func TestFirecrackerFallbackOrder(t *testing.T) {
+	want := []isolation.Tier{isolation.TierMicroVM, isolation.TierOCI, isolation.TierWasm}
+	if got := isolation.FallbackChain(isolation.TierMicroVM); !slices.Equal(got, want) {
+		t.Fatalf("Firecracker chain = %v, want %v", got, want)
+	}
+}
+
+func TestOciFallbackOrder(t *testing.T) {
+	want := []isolation.Tier{isolation.TierOCI, isolation.TierMicroVM, isolation.TierWasm}
+	if got := isolation.FallbackChain(isolation.TierOCI); !slices.Equal(got, want) {
+		t.Fatalf("Oci chain = %v, want %v", got, want)
+	}
+}
+
+func TestTierSerdeRoundTrip(t *testing.T) {
+	for _, tier := range isolation.Tiers {
+		b, err := json.Marshal(tier)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back isolation.Tier
+		if err := json.Unmarshal(b, &back); err != nil || back != tier {
+			t.Fatalf("%s → %s → %v (%v)", tier, b, back, err)
+		}
+	}
+}
+
+// Beyond the original.
+
+func TestWireNames(t *testing.T) {
+	tiers := map[isolation.Tier]string{isolation.TierNone: `"None"`, isolation.TierWasm: `"Wasmtime"`, isolation.TierOCI: `"Oci"`, isolation.TierMicroVM: `"Firecracker"`}
+	for tier, want := range tiers {
+		if b, _ := json.Marshal(tier); string(b) != want {
+			t.Errorf("tier %d marshals to %s, want %s", int(tier), b, want)
+		}
+	}
+	reqs := map[isolation.RuntimeRequirement]string{isolation.RequireWasm: `"WasmCompiled"`, isolation.RequirePython: `"Python"`,
+		isolation.RequireShell: `"Shell"`, isolation.RequireArbitrary: `"Arbitrary"`, isolation.RequireContainerImage: `"ContainerImage"`,
+		isolation.RequireNativeTrusted: `"NativeTrusted"`}
+	for req, want := range reqs {
+		b, _ := json.Marshal(req)
+		if string(b) != want {
+			t.Errorf("requirement %d marshals to %s, want %s", int(req), b, want)
+		}
+		var back isolation.RuntimeRequirement
+		if err := json.Unmarshal(b, &back); err != nil || back != req {
+			t.Errorf("%s does not round-trip: %v %v", b, back, err)
+		}
+	}
+}
+
+func TestUnknownNamesAreDecodeErrors(t *testing.T) {
+	for _, in := range []string{`"wasmtime"`, `"Docker"`, `""`, `"Python3"`, `3`} {
+		var tier isolation.Tier
+		if err := json.Unmarshal([]byte(in), &tier); err == nil {
+			t.Errorf("tier %s decoded to %v", in, tier)
+		}
+		var req isolation.RuntimeRequirement
+		if err := json.Unmarshal([]byte(in), &req); err == nil {
+			t.Errorf("requirement %s decoded to %v", in, req)
+		}
+	}
+}
+
+// hostWith is a host on which exactly the given tiers are available and every tier supports
+// every requirement except what real tiers refuse (non-Wasm on Wasmtime, non-native on None).
+func hostWith(tiers ...isolation.Tier) func(isolation.Tier) isolation.Candidate {
+	return hostSupporting(nil, tiers...)
+}
+
+func hostSupporting(req *isolation.RuntimeRequirement, tiers ...isolation.Tier) func(isolation.Tier) isolation.Candidate {
+	return func(t isolation.Tier) isolation.Candidate {
+		if !slices.Contains(tiers, t) {
+			return isolation.Candidate{Availability: isolation.Availability{Reason: fmt.Sprintf("%s missing on this host", t)}}
+		}
+		c := isolation.Candidate{Availability: isolation.Availability{Available: true}}
+		if req != nil {
+			switch {
+			case t == isolation.TierWasm && *req != isolation.RequireWasm:
+				c.Unsupported = "Wasmtime runs only WebAssembly modules"
+			case t == isolation.TierNone && *req != isolation.RequireNativeTrusted:
+				c.Unsupported = "None runs only registered functions"
+			}
+		}
+		return c
+	}
+}
+
+func TestSelectEveryFallbackRow(t *testing.T) {
+	const (
+		N  = isolation.TierNone
+		W  = isolation.TierWasm
+		O  = isolation.TierOCI
+		FC = isolation.TierMicroVM
+	)
+	type row struct {
+		req      isolation.RuntimeRequirement
+		host     []isolation.Tier
+		strict   bool
+		want     isolation.Tier
+		degraded bool
+		err      error
+	}
+	var rows []row
+	// Every requirement whose ideal tier has a fallback chain, on every host that has the weak
+	// tiers plus any subset of {Oci, Firecracker}, strict and not.
+	for _, req := range []isolation.RuntimeRequirement{isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary, isolation.RequireContainerImage} {
+		for _, host := range [][]isolation.Tier{{N, W, O, FC}, {N, W, O}, {N, W, FC}, {N, W}} {
+			for _, strict := range []bool{false, true} {
+				chain := isolation.FallbackChain(req.IdealTier())
+				r := row{req: req, host: host, strict: strict}
+				for _, t := range chain {
+					if slices.Contains(host, t) {
+						r.want, r.degraded = t, t < req.IdealTier()
+						break
+					}
+				}
+				if r.degraded && strict {
+					r.err = isolation.ErrDowngradeRefused
+				}
+				rows = append(rows, r)
+			}
+		}
+	}
+	// Spot-check the generated expectations against the table in the README.
+	spot := map[string]isolation.Tier{}
+	for _, r := range rows {
+		if !r.strict {
+			spot[fmt.Sprintf("%s/%v", r.req, r.host)] = r.want
+		}
+	}
+	for k, want := range map[string]isolation.Tier{
+		"Python/[None Wasmtime Oci]":                     O,
+		"Python/[None Wasmtime]":                         W,
+		"ContainerImage/[None Wasmtime Firecracker]":     FC,
+		"ContainerImage/[None Wasmtime]":                 W,
+		"Shell/[None Wasmtime Oci Firecracker]":          FC,
+		"ContainerImage/[None Wasmtime Oci Firecracker]": O,
+	} {
+		if spot[k] != want {
+			t.Fatalf("expectation for %s = %s, want %s", k, spot[k], want)
+		}
+	}
+	for _, r := range rows {
+		name := fmt.Sprintf("%s/%v/strict=%v", r.req, r.host, r.strict)
+		t.Run(name, func(t *testing.T) {
+			sel, err := isolation.Select(r.req, isolation.Policy{Strict: r.strict}, hostWith(r.host...))
+			if r.err != nil {
+				if !errors.Is(err, r.err) || !errors.Is(err, isolation.ErrTierUnavailable) {
+					t.Fatalf("err = %v, want %v (which is also ErrTierUnavailable)", err, r.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sel.Tier != r.want || sel.Degraded != r.degraded || sel.Ideal != r.req.IdealTier() {
+				t.Fatalf("got %+v, want tier %s degraded=%v", sel, r.want, r.degraded)
+			}
+		})
+	}
+}
+
+func TestSelectOciToFirecrackerIsNotADowngrade(t *testing.T) {
+	sel, err := isolation.Select(isolation.RequireContainerImage, isolation.Policy{Strict: true}, hostWith(isolation.TierNone, isolation.TierWasm, isolation.TierMicroVM))
+	if err != nil || sel.Tier != isolation.TierMicroVM || sel.Degraded {
+		t.Fatalf("ContainerImage on a host without Oci, strict: %+v %v", sel, err)
+	}
+}
+
+func TestSelectUnsupportedIsTierUnavailableWithReason(t *testing.T) {
+	req := isolation.RequirePython
+	_, err := isolation.Select(req, isolation.Policy{}, hostSupporting(&req, isolation.TierNone, isolation.TierWasm))
+	if !errors.Is(err, isolation.ErrTierUnavailable) || errors.Is(err, isolation.ErrDowngradeRefused) {
+		t.Fatalf("err = %v, want ErrTierUnavailable", err)
+	}
+	for _, want := range []string{"Firecracker unavailable", "Oci unavailable", "Wasmtime cannot run Python"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
+
+func TestSelectForcedTier(t *testing.T) {
+	w, o := isolation.TierWasm, isolation.TierOCI
+	sel, err := isolation.Select(isolation.RequireWasm, isolation.Policy{Force: &w}, hostWith(isolation.TierNone, isolation.TierWasm))
+	if err != nil || sel.Tier != w {
+		t.Fatalf("forced Wasmtime: %+v %v", sel, err)
+	}
+	if _, err := isolation.Select(isolation.RequireWasm, isolation.Policy{Force: &o}, hostWith(isolation.TierNone, isolation.TierWasm)); !errors.Is(err, isolation.ErrTierUnavailable) {
+		t.Fatalf("forced Oci on a host without it: %v", err)
+	}
+}
+
+func TestErrorKindNames(t *testing.T) {
+	seen := map[string]bool{}
+	for _, k := range isolation.Kinds {
+		name := isolation.KindName(&isolation.Error{Kind: k})
+		if name == "internal" || seen[name] || strings.Contains(name, " ") {
+			t.Errorf("kind %v has name %q", k, name)
+		}
+		seen[name] = true
+	}
+	if got := isolation.KindName(errors.New("boom")); got != "internal" {
+		t.Errorf("plain error kind = %q", got)
+	}
+	if got := isolation.KindName(&isolation.Error{Kind: isolation.ErrDowngradeRefused}); got != "downgrade_refused" {
+		t.Errorf("downgrade kind = %q", got)
+	}
+}
