@@ -1,0 +1,116 @@
+package microvm
+
+import (
+	"context"
+	"io"
+
+	"github.com/axocoatl/isolation"
+)
+
+// Driver is one VMM backend (QEMU microvm, Firecracker). The microvm Sandbox picks the first
+// driver whose Probe says Available, boots single-use machines with it and speaks the guest
+// protocol (package guest) over the channel the driver hands back. A driver knows nothing of tools,
+// calls or the protocol's messages: it starts, connects, pauses/snapshots and kills VMMs.
+//
+// Drivers are safe for concurrent use.
+type Driver interface {
+	// Name is the backend name reported in Outcome.Backend and Availability.Backend
+	// ("qemu-microvm-tcg", "qemu-microvm-kvm", "firecracker").
+	Name() string
+	// Probe says whether this backend can run on this host (binaries, /dev/kvm), with a reason and
+	// a fix when it cannot. It does not check the guest image (the Sandbox does).
+	Probe(ctx context.Context) isolation.Availability
+	// GuestChannel names the channel the agent must open, put by the Sandbox on the kernel
+	// command line as "axocoatl.chan=<value>": "ttyS1" for a second 16550 UART (QEMU microvm:
+	// needs no kernel module) or "vsock:<port>" for a virtio-vsock listener on that port
+	// (Firecracker, port 1024; the agent then loads the virtio-mmio and vsock modules).
+	GuestChannel() string
+	// Boot starts a fresh VM from spec and returns once the VMM process runs. It does not wait for
+	// the guest agent: the caller reads the agent's READY frame from Machine.Channel. On error
+	// nothing the call started is left running (the caller still removes spec.RunDir).
+	Boot(ctx context.Context, spec BootSpec) (Machine, error)
+}
+
+// Snapshotter is implemented by drivers that can snapshot a paused VM and start clones of it.
+type Snapshotter interface {
+	// Snapshot pauses m (its agent is at READY and idle) and writes its full state under dir
+	// (created by the caller, owned by the driver's files from then on). m stays paused; the
+	// caller usually Kills it afterwards. The returned Snapshot is what Restore needs.
+	Snapshot(ctx context.Context, m Machine, dir string) (Snapshot, error)
+	// Restore starts a new VM from snap with spec's RunDir and ID (spec's Kernel, Initrd,
+	// RootDrive, VCPUs and MemoryMB must equal the snapshotted machine's) and resumes it. The
+	// clone's agent is waiting for a request; it does not send an unsolicited READY on serial
+	// channels: the host sends guest.Hello and waits for the matching READY.
+	Restore(ctx context.Context, snap Snapshot, spec BootSpec) (Machine, error)
+}
+
+// Snapshot names the files of one snapshot. Files stay until the Sandbox removes Dir.
+type Snapshot struct {
+	// Dir holds every file of the snapshot.
+	Dir string
+	// State is the VMM state file (QEMU: the migration stream; Firecracker: snapshot_path).
+	State string
+	// Memory is the guest memory file (Firecracker mem_file_path; "" for QEMU, whose migration
+	// stream includes memory).
+	Memory string
+}
+
+// BootSpec is everything a driver needs to start one VM. Paths are absolute host paths; none of
+// them comes from a tool.
+type BootSpec struct {
+	// ID names the VM in logs and process titles (letters, digits, '-'; at most 64 bytes).
+	ID string
+	// RunDir is a private, empty directory for this VM's sockets, pidfile, logs and copies. The
+	// driver writes a pidfile named "vmm.pid" there with the VMM's pid as soon as it started (so a
+	// later process can reap it after a crash). The caller removes RunDir after Kill.
+	RunDir string
+	// Kernel is an uncompressed vmlinux (ELF, PVH entry point), which both backends boot.
+	Kernel string
+	// Initrd is a newc cpio initramfs holding the guest root and the agent as /init. Both
+	// backends boot it (Firecracker: boot-source initrd_path); the kernel needs no module to
+	// mount it.
+	Initrd string
+	// RootDrive is an optional read-only ext4 image of the same guest root, attached as an extra
+	// read-only drive when set ("" by default; the Debian kernel has virtio_blk as a module, so
+	// it cannot be the root without the initramfs).
+	RootDrive string
+	// Cmdline is the kernel command line the Sandbox wants (agent options such as
+	// "axocoatl.chan=..."); the driver appends its console and device arguments.
+	Cmdline string
+	// VCPUs is the number of vCPUs (>= 1).
+	VCPUs int
+	// MemoryMB is guest RAM in MiB (>= 128: the Sandbox clamps).
+	MemoryMB int
+	// Stderr, when non-nil, receives the VMM's own stderr and the guest console (for debugging).
+	Stderr io.Writer
+}
+
+// Machine is one running VM. Kill is idempotent and safe to call concurrently with every other
+// method; after Kill returns the VMM process has exited and been waited for.
+type Machine interface {
+	// Channel returns the host end of the agent's channel (QEMU: the serial chardev's unix
+	// socket, accepted from the VMM; Firecracker: the vsock uds after "CONNECT <port>\n" / "OK").
+	// The first call establishes it, respecting ctx; later calls return the same stream. Closing
+	// it does not stop the VM.
+	Channel(ctx context.Context) (io.ReadWriteCloser, error)
+	// PID is the VMM process id.
+	PID() int
+	// Kill stops the VM at once (SIGKILL to the VMM), waits for the process and closes the
+	// channel and any control connection. It does not remove RunDir.
+	Kill() error
+	// Done is closed when the VMM process exited (for any reason).
+	Done() <-chan struct{}
+}
+
+// The agent's kernel command line arguments, set by the Sandbox (drivers only append their own).
+const (
+	// CmdlineChannel selects the agent channel; see Driver.GuestChannel.
+	CmdlineChannel = "axocoatl.chan"
+	// CmdlineModules is a comma-separated, ordered list of kernel modules the agent loads from
+	// /lib/modules/axocoatl/<name>.ko before it opens the channel.
+	CmdlineModules = "axocoatl.modules"
+)
+
+// BaseCmdline is the kernel command line measured to boot fastest and reliably under QEMU TCG
+// (tsc_early_khz avoids a PIT calibration hang; cryptomgr.notests saves ~200 ms).
+const BaseCmdline = "quiet console=ttyS0 panic=-1 reboot=t tsc_early_khz=2000000 cryptomgr.notests nokaslr mitigations=off audit=0 lpj=4000000 rdinit=/init"
