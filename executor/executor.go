@@ -248,7 +248,7 @@ func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts 
 	res, err := e.execute(ctx, callID, name, input, o)
 	dur := time.Since(start)
 	if err != nil {
-		e.log.LogAttrs(ctx, slog.LevelWarn, "call failed", slog.String("call_id", callID), slog.String("tool", name),
+		e.log.LogAttrs(ctx, slog.LevelInfo, "call failed", slog.String("call_id", callID), slog.String("tool", name),
 			slog.String("kind", isolation.KindName(err)), slog.Duration("duration", dur), slog.String("error", err.Error()))
 		var ie *isolation.Error
 		if errors.As(err, &ie) && ie.CallID == "" {

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/axocoatl/isolation/executor"
+)
+
+func init() {
+	register(command{name: "bench", summary: "run a tool N times and report latency percentiles, calls/s and peak RSS", run: runBench})
+}
+
+// benchReport is the --json output of axoiso bench.
+type benchReport struct {
+	Tool      string  `json:"tool"`
+	Tier      string  `json:"tier"`
+	Backend   string  `json:"backend,omitempty"`
+	Degraded  bool    `json:"degraded"`
+	N         int     `json:"n"`
+	C         int     `json:"concurrency"`
+	Errors    int     `json:"errors"`
+	FirstMS   float64 `json:"first_call_ms"`
+	P50MS     float64 `json:"p50_ms"`
+	P90MS     float64 `json:"p90_ms"`
+	P99MS     float64 `json:"p99_ms"`
+	MaxMS     float64 `json:"max_ms"`
+	CallsPerS float64 `json:"calls_per_s"`
+	// PeakRSSMB is this process's peak resident set; PeakChildRSSMB the largest child's (a
+	// container init or a VMM).
+	PeakRSSMB      float64 `json:"peak_rss_mb"`
+	PeakChildRSSMB float64 `json:"peak_child_rss_mb"`
+}
+
+func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench", stderr)
+	var cf callFlags
+	cf.add(fs)
+	n := fs.Int("n", 200, "number of calls")
+	c := fs.Int("c", 1, "concurrent calls")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("want exactly one tool name, got %d arguments", len(pos))
+	}
+	if *n < 1 || *c < 1 {
+		return usagef("-n and -c must be at least 1")
+	}
+	opts, err := cf.options()
+	if err != nil {
+		return err
+	}
+	input, err := cf.readInput(stdin, false, "{}")
+	if err != nil {
+		return err
+	}
+	e, _, err := cf.executor(stderr)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	rep, err := bench(ctx, e, pos[0], input, *n, *c, opts)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(stdout, rep)
+	}
+	fmt.Fprintf(stdout, "%s in %s (backend %s, degraded=%v): %d calls, concurrency %d, %d errors\n", rep.Tool, rep.Tier, dash(rep.Backend), rep.Degraded, rep.N, rep.C, rep.Errors)
+	fmt.Fprintf(stdout, "first call %.2f ms; p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", rep.FirstMS, rep.P50MS, rep.P90MS, rep.P99MS, rep.MaxMS)
+	fmt.Fprintf(stdout, "%.0f calls/s; peak RSS %.1f MB (largest child %.1f MB)\n", rep.CallsPerS, rep.PeakRSSMB, rep.PeakChildRSSMB)
+	return nil
+}
+
+// bench makes one warm-up call (compile, pool fill), then n calls from c goroutines.
+func bench(ctx context.Context, e *executor.Executor, tool string, input []byte, n, c int, opts []executor.Option) (benchReport, error) {
+	rep := benchReport{Tool: tool, N: n, C: c}
+	t0 := time.Now()
+	first, err := e.Execute(ctx, tool, input, opts...)
+	if err != nil {
+		return rep, fmt.Errorf("warm-up call: %w", err)
+	}
+	rep.FirstMS = ms(time.Since(t0))
+	rep.Tier, rep.Backend, rep.Degraded = first.Tier.String(), first.Backend, first.Degraded
+
+	lat := make([]time.Duration, n)
+	var (
+		mu      sync.Mutex // protects errs and lastErr
+		errs    int
+		lastErr error
+		wg      sync.WaitGroup
+		next    = make(chan int)
+	)
+	start := time.Now()
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				t := time.Now()
+				_, err := e.Execute(ctx, tool, input, opts...)
+				lat[i] = time.Since(t)
+				if err != nil {
+					mu.Lock()
+					errs++
+					lastErr = err
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	elapsed := time.Since(start)
+	if ctx.Err() != nil {
+		return rep, ctx.Err()
+	}
+	if errs == n {
+		return rep, fmt.Errorf("every call failed, the last with: %w", lastErr)
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return ms(lat[min(len(lat)-1, int(p*float64(len(lat))))]) }
+	rep.Errors = errs
+	rep.P50MS, rep.P90MS, rep.P99MS, rep.MaxMS = pct(0.50), pct(0.90), pct(0.99), ms(lat[len(lat)-1])
+	rep.CallsPerS = float64(n) / elapsed.Seconds()
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		rep.PeakRSSMB = float64(ru.Maxrss) / 1024
+	}
+	if syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru) == nil {
+		rep.PeakChildRSSMB = float64(ru.Maxrss) / 1024
+	}
+	return rep, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

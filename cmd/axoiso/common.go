@@ -1,0 +1,52 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"log/slog"
+
+	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/assemble"
+)
+
+// commonFlags are the flags every command that builds an executor takes.
+type commonFlags struct {
+	tools, config, logLevel string
+	logJSON, strict         bool
+}
+
+func (c *commonFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&c.tools, "tools", "", "tools root (default $"+assemble.EnvTools+", the config's tools_root, or "+assemble.DefaultToolsRoot+")")
+	fs.StringVar(&c.config, "config", "", "config file (default $"+assemble.EnvConfig+" or "+assemble.DefaultConfigPath+" if present)")
+	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	fs.BoolVar(&c.logJSON, "log-json", false, "log as JSON lines")
+	fs.BoolVar(&c.strict, "strict", false, "refuse a fallback to a weaker tier than the tool's ideal one")
+}
+
+// config loads the config file and lets flags win.
+func (c *commonFlags) configAndLogger(stderr io.Writer) (assemble.Config, *slog.Logger, error) {
+	log, err := newLogger(stderr, c.logLevel, c.logJSON)
+	if err != nil {
+		return assemble.Config{}, nil, err
+	}
+	cfg, err := assemble.LoadConfig(c.config)
+	if err != nil {
+		return cfg, nil, err
+	}
+	if c.tools != "" {
+		cfg.ToolsRoot = c.tools
+	}
+	if c.strict {
+		cfg.Strict = true
+	}
+	return cfg.WithDefaults(), log, nil
+}
+
+func (c *commonFlags) executor(stderr io.Writer) (*executor.Executor, *slog.Logger, error) {
+	cfg, log, err := c.configAndLogger(stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	e, err := assemble.New(cfg, log)
+	return e, log, err
+}

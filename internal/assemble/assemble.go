@@ -1,0 +1,202 @@
+// Package assemble builds an executor with every tier this build knows from one Config: the wiring
+// shared by the CLI, the HTTP server and the MCP server.
+package assemble
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/native"
+)
+
+// Defaults. The tools root is also the Oci tier's bundle_root: a folder of tool folders, each a
+// tool.json tool or an OCI bundle.
+const (
+	DefaultToolsRoot  = "/var/axocoatl/bundles"
+	DefaultStateRoot  = "/run/axocoatl/oci"
+	DefaultConfigPath = "/etc/axocoatl/axoiso.json"
+	EnvTools          = "AXOISO_TOOLS"
+	EnvConfig         = "AXOISO_CONFIG"
+)
+
+// Config is the whole configuration. JSON field names are the config file's.
+type Config struct {
+	// ToolsRoot is the tools root (= the Oci tier's bundle_root).
+	ToolsRoot string `json:"tools_root,omitempty"`
+	// Strict refuses downgrades to a weaker tier.
+	Strict bool `json:"strict,omitempty"`
+	// MaxOutputBytes bounds output.json (default 1 MiB).
+	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"`
+	// DefaultTimeout applies to tools without timeout_ms (default 10s); MaxTimeout caps every call.
+	DefaultTimeout Duration `json:"default_timeout,omitempty"`
+	MaxTimeout     Duration `json:"max_timeout,omitempty"`
+	// CacheDir holds compiled Wasm modules (default $XDG_CACHE_HOME/axoiso or /var/cache/axocoatl).
+	CacheDir string `json:"cache_dir,omitempty"`
+	// DataDir holds the microVM kernel and guest root (default /var/lib/axocoatl or
+	// $XDG_DATA_HOME/axoiso).
+	DataDir string `json:"data_dir,omitempty"`
+	// Oci is the Oci tier's configuration (the original's field names).
+	Oci OciConfig `json:"oci"`
+	// VM is the microVM tier's configuration.
+	VM VMConfig `json:"vm"`
+	// DisableTiers lists tiers (wire names) not to use at all.
+	DisableTiers []string `json:"disable_tiers,omitempty"`
+}
+
+// OciConfig keeps the original's fields and defaults.
+type OciConfig struct {
+	StateRoot  string `json:"state_root,omitempty"`
+	BundleRoot string `json:"bundle_root,omitempty"`
+	UseSystemd bool   `json:"use_systemd,omitempty"`
+	// Backend: "libcontainer" (embedded, default), "crun" or "runc".
+	Backend string `json:"backend,omitempty"`
+	// PoolSize is the number of pre-created containers per tool (0: no pool).
+	PoolSize int `json:"pool_size,omitempty"`
+}
+
+// VMConfig configures the microVM tier.
+type VMConfig struct {
+	// PoolSize is the number of pre-booted VMs kept ready (0: no pool).
+	PoolSize int `json:"pool_size,omitempty"`
+	// Snapshot refills the pool from a snapshot taken at READY.
+	Snapshot bool `json:"snapshot,omitempty"`
+}
+
+// Duration is a time.Duration written as "10s" in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = Duration(v)
+	return err
+}
+
+// LoadConfig reads the config file at path; a missing file at the default path is an empty config.
+func LoadConfig(path string) (Config, error) {
+	explicit := path != ""
+	if path == "" {
+		path = os.Getenv(EnvConfig)
+		explicit = path != ""
+	}
+	if path == "" {
+		path = DefaultConfigPath
+	}
+	var c Config
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return c, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// WithDefaults fills what is unset: environment first, then built-in defaults.
+func (c Config) WithDefaults() Config {
+	if c.ToolsRoot == "" {
+		c.ToolsRoot = os.Getenv(EnvTools)
+	}
+	if c.ToolsRoot == "" {
+		c.ToolsRoot = c.Oci.BundleRoot
+	}
+	if c.ToolsRoot == "" {
+		c.ToolsRoot = DefaultToolsRoot
+	}
+	c.Oci.BundleRoot = c.ToolsRoot
+	if c.Oci.StateRoot == "" {
+		c.Oci.StateRoot = DefaultStateRoot
+	}
+	if c.CacheDir == "" {
+		c.CacheDir = defaultDir("XDG_CACHE_HOME", ".cache", "/var/cache/axocoatl")
+	}
+	if c.DataDir == "" {
+		c.DataDir = defaultDir("XDG_DATA_HOME", ".local/share", "/var/lib/axocoatl")
+	}
+	return c
+}
+
+func defaultDir(env, homeRel, rootDefault string) string {
+	if os.Geteuid() == 0 {
+		return rootDefault
+	}
+	if d := os.Getenv(env); d != "" {
+		return filepath.Join(d, "axoiso")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, homeRel, "axoiso")
+	}
+	return filepath.Join(os.TempDir(), "axoiso")
+}
+
+// New builds the executor. The tools root must exist.
+func New(c Config, log *slog.Logger) (*executor.Executor, error) {
+	c = c.WithDefaults()
+	cat, err := catalog.Open(c.ToolsRoot)
+	if err != nil {
+		return nil, fmt.Errorf("%w (set --tools, %s or tools_root in the config)", err, EnvTools)
+	}
+	sbs, err := Sandboxes(c, log)
+	if err != nil {
+		return nil, err
+	}
+	return executor.New(executor.Config{
+		Catalog:        cat,
+		Sandboxes:      sbs,
+		Strict:         c.Strict,
+		MaxOutputBytes: c.MaxOutputBytes,
+		DefaultTimeout: time.Duration(c.DefaultTimeout),
+		MaxTimeout:     time.Duration(c.MaxTimeout),
+		Logger:         log,
+	})
+}
+
+// Sandboxes builds one sandbox per tier that is not disabled. The caller closes them.
+func Sandboxes(c Config, log *slog.Logger) ([]sandbox.Sandbox, error) {
+	c = c.WithDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	disabled := map[string]bool{}
+	for _, t := range c.DisableTiers {
+		disabled[t] = true
+	}
+	var sbs []sandbox.Sandbox
+	add := func(s sandbox.Sandbox) {
+		if disabled[s.Tier().String()] {
+			s.Close()
+			return
+		}
+		sbs = append(sbs, s)
+	}
+	add(native.NewWithBuiltins())
+	for _, build := range tierBuilders {
+		s, err := build(c, log)
+		if err != nil {
+			for _, s := range sbs {
+				s.Close()
+			}
+			return nil, err
+		}
+		if s != nil {
+			add(s)
+		}
+	}
+	return sbs, nil
+}
+
+// tierBuilders construct the isolating tiers; each tier's file adds itself.
+var tierBuilders []func(Config, *slog.Logger) (sandbox.Sandbox, error)
