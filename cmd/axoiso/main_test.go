@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// axoiso runs the CLI in-process and returns its exit code, stdout and stderr.
+func axoiso(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func toolsRoot(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "wasm-thing"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "wasm-thing/tool.json"), []byte(`{"runtime":"WasmCompiled","entrypoint":"m.wasm"}`), 0o644))
+	must(os.WriteFile(filepath.Join(root, "wasm-thing/m.wasm"), []byte("\x00asm\x01\x00\x00\x00"), 0o644))
+	return root
+}
+
+func TestRunContract(t *testing.T) {
+	root := toolsRoot(t)
+	noWasm := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(noWasm, []byte(`{"disable_tiers":["Wasmtime"]}`), 0o644)
+	inFile := filepath.Join(t.TempDir(), "in.json")
+	os.WriteFile(inFile, []byte(`{"from":"file"}`), 0o644)
+
+	tests := []struct {
+		name       string
+		stdin      string
+		args       []string
+		code       int
+		stdout     string // exact, when not ""
+		stderrHas  string
+		stderrLine bool // stderr is exactly one line
+	}{
+		{"input flag", "", []string{"run", "--tools", root, "--input", `{"a":1}`, "echo"}, 0, "{\"a\":1}\n", "", false},
+		{"stdin", `[true]`, []string{"run", "--tools", root, "echo"}, 0, "[true]\n", "", false},
+		{"input file, flags after name", "", []string{"run", "echo", "--tools", root, "--input-file", inFile}, 0, "{\"from\":\"file\"}\n", "", false},
+		{"invalid name", "{}", []string{"run", "--tools", root, "../etc/passwd"}, 2, "", "invalid tool name", true},
+		{"malformed input", "{", []string{"run", "--tools", root, "echo"}, 2, "", "invalid input", true},
+		{"both inputs", "", []string{"run", "--tools", root, "--input", "1", "--input-file", inFile, "echo"}, 2, "", "not both", true},
+		{"bad tier", "{}", []string{"run", "--tools", root, "--tier", "Docker", "echo"}, 2, "", "unknown tier", true},
+		{"not found", "{}", []string{"run", "--tools", root, "nope"}, 3, "", "tool not found", true},
+		{"tier unavailable", "{}", []string{"run", "--tools", root, "--config", noWasm, "wasm-thing"}, 4, "", "Wasmtime", true},
+		{"forced tier unavailable", "{}", []string{"run", "--tools", root, "--config", noWasm, "--tier", "Wasmtime", "echo"}, 4, "", "tier unavailable", true},
+		{"missing tools root", "{}", []string{"run", "--tools", filepath.Join(root, "nope"), "echo"}, 1, "", "tools root", true},
+		{"unknown command", "", []string{"frobnicate"}, 2, "", "unknown command", true},
+		{"no name", "", []string{"run", "--tools", root}, 2, "", "exactly one tool name", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errs := axoiso(t, tt.stdin, tt.args...)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d (stdout %q, stderr %q)", code, tt.code, out, errs)
+			}
+			if tt.stdout != "" && out != tt.stdout {
+				t.Errorf("stdout %q, want %q", out, tt.stdout)
+			}
+			if tt.code != 0 && out != "" {
+				t.Errorf("a failed call printed on stdout: %q", out)
+			}
+			if !strings.Contains(errs, tt.stderrHas) {
+				t.Errorf("stderr %q does not contain %q", errs, tt.stderrHas)
+			}
+			if tt.stderrLine && strings.Count(errs, "\n") != 1 {
+				t.Errorf("stderr is not one line: %q", errs)
+			}
+		})
+	}
+}
+
+func TestRunEnvelope(t *testing.T) {
+	code, out, errs := axoiso(t, `{"k":"v"}`, "run", "--json", "--tools", toolsRoot(t), "echo")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var env map[string]any
+	if err := json.Unmarshal([]byte(out), &env); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"output", "tier", "degraded", "duration_ms", "stderr", "call_id"} {
+		if _, ok := env[k]; !ok {
+			t.Errorf("envelope lacks %q: %s", k, out)
+		}
+	}
+	if env["tier"] != "None" || env["degraded"] != false || env["output"].(map[string]any)["k"] != "v" {
+		t.Errorf("envelope = %s", out)
+	}
+}
+
+func TestTiersAndToolsJSON(t *testing.T) {
+	code, out, errs := axoiso(t, "", "tiers", "--json")
+	if code != 0 {
+		t.Fatalf("tiers: exit %d: %s", code, errs)
+	}
+	var tiers []struct {
+		Tier      string
+		Available bool
+		Reason    string
+		Fix       string
+	}
+	if err := json.Unmarshal([]byte(out), &tiers); err != nil || len(tiers) != 4 {
+		t.Fatalf("tiers --json = %s (%v)", out, err)
+	}
+	for i, want := range []string{"None", "Wasmtime", "Oci", "Firecracker"} {
+		if tiers[i].Tier != want {
+			t.Errorf("tier %d = %s, want %s", i, tiers[i].Tier, want)
+		}
+		if !tiers[i].Available && (tiers[i].Reason == "" || tiers[i].Fix == "") {
+			t.Errorf("unavailable tier %s lacks a reason or a fix: %+v", want, tiers[i])
+		}
+	}
+	root := toolsRoot(t)
+	code, out, errs = axoiso(t, "", "tools", "--json", "--tools", root)
+	if code != 0 {
+		t.Fatalf("tools: exit %d: %s", code, errs)
+	}
+	var tools []struct{ Name, Runtime, Tier string }
+	if err := json.Unmarshal([]byte(out), &tools); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, tl := range tools {
+		got[tl.Name] = tl.Runtime
+	}
+	if got["echo"] != "NativeTrusted" || got["wasm-thing"] != "WasmCompiled" {
+		t.Errorf("tools = %s", out)
+	}
+}
+
+func TestBenchJSON(t *testing.T) {
+	code, out, errs := axoiso(t, "", "bench", "--json", "-n", "50", "-c", "2", "--tools", toolsRoot(t), "echo")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var rep map[string]any
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"n", "p50_ms", "p90_ms", "p99_ms", "calls_per_s", "tier"} {
+		if _, ok := rep[k]; !ok {
+			t.Errorf("bench --json lacks %q: %s", k, out)
+		}
+	}
+	if rep["n"].(float64) != 50 || rep["tier"] != "None" || rep["calls_per_s"].(float64) <= 0 {
+		t.Errorf("bench = %s", out)
+	}
+	p50, p99 := rep["p50_ms"].(float64), rep["p99_ms"].(float64)
+	if p50 > p99 {
+		t.Errorf("p50 %v > p99 %v", p50, p99)
+	}
+}
