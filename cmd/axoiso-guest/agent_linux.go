@@ -1,0 +1,417 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/guest"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// The tool runs as nobody: it cannot touch the agent, the root's files or the devices.
+const toolUID, toolGID = 65534, 65534
+
+const (
+	toolDir    = "/axocoatl/tool"
+	moduleDir  = "/lib/modules/axocoatl"
+	agentBuild = "axoiso-guest/1"
+)
+
+var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+func run() {
+	if err := setup(); err != nil {
+		logger.Error("setup", "err", err)
+	}
+	args := cmdline()
+	if mods := args["axocoatl.modules"]; mods != "" {
+		for _, m := range strings.Split(mods, ",") {
+			if err := loadModule(m); err != nil {
+				logger.Error("module", "name", m, "err", err)
+			}
+		}
+	}
+	ch := args["axocoatl.chan"]
+	if ch == "" {
+		ch = "ttyS1"
+	}
+	if err := serve(ch); err != nil {
+		logger.Error("agent", "err", err)
+	}
+	powerOff()
+}
+
+func setup() error {
+	var errs []error
+	for _, m := range []struct{ src, dst, typ, data string }{
+		{"proc", "/proc", "proc", ""},
+		{"sysfs", "/sys", "sysfs", ""},
+		{"devtmpfs", "/dev", "devtmpfs", ""},
+		{"tmpfs", "/tmp", "tmpfs", "mode=1777,size=50%"},
+		{"tmpfs", "/axocoatl", "tmpfs", "mode=1777,size=50%"},
+	} {
+		_ = os.MkdirAll(m.dst, 0o755)
+		if err := unix.Mount(m.src, m.dst, m.typ, unix.MS_NOSUID, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			errs = append(errs, fmt.Errorf("mount %s: %w", m.dst, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func cmdline() map[string]string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	out := map[string]string{}
+	for _, f := range strings.Fields(string(b)) {
+		if k, v, ok := strings.Cut(f, "="); ok && strings.HasPrefix(k, "axocoatl.") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func loadModule(name string) error {
+	if name == "" || strings.ContainsAny(name, "/.") {
+		return fmt.Errorf("bad module name %q", name)
+	}
+	f, err := os.Open(filepath.Join(moduleDir, name+".ko"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	return nil
+}
+
+// openChannel opens the host channel and returns it ready for frames.
+func openChannel(ch string) (io.ReadWriteCloser, func() (io.ReadWriteCloser, error), error) {
+	if port, ok := strings.CutPrefix(ch, "vsock:"); ok {
+		p, err := strconv.ParseUint(port, 10, 32)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bad vsock port %q", port)
+		}
+		fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: uint32(p)}); err != nil {
+			return nil, nil, err
+		}
+		if err := unix.Listen(fd, 4); err != nil {
+			return nil, nil, err
+		}
+		accept := func() (io.ReadWriteCloser, error) {
+			nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+			if err != nil {
+				return nil, err
+			}
+			return os.NewFile(uintptr(nfd), "vsock"), nil
+		}
+		c, err := accept()
+		return c, accept, err
+	}
+	if strings.ContainsAny(ch, "/.") {
+		return nil, nil, fmt.Errorf("bad channel %q", ch)
+	}
+	dev := "/dev/" + ch
+	var f *os.File
+	var err error
+	// A port can exist before its driver can open it.
+	for i := 0; i < 500; i++ {
+		f, err = os.OpenFile(dev, os.O_RDWR|unix.O_NOCTTY, 0)
+		if err == nil || !(errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV)) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if t, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+		// cfmakeraw: no echo, no line discipline, 8 bits.
+		t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON | unix.IXOFF
+		t.Oflag &^= unix.OPOST
+		t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+		t.Cflag &^= unix.CSIZE | unix.PARENB | unix.CRTSCTS
+		t.Cflag |= unix.CS8 | unix.CLOCAL | unix.CREAD
+		t.Cc[unix.VMIN] = 1
+		t.Cc[unix.VTIME] = 0
+		if err := unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, t); err != nil {
+			return nil, nil, fmt.Errorf("raw mode: %w", err)
+		}
+		_ = unix.IoctlSetInt(int(f.Fd()), unix.TCFLSH, unix.TCIOFLUSH)
+	}
+	return f, nil, nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func serve(ch string) error {
+	conn, accept, err := openChannel(ch)
+	if err != nil {
+		return err
+	}
+	ready := guest.Ready{Agent: agentBuild, Kernel: kernelRelease()}
+	if err := guest.WriteFrame(conn, guest.TypeReady, ready); err != nil {
+		return err
+	}
+	fr := guest.NewReader(conn)
+	for {
+		t, body, err := fr.Next()
+		if err != nil {
+			if accept != nil {
+				// A vsock peer went away (a snapshot resets every connection): wait for the next.
+				conn.Close()
+				if conn, err = accept(); err != nil {
+					return err
+				}
+				fr = guest.NewReader(conn)
+				if err := guest.WriteFrame(conn, guest.TypeReady, ready); err != nil {
+					return err
+				}
+				continue
+			}
+			return err
+		}
+		switch t {
+		case guest.TypeHello:
+			var h guest.Hello
+			if err := json.Unmarshal(body, &h); err != nil {
+				return err
+			}
+			r := ready
+			r.Nonce = h.Nonce
+			if err := guest.WriteFrame(conn, guest.TypeReady, r); err != nil {
+				return err
+			}
+		case guest.TypeRequest:
+			var req guest.Request
+			resp := guest.Response{}
+			if err := json.Unmarshal(body, &req); err != nil {
+				resp.Error = "bad request: " + err.Error()
+			} else {
+				resp = handle(req)
+			}
+			err := guest.WriteFrame(conn, guest.TypeResponse, resp)
+			if f, ok := conn.(*os.File); ok {
+				_ = unix.IoctlSetInt(int(f.Fd()), unix.TCSBRK, 1) // tcdrain
+			}
+			return err
+		default:
+			return fmt.Errorf("unexpected frame %c", t)
+		}
+	}
+}
+
+func handle(req guest.Request) guest.Response {
+	if err := reseed(req.Entropy); err != nil {
+		return guest.Response{Error: "reseed: " + err.Error()}
+	}
+	if host := sanitizeHostname(req.ID); host != "" {
+		_ = unix.Sethostname([]byte(host))
+	}
+	if err := writeTool(req); err != nil {
+		return guest.Response{Error: err.Error()}
+	}
+	return runTool(req)
+}
+
+func sanitizeHostname(id string) string {
+	var b strings.Builder
+	for _, r := range id {
+		if b.Len() >= 63 {
+			break
+		}
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// reseed mixes the host's bytes into the input pool, credits them and forces a CRNG reseed, so
+// that clones of one snapshot stop sharing random state.
+func reseed(entropy []byte) error {
+	if len(entropy) == 0 {
+		return nil
+	}
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	buf := make([]byte, 8+len(entropy))
+	*(*int32)(unsafe.Pointer(&buf[0])) = int32(8 * len(entropy))
+	*(*int32)(unsafe.Pointer(&buf[4])) = int32(len(entropy))
+	copy(buf[8:], entropy)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+		return fmt.Errorf("RNDADDENTROPY: %w", e)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); e != 0 {
+		return fmt.Errorf("RNDRESEEDCRNG: %w", e)
+	}
+	return nil
+}
+
+// checkRel accepts a slash-separated relative path without "..", empty or absolute parts.
+func checkRel(p string) error {
+	if p == "" || strings.HasPrefix(p, "/") || path.Clean(p) != p || p == "." || p == ".." || strings.HasPrefix(p, "../") || strings.ContainsRune(p, 0) {
+		return fmt.Errorf("bad tool file path %q", p)
+	}
+	return nil
+}
+
+func writeTool(req guest.Request) error {
+	if err := os.MkdirAll(toolDir, 0o755); err != nil {
+		return err
+	}
+	for _, f := range req.Files {
+		if err := checkRel(f.Path); err != nil {
+			return err
+		}
+		dst := filepath.Join(toolDir, filepath.FromSlash(f.Path))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		mode := os.FileMode(0o444)
+		if f.Mode&0o111 != 0 {
+			mode = 0o555
+		}
+		if err := os.WriteFile(dst, f.Data, mode); err != nil {
+			return err
+		}
+		if err := os.Chmod(dst, mode); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(sandbox.GuestInputPath, req.Input, 0o444); err != nil {
+		return err
+	}
+	return os.Chmod(sandbox.GuestInputPath, 0o444)
+}
+
+func oomKills() int64 {
+	b, _ := os.ReadFile("/proc/vmstat")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "oom_kill "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func runTool(req guest.Request) guest.Response {
+	if err := checkRel(req.Entrypoint); err != nil {
+		return guest.Response{Error: err.Error()}
+	}
+	entry := filepath.Join(toolDir, filepath.FromSlash(req.Entrypoint))
+	var argv []string
+	switch req.Runtime {
+	case guest.RuntimePython:
+		argv = []string{"/usr/bin/python3", entry}
+	case guest.RuntimeShell:
+		argv = []string{"/bin/sh", entry}
+	case guest.RuntimeArbitrary:
+		argv = []string{entry}
+	default:
+		return guest.Response{Error: fmt.Sprintf("unknown runtime %q", req.Runtime)}
+	}
+	maxErr := req.MaxStderrBytes
+	if maxErr <= 0 {
+		maxErr = sandbox.DefaultMaxStderrBytes
+	}
+	maxOut := req.MaxOutputBytes
+	if maxOut <= 0 {
+		maxOut = sandbox.DefaultMaxOutputBytes
+	}
+	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+	if timeout <= 0 {
+		timeout = sandbox.DefaultTimeout
+	}
+	tail := sandbox.NewTailBuffer(maxErr)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = toolDir
+	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"}
+	cmd.Stdin = nil
+	cmd.Stdout = tail
+	cmd.Stderr = tail
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: toolUID, Gid: toolGID, Groups: []uint32{}},
+		Setpgid:    true,
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	ooms := oomKills()
+	err := cmd.Run()
+	if cmd.Process != nil {
+		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL) // whatever the tool left behind
+	}
+	resp := guest.Response{}
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		resp.TimedOut = true
+		resp.ExitCode = -1
+	case errors.As(err, &ee):
+		resp.ExitCode = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			resp.ExitCode = 128 + int(ws.Signal())
+		}
+	case err != nil:
+		resp.Error = "start: " + err.Error()
+		resp.ExitCode = -1
+	}
+	if oomKills() > ooms {
+		resp.OOMKilled = true
+	}
+	resp.Stderr = tail.String()
+	out, oerr := sandbox.ReadOutputFile(sandbox.GuestOutputPath, maxOut)
+	switch {
+	case errors.Is(oerr, isolation.ErrOutputTooLarge):
+		resp.OutputTooLarge = true
+	case oerr != nil:
+		resp.OutputInvalid = oerr.Error()
+	case out != nil:
+		resp.Output = bytes.Clone(out)
+		resp.HasOutput = true
+	}
+	return resp
+}
+
+func powerOff() {
+	unix.Sync()
+	// QEMU runs with -no-reboot and Firecracker exits on a guest reset: a restart ends the VMM.
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	for {
+		time.Sleep(time.Hour)
+	}
+}

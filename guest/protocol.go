@@ -1,0 +1,223 @@
+// Package guest is the versioned, framed protocol between the host and the guest agent
+// (cmd/axoiso-guest), shared by both sides. It runs over any byte stream: a serial port, a
+// virtio-serial port or a vsock connection.
+//
+// A frame is an 8-byte header — the magic "AXG", the protocol version, the message type and a
+// big-endian uint24 length — followed by that many bytes of JSON. Readers skip bytes before a
+// magic (a serial line may carry noise before the agent set it raw) and refuse a frame of another
+// version or over the size limit.
+//
+// The exchange: on a fresh boot the agent sends Ready once its channel is raw; after a snapshot
+// restore the host sends Hello with a fresh nonce and the agent answers Ready with that nonce. The
+// host then sends one Request; the agent runs it, sends one Response and powers the VM off.
+package guest
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is the protocol version this package speaks. A peer of another version is refused.
+const Version = 1
+
+// MaxFrame bounds one frame's payload (the uint24 length field's range).
+const MaxFrame = 1<<24 - 1
+
+// Type is a message type.
+type Type byte
+
+const (
+	TypeReady    Type = 'R'
+	TypeHello    Type = 'H'
+	TypeRequest  Type = 'Q'
+	TypeResponse Type = 'A'
+)
+
+var magic = [3]byte{'A', 'X', 'G'}
+
+// ErrVersion is returned for a frame of another protocol version.
+var ErrVersion = errors.New("guest protocol version mismatch")
+
+// Ready is the agent's "waiting for a request".
+type Ready struct {
+	// Nonce echoes Hello.Nonce ("" on the unsolicited Ready after boot).
+	Nonce string `json:"nonce,omitempty"`
+	// Agent is the agent's build identifier.
+	Agent string `json:"agent,omitempty"`
+	// Kernel is the guest kernel release.
+	Kernel string `json:"kernel,omitempty"`
+}
+
+// Hello asks the agent to answer Ready with Nonce.
+type Hello struct {
+	Nonce string `json:"nonce"`
+}
+
+// Runtime says how the agent starts the entrypoint.
+type Runtime string
+
+const (
+	RuntimePython    Runtime = "python"    // python3 ENTRYPOINT
+	RuntimeShell     Runtime = "shell"     // /bin/sh ENTRYPOINT
+	RuntimeArbitrary Runtime = "arbitrary" // the executable itself
+)
+
+// File is one file of the tool's folder.
+type File struct {
+	// Path is relative to the tool folder, slash-separated, without ".." or a leading "/".
+	Path string `json:"path"`
+	// Mode holds the permission bits (only 0o100 matters: executable or not).
+	Mode uint32 `json:"mode"`
+	Data []byte `json:"data"`
+}
+
+// Request is one call.
+type Request struct {
+	// ID is the call id; the agent sets it as the hostname, so clones differ.
+	ID      string  `json:"id"`
+	Runtime Runtime `json:"runtime"`
+	// Entrypoint is the tool's file to run, relative to the tool folder.
+	Entrypoint string `json:"entrypoint"`
+	Files      []File `json:"files"`
+	// Input is written to /axocoatl/input.json.
+	Input []byte `json:"input"`
+	// Entropy is fresh host randomness the agent mixes into the guest RNG and reseeds from
+	// before it runs the tool (snapshot clones would otherwise share random state).
+	Entropy []byte `json:"entropy"`
+	// TimeoutMS is the tool's wall-clock limit inside the guest.
+	TimeoutMS int64 `json:"timeout_ms"`
+	// MaxOutputBytes bounds output.json.
+	MaxOutputBytes int64 `json:"max_output_bytes"`
+	// MaxStderrBytes bounds the stderr tail.
+	MaxStderrBytes int `json:"max_stderr_bytes"`
+}
+
+// Response is what the tool did.
+type Response struct {
+	ExitCode int `json:"exit_code"`
+	// Output is output.json's content, present only when HasOutput.
+	Output    []byte `json:"output,omitempty"`
+	HasOutput bool   `json:"has_output"`
+	// OutputTooLarge is set when output.json was over MaxOutputBytes (Output is then empty).
+	OutputTooLarge bool `json:"output_too_large,omitempty"`
+	// OutputInvalid says why output.json was refused (not a regular file, ...).
+	OutputInvalid string `json:"output_invalid,omitempty"`
+	// Stderr is the bounded tail of the tool's stderr and stdout.
+	Stderr string `json:"stderr"`
+	// OOMKilled is set when the guest's OOM killer ran during the call.
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// TimedOut is set when the agent killed the tool at TimeoutMS.
+	TimedOut bool `json:"timed_out,omitempty"`
+	// Error reports a failure of the agent itself (the tool could not be started).
+	Error string `json:"error,omitempty"`
+}
+
+// WriteFrame writes one message.
+func WriteFrame(w io.Writer, t Type, msg any) error {
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	if len(body) > MaxFrame {
+		return fmt.Errorf("guest: %c frame of %d bytes is over the %d-byte limit", t, len(body), MaxFrame)
+	}
+	buf := make([]byte, 8+len(body))
+	copy(buf, magic[:])
+	buf[3] = Version
+	buf[4] = byte(t)
+	n := len(body)
+	buf[5], buf[6], buf[7] = byte(n>>16), byte(n>>8), byte(n)
+	copy(buf[8:], body)
+	_, err = w.Write(buf)
+	return err
+}
+
+// Reader reads frames from a stream.
+type Reader struct {
+	r *bufio.Reader
+	// Max bounds a frame's payload (MaxFrame when 0).
+	Max int
+	// Skipped counts bytes skipped before magics (noise on a serial line).
+	Skipped int
+}
+
+// NewReader returns a Reader on r.
+func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 64<<10)} }
+
+// Next reads the next frame, skipping bytes that precede a magic, and returns its type and raw
+// JSON payload.
+func (fr *Reader) Next() (Type, []byte, error) {
+	matched := 0
+	for matched < len(magic) {
+		b, err := fr.r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		switch {
+		case b == magic[matched]:
+			matched++
+		case b == magic[0]:
+			fr.Skipped += matched
+			matched = 1
+		default:
+			fr.Skipped += matched + 1
+			matched = 0
+		}
+	}
+	var h [5]byte
+	if _, err := io.ReadFull(fr.r, h[:]); err != nil {
+		return 0, nil, unexpected(err)
+	}
+	if h[0] != Version {
+		return 0, nil, fmt.Errorf("%w: peer speaks %d, this side %d", ErrVersion, h[0], Version)
+	}
+	n := int(h[2])<<16 | int(h[3])<<8 | int(h[4])
+	max := fr.Max
+	if max <= 0 {
+		max = MaxFrame
+	}
+	if n > max {
+		return 0, nil, fmt.Errorf("guest: %c frame of %d bytes is over the %d-byte limit", h[1], n, max)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(fr.r, body); err != nil {
+		return 0, nil, unexpected(err)
+	}
+	return Type(h[1]), body, nil
+}
+
+// Expect reads frames until one of type t arrives (skipping Ready frames that do not match when
+// t is TypeReady and nonce is set) and decodes it into msg.
+func (fr *Reader) Expect(t Type, nonce string, msg any) error {
+	for {
+		got, body, err := fr.Next()
+		if err != nil {
+			return err
+		}
+		if got != t {
+			if got == TypeReady {
+				continue // a stale unsolicited Ready
+			}
+			return fmt.Errorf("guest: expected a %c frame, got %c", t, got)
+		}
+		if err := json.Unmarshal(body, msg); err != nil {
+			return fmt.Errorf("guest: bad %c frame: %w", t, err)
+		}
+		if t == TypeReady && nonce != "" {
+			if r, ok := msg.(*Ready); ok && r.Nonce != nonce {
+				continue
+			}
+		}
+		return nil
+	}
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
