@@ -1,0 +1,141 @@
+// Package wasmbuild compiles Go packages to WebAssembly modules (GOOS=wasip1 GOARCH=wasm) with the
+// host's go command. Tests use it to build guest modules from source; the examples build uses it
+// to compile the example tools.
+package wasmbuild
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+)
+
+// Options tune one build.
+type Options struct {
+	// Ldflags is passed to go build -ldflags (for example "-X main.version=2").
+	Ldflags string
+	// BuildMode is passed to go build -buildmode ("" for a command, "c-shared" for a reactor).
+	BuildMode string
+}
+
+// GoCommand returns the go command to use: $(GOROOT)/bin/go of the running toolchain when it
+// exists, else "go" from PATH.
+func GoCommand() string {
+	p := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+		return p
+	}
+	return "go"
+}
+
+// Build compiles the Go main package in pkgDir to the module out (written atomically).
+func Build(ctx context.Context, pkgDir, out string, opts Options) error {
+	abs, err := filepath.Abs(out)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
+		return err
+	}
+	tmp := abs + ".tmp" + fmt.Sprint(os.Getpid())
+	args := []string{"build", "-trimpath", "-o", tmp}
+	if opts.BuildMode != "" {
+		args = append(args, "-buildmode="+opts.BuildMode)
+	}
+	if opts.Ldflags != "" {
+		args = append(args, "-ldflags="+opts.Ldflags)
+	}
+	args = append(args, ".")
+	cmd := exec.CommandContext(ctx, GoCommand(), args...)
+	cmd.Dir = pkgDir
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdout = &stderr
+	if err := cmd.Run(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("wasmbuild: go build %s: %w\n%s", pkgDir, err, strings.TrimSpace(stderr.String()))
+	}
+	return os.Rename(tmp, abs)
+}
+
+// SourceHash hashes every file of the package in pkgDir that can change the build (Go files,
+// go.mod, go.sum, embedded assets: every regular file, not recursing), with the options and the
+// toolchain version.
+func SourceHash(pkgDir string, opts Options) (string, error) {
+	ents, err := os.ReadDir(pkgDir)
+	if err != nil {
+		return "", err
+	}
+	names := make([]string, 0, len(ents))
+	for _, e := range ents {
+		if e.Type().IsRegular() && !strings.HasSuffix(e.Name(), ".wasm") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", runtime.Version(), opts.Ldflags, opts.BuildMode)
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(pkgDir, n))
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", n, len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Cached builds pkgDir into cacheDir (once per source hash) and returns the module's path.
+func Cached(ctx context.Context, pkgDir, cacheDir string, opts Options) (string, error) {
+	key, err := SourceHash(pkgDir, opts)
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(cacheDir, filepath.Base(pkgDir)+"-"+key[:16]+".wasm")
+	if fi, err := os.Stat(out); err == nil && fi.Size() > 0 {
+		return out, nil
+	}
+	if err := Build(ctx, pkgDir, out, opts); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// Stale reports whether out is missing or older than any regular file in pkgDir.
+func Stale(pkgDir, out string) (bool, error) {
+	ofi, err := os.Stat(out)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ents, err := os.ReadDir(pkgDir)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() || strings.HasSuffix(e.Name(), ".wasm") {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return false, err
+		}
+		if fi.ModTime().After(ofi.ModTime()) {
+			return true, nil
+		}
+	}
+	return false, nil
+}

@@ -1,0 +1,101 @@
+// Command guest is the test tool for the Wasm tier: the input's "mode" picks a behaviour.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// version is set with -ldflags "-X main.version=..." to build a changed module.
+var version = "1"
+
+type input struct {
+	Mode  string `json:"mode"`
+	Name  string `json:"name"`
+	Code  int    `json:"code"`
+	Size  int    `json:"size"`
+	Path  string `json:"path"`
+	Lines int    `json:"lines"`
+}
+
+var sink [][]byte
+
+func main() {
+	raw, err := os.ReadFile("/axocoatl/input.json")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "read input:", err)
+		os.Exit(10)
+	}
+	var in input
+	if err := json.Unmarshal(raw, &in); err != nil {
+		fmt.Fprintln(os.Stderr, "decode input:", err)
+		os.Exit(11)
+	}
+	out := map[string]any{"version": version}
+	switch in.Mode {
+	case "", "greet":
+		out["greeting"] = "Hello, " + in.Name + "!"
+	case "nooutput":
+		return
+	case "invalid":
+		write([]byte("{not json"))
+		return
+	case "big":
+		write([]byte(`"` + strings.Repeat("x", in.Size) + `"`))
+		return
+	case "fail":
+		for i := 0; i < in.Lines; i++ {
+			fmt.Fprintf(os.Stderr, "line %d of the failure\n", i)
+		}
+		fmt.Fprintln(os.Stderr, "the last words")
+		os.Exit(in.Code)
+	case "stdout":
+		fmt.Println("printed on stdout")
+	case "spin":
+		for i := 0; ; i++ {
+			if i < 0 {
+				break
+			}
+		}
+	case "bomb":
+		for {
+			sink = append(sink, make([]byte, 1<<20))
+		}
+	case "readfile":
+		b, err := os.ReadFile(in.Path)
+		out["content"] = string(b)
+		if err != nil {
+			out["error"] = err.Error()
+		}
+	case "listdir":
+		ents, err := os.ReadDir(in.Path)
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		out["names"] = names
+		if err != nil {
+			out["error"] = err.Error()
+		}
+	case "env":
+		out["env"] = os.Environ()
+		out["args"] = os.Args
+	case "writeinput":
+		err := os.WriteFile("/axocoatl/input.json", []byte(`{"changed":true}`), 0o644)
+		out["error"] = fmt.Sprint(err)
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", in.Mode)
+		os.Exit(12)
+	}
+	b, _ := json.Marshal(out)
+	write(b)
+}
+
+func write(b []byte) {
+	if err := os.WriteFile("/axocoatl/output.json", b, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "write output:", err)
+		os.Exit(13)
+	}
+}

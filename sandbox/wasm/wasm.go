@@ -1,0 +1,417 @@
+// Package wasm is the Wasmtime tier: tools compiled to WebAssembly (WASI preview 1), run by
+// wazero's compiler in this process.
+//
+// Each module is compiled once, keyed by its content (so a changed file recompiles), with an
+// optional on-disk compilation cache; every call gets a fresh instance with:
+//   - /axocoatl/input.json (read-only) and /axocoatl/output.json, in memory: no other file, no
+//     host filesystem, no environment variables, no network (WASI preview 1 has no sockets);
+//   - stdout and stderr kept as one bounded tail (Outcome.Stderr);
+//   - a linear memory capped at the call's MemoryMB (default 64), from a pool of mmap-backed
+//     regions that never move and are zeroed on release;
+//   - the call's timeout: the instance is stopped within about a millisecond of the deadline.
+//
+// Before compiling, the data section is rewritten so that the tens of thousands of small data
+// segments Go's linker emits become a few large ones; instantiation then copies memory instead
+// of interpreting segments. At most MaxConcurrency instances run at once (compiled wasm is not
+// preempted, so more would only raise every call's latency); the others wait their turn.
+package wasm
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/experimental"
+	"github.com/tetratelabs/wazero/experimental/sysfs"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"github.com/tetratelabs/wazero/sys"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/wasm/internal/wasmbin"
+)
+
+// Backend is the Outcome.Backend of this tier.
+const Backend = "wazero"
+
+// DefaultMemoryMB is the memory limit of a call that sets none.
+const DefaultMemoryMB = 64
+
+// segmentGap is the largest run of zeros between two data segments that merging fills in: larger
+// gaps stay gaps (fresh memory is zero already), smaller ones cost less to copy than a segment.
+const segmentGap = 4096
+
+// Config configures a Sandbox. The zero value is usable.
+type Config struct {
+	// CacheDir holds wazero's on-disk compilation cache, so a new process skips compiling modules
+	// it has seen ("" keeps compiled code in memory only). It is created if missing.
+	CacheDir string
+	// MaxConcurrency caps instances running at once (default GOMAXPROCS); other calls queue.
+	MaxConcurrency int
+	// DefaultMemoryMB is the limit for calls that set none (default 64).
+	DefaultMemoryMB int
+	// Logger receives compile events; nil logs nowhere.
+	Logger *slog.Logger
+
+	// KeepDataSegments and HeapMemory switch off the two instantiation optimisations; they exist
+	// to measure them (benchmarks) and to rule them out when debugging.
+	KeepDataSegments bool
+	HeapMemory       bool
+}
+
+// DefaultCacheDir is the compilation cache under the user's cache directory
+// ($XDG_CACHE_HOME/axocoatl/wazero, ~/.cache/axocoatl/wazero).
+func DefaultCacheDir() (string, error) {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(d, "axocoatl", "wazero"), nil
+}
+
+// Sandbox runs WebAssembly tools. Safe for concurrent use; Close is idempotent; Run after Close
+// fails.
+type Sandbox struct {
+	cfg   Config
+	log   *slog.Logger
+	rt    wazero.Runtime
+	cache wazero.CompilationCache // nil without CacheDir
+	pool  *memPool
+	// slots holds one token per instance allowed to run.
+	slots chan struct{}
+
+	mu sync.Mutex // protects files, modules, closed
+	// files remembers each entrypoint's identity (stat) and content hash, so a call costs one stat
+	// unless the file changed.
+	files   map[string]fileID
+	modules map[[32]byte]*module
+	closed  bool
+
+	// calls counts Runs in flight; Close waits for them before closing the runtime.
+	calls sync.WaitGroup
+}
+
+type fileID struct {
+	size  int64
+	mtime time.Time
+	ino   uint64
+	dev   uint64
+	hash  [32]byte
+}
+
+// module is one compiled module, shared by every call of the same content.
+type module struct {
+	ready    chan struct{} // closed when compiled or err is set
+	compiled wazero.CompiledModule
+	info     wasmbin.Info
+	merged   bool
+	err      error
+}
+
+// New returns a Sandbox.
+func New(cfg Config) (*Sandbox, error) {
+	if cfg.MaxConcurrency <= 0 {
+		cfg.MaxConcurrency = runtime.GOMAXPROCS(0)
+	}
+	if cfg.DefaultMemoryMB <= 0 {
+		cfg.DefaultMemoryMB = DefaultMemoryMB
+	}
+	s := &Sandbox{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		pool:    newMemPool(cfg.MaxConcurrency, cfg.HeapMemory),
+		slots:   make(chan struct{}, cfg.MaxConcurrency),
+		files:   map[string]fileID{},
+		modules: map[[32]byte]*module{},
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	rc := wazero.NewRuntimeConfigCompiler().WithCloseOnContextDone(true)
+	if cfg.CacheDir != "" {
+		if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
+			return nil, fmt.Errorf("wasm: compilation cache: %w", err)
+		}
+		c, err := wazero.NewCompilationCacheWithDir(cfg.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("wasm: compilation cache: %w", err)
+		}
+		s.cache = c
+		rc = rc.WithCompilationCache(c)
+	}
+	ctx := context.Background()
+	s.rt = wazero.NewRuntimeWithConfig(ctx, rc)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, s.rt); err != nil {
+		s.rt.Close(ctx)
+		return nil, fmt.Errorf("wasm: WASI: %w", err)
+	}
+	return s, nil
+}
+
+func (s *Sandbox) Tier() isolation.Tier { return isolation.TierWasm }
+
+// Probe reports the tier available: wazero runs in this process on every host (with its
+// interpreter where it has no compiler, which is much slower).
+func (s *Sandbox) Probe(context.Context) isolation.Availability {
+	a := isolation.Availability{Available: true, Backend: Backend}
+	if runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64" {
+		a.Backend = Backend + " (interpreter)"
+	}
+	return a
+}
+
+// Supports accepts only WebAssembly modules.
+func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
+	if req == isolation.RequireWasm {
+		return ""
+	}
+	var need string
+	switch req {
+	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+		need = "the Firecracker or Oci tier"
+	case isolation.RequireContainerImage:
+		need = "the Oci tier"
+	default:
+		need = "the None tier"
+	}
+	return fmt.Sprintf("Wasmtime runs only WebAssembly modules (WasmCompiled); %s needs %s", req, need)
+}
+
+// Prepare compiles the call's module ahead of its first call (and fills the disk cache).
+// Idempotent.
+func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
+	if reason := s.Supports(call.Runtime); reason != "" {
+		return isolation.Errorf(isolation.ErrTierUnavailable, "%s", reason)
+	}
+	if !s.enter() {
+		return errClosed
+	}
+	defer s.calls.Done()
+	_, err := s.module(ctx, call.Entrypoint)
+	return err
+}
+
+var errClosed = errors.New("wasm: sandbox is closed")
+
+func (s *Sandbox) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.calls.Add(1)
+	return true
+}
+
+// module returns the compiled module for the file at path, compiling it when its content is new.
+func (s *Sandbox) module(ctx context.Context, path string) (*module, error) {
+	if path == "" || !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("wasm: entrypoint %q is not an absolute path", path)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("wasm: module: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("wasm: module %s is not a regular file", path)
+	}
+	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.ino, id.dev = uint64(st.Ino), uint64(st.Dev)
+	}
+	s.mu.Lock()
+	known, ok := s.files[path]
+	s.mu.Unlock()
+	var bin []byte
+	if ok && known.size == id.size && known.mtime.Equal(id.mtime) && known.ino == id.ino && known.dev == id.dev {
+		id.hash = known.hash
+	} else {
+		if bin, err = os.ReadFile(path); err != nil {
+			return nil, fmt.Errorf("wasm: module: %w", err)
+		}
+		id.hash = sha256.Sum256(bin)
+		s.mu.Lock()
+		s.files[path] = id
+		s.mu.Unlock()
+	}
+
+	s.mu.Lock()
+	m, ok := s.modules[id.hash]
+	if !ok {
+		if bin == nil {
+			// Known identity but the module was dropped after a failed compile: read again.
+			s.mu.Unlock()
+			delete(s.files, path)
+			return s.module(ctx, path)
+		}
+		m = &module{ready: make(chan struct{})}
+		s.modules[id.hash] = m
+		s.mu.Unlock()
+		s.compile(ctx, path, bin, m)
+		if m.err != nil {
+			s.mu.Lock()
+			delete(s.modules, id.hash)
+			delete(s.files, path)
+			s.mu.Unlock()
+		}
+		close(m.ready)
+		return m, m.err
+	}
+	s.mu.Unlock()
+	select {
+	case <-m.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return m, m.err
+}
+
+func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *module) {
+	start := time.Now()
+	info, err := wasmbin.Inspect(bin)
+	if err != nil {
+		m.err = fmt.Errorf("wasm: %s: %w", path, err)
+		return
+	}
+	m.info = info
+	if !s.cfg.KeepDataSegments {
+		merged, ok, err := wasmbin.MergeData(bin, segmentGap)
+		if err != nil {
+			m.err = fmt.Errorf("wasm: %s: %w", path, err)
+			return
+		}
+		bin, m.merged = merged, ok
+	}
+	// Other callers may wait for this compile: it must not stop when the first caller gives up.
+	c, err := s.rt.CompileModule(context.WithoutCancel(ctx), bin)
+	if err != nil {
+		m.err = fmt.Errorf("wasm: compile %s: %w", path, err)
+		return
+	}
+	m.compiled = c
+	s.log.LogAttrs(ctx, slog.LevelInfo, "wasm module compiled", slog.String("path", path),
+		slog.Int("data_segments", info.DataSegments), slog.Bool("merged", m.merged), slog.Duration("duration", time.Since(start)))
+}
+
+// Run runs one call in a fresh instance. See the package doc for what the guest sees.
+func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, error) {
+	if reason := s.Supports(call.Runtime); reason != "" {
+		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", reason)
+	}
+	if !s.enter() {
+		return sandbox.Outcome{}, errClosed
+	}
+	defer s.calls.Done()
+	lim := call.Limits.WithDefaults()
+	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
+	defer cancel()
+
+	m, err := s.module(ctx, call.Entrypoint)
+	if err != nil {
+		if ctx.Err() != nil {
+			return sandbox.Outcome{}, ctxError(ctx)
+		}
+		return sandbox.Outcome{}, err
+	}
+	memMB := lim.MemoryMB
+	if memMB <= 0 {
+		memMB = s.cfg.DefaultMemoryMB
+	}
+	limit := uint64(memMB) << 20
+	if m.info.HasMemory && m.info.MinPages*65536 > limit {
+		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrMemoryLimit,
+			"the module declares %d MiB of initial memory, over the limit of %d MiB", m.info.MinPages*65536>>20, memMB)
+	}
+
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return sandbox.Outcome{}, ctxError(ctx)
+	}
+	defer func() { <-s.slots }()
+
+	fsys := newCallFS(call.Input, lim.MaxOutputBytes, time.Now().UnixNano())
+	tail := sandbox.NewTailBuffer(lim.MaxStderrBytes)
+	mc := wazero.NewModuleConfig().
+		WithName("").
+		WithArgs(call.Tool).
+		WithStdout(tail).
+		WithStderr(tail).
+		WithSysWalltime().
+		WithSysNanotime().
+		WithSysNanosleep().
+		WithRandSource(rand.Reader).
+		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(fsys, sandbox.GuestDir))
+	mem := &callMemory{pool: s.pool, limit: limit}
+	mod, err := s.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), m.compiled, mc)
+	if mod != nil {
+		mod.Close(context.WithoutCancel(ctx))
+	}
+	out := sandbox.Outcome{Backend: Backend}
+	var exit *sys.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeDeadlineExceeded:
+		return out, &isolation.Error{Kind: isolation.ErrTimeout, Message: fmt.Sprintf("stopped after %s", lim.Timeout), Stderr: tail.String()}
+	case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeContextCanceled:
+		return out, ctxError(ctx)
+	case ctx.Err() != nil:
+		return out, ctxError(ctx)
+	case errors.As(err, &exit):
+		out.ExitCode = int(exit.ExitCode())
+	default:
+		// A trap (unreachable, out-of-bounds access, stack overflow...) ends the tool like a crash.
+		out.ExitCode = 1
+		fmt.Fprintf(tail, "\nwasm trap: %v", err)
+	}
+	out.Stderr = tail.String()
+	if out.ExitCode != 0 && mem.denied.Load() {
+		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: out.ExitCode, Stderr: out.Stderr,
+			Message: fmt.Sprintf("the module needed more than its limit of %d MiB of linear memory", memMB)}
+	}
+	output, overflow := fsys.result()
+	if overflow {
+		return out, &isolation.Error{Kind: isolation.ErrOutputTooLarge, ExitCode: out.ExitCode, Stderr: out.Stderr,
+			Message: fmt.Sprintf("the tool wrote more than %d bytes to %s", lim.MaxOutputBytes, sandbox.GuestOutputPath)}
+	}
+	out.Output = output
+	return out, nil
+}
+
+// ctxError is ErrTimeout for a deadline, ctx's error for a cancellation.
+func ctxError(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return &isolation.Error{Kind: isolation.ErrTimeout, Err: context.DeadlineExceeded}
+	}
+	return ctx.Err()
+}
+
+// Close waits for calls in flight, then releases compiled modules, the runtime and the memory
+// pool. Idempotent.
+func (s *Sandbox) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.calls.Wait()
+	ctx := context.Background()
+	err := s.rt.Close(ctx)
+	if s.cache != nil {
+		err = errors.Join(err, s.cache.Close(ctx))
+	}
+	s.pool.close()
+	return err
+}
