@@ -112,7 +112,20 @@ func (d *Driver) Probe(ctx context.Context) isolation.Availability {
 		a.Fix = "add the user to the kvm group (usermod -aG kvm $USER) or grant rw access: setfacl -m u:$USER:rw " + d.opts.KVMDevice
 		return a
 	}
+	kerr := checkKVM(f)
 	f.Close()
+	if kerr != nil {
+		a.Reason = fmt.Sprintf("%s is not a working KVM device: %v", d.opts.KVMDevice, kerr)
+		a.Fix = "load the kvm module for this CPU (modprobe kvm_intel / kvm_amd) and check dmesg"
+		return a
+	}
+	if j := d.opts.Jailer; j != nil {
+		if err := j.validate(); err != nil {
+			a.Reason = err.Error()
+			a.Fix = "fix the jailer configuration"
+			return a
+		}
+	}
 	bin, err := d.binary()
 	if err != nil {
 		a.Reason = "no firecracker binary: " + err.Error()
@@ -125,11 +138,6 @@ func (d *Driver) Probe(ctx context.Context) isolation.Availability {
 		return a
 	}
 	if j := d.opts.Jailer; j != nil {
-		if err := j.validate(); err != nil {
-			a.Reason = err.Error()
-			a.Fix = "fix the jailer configuration"
-			return a
-		}
 		jb := j.Binary
 		if jb == "" {
 			if jb, err = exec.LookPath("jailer"); err != nil {

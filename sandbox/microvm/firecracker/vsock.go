@@ -47,7 +47,7 @@ func DialVsock(ctx context.Context, uds string, port uint32, handshakeTimeout ti
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("firecracker vsock: CONNECT %d: %w", port, ctx.Err())
 		}
-		if dctx.Err() != nil {
+		if dctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, fmt.Errorf("firecracker vsock: CONNECT %d: no answer within %s: %w", port, handshakeTimeout, os.ErrDeadlineExceeded)
 		}
 		return nil, err
