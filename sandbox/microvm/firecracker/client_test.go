@@ -27,9 +27,16 @@ func shortTempDir(t *testing.T) string {
 }
 
 // startFake serves h on a fresh unix socket and returns its path.
-func startFake(t *testing.T, h http.Handler) string {
+func startFake(t *testing.T, h http.Handler) string { return startFakeB(t, h) }
+
+func startFakeB(t testing.TB, h http.Handler) string {
 	t.Helper()
-	sock := filepath.Join(shortTempDir(t), "api.sock")
+	dir, err := os.MkdirTemp("", "fc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "api.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
