@@ -347,7 +347,10 @@ func LoadToken(value, path string) (string, error) {
 	if tok == "" {
 		return "", nil
 	}
-	return tok, checkToken(tok)
+	if err := checkToken(tok); err != nil {
+		return "", err
+	}
+	return tok, nil
 }
 
 func checkToken(tok string) error {
