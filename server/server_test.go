@@ -600,7 +600,6 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	}
 }
 
-
 func TestMCPOverStreamableHTTP(t *testing.T) {
 	_, _, ts := newTestServer(t, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
