@@ -392,3 +392,62 @@ func TestRealBoot(t *testing.T) {
 		t.Fatalf("Channel after restore: %v", err)
 	}
 }
+
+// TestDriverJailer runs the lifecycle through a fake jailer (which builds the jail directory and
+// execs the fake Firecracker rooted there): guest files are imported into the jail, the snapshot
+// is moved out of it, the restore imports it into a new jail, and Kill removes each jail.
+func TestDriverJailer(t *testing.T) {
+	fc := fakeBinary(t, "firecracker")
+	jailerBin := fakeBinary(t, "jailer")
+	base := shortTempDir(t)
+	kernel, initrd, root := guestFiles(t)
+	d := New(Options{Jailer: &Jailer{Binary: jailerBin, ExecFile: fc, UID: os.Getuid(), GID: os.Getgid(), ChrootBaseDir: base}})
+	ctx := testCtx(t)
+
+	var out syncBuffer
+	m, err := d.Boot(ctx, microvm.BootSpec{ID: "jail-a", RunDir: shortTempDir(t), Kernel: kernel, Initrd: initrd, RootDrive: root,
+		VCPUs: 1, MemoryMB: 128, Stderr: &out})
+	if err != nil {
+		t.Fatalf("Boot: %v\n%s", err, out.String())
+	}
+	defer m.Kill()
+	jailA := filepath.Join(base, "firecracker", "jail-a")
+	for _, f := range []string{"root/vmlinux", "root/initrd", "root/root.ext4", "root/api.sock"} {
+		if _, err := os.Lstat(filepath.Join(jailA, f)); err != nil {
+			t.Errorf("jail lacks %s: %v", f, err)
+		}
+	}
+	echo(t, ctx, m, "hi", "jail-a")
+	reqs, bodies := fakeRequests(out.String())
+	joined := strings.Join(bodies, "\n")
+	for _, w := range []string{`"kernel_image_path":"/vmlinux"`, `"initrd_path":"/initrd"`, `"path_on_host":"/root.ext4"`, `"uds_path":"/v.sock"`} {
+		if !strings.Contains(joined, w) {
+			t.Errorf("jailed requests lack %s: %v", w, reqs)
+		}
+	}
+	snap, err := d.Snapshot(ctx, m, shortTempDir(t))
+	if err != nil {
+		t.Fatalf("Snapshot: %v\n%s", err, out.String())
+	}
+	if _, err := os.Stat(snap.Memory); err != nil {
+		t.Fatalf("snapshot not moved out of the jail: %v", err)
+	}
+	m.Kill()
+	if _, err := os.Lstat(jailA); !os.IsNotExist(err) {
+		t.Fatalf("jail %s left after Kill: %v", jailA, err)
+	}
+
+	var outB syncBuffer
+	m2, err := d.Restore(ctx, snap, microvm.BootSpec{ID: "jail-b", RunDir: shortTempDir(t), VCPUs: 1, MemoryMB: 128, Stderr: &outB})
+	if err != nil {
+		t.Fatalf("Restore: %v\n%s", err, outB.String())
+	}
+	echo(t, ctx, m2, "again", "jail-b")
+	m2.Kill()
+	if _, err := os.Lstat(filepath.Join(base, "firecracker", "jail-b")); !os.IsNotExist(err) {
+		t.Fatalf("restored jail left after Kill: %v", err)
+	}
+	if s := out.String() + outB.String(); strings.Contains(s, "VIOLATION") {
+		t.Fatalf("spec violations:\n%s", s)
+	}
+}

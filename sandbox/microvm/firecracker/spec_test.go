@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"gopkg.in/yaml.v3"
@@ -317,6 +318,16 @@ type fakeFirecracker struct {
 	state      string          // StateNotStarted, StateRunning, StatePaused
 	vsockPath  string
 	memMiB     int64
+	// root emulates the jailer's chroot: API paths are resolved under it ("" = host paths).
+	root string
+}
+
+// hostPath resolves a path given to the API as the VMM would see it.
+func (f *fakeFirecracker) hostPath(p string) string {
+	if f.root == "" {
+		return p
+	}
+	return filepath.Join(f.root, p)
 }
 
 func newFakeFirecracker(spec *apiSpec, id string) *fakeFirecracker {
@@ -386,6 +397,14 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		n, _ := obj["mem_size_mib"].(json.Number).Int64()
 		f.memMiB = n
 	case "PUT /boot-source", "PUT /drives/{drive_id}", "PUT /entropy":
+		for _, k := range []string{"kernel_image_path", "initrd_path", "path_on_host"} {
+			if p, ok := obj[k].(string); ok {
+				if _, err := os.Stat(f.hostPath(p)); err != nil {
+					f.fault(w, 400, "Invalid %s: %v", k, err)
+					return
+				}
+			}
+		}
 		if tmpl == "/drives/{drive_id}" && obj["drive_id"] != params["drive_id"] {
 			f.fault(w, 400, "The id from the path [%s] does not match the id from the body [%v]!", params["drive_id"], obj["drive_id"])
 			return
@@ -411,7 +430,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			f.state = StateRunning
 			if f.onStart != nil && f.vsockPath != "" {
-				f.onStart(f.vsockPath)
+				f.onStart(f.hostPath(f.vsockPath))
 			}
 		case "SendCtrlAltDel":
 			if f.state == StateNotStarted {
@@ -435,11 +454,11 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		state, _ := json.Marshal(map[string]any{"vsock": f.vsockPath, "mem": f.memMiB})
-		if err := os.WriteFile(obj["snapshot_path"].(string), state, 0o600); err != nil {
+		if err := os.WriteFile(f.hostPath(obj["snapshot_path"].(string)), state, 0o600); err != nil {
 			f.fault(w, 400, "Cannot save the microVM state: %v", err)
 			return
 		}
-		if err := os.WriteFile(obj["mem_file_path"].(string), bytes.Repeat([]byte{0}, 4096), 0o600); err != nil {
+		if err := os.WriteFile(f.hostPath(obj["mem_file_path"].(string)), bytes.Repeat([]byte{0}, 4096), 0o600); err != nil {
 			f.fault(w, 400, "Cannot save the memory: %v", err)
 			return
 		}
@@ -453,7 +472,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.fault(w, 400, "Exactly one of mem_file_path and mem_backend must be given.")
 			return
 		}
-		raw, err := os.ReadFile(obj["snapshot_path"].(string))
+		raw, err := os.ReadFile(f.hostPath(obj["snapshot_path"].(string)))
 		if err != nil {
 			f.fault(w, 400, "Load snapshot error: Cannot open the snapshot file: %v", err)
 			return
@@ -466,7 +485,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if mb != nil {
-			if _, err := os.Stat(mb["backend_path"].(string)); err != nil {
+			if _, err := os.Stat(f.hostPath(mb["backend_path"].(string))); err != nil {
 				f.fault(w, 400, "Load snapshot error: Cannot open the memory file: %v", err)
 				return
 			}
@@ -479,7 +498,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if obj["resume_vm"] == true {
 			f.state = StateRunning
 			if f.onStart != nil && f.vsockPath != "" {
-				f.onStart(f.vsockPath)
+				f.onStart(f.hostPath(f.vsockPath))
 			}
 		}
 	default:
@@ -567,6 +586,8 @@ func runFakeFirecrackerMain() {
 	}
 	f := newFakeFirecracker(spec, id)
 	f.logTo = os.Stderr
+	f.root = os.Getenv("FAKEFC_ROOT")
+	sock = f.hostPath(sock)
 	refuse, _ := strconv.Atoi(os.Getenv("FAKEFC_REFUSE_FIRST"))
 	f.onStart = func(uds string) {
 		if err := fakeGuestAgent(uds, DefaultAgentPort, id, refuse); err != nil {
@@ -579,9 +600,53 @@ func runFakeFirecrackerMain() {
 	}
 }
 
+// runFakeJailerMain is the subprocess fake jailer: it builds <base>/<exec>/<id>/root as the jailer
+// does and execs the exec file with the arguments after "--"; instead of chroot(2) it tells the
+// fake Firecracker its root (FAKEFC_ROOT), which resolves every API path under it.
+func runFakeJailerMain() {
+	var id, execFile, base string
+	var rest []string
+	args := os.Args[1:]
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--" {
+			rest = args[i+1:]
+			break
+		}
+		if i+1 >= len(args) {
+			break
+		}
+		switch args[i] {
+		case "--id":
+			id = args[i+1]
+		case "--exec-file":
+			execFile = args[i+1]
+		case "--chroot-base-dir":
+			base = args[i+1]
+		}
+		i++
+	}
+	if id == "" || execFile == "" || base == "" {
+		fmt.Fprintln(os.Stderr, "fake jailer: --id, --exec-file and --chroot-base-dir are required")
+		os.Exit(2)
+	}
+	root := filepath.Join(base, filepath.Base(execFile), id, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "fake jailer:", err)
+		os.Exit(1)
+	}
+	env := append(os.Environ(), "FAKEFC_ROOT="+root)
+	err := syscall.Exec(execFile, append([]string{execFile, "--id", id}, rest...), env)
+	fmt.Fprintln(os.Stderr, "fake jailer: exec:", err)
+	os.Exit(1)
+}
+
 func TestMain(m *testing.M) {
-	if filepath.Base(os.Args[0]) == "firecracker" {
+	switch filepath.Base(os.Args[0]) {
+	case "firecracker":
 		runFakeFirecrackerMain()
+		return
+	case "jailer":
+		runFakeJailerMain()
 		return
 	}
 	os.Exit(m.Run())
