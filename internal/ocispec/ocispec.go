@@ -1,0 +1,283 @@
+// Package ocispec builds the OCI runtime spec every Oci-tier call runs with: the isolation
+// defaults applied over a bundle's config.json, or a spec generated for a script or executable
+// tool that runs on a shared runtime root filesystem.
+//
+// The policy is "build fresh, copy little": a bundle's config.json contributes only its process
+// (args, env, cwd, uid/gid), its root path and hostname. Everything a bundle could use to weaken
+// isolation or reach the host — hooks, mounts, devices, namespace paths, id mappings, sysctls,
+// capabilities, seccomp, AppArmor/SELinux labels, resources — is ignored and replaced by the
+// defaults below. The only loosenable setting is the network (Options.HostNetwork).
+package ocispec
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Defaults.
+const (
+	DefaultMemoryMB  = 256
+	DefaultPids      = 128
+	DefaultCPUs      = 1.0
+	DefaultNofile    = 1024
+	DefaultTmpSizeMB = 64
+	cpuPeriod        = 100000
+	defaultPath      = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	guestDir         = "/axocoatl"
+	guestToolDir     = "/axocoatl/tool"
+	guestInput       = "/axocoatl/input.json"
+	UnprivilegedID   = 65534
+	ociVersion       = "1.2.0"
+	maxArgBytes      = 64 << 10
+)
+
+// Options are the per-call settings applied by Harden and Generate.
+type Options struct {
+	// Hostname inside the container (the UTS namespace is always private).
+	Hostname string
+	// CgroupsPath is the container's cgroup path ("/axocoatl/<id>" with the cgroupfs driver).
+	CgroupsPath string
+	// IODir is the host directory bind-mounted at /axocoatl; IODir/input.json is bound over
+	// itself read-only.
+	IODir string
+	// MemoryMB (default 256), Pids (default 128), CPUs (default 1.0), Nofile (default 1024),
+	// TmpSizeMB (default 64) bound the container.
+	MemoryMB  int
+	Pids      int64
+	CPUs      float64
+	Nofile    uint64
+	TmpSizeMB int
+	// Swap is true when the host accounts swap (cgroup v1 memory.memsw.*, v2 memory.swap.max):
+	// swap is then limited to nothing beyond the memory limit.
+	Swap bool
+	// HostNetwork shares the host's network namespace instead of a private one with loopback
+	// only. It is the one isolation setting a tool may loosen, and only where the sandbox's
+	// configuration allows it.
+	HostNetwork bool
+	// Rootless adds a user namespace mapping container id 0 to HostUID/HostGID (the caller's
+	// euid/egid) and runs the process as that id 0; cgroup limits then apply only where the
+	// cgroup is delegated to the user.
+	Rootless         bool
+	HostUID, HostGID uint32
+}
+
+// Harden returns the spec to run for a bundle: the isolation defaults, with the process, root
+// path and hostname taken from the bundle's spec. bundleDir is the bundle's absolute directory;
+// a relative root path is resolved against it and must stay inside it.
+func Harden(bundle *specs.Spec, bundleDir string, o Options) (*specs.Spec, error) {
+	if bundle == nil || bundle.Process == nil || len(bundle.Process.Args) == 0 {
+		return nil, errors.New("config.json has no process.args")
+	}
+	if bundle.Root == nil || bundle.Root.Path == "" {
+		return nil, errors.New("config.json has no root.path")
+	}
+	if !filepath.IsAbs(bundleDir) {
+		return nil, fmt.Errorf("bundle dir %q is not absolute", bundleDir)
+	}
+	root := bundle.Root.Path
+	if filepath.IsAbs(root) {
+		// An absolute root in an untrusted bundle could name any host directory.
+		rel, err := filepath.Rel(bundleDir, filepath.Clean(root))
+		if err != nil || !filepath.IsLocal(rel) {
+			return nil, fmt.Errorf("config.json root.path %q is outside the bundle", root)
+		}
+	} else {
+		if !filepath.IsLocal(root) {
+			return nil, fmt.Errorf("config.json root.path %q is outside the bundle", root)
+		}
+		root = filepath.Join(bundleDir, root)
+	}
+	p := bundle.Process
+	if err := checkArgs(p.Args, p.Env); err != nil {
+		return nil, err
+	}
+	cwd := p.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	if !filepath.IsAbs(cwd) {
+		return nil, fmt.Errorf("config.json process.cwd %q is not absolute", cwd)
+	}
+	user := specs.User{UID: p.User.UID, GID: p.User.GID, AdditionalGids: p.User.AdditionalGids}
+	env := p.Env
+	if len(env) == 0 {
+		env = []string{defaultPath}
+	}
+	return build(root, nil, p.Args, env, filepath.Clean(cwd), user, o), nil
+}
+
+// Generate returns the spec for a script or executable tool on a shared runtime root: rootfs =
+// runtimeRoot (read-only), the tool folder bind-mounted read-only at /axocoatl/tool, the process
+// running args as the unprivileged uid/gid 65534 (container id 0 when rootless).
+func Generate(runtimeRoot, toolDir string, args []string, o Options) (*specs.Spec, error) {
+	if !filepath.IsAbs(runtimeRoot) || !filepath.IsAbs(toolDir) {
+		return nil, errors.New("runtime root and tool dir must be absolute")
+	}
+	if err := checkArgs(args, nil); err != nil {
+		return nil, err
+	}
+	user := specs.User{UID: UnprivilegedID, GID: UnprivilegedID}
+	if o.Rootless {
+		user = specs.User{}
+	}
+	extra := []specs.Mount{{
+		Destination: guestToolDir, Type: "bind", Source: toolDir,
+		Options: []string{"rbind", "ro", "nosuid", "nodev"},
+	}}
+	env := []string{defaultPath, "HOME=/tmp", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"}
+	return build(runtimeRoot, extra, args, env, guestToolDir, user, o), nil
+}
+
+// ToolArgs is the process of a script or executable tool whose entrypoint is rel (relative to the
+// tool folder) for runtime "Python", "Shell" or "Arbitrary".
+func ToolArgs(runtime, rel string) ([]string, error) {
+	if !filepath.IsLocal(rel) {
+		return nil, fmt.Errorf("entrypoint %q is not inside the tool folder", rel)
+	}
+	p := guestToolDir + "/" + filepath.ToSlash(filepath.Clean(rel))
+	switch runtime {
+	case "Python":
+		return []string{"python3", p}, nil
+	case "Shell":
+		return []string{"/bin/sh", p}, nil
+	case "Arbitrary":
+		return []string{p}, nil
+	}
+	return nil, fmt.Errorf("runtime %q has no generated bundle", runtime)
+}
+
+func checkArgs(args, env []string) error {
+	n := 0
+	for _, s := range append(append([]string(nil), args...), env...) {
+		if strings.IndexByte(s, 0) >= 0 {
+			return errors.New("config.json process has a NUL byte in args or env")
+		}
+		n += len(s)
+	}
+	if n > maxArgBytes {
+		return fmt.Errorf("config.json process args+env are %d bytes, the limit is %d", n, maxArgBytes)
+	}
+	return nil
+}
+
+func (o *Options) defaults() {
+	if o.MemoryMB <= 0 {
+		o.MemoryMB = DefaultMemoryMB
+	}
+	if o.Pids <= 0 {
+		o.Pids = DefaultPids
+	}
+	if o.CPUs <= 0 {
+		o.CPUs = DefaultCPUs
+	}
+	if o.Nofile == 0 {
+		o.Nofile = DefaultNofile
+	}
+	if o.TmpSizeMB <= 0 {
+		o.TmpSizeMB = DefaultTmpSizeMB
+	}
+}
+
+func build(root string, extraMounts []specs.Mount, args, env []string, cwd string, user specs.User, o Options) *specs.Spec {
+	o.defaults()
+	hostname := o.Hostname
+	if hostname == "" {
+		hostname = "axocoatl"
+	}
+	s := &specs.Spec{
+		Version:  ociVersion,
+		Root:     &specs.Root{Path: root, Readonly: true},
+		Hostname: hostname,
+		Process: &specs.Process{
+			Args:            append([]string(nil), args...),
+			Env:             append([]string(nil), env...),
+			Cwd:             cwd,
+			User:            user,
+			NoNewPrivileges: true,
+			// Every capability set empty: nothing is kept, not even for uid 0.
+			Capabilities: &specs.LinuxCapabilities{Bounding: []string{}, Effective: []string{}, Inheritable: []string{}, Permitted: []string{}, Ambient: []string{}},
+			Rlimits:      []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: o.Nofile, Soft: o.Nofile}},
+		},
+		Mounts: mounts(o, extraMounts),
+		Linux: &specs.Linux{
+			CgroupsPath: o.CgroupsPath,
+			Namespaces:  namespaces(o),
+			MaskedPaths: []string{
+				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+				"/sys/firmware", "/sys/devices/virtual/powercap",
+			},
+			ReadonlyPaths: []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
+			Resources:     resources(o),
+			Seccomp:       DefaultSeccomp(),
+		},
+	}
+	if o.Rootless {
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.HostUID, Size: 1}}
+		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.HostGID, Size: 1}}
+	}
+	return s
+}
+
+func namespaces(o Options) []specs.LinuxNamespace {
+	ns := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.CgroupNamespace}}
+	if !o.HostNetwork {
+		// A fresh network namespace: libcontainer brings up loopback only, so there is no route out.
+		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+	}
+	if o.Rootless {
+		ns = append(ns, specs.LinuxNamespace{Type: specs.UserNamespace})
+	}
+	return ns
+}
+
+func mounts(o Options, extra []specs.Mount) []specs.Mount {
+	m := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777", "size=" + strconv.Itoa(o.TmpSizeMB) + "m"}},
+	}
+	if o.Rootless || o.HostNetwork {
+		// sysfs can only be mounted by the owner of the network namespace.
+		m = append(m, specs.Mount{Destination: "/sys", Type: "none", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}})
+	} else {
+		m = append(m, specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}})
+	}
+	if !o.Rootless {
+		m[2].Options = append(m[2].Options, "gid=5")
+	}
+	if o.IODir != "" {
+		m = append(m,
+			specs.Mount{Destination: guestDir, Type: "bind", Source: o.IODir, Options: []string{"bind", "rw", "nosuid", "nodev", "noexec"}},
+			specs.Mount{Destination: guestInput, Type: "bind", Source: filepath.Join(o.IODir, "input.json"), Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}},
+		)
+	}
+	return append(m, extra...)
+}
+
+func resources(o Options) *specs.LinuxResources {
+	mem := int64(o.MemoryMB) << 20
+	quota := int64(o.CPUs * cpuPeriod)
+	period := uint64(cpuPeriod)
+	pids := o.Pids
+	r := &specs.LinuxResources{
+		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+		Memory:  &specs.LinuxMemory{Limit: &mem},
+		Pids:    &specs.LinuxPids{Limit: &pids},
+		CPU:     &specs.LinuxCPU{Quota: &quota, Period: &period},
+	}
+	if o.Swap {
+		// memsw (v1) is memory+swap: equal to the limit means no swap at all.
+		swap := mem
+		r.Memory.Swap = &swap
+	}
+	return r
+}

@@ -1,0 +1,195 @@
+package oci
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// binaryBackend drives an installed OCI runtime (crun or runc) with `run --keep`, so the
+// runtime itself waits for the process and reports its exit status; the container is kept
+// until destroy so its memory cgroup can be read for OOM kills.
+type binaryBackend struct {
+	kind       string // "crun" or "runc"
+	bin        string // absolute path of the executable
+	root       string // --root ({StateRoot}/.runtime)
+	bundles    string // {StateRoot}/.bundles
+	hybridFix  bool   // run in a mount namespace without /sys/fs/cgroup/unified (crun on hybrid)
+	useSystemd bool
+}
+
+func (b *binaryBackend) name() string  { return b.kind }
+func (b *binaryBackend) canPool() bool { return false }
+
+// command builds an invocation of the runtime. On a cgroup v1 host with the unified hierarchy
+// also mounted (hybrid), crun 1.8 refuses to run; in a private mount namespace with the unified
+// mount removed it sees plain v1. Go unshares the mount namespace and makes "/" private in the
+// child; /bin/sh then unmounts and execs the runtime (arguments passed as "$@", never parsed).
+func (b *binaryBackend) command(args ...string) *exec.Cmd {
+	full := append([]string{"--root", b.root}, args...)
+	if b.useSystemd {
+		full = append([]string{"--systemd-cgroup"}, full...)
+	}
+	if !b.hybridFix {
+		return exec.Command(b.bin, full...)
+	}
+	cmd := exec.Command("/bin/sh", append([]string{"-c", `umount -l /sys/fs/cgroup/unified && exec "$0" "$@"`, b.bin}, full...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	return cmd
+}
+
+func (b *binaryBackend) create(id string, spec *specs.Spec, out io.Writer) (instance, error) {
+	dir := filepath.Join(b.bundles, id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(spec)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "config.json"), raw, 0o600)
+	}
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return &binInstance{b: b, id: id, dir: dir, out: out, cgroupsPath: spec.Linux.CgroupsPath}, nil
+}
+
+func (b *binaryBackend) ids() []string {
+	seen := map[string]bool{}
+	var ids []string
+	for _, d := range []string{b.root, b.bundles} {
+		ents, _ := os.ReadDir(d)
+		for _, e := range ents {
+			if e.IsDir() && !seen[e.Name()] {
+				seen[e.Name()] = true
+				ids = append(ids, e.Name())
+			}
+		}
+	}
+	return ids
+}
+
+func (b *binaryBackend) reap(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := b.command("delete", "--force", id)
+	cmd.Cancel = func() error { return cmd.Process.Kill() }
+	_ = runCtx(ctx, cmd)
+	_ = os.RemoveAll(filepath.Join(b.bundles, id))
+}
+
+func runCtx(ctx context.Context, cmd *exec.Cmd) error {
+	var buf strings.Builder
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(buf.String()))
+		}
+		return nil
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		<-done
+		return ctx.Err()
+	}
+}
+
+type binInstance struct {
+	b           *binaryBackend
+	id, dir     string
+	out         io.Writer
+	cgroupsPath string
+
+	mu  sync.Mutex // protects cmd
+	cmd *exec.Cmd
+
+	once       sync.Once // guards destroyErr
+	destroyErr error
+}
+
+func (i *binInstance) start() error {
+	cmd := i.b.command("run", "--keep", "--bundle", i.dir, i.id)
+	cmd.Stdout, cmd.Stderr = i.out, i.out
+	// The runtime must not die with a signal meant for us mid-call; destroy cleans up.
+	cmd.SysProcAttr = withPdeathsig(cmd.SysProcAttr)
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	i.cmd = cmd
+	return nil
+}
+
+func withPdeathsig(a *syscall.SysProcAttr) *syscall.SysProcAttr {
+	if a == nil {
+		a = &syscall.SysProcAttr{}
+	}
+	a.Pdeathsig = syscall.SIGKILL
+	return a
+}
+
+func (i *binInstance) wait() (int, error) {
+	i.mu.Lock()
+	cmd := i.cmd
+	i.mu.Unlock()
+	if cmd == nil {
+		return -1, errors.New("container not started")
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if err == nil || errors.As(err, &ee) {
+		// `run` exits with the container process's status (128+n for signal n).
+		return exitCode(cmd.ProcessState), nil
+	}
+	return -1, err
+}
+
+func (i *binInstance) kill() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = runCtx(ctx, i.b.command("kill", i.id, "KILL"))
+}
+
+func (i *binInstance) oomKilled() bool {
+	if i.b.useSystemd {
+		return false
+	}
+	return oomKillCount(memoryCgroupDir(i.cgroupsPath)) > 0
+}
+
+func (i *binInstance) destroy() error {
+	i.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := runCtx(ctx, i.b.command("delete", "--force", i.id))
+		i.mu.Lock()
+		cmd := i.cmd
+		i.mu.Unlock()
+		if cmd != nil && cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if _, serr := os.Stat(filepath.Join(i.b.root, i.id)); serr != nil {
+			err = nil // already gone (a `run` that failed early leaves nothing)
+		}
+		i.destroyErr = errors.Join(err, os.RemoveAll(i.dir))
+	})
+	return i.destroyErr
+}

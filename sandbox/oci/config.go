@@ -1,0 +1,134 @@
+// Package oci is the Oci tier: each call runs in a fresh Linux container made from an OCI bundle
+// (a ContainerImage tool's folder) or, for Python/Shell/Arbitrary tools, from a spec generated
+// over a shared runtime root filesystem.
+//
+// The embedded backend is runc's libcontainer (pinned at v1.5.2): it re-executes the running
+// binary as the container's init, so every binary that uses this package must blank-import
+// github.com/axocoatl/isolation/internal/containerinit (test binaries of packages that run
+// containers too). The "crun" and "runc" backends drive an installed runtime binary instead.
+//
+// Every container gets the isolation defaults of package internal/ocispec whatever the bundle's
+// config.json says: private pid, mount, ipc, uts, cgroup and network namespaces (loopback only),
+// a read-only rootfs, a size-capped tmpfs at /tmp, no capabilities, no_new_privs, a default
+// seccomp profile, masked and read-only /proc paths, cgroup limits on memory, pids and CPU, and
+// RLIMIT_NOFILE. Only the network is loosenable: a tool that asks for it (tool.json
+// "network": true) shares the host's network namespace when Config.AllowNetwork is set, and gets
+// loopback only otherwise.
+//
+// Rootless (euid ≠ 0): a user namespace maps container uid/gid 0 to the caller; namespaces,
+// read-only rootfs, capabilities, no_new_privs, seccomp, masked paths and rlimits apply as for
+// root; cgroup limits (memory, pids, CPU) apply only where the cgroup is delegated to the user
+// (cgroup v2 with systemd delegation) and are otherwise silently absent, so memory-limit
+// detection is not available either.
+package oci
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Backend names.
+const (
+	BackendLibcontainer = "libcontainer"
+	BackendCrun         = "crun"
+	BackendRunc         = "runc"
+)
+
+// Defaults of Config.
+const (
+	DefaultStateRoot    = "/run/axocoatl/oci"
+	DefaultBundleRoot   = "/var/axocoatl/bundles"
+	DefaultCgroupParent = "axocoatl"
+	DefaultMemoryMB     = 256
+	DefaultPids         = 128
+	DefaultCPUs         = 1.0
+	DefaultNofile       = 1024
+	DefaultTmpSizeMB    = 64
+	DefaultPoolSize     = 2
+	DefaultPoolIdle     = 5 * time.Minute
+)
+
+// Config configures a Sandbox. New copies it; zero fields take the documented defaults.
+type Config struct {
+	// StateRoot holds per-call I/O dirs ({StateRoot}/{id}/) and runtime state. Default
+	// /run/axocoatl/oci. One live process at a time reaps it: New removes what a crashed earlier
+	// owner left there unless another live Sandbox holds it.
+	StateRoot string
+	// BundleRoot is the tools root: a call's Dir must be inside it. Default /var/axocoatl/bundles.
+	BundleRoot string
+	// UseSystemd selects libcontainer's systemd cgroup driver (default: cgroupfs).
+	UseSystemd bool
+	// Backend is "libcontainer" (embedded, the default), "crun" or "runc" (installed binaries).
+	Backend string
+	// RuntimeBinary is the crun/runc executable (default: looked up in PATH by Backend's name).
+	RuntimeBinary string
+	// RuntimeRoot is a root filesystem with /bin/sh and python3. When set, Python, Shell and
+	// Arbitrary tools run on it (read-only) with their folder at /axocoatl/tool; when empty only
+	// ContainerImage tools are supported.
+	RuntimeRoot string
+	// CgroupParent is the cgroup under which containers are created. Default "axocoatl".
+	CgroupParent string
+	// MemoryMB is the default memory limit (a call's Limits.MemoryMB wins). Default 256.
+	MemoryMB int
+	// Pids is the pids limit. Default 128.
+	Pids int64
+	// CPUs is the CPU quota in CPUs. Default 1.0.
+	CPUs float64
+	// Nofile is RLIMIT_NOFILE. Default 1024.
+	Nofile uint64
+	// TmpSizeMB caps the tmpfs at /tmp. Default 64.
+	TmpSizeMB int
+	// AllowNetwork lets tools that ask for the network share the host's network namespace.
+	AllowNetwork bool
+	// NoSeccomp runs containers without the seccomp profile. Only for binaries built without
+	// `-tags seccomp`; without it such a binary reports the tier unavailable.
+	NoSeccomp bool
+	// PoolSize is the number of pre-created containers Prepare keeps per tool (libcontainer
+	// backend only). Default 2; negative disables pools.
+	PoolSize int
+	// PoolIdle is how long a pool may go unused before its containers are destroyed; the next
+	// call runs cold and refills it. Default 5 minutes.
+	PoolIdle time.Duration
+	// Logger receives the sandbox's logs; nil logs nowhere.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.StateRoot == "" {
+		c.StateRoot = DefaultStateRoot
+	}
+	if c.BundleRoot == "" {
+		c.BundleRoot = DefaultBundleRoot
+	}
+	if c.Backend == "" {
+		c.Backend = BackendLibcontainer
+	}
+	if c.CgroupParent == "" {
+		c.CgroupParent = DefaultCgroupParent
+	}
+	if c.MemoryMB <= 0 {
+		c.MemoryMB = DefaultMemoryMB
+	}
+	if c.Pids <= 0 {
+		c.Pids = DefaultPids
+	}
+	if c.CPUs <= 0 {
+		c.CPUs = DefaultCPUs
+	}
+	if c.Nofile == 0 {
+		c.Nofile = DefaultNofile
+	}
+	if c.TmpSizeMB <= 0 {
+		c.TmpSizeMB = DefaultTmpSizeMB
+	}
+	if c.PoolSize == 0 {
+		c.PoolSize = DefaultPoolSize
+	}
+	if c.PoolIdle <= 0 {
+		c.PoolIdle = DefaultPoolIdle
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}

@@ -1,0 +1,147 @@
+package oci
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// libcontainerBackend embeds runc's libcontainer: the container init is this binary re-executed
+// (see internal/containerinit).
+type libcontainerBackend struct {
+	root       string // libcontainer's state root ({StateRoot}/.libcontainer)
+	useSystemd bool
+	rootless   bool
+}
+
+func (b *libcontainerBackend) name() string  { return BackendLibcontainer }
+func (b *libcontainerBackend) canPool() bool { return true }
+
+func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer) (instance, error) {
+	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
+		CgroupName:       id,
+		UseSystemdCgroup: b.useSystemd,
+		Spec:             spec,
+		RootlessEUID:     b.rootless,
+		RootlessCgroups:  b.rootless,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c, err := libcontainer.Create(b.root, id, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := spec.Process
+	proc := &libcontainer.Process{
+		Args:             p.Args,
+		Env:              p.Env,
+		Cwd:              p.Cwd,
+		UID:              int(p.User.UID),
+		GID:              int(p.User.GID),
+		AdditionalGroups: gids(p.User.AdditionalGids),
+		Stdout:           out,
+		Stderr:           out,
+		Init:             true,
+		// specconv does not convert rlimits (runc's CLI does): libcontainer applies these.
+		Rlimits: rlimits(p.Rlimits),
+	}
+	if err := c.Start(proc); err != nil {
+		_ = c.Destroy()
+		return nil, err
+	}
+	inst := &lcInstance{c: c, proc: proc}
+	if st, err := c.State(); err == nil {
+		inst.memDir = st.CgroupPaths["memory"]
+		if inst.memDir == "" {
+			inst.memDir = st.CgroupPaths[""]
+		}
+	}
+	return inst, nil
+}
+
+func rlimits(rl []specs.POSIXRlimit) []configs.Rlimit {
+	var out []configs.Rlimit
+	for _, r := range rl {
+		if r.Type == "RLIMIT_NOFILE" { // the only one ocispec sets
+			out = append(out, configs.Rlimit{Type: unix.RLIMIT_NOFILE, Hard: r.Hard, Soft: r.Soft})
+		}
+	}
+	return out
+}
+
+func gids(g []uint32) []int {
+	out := make([]int, len(g))
+	for i, v := range g {
+		out[i] = int(v)
+	}
+	return out
+}
+
+func (b *libcontainerBackend) ids() []string {
+	ents, _ := os.ReadDir(b.root)
+	var ids []string
+	for _, e := range ents {
+		if e.IsDir() {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids
+}
+
+func (b *libcontainerBackend) reap(id string) {
+	c, err := libcontainer.Load(b.root, id)
+	if err == nil {
+		_ = c.Signal(unix.SIGKILL)
+		if c.Destroy() == nil {
+			return
+		}
+	}
+	_ = os.RemoveAll(filepath.Join(b.root, id))
+}
+
+type lcInstance struct {
+	c      *libcontainer.Container
+	proc   *libcontainer.Process
+	memDir string
+
+	once       sync.Once // guards destroyErr
+	destroyErr error
+}
+
+func (i *lcInstance) start() error { return i.c.Exec() }
+
+func (i *lcInstance) wait() (int, error) {
+	ps, err := i.proc.Wait()
+	if ps != nil {
+		return exitCode(ps), nil
+	}
+	return -1, err
+}
+
+func (i *lcInstance) kill() {
+	// SIGKILL to the init of a private pid namespace kills every process in it.
+	if err := i.proc.Signal(unix.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		_ = i.c.Signal(unix.SIGKILL)
+	}
+}
+
+func (i *lcInstance) oomKilled() bool { return oomKillCount(i.memDir) > 0 }
+
+func (i *lcInstance) destroy() error {
+	i.once.Do(func() {
+		i.kill()
+		// Reap the init if nobody waited for it (a pooled container never started).
+		_, _ = i.proc.Wait()
+		i.destroyErr = i.c.Destroy()
+	})
+	return i.destroyErr
+}

@@ -1,0 +1,216 @@
+package oci
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// poolKey identifies the containers a call can use: same tool folder and the settings baked
+// into a container at creation (the timeout is per call, applied at start).
+func poolKey(c sandbox.Call) string {
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d\x00%t", c.Tool, c.Dir, c.Entrypoint, c.Runtime, c.Limits.MemoryMB, c.Limits.Network)
+}
+
+// pool keeps up to size pre-created single-use containers of one tool. A filler goroutine
+// creates them; take hands one to a call; after PoolIdle without a take the pool is drained
+// and refilled on the next take.
+type pool struct {
+	s    *Sandbox
+	tmpl sandbox.Call // the call the pool was prepared with, without input
+	size int
+
+	mu      chan struct{} // a 1-slot semaphore guarding the fields below
+	ready   []*ctr
+	lastUse time.Time
+	lastErr error
+	changed chan struct{} // closed and replaced whenever ready or lastErr changes
+
+	wake chan struct{} // 1-buffered: a take asks the filler to refill
+	done chan struct{} // closed by close
+	exit chan struct{} // closed when the filler returned
+}
+
+func (p *pool) lock()   { p.mu <- struct{}{} }
+func (p *pool) unlock() { <-p.mu }
+
+func newPool(s *Sandbox, call sandbox.Call, size int) *pool {
+	call.Input = nil
+	p := &pool{s: s, tmpl: call, size: size, mu: make(chan struct{}, 1), lastUse: time.Now(),
+		changed: make(chan struct{}), wake: make(chan struct{}, 1), done: make(chan struct{}), exit: make(chan struct{})}
+	go p.fill()
+	return p
+}
+
+// notify must be called with the lock held.
+func (p *pool) notify() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+func (p *pool) fill() {
+	defer close(p.exit)
+	backoff := 100 * time.Millisecond
+	for {
+		p.lock()
+		idle := time.Since(p.lastUse) >= p.s.cfg.PoolIdle
+		var drained []*ctr
+		if idle && len(p.ready) > 0 {
+			drained, p.ready = p.ready, nil
+			p.notify()
+		}
+		need := !idle && len(p.ready) < p.size
+		wait := p.s.cfg.PoolIdle - time.Since(p.lastUse)
+		p.unlock()
+		for _, c := range drained {
+			p.s.destroy(c)
+		}
+		if len(drained) > 0 {
+			p.s.log.Info("warm pool drained after idle time", "tool", p.tmpl.Tool)
+		}
+		if need {
+			c, err := p.s.create(p.tmpl, nil)
+			p.lock()
+			p.lastErr = err
+			if err == nil {
+				p.ready = append(p.ready, c)
+				backoff = 100 * time.Millisecond
+			}
+			p.notify()
+			p.unlock()
+			if err == nil {
+				select {
+				case <-p.done:
+					return
+				default:
+				}
+				continue
+			}
+			p.s.log.Warn("warm pool: create container", "tool", p.tmpl.Tool, "error", err)
+			wait = backoff
+			backoff = min(backoff*2, 30*time.Second)
+		}
+		if wait <= 0 {
+			wait = p.s.cfg.PoolIdle
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-p.done:
+			t.Stop()
+			return
+		case <-p.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// take returns a ready container or nil, and asks the filler to replace it.
+func (p *pool) take() *ctr {
+	p.lock()
+	p.lastUse = time.Now()
+	var c *ctr
+	if n := len(p.ready); n > 0 {
+		c, p.ready = p.ready[0], p.ready[1:]
+		p.notify()
+	}
+	p.unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return c
+}
+
+// waitFull waits until the pool holds size containers, a creation fails, or ctx ends.
+func (p *pool) waitFull(ctx context.Context) error {
+	for {
+		p.lock()
+		n, err, ch := len(p.ready), p.lastErr, p.changed
+		p.unlock()
+		if n >= p.size {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-p.exit:
+			return fmt.Errorf("oci: pool for %q is closed", p.tmpl.Tool)
+		}
+	}
+}
+
+// close stops the filler and destroys the ready containers.
+func (p *pool) close() {
+	close(p.done)
+	<-p.exit
+	p.lock()
+	ready := p.ready
+	p.ready = nil
+	p.unlock()
+	for _, c := range ready {
+		p.s.destroy(c)
+	}
+}
+
+func (p *pool) stats() sandbox.PoolStats {
+	p.lock()
+	defer p.unlock()
+	return sandbox.PoolStats{Tool: p.tmpl.Tool, Ready: len(p.ready), Size: p.size}
+}
+
+// Prepare starts (or reuses) the warm pool of call's tool and waits until it is full, a container
+// cannot be created (that error is returned), or ctx ends. Idempotent. With a backend that cannot
+// pre-create containers (crun, runc) or PoolSize < 0 it only checks that the call's spec builds.
+func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
+	call.Limits = call.Limits.WithDefaults()
+	if _, err := s.spec(call, "axocoatl-prepare", s.ioRoot); err != nil {
+		return err
+	}
+	if !s.be.canPool() || s.cfg.PoolSize < 0 {
+		return nil
+	}
+	key := poolKey(call)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return fmt.Errorf("oci: sandbox is closed")
+	}
+	p := s.pools[key]
+	if p == nil {
+		p = newPool(s, call, s.cfg.PoolSize)
+		s.pools[key] = p
+	}
+	s.mu.Unlock()
+	p.lock()
+	p.lastUse = time.Now()
+	p.unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return p.waitFull(ctx)
+}
+
+// PoolStats reports every warm pool, sorted by tool.
+func (s *Sandbox) PoolStats() []sandbox.PoolStats {
+	s.mu.Lock()
+	pools := make([]*pool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	s.mu.Unlock()
+	out := make([]sandbox.PoolStats, 0, len(pools))
+	for _, p := range pools {
+		out = append(out, p.stats())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Tool < out[j].Tool })
+	return out
+}

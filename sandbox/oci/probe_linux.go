@@ -1,0 +1,73 @@
+package oci
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/opencontainers/runc/libcontainer/seccomp"
+
+	"github.com/axocoatl/isolation"
+)
+
+// Probe reports whether containers can run here, and if not, exactly why and how to fix it.
+func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
+	a := isolation.Availability{Backend: s.be.name()}
+	no := func(reason, fix string) isolation.Availability {
+		a.Reason, a.Fix = reason, fix
+		return a
+	}
+	if !seccomp.Enabled && !s.cfg.NoSeccomp && s.cfg.Backend == BackendLibcontainer {
+		return no("this binary was built without seccomp support, so containers cannot get the default seccomp profile",
+			"install libseccomp-dev and build with `go build -tags seccomp` (or set the Oci config's no_seccomp to run without the profile)")
+	}
+	if b, ok := s.be.(*binaryBackend); ok {
+		if _, err := exec.LookPath(b.bin); err != nil {
+			return no(fmt.Sprintf("the %s backend is selected but %q is not an executable in PATH", b.kind, b.bin),
+				fmt.Sprintf("apt-get install %s, set runtime_binary to its path, or use the embedded libcontainer backend", b.kind))
+		}
+	}
+	if _, err := os.Stat("/proc/self/ns/pid"); err != nil {
+		return no("the kernel has no namespaces (/proc/self/ns/pid is missing)", "run on a Linux kernel with namespaces enabled")
+	}
+	if s.rootless {
+		if v, err := os.ReadFile("/proc/sys/kernel/unprivileged_userns_clone"); err == nil && strings.TrimSpace(string(v)) == "0" {
+			return no("not running as root and unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0)",
+				"run as root, or `sysctl -w kernel.unprivileged_userns_clone=1`")
+		}
+		if v, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(v)) == "0" {
+			return no("not running as root and user.max_user_namespaces is 0", "run as root, or `sysctl -w user.max_user_namespaces=15000`")
+		}
+	} else if !s.cfg.UseSystemd {
+		if cgroupV2() {
+			ctrl, _ := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+			for _, c := range []string{"memory", "pids", "cpu"} {
+				if !strings.Contains(" "+string(ctrl)+" ", " "+c+" ") {
+					return no(fmt.Sprintf("the cgroup v2 controller %q is not enabled at /sys/fs/cgroup", c),
+						"enable it (kernel command line cgroup_enable=memory, or `echo +"+c+" > /sys/fs/cgroup/cgroup.subtree_control`)")
+				}
+			}
+		} else {
+			for _, c := range []string{"memory", "pids", "cpu"} {
+				if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c)); err != nil {
+					return no(fmt.Sprintf("the cgroup v1 %q hierarchy is not mounted at /sys/fs/cgroup/%s", c, c),
+						"mount it (`mount -t cgroup -o "+c+" cgroup /sys/fs/cgroup/"+c+"`) or boot with cgroup v2")
+				}
+			}
+		}
+	}
+	f, err := os.CreateTemp(s.ioRoot, ".probe-*")
+	if err != nil {
+		return no(fmt.Sprintf("the state root %s is not writable: %v", s.ioRoot, err), "fix its permissions or set state_root to a writable directory")
+	}
+	f.Close()
+	os.Remove(f.Name())
+	if s.rootless {
+		a.Backend += " (rootless: memory, pids and CPU limits apply only in a delegated cgroup v2)"
+	}
+	a.Available = true
+	return a
+}

@@ -1,0 +1,536 @@
+package oci
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/axocoatl/isolation"
+	// The container init hook: a binary that runs containers must act as their init.
+	_ "github.com/axocoatl/isolation/internal/containerinit"
+	"github.com/axocoatl/isolation/internal/ocispec"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// Sandbox is the Oci tier. It implements sandbox.Sandbox, sandbox.Preparer and sandbox.Pooler.
+// Safe for concurrent use; Close is idempotent.
+type Sandbox struct {
+	cfg      Config
+	log      *slog.Logger
+	be       backend
+	rootless bool
+	ioRoot   string // StateRoot, absolute
+	lock     *os.File
+
+	mu     sync.Mutex // protects pools and closed
+	pools  map[string]*pool
+	closed bool
+
+	bg sync.WaitGroup // background destroys and pool fillers
+}
+
+var (
+	_ sandbox.Sandbox  = (*Sandbox)(nil)
+	_ sandbox.Preparer = (*Sandbox)(nil)
+	_ sandbox.Pooler   = (*Sandbox)(nil)
+)
+
+// New returns the Oci sandbox for cfg. It creates StateRoot and, unless another live Sandbox
+// holds it, removes what a crashed earlier owner left there (containers, cgroups, mounts, dirs).
+// New does not check that containers can run here: Probe does.
+func New(cfg Config) (*Sandbox, error) {
+	cfg = cfg.withDefaults()
+	for _, p := range []*string{&cfg.StateRoot, &cfg.BundleRoot, &cfg.RuntimeRoot} {
+		if *p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return nil, err
+		}
+		*p = abs
+	}
+	if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil {
+		return nil, fmt.Errorf("oci: state root: %w", err)
+	}
+	s := &Sandbox{cfg: cfg, log: cfg.Logger.With("tier", "Oci"), rootless: os.Geteuid() != 0, ioRoot: cfg.StateRoot, pools: map[string]*pool{}}
+	switch cfg.Backend {
+	case BackendLibcontainer:
+		s.be = &libcontainerBackend{root: filepath.Join(cfg.StateRoot, ".libcontainer"), useSystemd: cfg.UseSystemd, rootless: s.rootless}
+	case BackendCrun, BackendRunc:
+		bin := cfg.RuntimeBinary
+		if bin == "" {
+			bin = cfg.Backend
+		}
+		p, err := exec.LookPath(bin)
+		if err != nil {
+			// Kept as a backend whose calls fail; Probe explains.
+			p = bin
+		}
+		s.be = &binaryBackend{kind: cfg.Backend, bin: p, root: filepath.Join(cfg.StateRoot, ".runtime"),
+			bundles: filepath.Join(cfg.StateRoot, ".bundles"), useSystemd: cfg.UseSystemd,
+			hybridFix: cfg.Backend == BackendCrun && hybridCgroups()}
+	default:
+		return nil, fmt.Errorf("oci: unknown backend %q (want libcontainer, crun or runc)", cfg.Backend)
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.StateRoot, ".lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("oci: state root lock: %w", err)
+	}
+	s.lock = lock
+	// Exclusive means no live Sandbox uses this state root: whatever is in it is debris.
+	if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+		s.reap()
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_SH); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("oci: state root lock: %w", err)
+	}
+	return s, nil
+}
+
+// hybridCgroups is true on a cgroup v1 host that also mounts the unified hierarchy.
+func hybridCgroups() bool {
+	if cgroupV2() {
+		return false
+	}
+	var st syscall.Statfs_t
+	return syscall.Statfs("/sys/fs/cgroup/unified", &st) == nil && st.Type == 0x63677270 // CGROUP2_SUPER_MAGIC
+}
+
+// Tier is isolation.TierOCI.
+func (s *Sandbox) Tier() isolation.Tier { return isolation.TierOCI }
+
+// Supports: ContainerImage always; Python, Shell and Arbitrary only with a RuntimeRoot (Python
+// also needs python3 in it).
+func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
+	switch req {
+	case isolation.RequireContainerImage:
+		return ""
+	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+		if s.cfg.RuntimeRoot == "" {
+			return fmt.Sprintf("the Oci tier runs %s tools only with a runtime root filesystem (Config.RuntimeRoot) and none is configured", req)
+		}
+		if req == isolation.RequirePython && !hasFile(s.cfg.RuntimeRoot, "usr/bin/python3", "bin/python3", "usr/local/bin/python3") {
+			return fmt.Sprintf("the runtime root %s has no python3", s.cfg.RuntimeRoot)
+		}
+		if req == isolation.RequireShell && !hasFile(s.cfg.RuntimeRoot, "bin/sh") {
+			return fmt.Sprintf("the runtime root %s has no /bin/sh", s.cfg.RuntimeRoot)
+		}
+		return ""
+	}
+	return fmt.Sprintf("the Oci tier does not run %s tools", req)
+}
+
+func hasFile(root string, rels ...string) bool {
+	for _, r := range rels {
+		// Lstat: a symlink inside the root (bin/sh -> busybox) resolves inside the container.
+		if _, err := os.Lstat(filepath.Join(root, r)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Run runs one call in a fresh container (or a pre-created one from the tool's warm pool).
+func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outcome, err error) {
+	s.mu.Lock()
+	closed := s.closed
+	p := s.pools[poolKey(call)]
+	s.mu.Unlock()
+	if closed {
+		return out, errors.New("oci: sandbox is closed")
+	}
+	if err := ctx.Err(); err != nil {
+		return out, ctxError(ctx)
+	}
+	var c *ctr
+	if p != nil {
+		c = p.take()
+	}
+	if c == nil {
+		if c, err = s.create(call, call.Input); err != nil {
+			return out, err
+		}
+	} else if err := c.writeInput(call.Input); err != nil {
+		s.release(c, false)
+		return out, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.release(c, false)
+			panic(r)
+		}
+	}()
+	out, err = s.execute(ctx, c, call)
+	// Pooled containers are destroyed off the call path; cold ones before returning so a caller
+	// sees nothing left behind.
+	s.release(c, p != nil)
+	return out, err
+}
+
+// ctr is one container created for one call, with its I/O dir.
+type ctr struct {
+	id    string
+	ioDir string
+	inst  instance
+	tail  *sandbox.TailBuffer
+	tool  string
+}
+
+func (c *ctr) writeInput(in []byte) error {
+	// Same inode: the container has it bound read-only at /axocoatl/input.json.
+	f, err := os.OpenFile(filepath.Join(c.ioDir, sandbox.InputFile), os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(in)
+	return errors.Join(err, f.Close())
+}
+
+func (s *Sandbox) containerID(tool string) string {
+	return "axocoatl-" + tool + "-" + uuid.NewString()
+}
+
+// spec builds the call's hardened spec.
+func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error) {
+	if err := sandbox.CheckCallPaths(call); err != nil {
+		return nil, err
+	}
+	dir := filepath.Clean(call.Dir)
+	if rel, err := filepath.Rel(s.cfg.BundleRoot, dir); err != nil || !filepath.IsLocal(rel) {
+		return nil, fmt.Errorf("oci: tool dir %s is not inside the bundle root %s", dir, s.cfg.BundleRoot)
+	}
+	mem := s.cfg.MemoryMB
+	if call.Limits.MemoryMB > 0 {
+		mem = call.Limits.MemoryMB
+	}
+	o := ocispec.Options{
+		Hostname:    "axocoatl",
+		CgroupsPath: s.cgroupsPath(id),
+		IODir:       ioDir,
+		MemoryMB:    mem,
+		Pids:        s.cfg.Pids,
+		CPUs:        s.cfg.CPUs,
+		Nofile:      s.cfg.Nofile,
+		TmpSizeMB:   s.cfg.TmpSizeMB,
+		Swap:        swapAccounting(),
+		HostNetwork: call.Limits.Network && s.cfg.AllowNetwork,
+		Rootless:    s.rootless,
+		HostUID:     uint32(os.Geteuid()),
+		HostGID:     uint32(os.Getegid()),
+	}
+	if call.Limits.Network && !s.cfg.AllowNetwork {
+		s.log.Warn("tool asks for the network; Config.AllowNetwork is off, so it gets loopback only", "tool", call.Tool)
+	}
+	var sp *specs.Spec
+	switch call.Runtime {
+	case isolation.RequireContainerImage:
+		raw, err := readBounded(filepath.Join(dir, "config.json"), 1<<20)
+		if err != nil {
+			return nil, fmt.Errorf("oci: bundle config: %w", err)
+		}
+		var b specs.Spec
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return nil, fmt.Errorf("oci: bundle %s/config.json: %w", dir, err)
+		}
+		if sp, err = ocispec.Harden(&b, dir, o); err != nil {
+			return nil, fmt.Errorf("oci: bundle %s: %w", dir, err)
+		}
+	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+		if why := s.Supports(call.Runtime); why != "" {
+			return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: why}
+		}
+		rel, err := filepath.Rel(dir, filepath.Clean(call.Entrypoint))
+		if err != nil || call.Entrypoint == "" {
+			return nil, fmt.Errorf("oci: entrypoint %q is not inside %s", call.Entrypoint, dir)
+		}
+		args, err := ocispec.ToolArgs(call.Runtime.String(), rel)
+		if err != nil {
+			return nil, fmt.Errorf("oci: %w", err)
+		}
+		if sp, err = ocispec.Generate(s.cfg.RuntimeRoot, dir, args, o); err != nil {
+			return nil, fmt.Errorf("oci: %w", err)
+		}
+	default:
+		return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: s.Supports(call.Runtime)}
+	}
+	if s.cfg.NoSeccomp {
+		sp.Linux.Seccomp = nil
+	}
+	return sp, nil
+}
+
+func readBounded(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return sandbox.ReadBounded(f, max)
+}
+
+func (s *Sandbox) cgroupsPath(id string) string {
+	if s.cfg.UseSystemd {
+		return s.cfg.CgroupParent + ".slice:axocoatl:" + id
+	}
+	return "/" + s.cfg.CgroupParent + "/" + id
+}
+
+func swapAccounting() bool {
+	if cgroupV2() {
+		return false // memory.swap.max is left as the parent's; v2 OOM detection is unaffected
+	}
+	_, err := os.Stat("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+	return err == nil
+}
+
+// create makes the I/O dir and a container waiting to start. On error nothing remains.
+func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
+	id := s.containerID(call.Tool)
+	ioDir := filepath.Join(s.ioRoot, id)
+	if err := os.Mkdir(ioDir, 0o700); err != nil {
+		return nil, fmt.Errorf("oci: I/O dir: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(ioDir)
+		}
+	}()
+	sp, err := s.spec(call, id, ioDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(ioDir, sandbox.InputFile), input, 0o644); err != nil {
+		return nil, fmt.Errorf("oci: input: %w", err)
+	}
+	// The tool's user must be able to write output.json into the I/O dir.
+	uid, gid := int(sp.Process.User.UID), int(sp.Process.User.GID)
+	if s.rootless {
+		uid, gid = os.Geteuid(), os.Getegid()
+	}
+	if err := os.Chown(ioDir, uid, gid); err != nil {
+		return nil, fmt.Errorf("oci: I/O dir: %w", err)
+	}
+	tail := sandbox.NewTailBuffer(call.Limits.MaxStderrBytes)
+	if tail.Max <= 0 {
+		tail.Max = sandbox.DefaultMaxStderrBytes
+	}
+	inst, err := s.be.create(id, sp, tail)
+	if err != nil {
+		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
+	}
+	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool}, nil
+}
+
+// execute starts c, waits for it under ctx and collects the outcome.
+func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandbox.Outcome, error) {
+	out := sandbox.Outcome{Backend: s.be.name()}
+	if err := c.inst.start(); err != nil {
+		return out, fmt.Errorf("oci: start container: %w", err)
+	}
+	type result struct {
+		code int
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, err := c.inst.wait()
+		done <- result{code, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		c.inst.kill()
+		<-done
+		return out, ctxError(ctx)
+	}
+	if r.err != nil {
+		return out, fmt.Errorf("oci: wait: %w", r.err)
+	}
+	out.ExitCode = r.code
+	out.Stderr = c.tail.String()
+	if r.code != 0 && c.inst.oomKilled() {
+		mem := s.cfg.MemoryMB
+		if call.Limits.MemoryMB > 0 {
+			mem = call.Limits.MemoryMB
+		}
+		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: r.code, Stderr: out.Stderr,
+			Message: fmt.Sprintf("killed by the OOM killer at the %d MB memory limit", mem)}
+	}
+	b, err := sandbox.ReadOutputFile(filepath.Join(c.ioDir, sandbox.OutputFile), call.Limits.MaxOutputBytes)
+	if err != nil {
+		return out, err
+	}
+	out.Output = b
+	return out, nil
+}
+
+// ctxError is the error of a call whose context ended: always an ErrTimeout, wrapping ctx.Err().
+func ctxError(ctx context.Context) error {
+	msg := ""
+	if errors.Is(ctx.Err(), context.Canceled) {
+		msg = "the call was cancelled"
+	}
+	return &isolation.Error{Kind: isolation.ErrTimeout, Message: msg, Err: ctx.Err()}
+}
+
+// release destroys c and removes its I/O dir, in the background when async.
+func (s *Sandbox) release(c *ctr, async bool) {
+	if c == nil {
+		return
+	}
+	if !async {
+		s.destroy(c)
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.destroy(c)
+	}()
+}
+
+func (s *Sandbox) destroy(c *ctr) {
+	if err := c.inst.destroy(); err != nil {
+		s.log.Warn("destroy container", "id", c.id, "error", err)
+		s.be.reap(c.id)
+	}
+	if !s.cfg.UseSystemd {
+		// libcontainer removes its cgroups; this catches what a failed destroy left.
+		for _, d := range cgroupDirs(s.cgroupsPath(c.id)) {
+			if err := removeCgroup(d); err != nil {
+				s.log.Warn("remove cgroup", "dir", d, "error", err)
+			}
+		}
+	}
+	if err := os.RemoveAll(c.ioDir); err != nil {
+		s.log.Warn("remove I/O dir", "dir", c.ioDir, "error", err)
+	}
+}
+
+// reap removes everything under the state root left by a previous owner: containers known to the
+// backend, their cgroups, mounts under the state root, I/O dirs.
+func (s *Sandbox) reap() {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("reap panicked", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	ids := map[string]bool{}
+	for _, id := range s.be.ids() {
+		ids[id] = true
+	}
+	ents, _ := os.ReadDir(s.ioRoot)
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "axocoatl-") {
+			ids[e.Name()] = true
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	s.log.Info("reaping containers left by an earlier process", "state_root", s.ioRoot, "count", len(ids))
+	for id := range ids {
+		s.be.reap(id)
+		if !s.cfg.UseSystemd {
+			for _, d := range cgroupDirs(s.cgroupsPath(id)) {
+				_ = removeCgroup(d)
+			}
+		}
+	}
+	unmountUnder(s.ioRoot)
+	for id := range ids {
+		_ = os.RemoveAll(filepath.Join(s.ioRoot, id))
+	}
+}
+
+// unmountUnder detaches every mount strictly below dir, deepest first.
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var mps []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMount(f[4])
+		if strings.HasPrefix(mp, dir+"/") {
+			mps = append(mps, mp)
+		}
+	}
+	for i := len(mps) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(mps[i], syscall.MNT_DETACH)
+	}
+}
+
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			ok := true
+			for _, c := range s[i+1 : i+4] {
+				if c < '0' || c > '7' {
+					ok = false
+					break
+				}
+				v = v*8 + byte(c-'0')
+			}
+			if ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func sleepBrief() { time.Sleep(5 * time.Millisecond) }
+
+// Close tears down every pool, waits for background destroys and releases the state root.
+// Idempotent.
+func (s *Sandbox) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	pools := s.pools
+	s.pools = map[string]*pool{}
+	s.mu.Unlock()
+	for _, p := range pools {
+		p.close()
+	}
+	s.bg.Wait()
+	if !s.cfg.UseSystemd {
+		for _, d := range cgroupDirs("/" + s.cfg.CgroupParent) {
+			_ = syscall.Rmdir(d) // only when empty: other sandboxes may share the parent
+		}
+	}
+	_ = os.Remove(filepath.Join(s.ioRoot, ".libcontainer"))
+	return s.lock.Close()
+}

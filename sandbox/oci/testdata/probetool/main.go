@@ -1,0 +1,132 @@
+// probetool is the tool the Oci tests run: a static Go program that does what its input asks
+// and reports what happened in /axocoatl/output.json.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type input struct {
+	Op   string `json:"op"`
+	Path string `json:"path"`
+	Addr string `json:"addr"`
+	Code int    `json:"code"`
+	Hang bool   `json:"hang"`
+	Msg  string `json:"msg"`
+}
+
+func write(v any) {
+	b, _ := json.Marshal(v)
+	if err := os.WriteFile("/axocoatl/output.json", b, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "write output:", err)
+		os.Exit(3)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func status(field string) string {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == field {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func main() {
+	raw, err := os.ReadFile("/axocoatl/input.json")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "read input:", err)
+		os.Exit(2)
+	}
+	var in input
+	if err := json.Unmarshal(raw, &in); err != nil {
+		fmt.Fprintln(os.Stderr, "bad input:", err)
+		os.Exit(2)
+	}
+	switch in.Op {
+	case "echo":
+		write(map[string]any{"echo": json.RawMessage(raw)})
+	case "whoami":
+		host, _ := os.Hostname()
+		ifaces, _ := net.Interfaces()
+		var names []string
+		for _, i := range ifaces {
+			names = append(names, i.Name)
+		}
+		var rl syscall.Rlimit
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+		write(map[string]any{"uid": os.Getuid(), "pid": os.Getpid(), "hostname": host, "ifaces": names,
+			"cap_eff": status("CapEff"), "cap_bnd": status("CapBnd"), "no_new_privs": status("NoNewPrivs"),
+			"seccomp": status("Seccomp"), "nofile": rl.Cur})
+	case "spin":
+		for {
+		}
+	case "alloc":
+		var keep [][]byte
+		for {
+			b := make([]byte, 16<<20)
+			for i := range b {
+				b[i] = 1
+			}
+			keep = append(keep, b)
+		}
+	case "forkbomb":
+		n := 0
+		var ferr error
+		for n < 10000 {
+			cmd := exec.Command("/bin/sleep", "1000")
+			if ferr = cmd.Start(); ferr != nil {
+				break
+			}
+			n++
+		}
+		if in.Hang {
+			for {
+			}
+		}
+		write(map[string]any{"forked": n, "error": errString(ferr)})
+	case "read":
+		_, err := os.ReadFile(in.Path)
+		write(map[string]any{"error": errString(err)})
+	case "write":
+		err := os.WriteFile(in.Path, []byte("pwned"), 0o644)
+		write(map[string]any{"error": errString(err)})
+	case "dial":
+		c, err := net.DialTimeout("tcp", in.Addr, 2*time.Second)
+		if c != nil {
+			c.Close()
+		}
+		write(map[string]any{"error": errString(err)})
+	case "keyctl":
+		// KEYCTL_GET_KEYRING_ID (0) of the session keyring (-3): allowed without seccomp.
+		_, _, e := syscall.Syscall(syscall.SYS_KEYCTL, 0, uintptr(0xfffffffd), 0)
+		var err error
+		if e != 0 {
+			err = e
+		}
+		write(map[string]any{"error": errString(err)})
+	case "fail":
+		fmt.Fprintln(os.Stderr, in.Msg)
+		os.Exit(in.Code)
+	case "bigout":
+		write(strings.Repeat("x", 2<<20))
+	default:
+		fmt.Fprintln(os.Stderr, "unknown op", in.Op)
+		os.Exit(2)
+	}
+}
