@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -138,4 +139,65 @@ func Stale(pkgDir, out string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// Built is one module BuildExamples looked at.
+type Built struct {
+	Tool   string
+	Module string
+	// Rebuilt is false when the module was up to date.
+	Rebuilt bool
+}
+
+// BuildExamples compiles every tool folder under toolsDir whose tool.json says runtime
+// "WasmCompiled" and that holds Go source, to its entrypoint, only when the module is missing or
+// older than a file of the folder. Folders without Go source (prebuilt modules) are left alone.
+func BuildExamples(ctx context.Context, toolsDir string) ([]Built, error) {
+	ents, err := os.ReadDir(toolsDir)
+	if err != nil {
+		return nil, err
+	}
+	var built []Built
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(toolsDir, e.Name())
+		raw, err := os.ReadFile(filepath.Join(dir, "tool.json"))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return built, err
+		}
+		var m struct {
+			Runtime    string `json:"runtime"`
+			Entrypoint string `json:"entrypoint"`
+		}
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return built, fmt.Errorf("%s: tool.json: %w", dir, err)
+		}
+		if m.Runtime != "WasmCompiled" {
+			continue
+		}
+		if gos, _ := filepath.Glob(filepath.Join(dir, "*.go")); len(gos) == 0 {
+			continue
+		}
+		if m.Entrypoint == "" || !filepath.IsLocal(m.Entrypoint) {
+			return built, fmt.Errorf("%s: tool.json: entrypoint %q must be a relative path inside the folder", dir, m.Entrypoint)
+		}
+		out := filepath.Join(dir, m.Entrypoint)
+		stale, err := Stale(dir, out)
+		if err != nil {
+			return built, err
+		}
+		b := Built{Tool: e.Name(), Module: out, Rebuilt: stale}
+		if stale {
+			if err := Build(ctx, dir, out, Options{}); err != nil {
+				return built, err
+			}
+		}
+		built = append(built, b)
+	}
+	return built, nil
 }

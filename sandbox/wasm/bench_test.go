@@ -1,0 +1,172 @@
+package wasm
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// benchCall runs the guest's greeting: read input.json, decode, encode, write output.json.
+func benchCall(b *testing.B) sandbox.Call {
+	return call(guest(b), map[string]any{"name": "bench"}, sandbox.Limits{})
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(q(0.50), "p50_ms")
+	b.ReportMetric(q(0.90), "p90_ms")
+	b.ReportMetric(q(0.99), "p99_ms")
+}
+
+// BenchmarkCall is one call at a time, per configuration: the optimised default, and each
+// optimisation switched off, to measure what it is worth.
+func BenchmarkCall(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"optimised", Config{}},
+		{"heap-memory", Config{HeapMemory: true}},
+		{"unmerged-segments", Config{KeepDataSegments: true}},
+		{"wazero-defaults", Config{HeapMemory: true, KeepDataSegments: true}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := newSandbox(b, bc.cfg)
+			c := benchCall(b)
+			ctx := context.Background()
+			if err := s.Prepare(ctx, c); err != nil {
+				b.Fatal(err)
+			}
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t := time.Now()
+				out, err := s.Run(ctx, c)
+				lat = append(lat, time.Since(t))
+				if err != nil || out.ExitCode != 0 || out.Output == nil {
+					b.Fatalf("call: %v %+v", err, out)
+				}
+			}
+			b.StopTimer()
+			reportLatency(b, lat)
+		})
+	}
+}
+
+// BenchmarkCallParallel runs calls from 4×GOMAXPROCS goroutines: calls/s and queueing latency.
+func BenchmarkCallParallel(b *testing.B) {
+	s := newSandbox(b, Config{})
+	c := benchCall(b)
+	ctx := context.Background()
+	if err := s.Prepare(ctx, c); err != nil {
+		b.Fatal(err)
+	}
+	var mu sync.Mutex
+	var lat []time.Duration
+	b.SetParallelism(4)
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		for pb.Next() {
+			t := time.Now()
+			if _, err := s.Run(ctx, c); err != nil {
+				b.Error(err)
+				return
+			}
+			mine = append(mine, time.Since(t))
+		}
+		mu.Lock()
+		lat = append(lat, mine...)
+		mu.Unlock()
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "calls/s")
+	reportLatency(b, lat)
+}
+
+// BenchmarkColdStartWarmCache is a new process's first call with a warm disk cache: a new
+// Sandbox (new wazero runtime) on a filled cache directory, then one call.
+func BenchmarkColdStartWarmCache(b *testing.B) {
+	dir := b.TempDir()
+	c := benchCall(b)
+	ctx := context.Background()
+	warm := newSandbox(b, Config{CacheDir: dir})
+	if err := warm.Prepare(ctx, c); err != nil {
+		b.Fatal(err)
+	}
+	warm.Close()
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t := time.Now()
+		s, err := New(Config{CacheDir: dir})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Run(ctx, c); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t))
+		b.StopTimer()
+		s.Close()
+		b.StartTimer()
+	}
+	reportLatency(b, lat)
+}
+
+// BenchmarkInstanceRSS holds MaxConcurrency instances live at once (each blocked reading stdin…
+// no: each spinning until its deadline) and reports the RSS growth per live instance.
+func BenchmarkInstanceRSS(b *testing.B) {
+	const n = 16
+	s := newSandbox(b, Config{MaxConcurrency: n})
+	ctx := context.Background()
+	c := call(guest(b), map[string]any{"mode": "hold"}, sandbox.Limits{Timeout: 2 * time.Second})
+	if err := s.Prepare(ctx, c); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		before := rss(b)
+		var wg sync.WaitGroup
+		for j := 0; j < n; j++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.Run(ctx, c)
+			}()
+		}
+		time.Sleep(time.Second) // every instance has started and is spinning
+		during := rss(b)
+		wg.Wait()
+		b.ReportMetric(float64(during-before)/n/(1<<20), "MiB_RSS/instance")
+	}
+}
+
+func rss(b *testing.B) int64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Skip("no /proc/self/status:", err)
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	b.Skip("no VmRSS")
+	return 0
+}
