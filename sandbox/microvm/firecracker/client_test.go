@@ -101,6 +101,7 @@ func TestClientLifecycleAgainstSpec(t *testing.T) {
 	ctx := testCtx(t)
 	dir := shortTempDir(t)
 
+	kernel, initrd, rootfs := guestFiles(t)
 	fc := newFakeFirecracker(spec, "vm-1")
 	c := NewClient(startFake(t, fc))
 	defer c.CloseIdleConnections()
@@ -113,10 +114,10 @@ func TestClientLifecycleAgainstSpec(t *testing.T) {
 		{"metrics", func() error { return c.PutMetrics(ctx, Metrics{MetricsPath: filepath.Join(dir, "metrics")}) }},
 		{"machine", func() error { return c.PutMachineConfig(ctx, MachineConfig{VcpuCount: 2, MemSizeMib: 256}) }},
 		{"boot", func() error {
-			return c.PutBootSource(ctx, BootSource{KernelImagePath: "/k/vmlinux", InitrdPath: "/k/initrd", BootArgs: Cmdline("axocoatl.chan=vsock:1024")})
+			return c.PutBootSource(ctx, BootSource{KernelImagePath: kernel, InitrdPath: initrd, BootArgs: Cmdline("axocoatl.chan=vsock:1024")})
 		}},
 		{"drive", func() error {
-			return c.PutDrive(ctx, Drive{DriveID: "root", PathOnHost: "/r.ext4", IsReadOnly: true, CacheType: CacheUnsafe, IOEngine: "Sync"})
+			return c.PutDrive(ctx, Drive{DriveID: "root", PathOnHost: rootfs, IsReadOnly: true, CacheType: CacheUnsafe, IOEngine: "Sync"})
 		}},
 		{"vsock", func() error { return c.PutVsock(ctx, Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}) }},
 		{"entropy", func() error {
