@@ -1,0 +1,516 @@
+package microvm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/guest"
+	"github.com/axocoatl/isolation/internal/vmimage"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// Defaults and bounds.
+const (
+	DefaultMemoryMB = 256
+	// MinMemoryMB: 64 MB deadlocked the Debian kernel with this initramfs; 128 MB works.
+	MinMemoryMB   = 128
+	DefaultRunDir = "/run/axocoatl/vm"
+	// MaxToolBytes bounds the tool folder sent over the channel.
+	MaxToolBytes = 8 << 20
+	// bootTimeout bounds a boot or restore to READY.
+	bootTimeout = 60 * time.Second
+	// responseGrace is how long past the tool's timeout the host waits for the agent's answer
+	// before it kills the VM itself.
+	responseGrace = 3 * time.Second
+)
+
+// Options configure a Sandbox.
+type Options struct {
+	// Drivers are the VMM backends in order of preference (Firecracker first, then QEMU); the
+	// first whose Probe says Available is used.
+	Drivers []Driver
+	// DataDir holds the prepared guest image (vmimage.DefaultDataDir when "").
+	DataDir string
+	// RunDir is the parent of per-process run directories (DefaultRunDir when "").
+	RunDir string
+	// VCPUs per VM (1 when 0).
+	VCPUs int
+	// PoolSize is the number of booted VMs kept waiting at READY per VM shape (vCPUs, memory),
+	// refilled in the background. 0 disables the pool.
+	PoolSize int
+	// Snapshots takes one snapshot per shape at READY and starts later VMs (pool refills and
+	// unpooled calls) by restoring it, when the driver is a Snapshotter.
+	Snapshots bool
+	// Logger receives the tier's logs (slog.Default when nil).
+	Logger *slog.Logger
+	// Debug, when non-nil, receives every VMM's stderr and guest console.
+	Debug io.Writer
+}
+
+// Stats counts how VMs were started.
+type Stats struct {
+	Cold, Restored, Pooled int64
+}
+
+// Sandbox is the microVM tier. Safe for concurrent use; Close is idempotent.
+type Sandbox struct {
+	opts   Options
+	log    *slog.Logger
+	runDir string // this process's private run dir
+	seq    atomic.Int64
+	bg     sync.WaitGroup // background kills, refills, snapshots
+
+	cold, restored, pooled atomic.Int64
+
+	mu     sync.Mutex // protects closed, pools, snaps, driver, img
+	closed bool
+	pools  map[shape]*pool
+	snaps  map[shape]*snapEntry
+	driver Driver
+	img    vmimage.Image
+	ctx    context.Context // canceled by Close; parents background work
+	cancel context.CancelFunc
+}
+
+type shape struct{ vcpus, memMB int }
+
+func (s shape) String() string { return fmt.Sprintf("vm-%dcpu-%dmb", s.vcpus, s.memMB) }
+
+type snapEntry struct {
+	once sync.Once
+	snap Snapshot
+	err  error
+}
+
+// New returns the tier. It creates its run directory and reaps what crashed earlier processes
+// left under Options.RunDir.
+func New(opts Options) (*Sandbox, error) {
+	if opts.DataDir == "" {
+		opts.DataDir = vmimage.DefaultDataDir
+	}
+	if opts.RunDir == "" {
+		opts.RunDir = DefaultRunDir
+	}
+	if opts.VCPUs <= 0 {
+		opts.VCPUs = 1
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("tier", isolation.TierMicroVM.String())
+	if err := os.MkdirAll(opts.RunDir, 0o700); err != nil {
+		return nil, err
+	}
+	reapOrphans(opts.RunDir, log)
+	dir, err := os.MkdirTemp(opts.RunDir, "p")
+	if err != nil {
+		return nil, err
+	}
+	if err := writeOwner(dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s := &Sandbox{opts: opts, log: log, runDir: dir, pools: map[shape]*pool{}, snaps: map[shape]*snapEntry{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+func (s *Sandbox) Tier() isolation.Tier { return isolation.TierMicroVM }
+
+func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
+	switch req {
+	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+		return ""
+	}
+	return "the microVM tier runs Python, Shell and Arbitrary tools"
+}
+
+// Probe reports the first available driver, or why none is, and whether the guest image exists.
+func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
+	_, _, a := s.backend(ctx)
+	return a
+}
+
+func (s *Sandbox) backend(ctx context.Context) (Driver, vmimage.Image, isolation.Availability) {
+	s.mu.Lock()
+	if s.driver != nil {
+		d, img := s.driver, s.img
+		s.mu.Unlock()
+		return d, img, isolation.Availability{Available: true, Backend: d.Name()}
+	}
+	s.mu.Unlock()
+	var reasons []string
+	var fix string
+	var chosen Driver
+	var a isolation.Availability
+	for _, d := range s.opts.Drivers {
+		a = d.Probe(ctx)
+		if a.Available {
+			chosen = d
+			break
+		}
+		reasons = append(reasons, fmt.Sprintf("%s: %s", d.Name(), a.Reason))
+		if fix == "" {
+			fix = a.Fix
+		}
+	}
+	if chosen == nil {
+		if len(reasons) == 0 {
+			reasons = append(reasons, "no VMM driver configured")
+		}
+		return nil, vmimage.Image{}, isolation.Availability{Reason: strings.Join(reasons, "; "), Fix: fix}
+	}
+	img, err := vmimage.Load(s.opts.DataDir)
+	if err != nil {
+		return nil, vmimage.Image{}, isolation.Availability{Backend: chosen.Name(), Reason: err.Error(), Fix: "run `axoiso vm prepare`"}
+	}
+	s.mu.Lock()
+	s.driver, s.img = chosen, img
+	s.mu.Unlock()
+	return chosen, img, isolation.Availability{Available: true, Backend: chosen.Name()}
+}
+
+// vm is one booted machine whose agent said READY.
+type vm struct {
+	m      Machine
+	dir    string
+	conn   io.ReadWriteCloser
+	fr     *guest.Reader
+	kind   string // "cold", "restored"
+	driver Driver
+}
+
+func (s *Sandbox) shapeOf(l sandbox.Limits) shape {
+	mem := l.MemoryMB
+	if mem <= 0 {
+		mem = DefaultMemoryMB
+	}
+	if mem < MinMemoryMB {
+		mem = MinMemoryMB
+	}
+	return shape{vcpus: s.opts.VCPUs, memMB: mem}
+}
+
+func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) {
+	id := fmt.Sprintf("axo-%d", s.seq.Add(1))
+	dir := filepath.Join(s.runDir, id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return BootSpec{}, err
+	}
+	cmd := BaseCmdline + " " + CmdlineChannel + "=" + d.GuestChannel()
+	if strings.HasPrefix(d.GuestChannel(), "vsock:") && len(img.Modules) > 0 {
+		cmd += " " + CmdlineModules + "=" + strings.Join(img.Modules, ",")
+	}
+	return BootSpec{ID: id, RunDir: dir, Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: cmd,
+		VCPUs: sh.vcpus, MemoryMB: sh.memMB, Stderr: s.opts.Debug}, nil
+}
+
+// start boots (or restores) a VM of shape sh and waits for its READY.
+func (s *Sandbox) start(ctx context.Context, sh shape, allowSnap bool) (*vm, error) {
+	d, img, a := s.backend(ctx)
+	if !a.Available {
+		return nil, isolation.Errorf(isolation.ErrTierUnavailable, "%s (%s)", a.Reason, a.Fix)
+	}
+	var snap *Snapshot
+	if sn, ok := d.(Snapshotter); ok && allowSnap && s.opts.Snapshots {
+		if got, err := s.snapshot(ctx, sh, d, sn, img); err == nil {
+			snap = &got
+		} else {
+			s.log.Warn("snapshot unavailable, booting cold", "err", err)
+		}
+	}
+	spec, err := s.spec(sh, img, d)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	var m Machine
+	kind := "cold"
+	if snap != nil {
+		kind = "restored"
+		m, err = d.(Snapshotter).Restore(ctx, *snap, spec)
+	} else {
+		m, err = d.Boot(ctx, spec)
+	}
+	if err != nil {
+		os.RemoveAll(spec.RunDir)
+		return nil, fmt.Errorf("%s: start VM: %w", d.Name(), err)
+	}
+	v := &vm{m: m, dir: spec.RunDir, kind: kind, driver: d}
+	if err := s.waitReady(ctx, v, snap != nil); err != nil {
+		s.destroy(v)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: VM not ready: %w", d.Name(), ctx.Err())
+		}
+		return nil, fmt.Errorf("%s: VM not ready: %w", d.Name(), err)
+	}
+	return v, nil
+}
+
+// waitReady reads the agent's READY; after a restore it first sends Hello with a fresh nonce.
+func (s *Sandbox) waitReady(ctx context.Context, v *vm, restored bool) error {
+	stop := context.AfterFunc(ctx, func() { v.m.Kill() })
+	defer stop()
+	conn, err := v.m.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	v.conn = conn
+	v.fr = guest.NewReader(conn)
+	nonce := ""
+	if restored {
+		nonce = randHex(16)
+		if err := guest.WriteFrame(conn, guest.TypeHello, guest.Hello{Nonce: nonce}); err != nil {
+			return err
+		}
+	}
+	var r guest.Ready
+	return v.fr.Expect(guest.TypeReady, nonce, &r)
+}
+
+// snapshot returns the READY snapshot of shape sh, taking it on first use.
+func (s *Sandbox) snapshot(ctx context.Context, sh shape, d Driver, sn Snapshotter, img vmimage.Image) (Snapshot, error) {
+	s.mu.Lock()
+	e := s.snaps[sh]
+	if e == nil {
+		e = &snapEntry{}
+		s.snaps[sh] = e
+	}
+	s.mu.Unlock()
+	e.once.Do(func() {
+		v, err := s.start(ctx, sh, false)
+		if err != nil {
+			e.err = err
+			return
+		}
+		defer s.destroy(v)
+		dir := filepath.Join(s.runDir, "snap-"+sh.String())
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			e.err = err
+			return
+		}
+		e.snap, e.err = sn.Snapshot(ctx, v.m, dir)
+		if e.err != nil {
+			os.RemoveAll(dir)
+		}
+	})
+	if e.err != nil {
+		// Let a later call try again.
+		s.mu.Lock()
+		if s.snaps[sh] == e {
+			delete(s.snaps, sh)
+		}
+		s.mu.Unlock()
+	}
+	return e.snap, e.err
+}
+
+// destroy kills the VM and removes its run dir.
+func (s *Sandbox) destroy(v *vm) {
+	v.m.Kill()
+	if err := os.RemoveAll(v.dir); err != nil {
+		s.log.Warn("remove VM run dir", "dir", v.dir, "err", err)
+	}
+}
+
+// destroyAsync destroys v off the call path; Close waits for it.
+func (s *Sandbox) destroyAsync(v *vm) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.destroy(v)
+	}()
+}
+
+// Run runs one call in a fresh VM (from the pool when one is ready).
+func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return sandbox.Outcome{}, errors.New("microvm: sandbox closed")
+	}
+	if why := s.Supports(call.Runtime); why != "" {
+		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", why)
+	}
+	call.Limits = call.Limits.WithDefaults()
+	req, err := buildRequest(call)
+	if err != nil {
+		return sandbox.Outcome{}, err
+	}
+	sh := s.shapeOf(call.Limits)
+	v := s.takePooled(sh)
+	if v != nil {
+		s.pooled.Add(1)
+	} else {
+		if v, err = s.start(ctx, sh, true); err != nil {
+			if ctx.Err() != nil {
+				return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM start: %v", ctx.Err())
+			}
+			return sandbox.Outcome{}, err
+		}
+		if v.kind == "restored" {
+			s.restored.Add(1)
+		} else {
+			s.cold.Add(1)
+		}
+	}
+	s.refill(sh)
+	defer s.destroyAsync(v)
+	return s.exchange(ctx, v, call, req)
+}
+
+func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req guest.Request) (sandbox.Outcome, error) {
+	backend := v.driver.Name()
+	hard, cancel := context.WithTimeout(ctx, call.Limits.Timeout+responseGrace)
+	defer cancel()
+	stop := context.AfterFunc(hard, func() { v.m.Kill() })
+	defer stop()
+	if err := guest.WriteFrame(v.conn, guest.TypeRequest, req); err != nil {
+		if hard.Err() != nil {
+			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM killed at the deadline")
+		}
+		return sandbox.Outcome{}, fmt.Errorf("%s: send request: %w", backend, err)
+	}
+	v.fr.Max = int(call.Limits.MaxOutputBytes)*4/3 + call.Limits.MaxStderrBytes*6 + 64<<10
+	var resp guest.Response
+	if err := v.fr.Expect(guest.TypeResponse, "", &resp); err != nil {
+		if hard.Err() != nil {
+			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "tool did not finish within %s; VM killed", call.Limits.Timeout)
+		}
+		return sandbox.Outcome{}, fmt.Errorf("%s: read response: %w", backend, err)
+	}
+	out := sandbox.Outcome{ExitCode: resp.ExitCode, Stderr: resp.Stderr, Backend: backend}
+	switch {
+	case resp.Error != "":
+		return out, fmt.Errorf("%s: guest agent: %s", backend, resp.Error)
+	case resp.TimedOut:
+		return out, &isolation.Error{Kind: isolation.ErrTimeout, Message: fmt.Sprintf("tool did not finish within %s", call.Limits.Timeout), Stderr: resp.Stderr, ExitCode: resp.ExitCode}
+	case resp.OOMKilled && resp.ExitCode != 0:
+		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, Message: fmt.Sprintf("the guest ran out of its %d MB", s.shapeOf(call.Limits).memMB), Stderr: resp.Stderr, ExitCode: resp.ExitCode}
+	case resp.OutputTooLarge:
+		return out, isolation.Errorf(isolation.ErrOutputTooLarge, "%s is over the limit of %d bytes", sandbox.OutputFile, call.Limits.MaxOutputBytes)
+	case resp.OutputInvalid != "":
+		return out, isolation.Errorf(isolation.ErrOutputInvalid, "%s", resp.OutputInvalid)
+	}
+	if resp.HasOutput {
+		out.Output = resp.Output
+		if out.Output == nil {
+			out.Output = []byte{}
+		}
+	}
+	return out, nil
+}
+
+// buildRequest reads the tool folder (regular files only; symlinks and special files are left
+// out, so nothing outside the folder is read) into a request.
+func buildRequest(call sandbox.Call) (guest.Request, error) {
+	if err := sandbox.CheckCallPaths(call); err != nil {
+		return guest.Request{}, err
+	}
+	rel, err := filepath.Rel(call.Dir, call.Entrypoint)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") || filepath.IsAbs(rel) {
+		return guest.Request{}, fmt.Errorf("entrypoint %q is not inside the tool folder %q", call.Entrypoint, call.Dir)
+	}
+	var rt guest.Runtime
+	switch call.Runtime {
+	case isolation.RequirePython:
+		rt = guest.RuntimePython
+	case isolation.RequireShell:
+		rt = guest.RuntimeShell
+	case isolation.RequireArbitrary:
+		rt = guest.RuntimeArbitrary
+	}
+	var files []guest.File
+	var total int64
+	err = filepath.WalkDir(call.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += fi.Size()
+		if total > MaxToolBytes {
+			return fmt.Errorf("tool folder %s is over %d bytes", call.Dir, MaxToolBytes)
+		}
+		f, err := os.OpenFile(p, os.O_RDONLY|noFollow, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		data, err := io.ReadAll(io.LimitReader(f, fi.Size()+1))
+		if err != nil {
+			return err
+		}
+		r, _ := filepath.Rel(call.Dir, p)
+		files = append(files, guest.File{Path: filepath.ToSlash(r), Mode: uint32(fi.Mode().Perm()), Data: data})
+		return nil
+	})
+	if err != nil {
+		return guest.Request{}, fmt.Errorf("read tool folder: %w", err)
+	}
+	entropy := make([]byte, 64)
+	_, _ = rand.Read(entropy)
+	return guest.Request{
+		ID: call.ID, Runtime: rt, Entrypoint: filepath.ToSlash(rel), Files: files, Input: call.Input,
+		Entropy: entropy, TimeoutMS: call.Limits.Timeout.Milliseconds(),
+		MaxOutputBytes: call.Limits.MaxOutputBytes, MaxStderrBytes: call.Limits.MaxStderrBytes,
+	}, nil
+}
+
+// Stats says how many VMs were started cold, restored and taken from the pool.
+func (s *Sandbox) Stats() Stats {
+	return Stats{Cold: s.cold.Load(), Restored: s.restored.Load(), Pooled: s.pooled.Load()}
+}
+
+// RunDir is this sandbox's private run directory (removed by Close).
+func (s *Sandbox) RunDir() string { return s.runDir }
+
+// Close stops the pools, kills every VM, removes the snapshots and the run directory. Idempotent.
+func (s *Sandbox) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	pools := s.pools
+	s.pools = map[shape]*pool{}
+	s.mu.Unlock()
+	s.cancel()
+	for _, p := range pools {
+		p.close(s)
+	}
+	s.bg.Wait()
+	// Drain VMs a refill finished after its pool closed.
+	for _, p := range pools {
+		p.close(s)
+	}
+	return os.RemoveAll(s.runDir)
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

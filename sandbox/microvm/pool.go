@@ -1,0 +1,143 @@
+package microvm
+
+import (
+	"context"
+	"sort"
+	"sync"
+
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// pool holds booted VMs of one shape waiting at READY. Each VM serves one call.
+type pool struct {
+	mu       sync.Mutex // protects ready, filling, closed
+	ready    []*vm
+	filling  int
+	closed   bool
+	failures int
+}
+
+// takePooled returns a ready VM of shape sh whose VMM is still alive, or nil.
+func (s *Sandbox) takePooled(sh shape) *vm {
+	if s.opts.PoolSize <= 0 {
+		return nil
+	}
+	s.mu.Lock()
+	p := s.pools[sh]
+	s.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	for {
+		p.mu.Lock()
+		if len(p.ready) == 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		v := p.ready[0]
+		p.ready = p.ready[1:]
+		p.mu.Unlock()
+		select {
+		case <-v.m.Done():
+			s.destroyAsync(v) // died while waiting
+		default:
+			return v
+		}
+	}
+}
+
+// refill starts background boots until the pool of sh holds PoolSize VMs (ready or booting).
+// Boots run one at a time per pool: CPU is what a cold boot is short of.
+func (s *Sandbox) refill(sh shape) {
+	if s.opts.PoolSize <= 0 {
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	p := s.pools[sh]
+	if p == nil {
+		p = &pool{}
+		s.pools[sh] = p
+	}
+	s.mu.Unlock()
+	p.mu.Lock()
+	if p.closed || p.filling > 0 || len(p.ready) >= s.opts.PoolSize || p.failures >= 3 {
+		p.mu.Unlock()
+		return
+	}
+	p.filling++
+	p.mu.Unlock()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		for {
+			v, err := s.start(s.ctx, sh, true)
+			p.mu.Lock()
+			if err != nil {
+				p.failures++
+				p.filling--
+				p.mu.Unlock()
+				if s.ctx.Err() == nil {
+					s.log.Warn("pool refill failed", "shape", sh.String(), "err", err)
+				}
+				return
+			}
+			p.failures = 0
+			if p.closed {
+				p.filling--
+				p.mu.Unlock()
+				s.destroy(v)
+				return
+			}
+			p.ready = append(p.ready, v)
+			full := len(p.ready) >= s.opts.PoolSize
+			if full {
+				p.filling--
+			}
+			p.mu.Unlock()
+			if full {
+				return
+			}
+		}
+	}()
+}
+
+// close marks the pool closed and destroys its ready VMs.
+func (p *pool) close(s *Sandbox) {
+	p.mu.Lock()
+	p.closed = true
+	ready := p.ready
+	p.ready = nil
+	p.mu.Unlock()
+	for _, v := range ready {
+		s.destroy(v)
+	}
+}
+
+// Prepare fills the pool for the call's VM shape (and takes its snapshot when enabled) ahead of
+// the first call. It returns once the fill has started.
+func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
+	if _, _, a := s.backend(ctx); !a.Available {
+		return nil
+	}
+	s.refill(s.shapeOf(call.Limits.WithDefaults()))
+	return nil
+}
+
+// PoolStats reports one entry per VM shape; Tool names the shape (VMs are not tied to a tool:
+// its files arrive with the call).
+func (s *Sandbox) PoolStats() []sandbox.PoolStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]sandbox.PoolStats, 0, len(s.pools))
+	for sh, p := range s.pools {
+		p.mu.Lock()
+		out = append(out, sandbox.PoolStats{Tool: sh.String(), Ready: len(p.ready), Size: s.opts.PoolSize})
+		p.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Tool < out[j].Tool })
+	return out
+}
