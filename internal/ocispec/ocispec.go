@@ -32,7 +32,7 @@ const (
 	guestToolDir     = "/axocoatl/tool"
 	guestInput       = "/axocoatl/input.json"
 	UnprivilegedID   = 65534
-	ociVersion       = "1.2.0"
+	ociVersion       = "1.0.2" // crun 1.8 refuses newer versions; 1.0.2 has everything used here
 	maxArgBytes      = 64 << 10
 )
 

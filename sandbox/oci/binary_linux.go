@@ -17,9 +17,11 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// binaryBackend drives an installed OCI runtime (crun or runc) with `run --keep`, so the
-// runtime itself waits for the process and reports its exit status; the container is kept
-// until destroy so its memory cgroup can be read for OOM kills.
+// binaryBackend drives an installed OCI runtime (crun or runc) with `run`, so the runtime itself
+// waits for the process and reports its exit status. runc gets `--keep`: the container stays
+// until destroy so its memory cgroup can be read for OOM kills. crun 1.8 has no --keep and
+// deletes the cgroup on exit, so with crun an exit by SIGKILL that the sandbox did not send is
+// taken as the OOM killer's (a tool that SIGKILLs itself is misreported as a memory-limit kill).
 type binaryBackend struct {
 	kind       string // "crun" or "runc"
 	bin        string // absolute path of the executable
@@ -27,6 +29,7 @@ type binaryBackend struct {
 	bundles    string // {StateRoot}/.bundles
 	hybridFix  bool   // run in a mount namespace without /sys/fs/cgroup/unified (crun on hybrid)
 	useSystemd bool
+	keep       bool // runtime supports `run --keep` (runc)
 }
 
 func (b *binaryBackend) name() string  { return b.kind }
@@ -116,15 +119,21 @@ type binInstance struct {
 	out         io.Writer
 	cgroupsPath string
 
-	mu  sync.Mutex // protects cmd
-	cmd *exec.Cmd
+	mu     sync.Mutex // protects cmd, killed, status
+	cmd    *exec.Cmd
+	killed bool // kill was called
+	status int  // exit code from wait
 
 	once       sync.Once // guards destroyErr
 	destroyErr error
 }
 
 func (i *binInstance) start() error {
-	cmd := i.b.command("run", "--keep", "--bundle", i.dir, i.id)
+	args := []string{"run", "--bundle", i.dir, i.id}
+	if i.b.keep {
+		args = append([]string{"run", "--keep"}, args[1:]...)
+	}
+	cmd := i.b.command(args...)
 	cmd.Stdout, cmd.Stderr = i.out, i.out
 	// The runtime must not die with a signal meant for us mid-call; destroy cleans up.
 	cmd.SysProcAttr = withPdeathsig(cmd.SysProcAttr)
@@ -156,18 +165,30 @@ func (i *binInstance) wait() (int, error) {
 	var ee *exec.ExitError
 	if err == nil || errors.As(err, &ee) {
 		// `run` exits with the container process's status (128+n for signal n).
-		return exitCode(cmd.ProcessState), nil
+		code := exitCode(cmd.ProcessState)
+		i.mu.Lock()
+		i.status = code
+		i.mu.Unlock()
+		return code, nil
 	}
 	return -1, err
 }
 
 func (i *binInstance) kill() {
+	i.mu.Lock()
+	i.killed = true
+	i.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = runCtx(ctx, i.b.command("kill", i.id, "KILL"))
 }
 
 func (i *binInstance) oomKilled() bool {
+	if !i.b.keep {
+		i.mu.Lock()
+		defer i.mu.Unlock()
+		return i.status == 128+int(syscall.SIGKILL) && !i.killed
+	}
 	if i.b.useSystemd {
 		return false
 	}

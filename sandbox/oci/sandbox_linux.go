@@ -82,7 +82,7 @@ func New(cfg Config) (*Sandbox, error) {
 		}
 		s.be = &binaryBackend{kind: cfg.Backend, bin: p, root: filepath.Join(cfg.StateRoot, ".runtime"),
 			bundles: filepath.Join(cfg.StateRoot, ".bundles"), useSystemd: cfg.UseSystemd,
-			hybridFix: cfg.Backend == BackendCrun && hybridCgroups()}
+			hybridFix: cfg.Backend == BackendCrun && hybridCgroups(), keep: cfg.Backend == BackendRunc}
 	default:
 		return nil, fmt.Errorf("oci: unknown backend %q (want libcontainer, crun or runc)", cfg.Backend)
 	}

@@ -1,0 +1,225 @@
+package oci
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+func TestBinaryBackends(t *testing.T) {
+	needContainers(t)
+	for _, kind := range []string{BackendCrun, BackendRunc} {
+		t.Run(kind, func(t *testing.T) {
+			if _, err := exec.LookPath(kind); err != nil {
+				t.Skipf("%s is not installed (apt-get install %s)", kind, kind)
+			}
+			s := newSandbox(t, func(c *Config) { c.Backend = kind })
+			out, err := run(t, s, `{"op":"echo","n":1}`, 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m := decode(t, out); m["echo"] == nil || out.Backend != kind {
+				t.Fatalf("outcome %+v", out)
+			}
+			out, err = run(t, s, `{"op":"whoami"}`, 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m := decode(t, out); m["pid"] != float64(1) || fmt.Sprint(m["ifaces"]) != "[lo]" || m["cap_eff"] != "0000000000000000" {
+				t.Fatalf("isolation: %s", out.Output)
+			}
+			out, err = run(t, s, `{"op":"fail","code":3,"msg":"nope"}`, 30*time.Second)
+			if err != nil || out.ExitCode != 3 || !strings.Contains(out.Stderr, "nope") {
+				t.Fatalf("non-zero exit: %+v %v", out, err)
+			}
+			if _, err := run(t, s, `{"op":"spin"}`, 1500*time.Millisecond); !errors.Is(err, isolation.ErrTimeout) {
+				t.Fatalf("spin: %v, want ErrTimeout", err)
+			}
+			c := probeCall(`{"op":"alloc"}`)
+			c.Limits.MemoryMB = 64
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := s.Run(ctx, c); !errors.Is(err, isolation.ErrMemoryLimit) {
+				t.Fatalf("alloc: %v, want ErrMemoryLimit", err)
+			}
+		})
+	}
+}
+
+// TestRuntimeRoot runs Shell and Arbitrary tools on a runtime root built from busybox-static.
+func TestRuntimeRoot(t *testing.T) {
+	needContainers(t)
+	rt := filepath.Join(t.TempDir(), "rootfs")
+	for _, d := range []string{"bin", "tmp", "proc", "sys", "dev"} {
+		if err := os.MkdirAll(filepath.Join(rt, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := copyFile("/bin/busybox", filepath.Join(rt, "bin", "busybox")); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"sh", "cat", "id", "echo"} {
+		if err := os.Symlink("busybox", filepath.Join(rt, "bin", l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tool := filepath.Join(env.toolsDir, "shtool")
+	if err := os.MkdirAll(tool, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := `set -e
+printf '{"uid":"%s","input":%s}' "$(id -u)" "$(cat /axocoatl/input.json)" > /axocoatl/output.json
+`
+	if err := os.WriteFile(filepath.Join(tool, "run.sh"), []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyFile(env.probeBin, filepath.Join(tool, "probe")); err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t, func(c *Config) { c.RuntimeRoot = rt })
+	if why := s.Supports(isolation.RequireShell); why != "" {
+		t.Fatal(why)
+	}
+	if why := s.Supports(isolation.RequirePython); !strings.Contains(why, "python3") {
+		t.Fatalf("Python on a root without python3: %q", why)
+	}
+	cases := []struct {
+		rt    isolation.RuntimeRequirement
+		entry string
+		input string
+		check func(map[string]any) error
+	}{
+		{isolation.RequireShell, "run.sh", `{"x":5}`, func(m map[string]any) error {
+			if m["uid"] != "65534" || fmt.Sprint(m["input"]) != "map[x:5]" {
+				return fmt.Errorf("got %v", m)
+			}
+			return nil
+		}},
+		{isolation.RequireArbitrary, "probe", `{"op":"whoami"}`, func(m map[string]any) error {
+			if m["uid"] != float64(65534) || m["cap_eff"] != "0000000000000000" {
+				return fmt.Errorf("got %v", m)
+			}
+			return nil
+		}},
+		{isolation.RequireArbitrary, "probe", `{"op":"write","path":"/axocoatl/tool/probe"}`, func(m map[string]any) error {
+			if m["error"] == "" {
+				return errors.New("the tool folder is writable")
+			}
+			return nil
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.rt.String()+"/"+tc.entry, func(t *testing.T) {
+			c := sandbox.Call{Tool: "shtool", Runtime: tc.rt, Dir: tool, Entrypoint: filepath.Join(tool, tc.entry),
+				Input: []byte(tc.input), Limits: sandbox.Limits{}.WithDefaults()}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := s.Run(ctx, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.check(decode(t, out)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestReapAfterCrash kills a process that holds pre-created containers (a helper re-execution of
+// this test binary) and checks that the next New on the same state root removes them.
+func TestReapAfterCrash(t *testing.T) {
+	needContainers(t)
+	if os.Getenv("AXO_OCI_CRASH_HELPER") != "" {
+		t.Skip("helper")
+	}
+	stateRoot := t.TempDir()
+	parent := "axocoatl-test-crash"
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.v")
+	cmd.Env = append(os.Environ(), "AXO_OCI_CRASH_HELPER="+stateRoot, "AXO_OCI_TOOLS="+env.toolsDir, "AXO_OCI_PARENT="+parent)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var got strings.Builder
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(got.String(), "POOL READY") {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("helper output: %s", got.String())
+		}
+		n, err := stdout.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			cmd.Process.Kill()
+			t.Fatalf("helper ended: %v: %s", err, got.String())
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	left, _ := os.ReadDir(filepath.Join(stateRoot, ".libcontainer"))
+	if len(left) != 2 {
+		t.Fatalf("the crashed helper left %d containers, want 2 to reap", len(left))
+	}
+	cfg := Config{StateRoot: stateRoot, BundleRoot: env.toolsDir, CgroupParent: parent}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, s.cfg)
+}
+
+// TestCrashHelper is the helper process of TestReapAfterCrash.
+func TestCrashHelper(t *testing.T) {
+	root := os.Getenv("AXO_OCI_CRASH_HELPER")
+	if root == "" {
+		t.Skip("only run by TestReapAfterCrash")
+	}
+	s, err := New(Config{StateRoot: root, BundleRoot: os.Getenv("AXO_OCI_TOOLS"), CgroupParent: os.Getenv("AXO_OCI_PARENT"), PoolSize: 2, NoSeccomp: noSeccomp()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.toolsDir = os.Getenv("AXO_OCI_TOOLS")
+	if err := s.Prepare(context.Background(), probeCall(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("POOL READY")
+	time.Sleep(time.Minute)
+}
+
+// TestNewRejectsBadConfig checks config validation that needs no containers.
+func TestNewRejectsBadConfig(t *testing.T) {
+	if _, err := New(Config{StateRoot: t.TempDir(), Backend: "docker"}); err == nil {
+		t.Fatal("unknown backend accepted")
+	}
+	s, err := New(Config{StateRoot: t.TempDir(), Backend: BackendCrun, RuntimeBinary: "/nonexistent/crun"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if a := s.Probe(context.Background()); a.Available || !strings.Contains(a.Reason, "/nonexistent/crun") || a.Fix == "" {
+		t.Fatalf("probe with a missing runtime binary: %+v", a)
+	}
+	if s.Tier() != isolation.TierOCI {
+		t.Fatal("tier")
+	}
+	_ = json.Valid
+}
