@@ -38,7 +38,8 @@ func GoCommand() string {
 	return "go"
 }
 
-// Build compiles the Go main package in pkgDir to the module out (written atomically).
+// Build compiles the Go main package in pkgDir (its non-test .go files) to the module out,
+// written atomically.
 func Build(ctx context.Context, pkgDir, out string, opts Options) error {
 	abs, err := filepath.Abs(out)
 	if err != nil {
@@ -55,7 +56,22 @@ func Build(ctx context.Context, pkgDir, out string, opts Options) error {
 	if opts.Ldflags != "" {
 		args = append(args, "-ldflags="+opts.Ldflags)
 	}
-	args = append(args, ".")
+	// Naming the files (not ".") also builds a folder outside any module (std-only imports), as
+	// a copied tools root is.
+	files, err := filepath.Glob(filepath.Join(pkgDir, "*.go"))
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, f := range files {
+		if !strings.HasSuffix(f, "_test.go") {
+			args = append(args, filepath.Base(f))
+			n++
+		}
+	}
+	if n == 0 {
+		return fmt.Errorf("wasmbuild: no Go files in %s", pkgDir)
+	}
 	cmd := exec.CommandContext(ctx, GoCommand(), args...)
 	cmd.Dir = pkgDir
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")

@@ -128,13 +128,13 @@ func BenchmarkColdStartWarmCache(b *testing.B) {
 	reportLatency(b, lat)
 }
 
-// BenchmarkInstanceRSS holds MaxConcurrency instances live at once (each blocked reading stdin…
-// no: each spinning until its deadline) and reports the RSS growth per live instance.
+// BenchmarkInstanceRSS holds 16 instances live at once (each spinning until its deadline, after
+// the Go runtime and the tool have initialised) and reports the RSS growth per live instance.
 func BenchmarkInstanceRSS(b *testing.B) {
 	const n = 16
 	s := newSandbox(b, Config{MaxConcurrency: n})
 	ctx := context.Background()
-	c := call(guest(b), map[string]any{"mode": "hold"}, sandbox.Limits{Timeout: 2 * time.Second})
+	c := call(guest(b), map[string]any{"mode": "spin"}, sandbox.Limits{Timeout: 1500 * time.Millisecond})
 	if err := s.Prepare(ctx, c); err != nil {
 		b.Fatal(err)
 	}
