@@ -91,7 +91,7 @@ func Build(ctx context.Context, ref string, dest string, opts Options) (err erro
 	}
 	defer func() {
 		if tmp != "" {
-			if rerr := os.RemoveAll(tmp); rerr != nil {
+			if rerr := removeAll(tmp); rerr != nil {
 				log.Error("removing the partial bundle", "dir", tmp, "err", rerr)
 			}
 		}
@@ -291,6 +291,9 @@ func unpackImage(ctx context.Context, img v1.Image, rootfs string, log *slog.Log
 			return nil, fmt.Errorf("layer %d of %d: %w", i+1, len(layers), err)
 		}
 	}
+	if err := u.finish(); err != nil {
+		return nil, err
+	}
 	if u.skippedDevices > 0 {
 		log.Warn("device nodes were not created (not root)", "count", u.skippedDevices)
 	}
@@ -369,4 +372,20 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// removeAll removes a bundle tree. Unprivileged, a directory the image made read-only (0555)
+// blocks removal of its entries, so on failure directories are made writable and it retries.
+func removeAll(p string) error {
+	err := os.RemoveAll(p)
+	if err == nil || os.Geteuid() == 0 {
+		return err
+	}
+	_ = filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			_ = os.Chmod(q, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(p)
 }

@@ -101,7 +101,10 @@ func ParseReference(ref string) (Reference, error) {
 			if strings.Contains(image, "@") {
 				return bad("a docker-archive reference names REPO:TAG, not a digest")
 			}
-			tag, err := name.NewTag(image, name.StrictValidation)
+			if i := strings.LastIndexByte(image, '/'); !strings.Contains(image[i+1:], ":") {
+				return bad("%q has no tag: a docker-archive reference names REPO:TAG", image)
+			}
+			tag, err := name.NewTag(image)
 			if err != nil {
 				return bad("%q is not REPO:TAG: %v", image, err)
 			}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,6 +45,9 @@ type unpacker struct {
 
 	skippedDevices int
 	xattrWarned    bool
+	// dirModes holds, when not root, the modes of directories created owner-writable so that
+	// their entries can still be written (a 0555 directory with files in it); finish applies them.
+	dirModes map[string]uint32
 }
 
 func newUnpacker(rootfs string, log *slog.Logger) (*unpacker, error) {
@@ -51,7 +55,43 @@ func newUnpacker(rootfs string, log *slog.Logger) (*unpacker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &unpacker{root: r, isRoot: os.Geteuid() == 0, log: log}, nil
+	return &unpacker{root: r, isRoot: os.Geteuid() == 0, log: log, dirModes: map[string]uint32{}}, nil
+}
+
+// finish applies the directory modes deferred while unprivileged, deepest first.
+func (u *unpacker) finish() error {
+	paths := make([]string, 0, len(u.dirModes))
+	for p := range u.dirModes {
+		paths = append(paths, p)
+	}
+	sort.Slice(paths, func(i, j int) bool { return strings.Count(paths[i], "/") > strings.Count(paths[j], "/") })
+	for _, p := range paths {
+		fi, err := u.root.Lstat(p)
+		if err != nil || !fi.IsDir() {
+			continue // removed or replaced by a later layer
+		}
+		at, mt := statTimes(fi)
+		if err := u.root.Chmod(p, fs.FileMode(u.dirModes[p]&0o777)|modeBits(u.dirModes[p])); err != nil {
+			return fmt.Errorf("chmod %q: %w", p, err)
+		}
+		_ = u.root.Chtimes(p, at, mt)
+	}
+	return nil
+}
+
+// modeBits converts the set-id and sticky bits of a Unix mode to fs.FileMode bits.
+func modeBits(m uint32) fs.FileMode {
+	var f fs.FileMode
+	if m&unix.S_ISUID != 0 {
+		f |= fs.ModeSetuid
+	}
+	if m&unix.S_ISGID != 0 {
+		f |= fs.ModeSetgid
+	}
+	if m&unix.S_ISVTX != 0 {
+		f |= fs.ModeSticky
+	}
+	return f
 }
 
 func (u *unpacker) Close() error { return u.root.Close() }
@@ -88,21 +128,29 @@ func unsafeEntry(name, format string, args ...any) error {
 // absolute path, a ".." component or a NUL byte is refused, not rewritten: a layer that names
 // one was not made by an image builder.
 func cleanName(name string) (string, error) {
-	if name == "" {
-		return "", unsafeEntry(name, "empty name")
+	clean, why := checkName(name)
+	if why != "" {
+		return "", unsafeEntry(name, "%s", why)
 	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", unsafeEntry(name, "NUL byte in name")
-	}
-	if strings.HasPrefix(name, "/") {
-		return "", unsafeEntry(name, "absolute path")
+	return clean, nil
+}
+
+// checkName is cleanName's rule; why says what is wrong ("" when nothing is).
+func checkName(name string) (clean, why string) {
+	switch {
+	case name == "":
+		return "", "empty name"
+	case strings.IndexByte(name, 0) >= 0:
+		return "", "NUL byte in name"
+	case strings.HasPrefix(name, "/"):
+		return "", "absolute path"
 	}
 	for _, c := range strings.Split(name, "/") {
 		if c == ".." {
-			return "", unsafeEntry(name, "'..' component")
+			return "", "'..' component"
 		}
 	}
-	return path.Clean(name), nil
+	return path.Clean(name), ""
 }
 
 // resolveDir returns the canonical rootfs path of directory p: symlinks in it are followed when
@@ -119,7 +167,10 @@ func (u *unpacker) resolveDir(entry, p string) (string, error) {
 		if c == "" || c == "." {
 			continue
 		}
-		if c == ".." { // only reachable through a symlink target, already checked not to escape
+		if c == ".." { // names have none (cleanName): this one comes from a symlink target
+			if cur == "." {
+				return "", unsafeEntry(entry, "its path goes through a symlink that points outside the rootfs")
+			}
 			cur = path.Dir(cur)
 			continue
 		}
@@ -145,10 +196,6 @@ func (u *unpacker) resolveDir(entry, p string) (string, error) {
 			}
 			if strings.HasPrefix(target, "/") {
 				return "", unsafeEntry(entry, "its path goes through symlink %q -> %q, an absolute target: refused (followed on the host it leaves the rootfs)", next, target)
-			}
-			joined := path.Join(cur, target)
-			if joined == ".." || strings.HasPrefix(joined, "../") {
-				return "", unsafeEntry(entry, "its path goes through symlink %q -> %q, which points outside the rootfs", next, target)
 			}
 			todo = append(strings.Split(target, "/"), todo...)
 		default:
@@ -286,9 +333,9 @@ func (u *unpacker) markUpper(p string) {
 // hardlink links file (in directory fd dfd) to the entry's Linkname, which must already be in
 // the rootfs and not be a directory; its parents are resolved like any entry's.
 func (u *unpacker) hardlink(hdr *tar.Header, dfd int, file, p string) error {
-	target, err := cleanName(hdr.Linkname)
-	if err != nil {
-		return unsafeEntry(hdr.Name, "hard link to %q: %v", truncate(hdr.Linkname, 200), errors.Unwrap(err))
+	target, why := checkName(hdr.Linkname)
+	if why != "" {
+		return unsafeEntry(hdr.Name, "hard link to %q: %s", truncate(hdr.Linkname, 200), why)
 	}
 	if target == "." {
 		return unsafeEntry(hdr.Name, "hard link to the rootfs directory")
@@ -347,7 +394,16 @@ func (u *unpacker) metadataAt(dfd int, file, p string, hdr *tar.Header) error {
 	}
 	// After chown, which clears set-id bits. Symlinks have no mode of their own.
 	if !isLink {
-		if err := unix.Fchmodat(dfd, file, uint32(hdr.Mode&0o7777), 0); err != nil {
+		mode := uint32(hdr.Mode & 0o7777)
+		if hdr.Typeflag == tar.TypeDir && !u.isRoot {
+			if mode&0o700 != 0o700 {
+				u.dirModes[p] = mode
+				mode |= 0o700
+			} else {
+				delete(u.dirModes, p)
+			}
+		}
+		if err := unix.Fchmodat(dfd, file, mode, 0); err != nil {
 			return fmt.Errorf("chmod %q: %w", p, err)
 		}
 	}
