@@ -1,0 +1,112 @@
+package ocispec
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func hostile() *specs.Spec {
+	return &specs.Spec{
+		Root:    &specs.Root{Path: "rootfs"},
+		Process: &specs.Process{Args: []string{"/tool"}, Capabilities: &specs.LinuxCapabilities{Bounding: []string{"CAP_SYS_ADMIN"}}},
+		Hooks:   &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh"}}},
+		Mounts:  []specs.Mount{{Destination: "/host", Type: "bind", Source: "/"}},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/proc/1/ns/net"}},
+			Devices:    []specs.LinuxDevice{{Path: "/dev/sda", Type: "b", Major: 8}},
+			Sysctl:     map[string]string{"kernel.x": "1"},
+		},
+	}
+}
+
+func TestHardenReplacesBundleSettings(t *testing.T) {
+	s, err := Harden(hostile(), "/b", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Hooks != nil || s.Linux.Devices != nil || s.Linux.Sysctl != nil {
+		t.Error("hooks, devices or sysctls kept")
+	}
+	for _, m := range s.Mounts {
+		if m.Destination == "/host" {
+			t.Error("bundle mount kept")
+		}
+	}
+	var types []specs.LinuxNamespaceType
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Path != "" {
+			t.Errorf("namespace path kept: %+v", ns)
+		}
+		types = append(types, ns.Type)
+	}
+	for _, want := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.MountNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.NetworkNamespace} {
+		if !slices.Contains(types, want) {
+			t.Errorf("namespace %s missing", want)
+		}
+	}
+	if !s.Root.Readonly || s.Root.Path != "/b/rootfs" || !s.Process.NoNewPrivileges || len(s.Process.Capabilities.Bounding) != 0 {
+		t.Errorf("root %+v nnp %v caps %+v", s.Root, s.Process.NoNewPrivileges, s.Process.Capabilities)
+	}
+	if *s.Linux.Resources.Memory.Limit != DefaultMemoryMB<<20 || *s.Linux.Resources.Pids.Limit != DefaultPids {
+		t.Error("default limits not applied")
+	}
+	if s.Linux.Seccomp == nil || len(s.Linux.MaskedPaths) == 0 {
+		t.Error("seccomp or masked paths missing")
+	}
+}
+
+func TestHardenRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*specs.Spec)
+	}{
+		{"absolute root outside", func(s *specs.Spec) { s.Root.Path = "/" }},
+		{"relative root escaping", func(s *specs.Spec) { s.Root.Path = "../../etc" }},
+		{"no args", func(s *specs.Spec) { s.Process.Args = nil }},
+		{"NUL in args", func(s *specs.Spec) { s.Process.Args = []string{"a\x00b"} }},
+		{"relative cwd", func(s *specs.Spec) { s.Process.Cwd = "tmp" }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := hostile()
+			tc.mod(s)
+			if _, err := Harden(s, "/b", Options{}); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+func TestGenerateAndHostNetwork(t *testing.T) {
+	args, err := ToolArgs("Python", "src/main.py")
+	if err != nil || strings.Join(args, " ") != "python3 /axocoatl/tool/src/main.py" {
+		t.Fatalf("%v %v", args, err)
+	}
+	if _, err := ToolArgs("Shell", "../x.sh"); err == nil {
+		t.Fatal("escaping entrypoint accepted")
+	}
+	s, err := Generate("/rt", "/tools/t", args, Options{HostNetwork: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Process.User.UID != UnprivilegedID {
+		t.Errorf("uid %d", s.Process.User.UID)
+	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			t.Error("HostNetwork still has a network namespace")
+		}
+	}
+	found := false
+	for _, m := range s.Mounts {
+		if m.Destination == "/axocoatl/tool" && slices.Contains(m.Options, "ro") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("tool folder not bound read-only")
+	}
+}

@@ -1,0 +1,117 @@
+package oci
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// reportMedian adds the median and p99 of per-call durations to a benchmark's report.
+func reportMedian(b *testing.B, d []time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(d[len(d)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// BenchmarkColdCall is one single-use container per call: create, start, wait, read output,
+// destroy (embedded libcontainer, JSON in and out).
+func BenchmarkColdCall(b *testing.B) {
+	needContainers(b)
+	s := newSandbox(b, nil)
+	ctx := context.Background()
+	var d []time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		out, err := s.Run(ctx, probeCall(`{"op":"echo"}`))
+		d = append(d, time.Since(t0))
+		if err != nil || out.ExitCode != 0 {
+			b.Fatal(err, out.Stderr)
+		}
+	}
+	reportMedian(b, d)
+}
+
+// BenchmarkWarmPoolCall takes a pre-created container from the tool's pool: write input, start,
+// wait, read output; destroy and refill happen off the call path.
+func BenchmarkWarmPoolCall(b *testing.B) {
+	needContainers(b)
+	s := newSandbox(b, func(c *Config) { c.PoolSize = 2 })
+	ctx := context.Background()
+	call := probeCall(`{"op":"echo"}`)
+	if err := s.Prepare(ctx, call); err != nil {
+		b.Fatal(err)
+	}
+	var d []time.Duration
+	for b.Loop() {
+		// Measure only calls served from the pool: wait (untimed) for the refill to finish.
+		b.StopTimer()
+		if err := s.Prepare(ctx, call); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		out, err := s.Run(ctx, call)
+		d = append(d, time.Since(t0))
+		if err != nil || out.ExitCode != 0 {
+			b.Fatal(err, out.Stderr)
+		}
+	}
+	reportMedian(b, d)
+}
+
+// BenchmarkCrunRun is the same bundle via `crun run` (the spec this sandbox would use, written
+// once), for the cold-call ratio. Input is written and output read as a call would.
+func BenchmarkCrunRun(b *testing.B) {
+	needContainers(b)
+	crun, err := exec.LookPath("crun")
+	if err != nil {
+		b.Skip("crun is not installed")
+	}
+	s := newSandbox(b, func(c *Config) { c.Backend = BackendCrun })
+	be := s.be.(*binaryBackend)
+	ioDir := filepath.Join(s.ioRoot, "bench-io")
+	if err := os.Mkdir(ioDir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(ioDir)
+	_ = crun
+	var n atomic.Int64
+	var d []time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		id := "axocoatl-bench-" + strconv.FormatInt(n.Add(1), 10)
+		if err := os.WriteFile(filepath.Join(ioDir, "input.json"), []byte(`{"op":"echo"}`), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		sp, err := s.spec(probeCall(""), id, ioDir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		inst, err := be.create(id, sp, os.Stderr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := inst.start(); err != nil {
+			b.Fatal(err)
+		}
+		code, err := inst.wait()
+		if err != nil || code != 0 {
+			b.Fatal(code, err)
+		}
+		if _, err := os.ReadFile(filepath.Join(ioDir, "output.json")); err != nil {
+			b.Fatal(err)
+		}
+		_ = inst.destroy()
+		d = append(d, time.Since(t0))
+	}
+	reportMedian(b, d)
+}
