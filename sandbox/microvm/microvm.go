@@ -54,6 +54,9 @@ type Options struct {
 	// Snapshots takes one snapshot per shape at READY and starts later VMs (pool refills and
 	// unpooled calls) by restoring it, when the driver is a Snapshotter.
 	Snapshots bool
+	// ExtraCmdline is appended to the guest kernel command line (tuning; a later parameter
+	// overrides an earlier one).
+	ExtraCmdline string
 	// Logger receives the tier's logs (slog.Default when nil).
 	Logger *slog.Logger
 	// Debug, when non-nil, receives every VMM's stderr and guest console.
@@ -212,6 +215,9 @@ func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) 
 		return BootSpec{}, err
 	}
 	cmd := BaseCmdline + " " + CmdlineChannel + "=" + d.GuestChannel()
+	if s.opts.ExtraCmdline != "" {
+		cmd += " " + s.opts.ExtraCmdline
+	}
 	if strings.HasPrefix(d.GuestChannel(), "vsock:") && len(img.Modules) > 0 {
 		cmd += " " + CmdlineModules + "=" + strings.Join(img.Modules, ",")
 	}

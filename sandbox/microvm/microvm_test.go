@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,6 +110,7 @@ func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
 	}
 	opts.Drivers = []microvm.Driver{qemu.New()}
 	opts.DataDir = testDataDir
+	opts.ExtraCmdline = os.Getenv("AXO_VM_CMDLINE")
 	opts.RunDir = runRoot
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if debugSink {
@@ -206,5 +208,174 @@ func TestRunTools(t *testing.T) {
 				t.Errorf("stderr %q lacks %q", o.Stderr, tc.stderr)
 			}
 		})
+	}
+}
+
+func TestSpinningToolTimesOut(t *testing.T) {
+	s := newSandbox(t, microvm.Options{})
+	dir, entry := tool(t, "spin", "#!/bin/sh\nwhile :; do :; done\n", 0o755)
+	start := time.Now()
+	_, err := s.Run(context.Background(), call("spin", isolation.RequireArbitrary, dir, entry, `{}`, 1500*time.Millisecond))
+	if !errors.Is(err, isolation.ErrTimeout) {
+		t.Fatalf("err = %v, want ErrTimeout", err)
+	}
+	t.Logf("stopped after %s: %v", time.Since(start).Round(time.Millisecond), err)
+}
+
+func TestContextCancelKillsVM(t *testing.T) {
+	s := newSandbox(t, microvm.Options{})
+	dir, entry := tool(t, "main.sh", "sleep 60\n", 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		// Cancel once the VM is up and the tool is sleeping.
+		for i := 0; i < 600; i++ {
+			if strings.Contains(leftovers(), "process") {
+				time.Sleep(2 * time.Second)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cancel()
+	}()
+	_, err := s.Run(ctx, call("cancel", isolation.RequireShell, dir, entry, `{}`, 60*time.Second))
+	if !errors.Is(err, isolation.ErrTimeout) {
+		t.Fatalf("err = %v, want ErrTimeout after cancel", err)
+	}
+}
+
+// The tool tries to read a host file, write a host path and dial a host loopback port; all three
+// must fail, and the host must see no trace.
+func TestToolCannotReachHost(t *testing.T) {
+	s := newSandbox(t, microvm.Options{})
+	hostDir := t.TempDir()
+	secret := filepath.Join(hostDir, "secret")
+	if err := os.WriteFile(secret, []byte("host-secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(hostDir, "written-by-tool")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+			accepted <- struct{}{}
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	script := fmt.Sprintf(`import json, socket
+res = {}
+try:
+    res["read"] = open(%q).read()
+except Exception as e:
+    res["read_err"] = repr(e)
+try:
+    with open(%q, "w") as f:
+        f.write("x")
+    res["wrote"] = True
+except Exception as e:
+    res["write_err"] = repr(e)
+try:
+    socket.create_connection(("127.0.0.1", %d), timeout=2).close()
+    res["dialed"] = True
+except Exception as e:
+    res["dial_err"] = repr(e)
+json.dump(res, open("/axocoatl/output.json", "w"))
+`, secret, target, port)
+	dir, entry := tool(t, "escape.py", script, 0o644)
+	o, err := s.Run(context.Background(), call("escape", isolation.RequirePython, dir, entry, `{}`, 20*time.Second))
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var res map[string]any
+	if err := json.Unmarshal(o.Output, &res); err != nil {
+		t.Fatalf("output %q: %v (stderr %s)", o.Output, err, o.Stderr)
+	}
+	t.Logf("guest saw: %v", res)
+	if _, ok := res["read"]; ok || res["read_err"] == nil {
+		t.Errorf("the tool read the host file: %v", res)
+	}
+	if _, err := os.Stat(target); err == nil {
+		t.Errorf("the tool wrote the host path %s", target)
+	}
+	if res["dialed"] == true || res["dial_err"] == nil {
+		t.Errorf("the tool dialed the host loopback: %v", res)
+	}
+	select {
+	case <-accepted:
+		t.Errorf("the host listener accepted a connection from the guest")
+	default:
+	}
+}
+
+const pyRandom = `import json, os, socket
+json.dump({"rand": os.urandom(16).hex(), "host": socket.gethostname()}, open("/axocoatl/output.json", "w"))
+`
+
+// Pooled VMs refilled from one snapshot must not share random state or identity.
+func TestPoolFromSnapshotClonesDiffer(t *testing.T) {
+	s := newSandbox(t, microvm.Options{PoolSize: 1, Snapshots: true})
+	dir, entry := tool(t, "rand.py", pyRandom, 0o644)
+	seen := map[string]string{}
+	for i := 0; i < 3; i++ {
+		if i > 0 {
+			waitPool(t, s, 1)
+		}
+		id := fmt.Sprintf("clone-%d", i)
+		o, err := s.Run(context.Background(), call(id, isolation.RequirePython, dir, entry, `{}`, 20*time.Second))
+		if err != nil {
+			t.Fatalf("Run %d: %v", i, err)
+		}
+		var res map[string]string
+		if err := json.Unmarshal(o.Output, &res); err != nil {
+			t.Fatalf("output %q: %v", o.Output, err)
+		}
+		if res["host"] != id {
+			t.Errorf("call %s ran with hostname %q", id, res["host"])
+		}
+		if prev, dup := seen[res["rand"]]; dup {
+			t.Errorf("calls %s and %s got the same random bytes %s", prev, id, res["rand"])
+		}
+		seen[res["rand"]] = id
+	}
+	st := s.Stats()
+	if st.Pooled < 2 || st.Restored+st.Pooled < 3 {
+		t.Errorf("stats %+v: want at least 2 pooled calls and every VM restored from the snapshot", st)
+	}
+	if ps := s.PoolStats(); len(ps) != 1 || ps[0].Size != 1 {
+		t.Errorf("PoolStats = %+v", ps)
+	}
+}
+
+func waitPool(t testing.TB, s *microvm.Sandbox, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if ps := s.PoolStats(); len(ps) > 0 && ps[0].Ready >= n {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("pool never reached %d ready VMs: %+v", n, s.PoolStats())
+}
+
+func TestProbeWithoutImage(t *testing.T) {
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+	s, err := microvm.New(microvm.Options{Drivers: []microvm.Driver{qemu.New()}, DataDir: t.TempDir(), RunDir: runRoot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a := s.Probe(context.Background())
+	if a.Available || !strings.Contains(a.Fix, "axoiso vm prepare") {
+		t.Errorf("Probe without an image = %+v, want unavailable with a prepare fix", a)
+	}
+	if _, err := s.Run(context.Background(), call("x", isolation.RequirePython, "/nonexistent", "/nonexistent/a.py", `{}`, time.Second)); !errors.Is(err, isolation.ErrTierUnavailable) && err == nil {
+		t.Errorf("Run without an image: %v", err)
 	}
 }
