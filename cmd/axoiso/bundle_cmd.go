@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/internal/ociimage"
+)
+
+func init() {
+	register(command{name: "bundle", summary: "build a tool's OCI bundle from an image (docker://, oci:, docker-archive:)", run: runBundle})
+}
+
+func runBundle(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bundle", stderr)
+	var cf commonFlags
+	cf.add(fs)
+	from := fs.String("from", "", "image reference: docker://HOST/REPO:TAG (or a bare reference), oci:DIR[:TAG], docker-archive:FILE")
+	replace := fs.Bool("replace", false, "replace an existing bundle of that name (atomically)")
+	insecure := fs.Bool("insecure", false, "allow plain HTTP or unverified TLS to a non-loopback registry")
+	platform := fs.String("platform", "", "os/arch[/variant] to pick from a multi-platform image (default linux/GOARCH)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("want exactly one tool name, got %d arguments", len(pos))
+	}
+	if *from == "" {
+		return usagef("--from REF is required")
+	}
+	name := pos[0]
+	if err := catalog.ValidateName(name); err != nil {
+		return err
+	}
+	cfg, log, err := cf.configAndLogger(stderr)
+	if err != nil {
+		return err
+	}
+	dest := filepath.Join(cfg.ToolsRoot, name)
+	err = ociimage.Build(ctx, *from, dest, ociimage.Options{Replace: *replace, Insecure: *insecure, Platform: *platform, Logger: log})
+	switch {
+	case errors.Is(err, ociimage.ErrBadReference):
+		return usageError{err.Error()}
+	case errors.Is(err, ociimage.ErrExists):
+		return fmt.Errorf("%w (use --replace)", err)
+	case err != nil:
+		return err
+	}
+	fmt.Fprintf(stdout, "%s\n", dest)
+	return nil
+}
