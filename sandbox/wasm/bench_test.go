@@ -2,6 +2,7 @@ package wasm
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"runtime"
 	"slices"
@@ -41,6 +42,7 @@ func BenchmarkCall(b *testing.B) {
 		{"heap-memory", Config{HeapMemory: true}},
 		{"unmerged-segments", Config{KeepDataSegments: true}},
 		{"wazero-defaults", Config{HeapMemory: true, KeepDataSegments: true}},
+		{"no-deadline-checks-unsafe", Config{noDeadlineChecks: true}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			s := newSandbox(b, bc.cfg)
@@ -67,7 +69,13 @@ func BenchmarkCall(b *testing.B) {
 
 // BenchmarkCallParallel runs calls from 4×GOMAXPROCS goroutines: calls/s and queueing latency.
 func BenchmarkCallParallel(b *testing.B) {
-	s := newSandbox(b, Config{})
+	for _, slots := range []int{1, runtime.GOMAXPROCS(0)} {
+		b.Run(fmt.Sprintf("slots=%d", slots), func(b *testing.B) { benchParallel(b, slots) })
+	}
+}
+
+func benchParallel(b *testing.B, slots int) {
+	s := newSandbox(b, Config{MaxConcurrency: slots})
 	c := benchCall(b)
 	ctx := context.Background()
 	if err := s.Prepare(ctx, c); err != nil {

@@ -67,6 +67,10 @@ type Config struct {
 	// to measure them (benchmarks) and to rule them out when debugging.
 	KeepDataSegments bool
 	HeapMemory       bool
+
+	// noDeadlineChecks drops wazero's termination checks (a runaway guest could not be stopped):
+	// benchmarks only, to measure what the checks cost.
+	noDeadlineChecks bool
 }
 
 // DefaultCacheDir is the compilation cache under the user's cache directory
@@ -137,7 +141,7 @@ func New(cfg Config) (*Sandbox, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	rc := wazero.NewRuntimeConfigCompiler().WithCloseOnContextDone(true)
+	rc := wazero.NewRuntimeConfigCompiler().WithCloseOnContextDone(!cfg.noDeadlineChecks)
 	if cfg.CacheDir != "" {
 		if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
 			return nil, fmt.Errorf("wasm: compilation cache: %w", err)
