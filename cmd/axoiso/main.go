@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"github.com/axocoatl/isolation"
+	// The container init: libcontainer re-executes this binary as each container's init.
+	_ "github.com/axocoatl/isolation/internal/containerinit"
 )
 
 // Exit codes: part of the CLI contract.

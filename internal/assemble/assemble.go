@@ -3,6 +3,7 @@
 package assemble
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
@@ -52,23 +54,45 @@ type Config struct {
 	DisableTiers []string `json:"disable_tiers,omitempty"`
 }
 
-// OciConfig keeps the original's fields and defaults.
+// OciConfig keeps the original's fields and defaults (state_root, bundle_root, use_systemd).
 type OciConfig struct {
 	StateRoot  string `json:"state_root,omitempty"`
 	BundleRoot string `json:"bundle_root,omitempty"`
 	UseSystemd bool   `json:"use_systemd,omitempty"`
 	// Backend: "libcontainer" (embedded, default), "crun" or "runc".
 	Backend string `json:"backend,omitempty"`
-	// PoolSize is the number of pre-created containers per tool (0: no pool).
-	PoolSize int `json:"pool_size,omitempty"`
+	// RuntimeBinary is the crun/runc executable for those backends (default: from PATH).
+	RuntimeBinary string `json:"runtime_binary,omitempty"`
+	// RuntimeRoot is the root filesystem Python, Shell and Arbitrary tools run on in this tier
+	// (default: the guest root `axoiso vm prepare` built, when it exists).
+	RuntimeRoot string `json:"runtime_root,omitempty"`
+	// PoolSize is the number of pre-created containers per tool (0: the tier's default of 2;
+	// negative: no pools). PoolIdle empties an unused pool.
+	PoolSize int      `json:"pool_size,omitempty"`
+	PoolIdle Duration `json:"pool_idle,omitempty"`
+	// Default limits (a tool's memory_mb wins for memory).
+	MemoryMB int     `json:"memory_mb,omitempty"`
+	Pids     int64   `json:"pids,omitempty"`
+	CPUs     float64 `json:"cpus,omitempty"`
+	// AllowNetwork lets tools that ask for the network (tool.json "network": true) have it.
+	AllowNetwork bool `json:"allow_network,omitempty"`
 }
 
 // VMConfig configures the microVM tier.
 type VMConfig struct {
 	// PoolSize is the number of pre-booted VMs kept ready (0: no pool).
 	PoolSize int `json:"pool_size,omitempty"`
-	// Snapshot refills the pool from a snapshot taken at READY.
+	// Snapshot starts VMs by restoring a snapshot taken at READY.
 	Snapshot bool `json:"snapshot,omitempty"`
+	// KVM: "auto" (use /dev/kvm when it works), "on" or "off" (default "off": software emulation;
+	// some hosts expose a /dev/kvm that cannot run an ordinary guest kernel).
+	KVM string `json:"kvm,omitempty"`
+	// Firecracker is the firecracker binary (default: "firecracker" in PATH).
+	Firecracker string `json:"firecracker,omitempty"`
+	// VCPUs per VM (default 1).
+	VCPUs int `json:"vcpus,omitempty"`
+	// RunDir holds per-VM sockets and pidfiles (default /run/axocoatl/vm as root).
+	RunDir string `json:"run_dir,omitempty"`
 }
 
 // Duration is a time.Duration written as "10s" in JSON.
@@ -118,7 +142,10 @@ func (c Config) WithDefaults() Config {
 	}
 	c.Oci.BundleRoot = c.ToolsRoot
 	if c.Oci.StateRoot == "" {
-		c.Oci.StateRoot = DefaultStateRoot
+		c.Oci.StateRoot = runtimeDir(DefaultStateRoot, "oci")
+	}
+	if c.VM.RunDir == "" {
+		c.VM.RunDir = runtimeDir("/run/axocoatl/vm", "vm")
 	}
 	if c.CacheDir == "" {
 		c.CacheDir = defaultDir("XDG_CACHE_HOME", ".cache", "/var/cache/axocoatl")
@@ -127,6 +154,19 @@ func (c Config) WithDefaults() Config {
 		c.DataDir = defaultDir("XDG_DATA_HOME", ".local/share", "/var/lib/axocoatl")
 	}
 	return c
+}
+
+// runtimeDir is rootDefault for root, else a per-user directory under $XDG_RUNTIME_DIR (or the
+// temp dir): /run/axocoatl is root's.
+func runtimeDir(rootDefault, name string) string {
+	if os.Geteuid() == 0 {
+		return rootDefault
+	}
+	base := os.Getenv("XDG_RUNTIME_DIR")
+	if base == "" {
+		base = filepath.Join(os.TempDir(), fmt.Sprintf("axoiso-%d", os.Geteuid()))
+	}
+	return filepath.Join(base, "axoiso", name)
 }
 
 func defaultDir(env, homeRel, rootDefault string) string {
@@ -183,20 +223,40 @@ func Sandboxes(c Config, log *slog.Logger) ([]sandbox.Sandbox, error) {
 		sbs = append(sbs, s)
 	}
 	add(native.NewWithBuiltins())
-	for _, build := range tierBuilders {
-		s, err := build(c, log)
+	for _, b := range tierBuilders {
+		s, err := b.build(c, log)
 		if err != nil {
-			for _, s := range sbs {
-				s.Close()
-			}
-			return nil, err
+			// A tier that cannot even be set up on this host is unavailable, with the reason; the
+			// other tiers still serve.
+			log.Debug("tier not set up", "error", err)
+			s = brokenTier{tier: b.tier, err: err}
 		}
-		if s != nil {
-			add(s)
-		}
+		add(s)
 	}
 	return sbs, nil
 }
 
 // tierBuilders construct the isolating tiers; each tier's file adds itself.
-var tierBuilders []func(Config, *slog.Logger) (sandbox.Sandbox, error)
+var tierBuilders []tierBuilder
+
+type tierBuilder struct {
+	tier  isolation.Tier
+	build func(Config, *slog.Logger) (sandbox.Sandbox, error)
+}
+
+// brokenTier stands for a tier whose sandbox could not be set up on this host: it is unavailable
+// and says why.
+type brokenTier struct {
+	tier isolation.Tier
+	err  error
+}
+
+func (b brokenTier) Tier() isolation.Tier { return b.tier }
+func (b brokenTier) Probe(context.Context) isolation.Availability {
+	return isolation.Availability{Reason: "could not be set up: " + b.err.Error(), Fix: "see the reason; run as root or set the tier's directories in the config"}
+}
+func (b brokenTier) Supports(isolation.RuntimeRequirement) string { return b.err.Error() }
+func (b brokenTier) Run(context.Context, sandbox.Call) (sandbox.Outcome, error) {
+	return sandbox.Outcome{}, &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: b.err.Error()}
+}
+func (b brokenTier) Close() error { return nil }

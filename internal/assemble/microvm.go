@@ -1,0 +1,37 @@
+package assemble
+
+import (
+	"github.com/axocoatl/isolation"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/microvm"
+	"github.com/axocoatl/isolation/sandbox/microvm/firecracker"
+	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
+)
+
+// vmDataDir is where `axoiso vm prepare` puts the guest kernel and root.
+func (c Config) vmDataDir() string { return filepath.Join(c.DataDir, "vm") }
+
+func init() {
+	tierBuilders = append(tierBuilders, tierBuilder{isolation.TierMicroVM, func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
+		q := qemu.New()
+		switch c.VM.KVM {
+		case "on":
+			q.KVM = true
+		case "auto":
+			q = qemu.NewKVM()
+		}
+		return microvm.New(microvm.Options{
+			// Firecracker where it probes available (KVM + binary), QEMU microvm otherwise.
+			Drivers:   []microvm.Driver{firecracker.New(firecracker.Options{Binary: c.VM.Firecracker}), q},
+			DataDir:   c.vmDataDir(),
+			RunDir:    c.VM.RunDir,
+			VCPUs:     c.VM.VCPUs,
+			PoolSize:  c.VM.PoolSize,
+			Snapshots: c.VM.Snapshot,
+			Logger:    log,
+		})
+	}})
+}

@@ -1,0 +1,37 @@
+package assemble
+
+import (
+	"github.com/axocoatl/isolation"
+	"log/slog"
+	"time"
+
+	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/microvm"
+	"github.com/axocoatl/isolation/sandbox/oci"
+)
+
+func init() {
+	tierBuilders = append(tierBuilders, tierBuilder{isolation.TierOCI, func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
+		root := c.Oci.RuntimeRoot
+		if root == "" {
+			// The guest root of the microVM tier doubles as the runtime root here, so Python, Shell
+			// and Arbitrary tools still run, in a container, on a host without a VMM.
+			root, _ = microvm.RuntimeRoot(c.vmDataDir())
+		}
+		return oci.New(oci.Config{
+			StateRoot:     c.Oci.StateRoot,
+			BundleRoot:    c.ToolsRoot,
+			UseSystemd:    c.Oci.UseSystemd,
+			Backend:       c.Oci.Backend,
+			RuntimeBinary: c.Oci.RuntimeBinary,
+			RuntimeRoot:   root,
+			MemoryMB:      c.Oci.MemoryMB,
+			Pids:          c.Oci.Pids,
+			CPUs:          c.Oci.CPUs,
+			AllowNetwork:  c.Oci.AllowNetwork,
+			PoolSize:      c.Oci.PoolSize,
+			PoolIdle:      time.Duration(c.Oci.PoolIdle),
+			Logger:        log,
+		})
+	}})
+}
