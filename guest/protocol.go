@@ -111,6 +111,8 @@ type Response struct {
 	OOMKilled bool `json:"oom_killed,omitempty"`
 	// TimedOut is set when the agent killed the tool at TimeoutMS.
 	TimedOut bool `json:"timed_out,omitempty"`
+	// RunMS is how long the tool ran, by the guest's clock (start to exit).
+	RunMS int64 `json:"run_ms"`
 	// Error reports a failure of the agent itself (the tool could not be started).
 	Error string `json:"error,omitempty"`
 }

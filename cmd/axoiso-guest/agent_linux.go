@@ -371,11 +371,13 @@ func runTool(req guest.Request) guest.Response {
 	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	ooms := oomKills()
+	started := time.Now()
 	err := cmd.Run()
+	ran := time.Since(started)
 	if cmd.Process != nil {
 		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL) // whatever the tool left behind
 	}
-	resp := guest.Response{}
+	resp := guest.Response{RunMS: ran.Milliseconds()}
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:

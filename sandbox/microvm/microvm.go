@@ -66,6 +66,8 @@ type Options struct {
 // Stats counts how VMs were started.
 type Stats struct {
 	Cold, Restored, Pooled int64
+	// ToolMS sums the tools' own run times as the guests measured them.
+	ToolMS int64
 }
 
 // Sandbox is the microVM tier. Safe for concurrent use; Close is idempotent.
@@ -77,6 +79,7 @@ type Sandbox struct {
 	bg     sync.WaitGroup // background kills, refills, snapshots
 
 	cold, restored, pooled atomic.Int64
+	toolMS                 atomic.Int64
 
 	mu     sync.Mutex // protects closed, pools, snaps, driver, img
 	closed bool
@@ -402,6 +405,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 		return sandbox.Outcome{}, fmt.Errorf("%s: read response: %w", backend, err)
 	}
 	out := sandbox.Outcome{ExitCode: resp.ExitCode, Stderr: resp.Stderr, Backend: backend}
+	s.toolMS.Add(resp.RunMS)
 	switch {
 	case resp.Error != "":
 		return out, fmt.Errorf("%s: guest agent: %s", backend, resp.Error)
@@ -486,7 +490,7 @@ func buildRequest(call sandbox.Call) (guest.Request, error) {
 
 // Stats says how many VMs were started cold, restored and taken from the pool.
 func (s *Sandbox) Stats() Stats {
-	return Stats{Cold: s.cold.Load(), Restored: s.restored.Load(), Pooled: s.pooled.Load()}
+	return Stats{Cold: s.cold.Load(), Restored: s.restored.Load(), Pooled: s.pooled.Load(), ToolMS: s.toolMS.Load()}
 }
 
 // RunDir is this sandbox's private run directory (removed by Close).
