@@ -1,0 +1,263 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/axocoatl/isolation/internal/wasmbuild"
+)
+
+// requiresRoot skips tests that create containers.
+func requiresRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (containers)")
+	}
+}
+
+const busybox = "/bin/busybox"
+
+func requiresBusybox(t *testing.T) {
+	t.Helper()
+	if fi, err := os.Stat(busybox); err != nil || !fi.Mode().IsRegular() {
+		t.Skip("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
+	}
+}
+
+// wasmGuest builds the Wasm tier's test guest (one module, its behaviour picked by input.mode).
+func wasmGuest(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, err := wasmbuild.Cached(ctx, "../../sandbox/wasm/testdata/guest", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func writeFile(t *testing.T, path string, b []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// configFile writes an axoiso config and returns its path.
+func configFile(t *testing.T, cfg map[string]any) string {
+	t.Helper()
+	b, _ := json.Marshal(cfg)
+	p := filepath.Join(t.TempDir(), "axoiso.json")
+	writeFile(t, p, b, 0o644)
+	return p
+}
+
+// TestExitCodesWithRealTools drives every tool-side error class through the CLI with a real
+// Wasm module.
+func TestExitCodesWithRealTools(t *testing.T) {
+	mod, err := os.ReadFile(wasmGuest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "guest/tool.json"), []byte(`{"runtime":"WasmCompiled","entrypoint":"guest.wasm","memory_mb":32,"timeout_ms":5000}`), 0o644)
+	writeFile(t, filepath.Join(root, "guest/guest.wasm"), mod, 0o644)
+	cfg := configFile(t, map[string]any{"cache_dir": t.TempDir(), "disable_tiers": []string{"Oci", "Firecracker"}})
+
+	tests := []struct {
+		name, input string
+		extra       []string
+		code        int
+		says        string
+	}{
+		{"ok", `{"mode":"greet","name":"CLI"}`, nil, 0, ""},
+		{"tool failed", `{"mode":"fail","code":3}`, nil, 5, "exited with code 3"},
+		{"output missing", `{"mode":"nooutput"}`, nil, 5, "output missing"},
+		{"output invalid", `{"mode":"invalid"}`, nil, 5, "output invalid"},
+		{"output too large", `{"mode":"big","size":2000000}`, nil, 5, "output too large"},
+		{"timeout", `{"mode":"spin"}`, []string{"--timeout", "300ms"}, 6, "timeout"},
+		{"memory limit", `{"mode":"bomb"}`, nil, 7, "memory limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"run", "--tools", root, "--config", cfg, "--input", tt.input}, tt.extra...)
+			code, out, errs := axoiso(t, "", append(args, "guest")...)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d; stdout %q stderr %q", code, tt.code, out, errs)
+			}
+			if tt.code == 0 {
+				if !strings.Contains(out, `"greeting":"Hello, CLI!"`) {
+					t.Fatalf("stdout %q", out)
+				}
+				return
+			}
+			if !strings.Contains(errs, tt.says) {
+				t.Fatalf("stderr %q does not say %q", errs, tt.says)
+			}
+			if tt.name == "tool failed" && !strings.Contains(errs, "the last words") {
+				t.Errorf("stderr tail missing from %q", errs)
+			}
+		})
+	}
+}
+
+// busyboxImage writes a `docker save`-style tarball of an image holding only a static busybox
+// whose command copies its input to its output in upper case.
+func busyboxImage(t *testing.T) string {
+	t.Helper()
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	for _, d := range []string{"bin/", "axocoatl/", "tmp/"} {
+		tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	tw.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb))})
+	tw.Write(bb)
+	for _, l := range []string{"sh", "tr", "cat"} {
+		tw.WriteHeader(&tar.Header{Name: "bin/" + l, Typeflag: tar.TypeSymlink, Linkname: "busybox"})
+	}
+	tw.Close()
+	l, err := tarball.LayerFromReader(bytes.NewReader(layer.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{
+		Entrypoint: []string{"/bin/sh", "-c"},
+		Cmd:        []string{"tr a-z A-Z < /axocoatl/input.json > /axocoatl/output.json"},
+		Env:        []string{"PATH=/bin"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference("axocoatl.test/upper:1")
+	p := filepath.Join(t.TempDir(), "upper.tar")
+	if err := tarball.WriteToFile(p, ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestBundleThenRun is the OCI user story: an image becomes a tool with `axoiso bundle`, and
+// `axoiso run` runs it in a container.
+func TestBundleThenRun(t *testing.T) {
+	requiresRoot(t)
+	requiresBusybox(t)
+	root := t.TempDir()
+	state := t.TempDir()
+	cfg := configFile(t, map[string]any{"cache_dir": t.TempDir(), "oci": map[string]any{"state_root": state, "pool_size": -1}})
+	archive := busyboxImage(t)
+
+	code, out, errs := axoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper")
+	if code != 0 {
+		t.Fatalf("bundle: exit %d: %s", code, errs)
+	}
+	if strings.TrimSpace(out) != filepath.Join(root, "upper") {
+		t.Errorf("bundle printed %q", out)
+	}
+	if code, _, errs := axoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper"); code == 0 || !strings.Contains(errs, "--replace") {
+		t.Errorf("second bundle without --replace: exit %d, %q", code, errs)
+	}
+	for _, bad := range [][]string{{"--from", "docker-archive:" + archive, "../up"}, {"upper2"}, {"--from", "ftp://x", "upper3"}} {
+		if code, _, errs := axoiso(t, "", append([]string{"bundle", "--tools", root}, bad...)...); code != 2 {
+			t.Errorf("bundle %v: exit %d (%s), want 2", bad, code, errs)
+		}
+	}
+
+	code, out, errs = axoiso(t, "", "run", "--json", "--tools", root, "--config", cfg, "--input", `{"say":"hi"}`, "upper")
+	if code != 0 {
+		t.Fatalf("run: exit %d: %s", code, errs)
+	}
+	var env struct {
+		Output   map[string]string
+		Tier     string
+		Degraded bool
+	}
+	if err := json.Unmarshal([]byte(out), &env); err != nil {
+		t.Fatal(err)
+	}
+	if env.Output["SAY"] != "HI" || env.Tier != "Oci" || env.Degraded {
+		t.Fatalf("envelope = %s", out)
+	}
+	if ents, _ := os.ReadDir(state); len(ents) > 0 {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "axocoatl-") {
+				t.Errorf("state dir left: %s", e.Name())
+			}
+		}
+	}
+}
+
+// TestShellFallsBackToOci: with no microVM, a Shell tool runs in a container on the runtime
+// root — a reported downgrade — and --strict refuses it.
+func TestShellFallsBackToOci(t *testing.T) {
+	requiresRoot(t)
+	requiresBusybox(t)
+	rt := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(rt, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", busybox, filepath.Join(rt, "bin/busybox")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	for _, l := range []string{"sh", "wc", "cat"} {
+		os.Symlink("busybox", filepath.Join(rt, "bin", l))
+	}
+	os.MkdirAll(filepath.Join(rt, "axocoatl"), 0o755)
+	os.MkdirAll(filepath.Join(rt, "tmp"), 0o755)
+
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "count/tool.json"), []byte(`{"runtime":"Shell","entrypoint":"run.sh"}`), 0o644)
+	writeFile(t, filepath.Join(root, "count/run.sh"), []byte(`n=$(wc -c < /axocoatl/input.json); echo "{\"bytes\":$n,\"uid\":$(id -u 2>/dev/null || echo -1)}" > /axocoatl/output.json`), 0o644)
+	cfg := configFile(t, map[string]any{
+		"cache_dir": t.TempDir(), "disable_tiers": []string{"Firecracker"},
+		"oci": map[string]any{"state_root": t.TempDir(), "runtime_root": rt, "pool_size": -1},
+	})
+
+	code, out, errs := axoiso(t, "", "run", "--json", "--tools", root, "--config", cfg, "--input", `{"abc":1}`, "count")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var env struct {
+		Output   map[string]int
+		Tier     string
+		Ideal    string `json:"ideal_tier"`
+		Degraded bool
+	}
+	if err := json.Unmarshal([]byte(out), &env); err != nil {
+		t.Fatal(err)
+	}
+	if env.Output["bytes"] != len(`{"abc":1}`) || env.Output["uid"] == 0 || env.Tier != "Oci" || env.Ideal != "Firecracker" || !env.Degraded {
+		t.Fatalf("envelope = %s", out)
+	}
+	if !strings.Contains(errs, "weaker than its ideal tier Firecracker") {
+		t.Errorf("no downgrade warning on stderr: %q", errs)
+	}
+	code, out, errs = axoiso(t, "", "run", "--strict", "--tools", root, "--config", cfg, "--input", `{}`, "count")
+	if code != 4 || out != "" || !strings.Contains(errs, "downgrade refused") {
+		t.Fatalf("--strict: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}
