@@ -282,31 +282,8 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		return nil, err
 	}
 	sb := e.sandboxes[sel.Tier]
-
-	timeout := e.cfg.DefaultTimeout
-	if tool.TimeoutMS > 0 {
-		timeout = tool.Timeout()
-	}
-	if o.timeout > 0 {
-		timeout = o.timeout
-	}
-	if e.cfg.MaxTimeout > 0 && timeout > e.cfg.MaxTimeout {
-		timeout = e.cfg.MaxTimeout
-	}
-	call := sandbox.Call{
-		ID:         callID,
-		Tool:       name,
-		Runtime:    tool.Runtime,
-		Dir:        tool.Dir,
-		Entrypoint: tool.EntrypointPath,
-		Input:      input,
-		Limits: sandbox.Limits{
-			Timeout:        timeout,
-			MemoryMB:       tool.MemoryMB,
-			MaxOutputBytes: e.cfg.MaxOutputBytes,
-			Network:        tool.Network,
-		}.WithDefaults(),
-	}
+	call := e.newCall(callID, tool, input, o)
+	timeout := call.Limits.Timeout
 	fail := func(kind error, format string, args ...any) *isolation.Error {
 		return &isolation.Error{Kind: kind, Tool: name, Tier: sel.Tier, HasTier: true, Message: fmt.Sprintf(format, args...)}
 	}
@@ -362,6 +339,52 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		Backend:  out.Backend,
 		Stderr:   out.Stderr,
 	}, nil
+}
+
+// newCall resolves a tool's limits (tool.json, call options, the executor's caps) into a Call.
+func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o callOptions) sandbox.Call {
+	timeout := e.cfg.DefaultTimeout
+	if tool.TimeoutMS > 0 {
+		timeout = tool.Timeout()
+	}
+	if o.timeout > 0 {
+		timeout = o.timeout
+	}
+	if e.cfg.MaxTimeout > 0 && timeout > e.cfg.MaxTimeout {
+		timeout = e.cfg.MaxTimeout
+	}
+	return sandbox.Call{
+		ID:         callID,
+		Tool:       tool.Name,
+		Runtime:    tool.Runtime,
+		Dir:        tool.Dir,
+		Entrypoint: tool.EntrypointPath,
+		Input:      input,
+		Limits: sandbox.Limits{
+			Timeout:        timeout,
+			MemoryMB:       tool.MemoryMB,
+			MaxOutputBytes: e.cfg.MaxOutputBytes,
+			Network:        tool.Network,
+		}.WithDefaults(),
+	}
+}
+
+// Prepare does a tool's ahead-of-time work in the tier it would run in now (compile its Wasm
+// module, fill its warm pool), so that its first call is not cold. Tiers without such work do
+// nothing.
+func (e *Executor) Prepare(ctx context.Context, name string) error {
+	tool, err := e.Tool(name)
+	if err != nil {
+		return err
+	}
+	sel, err := e.selectTier(ctx, tool, callOptions{})
+	if err != nil {
+		return err
+	}
+	if p, ok := e.sandboxes[sel.Tier].(sandbox.Preparer); ok {
+		return p.Prepare(ctx, e.newCall("prepare-"+uuid.NewString(), tool, nil, callOptions{}))
+	}
+	return nil
 }
 
 // Close closes every sandbox. Idempotent.

@@ -32,6 +32,9 @@ const (
 	exitMemory      = 7
 )
 
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
 type command struct {
 	name    string
 	summary string

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/assemble"
+	"github.com/axocoatl/isolation/server"
+	"github.com/axocoatl/isolation/server/mcpserver"
+)
+
+func init() {
+	register(command{name: "serve", summary: "serve the HTTP API (+ MCP over streamable HTTP at /mcp) until SIGTERM", run: runServe})
+	register(command{name: "mcp", summary: "serve the catalog as an MCP server over stdio", run: runMCP})
+}
+
+func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	var cf commonFlags
+	cf.add(fs)
+	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on; a non-loopback address requires a bearer token")
+	token := fs.String("token", "", "bearer token (prefer --token-file or $"+server.TokenEnv+")")
+	tokenFile := fs.String("token-file", "", "file holding the bearer token (mode 0600)")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate file (with --tls-key: serve HTTPS)")
+	tlsKey := fs.String("tls-key", "", "TLS key file")
+	maxBody := fs.Int64("max-body", 1<<20, "request body limit in bytes (larger: 413)")
+	maxTimeout := fs.Duration("max-timeout", 60*time.Second, "cap on every call's timeout")
+	maxConc := fs.Int("max-concurrent", 64, "calls running at once, HTTP and MCP together (over it: 429)")
+	perTool := fs.Int("max-concurrent-per-tool", 0, "calls of one tool at once (0: no limit)")
+	queueWait := fs.Duration("queue-wait", 0, "how long a call over --max-concurrent waits for a slot before 429")
+	grace := fs.Duration("grace", 10*time.Second, "on SIGTERM/SIGINT, how long in-flight calls may finish")
+	noMCP := fs.Bool("no-mcp", false, "do not serve MCP at /mcp")
+	prewarm := fs.Bool("prewarm", true, "prepare every tool at start (compile Wasm modules, fill warm pools)")
+	if pos, err := parseInterspersed(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	tok, err := server.LoadToken(*token, *tokenFile)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	cfg, log, err := cf.configAndLogger(stderr)
+	if err != nil {
+		return err
+	}
+	if cfg.MaxTimeout == 0 || time.Duration(cfg.MaxTimeout) > *maxTimeout {
+		cfg.MaxTimeout = assemble.Duration(*maxTimeout)
+	}
+	e, err := assemble.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{
+		Executor: e, Addr: *listen, Token: tok, TLSCertFile: *tlsCert, TLSKeyFile: *tlsKey,
+		MaxBodyBytes: *maxBody, MaxTimeout: *maxTimeout, MaxConcurrent: *maxConc, QueueWait: *queueWait,
+		MaxConcurrentPerTool: *perTool, GracePeriod: *grace, DisableMCP: *noMCP, Version: version, Logger: log,
+	})
+	if err != nil {
+		e.Close()
+		return usageError{err.Error()}
+	}
+	defer srv.Close()
+	if *prewarm {
+		go prepareAll(ctx, e, log)
+	}
+	log.Info("serving", "addr", *listen, "tools", cfg.ToolsRoot)
+	return srv.ListenAndServe(ctx)
+}
+
+func runMCP(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+	fs := newFlagSet("mcp", stderr)
+	var cf commonFlags
+	cf.add(fs)
+	timeout := fs.Duration("timeout", 0, "timeout for every call (default: each tool's own)")
+	if pos, err := parseInterspersed(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	e, log, err := cf.executor(stderr)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	return mcpserver.ServeStdio(ctx, e, mcpserver.Options{Version: version, Logger: log, Timeout: *timeout})
+}
+
+// prepareAll prepares every tool (compiles Wasm modules, fills warm pools) so first calls are not
+// cold.
+func prepareAll(ctx context.Context, e *executor.Executor, log *slog.Logger) {
+	tools, _ := e.Tools()
+	for _, t := range tools {
+		if err := e.Prepare(ctx, t.Name); err != nil && ctx.Err() == nil {
+			log.Info("tool not prepared", "tool", t.Name, "error", err)
+		}
+	}
+}
