@@ -18,13 +18,15 @@ func init() {
 
 // benchReport is the --json output of axoiso bench.
 type benchReport struct {
-	Tool      string  `json:"tool"`
-	Tier      string  `json:"tier"`
-	Backend   string  `json:"backend,omitempty"`
-	Degraded  bool    `json:"degraded"`
-	N         int     `json:"n"`
-	C         int     `json:"concurrency"`
-	Errors    int     `json:"errors"`
+	Tool     string `json:"tool"`
+	Tier     string `json:"tier"`
+	Backend  string `json:"backend,omitempty"`
+	Degraded bool   `json:"degraded"`
+	N        int    `json:"n"`
+	C        int    `json:"concurrency"`
+	Errors   int    `json:"errors"`
+	// Prepared is true when the tool was prepared (module compiled, warm pool filled) first.
+	Prepared  bool    `json:"prepared"`
 	FirstMS   float64 `json:"first_call_ms"`
 	P50MS     float64 `json:"p50_ms"`
 	P90MS     float64 `json:"p90_ms"`
@@ -44,6 +46,7 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	n := fs.Int("n", 200, "number of calls")
 	c := fs.Int("c", 1, "concurrent calls")
 	asJSON := fs.Bool("json", false, "print JSON")
+	cold := fs.Bool("cold", false, "do not prepare the tool first (no warm pool: every call starts its sandbox from scratch)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -67,14 +70,20 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return err
 	}
 	defer e.Close()
+	if !*cold {
+		if err := e.Prepare(ctx, pos[0]); err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+	}
 	rep, err := bench(ctx, e, pos[0], input, *n, *c, opts)
+	rep.Prepared = !*cold
 	if err != nil {
 		return err
 	}
 	if *asJSON {
 		return writeJSON(stdout, rep)
 	}
-	fmt.Fprintf(stdout, "%s in %s (backend %s, degraded=%v): %d calls, concurrency %d, %d errors\n", rep.Tool, rep.Tier, dash(rep.Backend), rep.Degraded, rep.N, rep.C, rep.Errors)
+	fmt.Fprintf(stdout, "%s in %s (backend %s, degraded=%v, prepared=%v): %d calls, concurrency %d, %d errors\n", rep.Tool, rep.Tier, dash(rep.Backend), rep.Degraded, rep.Prepared, rep.N, rep.C, rep.Errors)
 	fmt.Fprintf(stdout, "first call %.2f ms; p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", rep.FirstMS, rep.P50MS, rep.P90MS, rep.P99MS, rep.MaxMS)
 	fmt.Fprintf(stdout, "%.0f calls/s; peak RSS %.1f MB (largest child %.1f MB)\n", rep.CallsPerS, rep.PeakRSSMB, rep.PeakChildRSSMB)
 	return nil
