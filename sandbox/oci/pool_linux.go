@@ -25,6 +25,8 @@ type pool struct {
 
 	mu      chan struct{} // a 1-slot semaphore guarding the fields below
 	ready   []*ctr
+	dead    []*ctr // used containers the filler destroys before it creates new ones
+	closed  bool   // set by close: retire then destroys on the caller's goroutine
 	lastUse time.Time
 	lastErr error
 	changed chan struct{} // closed and replaced whenever ready or lastErr changes
@@ -51,10 +53,21 @@ func (p *pool) notify() {
 	p.changed = make(chan struct{})
 }
 
+// fill runs for the pool's lifetime and does all of its slow work (destroying used containers,
+// creating new ones) so that none of it is on a call's path. A call only takes a ready container
+// and, once it has its outcome, hands it back (retire) and wakes the filler: refilling does not
+// start while the call runs, so the two do not compete for CPU.
 func (p *pool) fill() {
 	defer close(p.exit)
 	backoff := 100 * time.Millisecond
 	for {
+		p.lock()
+		dead := p.dead
+		p.dead = nil
+		p.unlock()
+		for _, c := range dead {
+			p.s.destroy(c)
+		}
 		p.lock()
 		idle := time.Since(p.lastUse) >= p.s.cfg.PoolIdle
 		var drained []*ctr
@@ -108,7 +121,7 @@ func (p *pool) fill() {
 	}
 }
 
-// take returns a ready container or nil, and asks the filler to replace it.
+// take returns a ready container or nil. The filler replaces it once the call retires it.
 func (p *pool) take() *ctr {
 	p.lock()
 	p.lastUse = time.Now()
@@ -118,11 +131,33 @@ func (p *pool) take() *ctr {
 		p.notify()
 	}
 	p.unlock()
+	return c
+}
+
+// retire hands a used container (or nil, for a call the pool could not serve) to the filler,
+// which destroys it and refills the pool. After close it destroys c itself.
+func (p *pool) retire(c *ctr) {
+	p.lock()
+	if p.closed {
+		p.unlock()
+		if c != nil {
+			p.s.destroy(c)
+		}
+		return
+	}
+	if c != nil {
+		p.dead = append(p.dead, c)
+	}
+	p.unlock()
+	p.kick()
+}
+
+// kick wakes the filler without blocking.
+func (p *pool) kick() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
 	}
-	return c
 }
 
 // waitFull waits until the pool holds size containers, a creation fails, or ctx ends.
@@ -147,15 +182,18 @@ func (p *pool) waitFull(ctx context.Context) error {
 	}
 }
 
-// close stops the filler and destroys the ready containers.
+// close stops the filler and destroys the ready and retired containers.
 func (p *pool) close() {
+	p.lock()
+	p.closed = true
+	p.unlock()
 	close(p.done)
 	<-p.exit
 	p.lock()
-	ready := p.ready
-	p.ready = nil
+	left := append(p.ready, p.dead...)
+	p.ready, p.dead = nil, nil
 	p.unlock()
-	for _, c := range ready {
+	for _, c := range left {
 		p.s.destroy(c)
 	}
 }
@@ -192,10 +230,7 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 	p.lock()
 	p.lastUse = time.Now()
 	p.unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	p.kick()
 	return p.waitFull(ctx)
 }
 

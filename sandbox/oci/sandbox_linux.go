@@ -38,8 +38,6 @@ type Sandbox struct {
 	mu     sync.Mutex // protects pools and closed
 	pools  map[string]*pool
 	closed bool
-
-	bg sync.WaitGroup // background destroys and pool fillers
 }
 
 var (
@@ -166,19 +164,24 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 			return out, err
 		}
 	} else if err := c.writeInput(call.Input); err != nil {
-		s.release(c, false)
+		s.release(c)
 		return out, err
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			s.release(c, false)
+			s.release(c)
 			panic(r)
 		}
 	}()
 	out, err = s.execute(ctx, c, call)
-	// Pooled containers are destroyed off the call path; cold ones before returning so a caller
-	// sees nothing left behind.
-	s.release(c, p != nil)
+	// With a pool, the used container goes to its filler, which destroys it and creates the
+	// replacement after the call returns; without one it is destroyed before returning so a
+	// caller sees nothing left behind.
+	if p != nil {
+		p.retire(c)
+	} else {
+		s.release(c)
+	}
 	return out, err
 }
 
@@ -389,20 +392,11 @@ func ctxError(ctx context.Context) error {
 	return &isolation.Error{Kind: isolation.ErrTimeout, Message: msg, Err: ctx.Err()}
 }
 
-// release destroys c and removes its I/O dir, in the background when async.
-func (s *Sandbox) release(c *ctr, async bool) {
-	if c == nil {
-		return
-	}
-	if !async {
+// release destroys c and removes its I/O dir. c may be nil.
+func (s *Sandbox) release(c *ctr) {
+	if c != nil {
 		s.destroy(c)
-		return
 	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		s.destroy(c)
-	}()
 }
 
 func (s *Sandbox) destroy(c *ctr) {
@@ -525,7 +519,6 @@ func (s *Sandbox) Close() error {
 	for _, p := range pools {
 		p.close()
 	}
-	s.bg.Wait()
 	if !s.cfg.UseSystemd {
 		for _, d := range cgroupDirs("/" + s.cfg.CgroupParent) {
 			_ = syscall.Rmdir(d) // only when empty: other sandboxes may share the parent
