@@ -745,3 +745,43 @@ func TestShutdownCancelsAfterGrace(t *testing.T) {
 		t.Error("executor not closed")
 	}
 }
+
+// An open MCP session (with its event stream) must not hold a graceful shutdown for the whole
+// grace period.
+func TestShutdownWithMCPSession(t *testing.T) {
+	f := testtools.New(t)
+	s, err := New(Config{Executor: f.Exec, GracePeriod: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, ln) }()
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).Connect(cctx,
+		&mcp.StreamableClientTransport{Endpoint: "http://" + ln.Addr().String() + "/mcp", MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if _, err := cs.CallTool(cctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{}}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve = %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("an idle MCP session held the shutdown")
+	}
+	if f.Native.Closed.Load() != 1 {
+		t.Error("executor not closed")
+	}
+}

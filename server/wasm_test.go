@@ -250,4 +250,3 @@ func BenchmarkHTTPLoad(b *testing.B) {
 	b.ReportMetric(float64(quantile(all, .99).Microseconds())/1000, "p99_ms")
 	b.Logf("%d clients, %d windows of %s: calls/s %s", clients, b.N, window, strings.Trim(fmt.Sprint(rates), "[]"))
 }
-
