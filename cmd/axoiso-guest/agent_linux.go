@@ -334,7 +334,9 @@ func runTool(req guest.Request) guest.Response {
 	var argv []string
 	switch req.Runtime {
 	case guest.RuntimePython:
-		argv = []string{"/usr/bin/python3", entry}
+		// -E: no PYTHON* variables; -s: no user site dir; -B: nothing to write (the stdlib comes
+		// precompiled, the tool's own files are compiled in memory).
+		argv = []string{"/usr/bin/python3", "-E", "-s", "-B", entry}
 	case guest.RuntimeShell:
 		argv = []string{"/bin/sh", entry}
 	case guest.RuntimeArbitrary:
@@ -359,7 +361,7 @@ func runTool(req guest.Request) guest.Response {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = toolDir
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"}
+	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"}
 	cmd.Stdin = nil
 	cmd.Stdout = tail
 	cmd.Stderr = tail

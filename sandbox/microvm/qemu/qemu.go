@@ -86,9 +86,14 @@ func (d *Driver) args(spec microvm.BootSpec, chanSock, qmpSock string) []string 
 		console = "stdio"
 	}
 	cmdline := strings.TrimSpace(spec.Cmdline)
+	if !d.KVM {
+		cmdline += tcgCmdline()
+	}
 	return []string{
 		"-name", spec.ID,
-		"-M", "microvm,x-option-roms=off,rtc=off,isa-serial=on",
+		// rtc=on: without a CMOS clock the kernel spins ~1 s (TCG) waiting for its update-in-progress
+		// bit, once at time_init and again probing rtc_cmos.
+		"-M", "microvm,x-option-roms=off,rtc=on,isa-serial=on",
 		"-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(spec.MemoryMB), "-smp", strconv.Itoa(spec.VCPUs),
 		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
@@ -99,6 +104,54 @@ func (d *Driver) args(spec microvm.BootSpec, chanSock, qmpSock string) []string 
 		"-chardev", "socket,id=qmp,path=" + qmpSock,
 		"-mon", "chardev=qmp,mode=control",
 	}
+}
+
+// tcgCmdline returns kernel arguments that make guest time match the host's under TCG, where
+// the guest's TSC is the host's: tsc_early_khz (the kernel cannot calibrate against the PIT under
+// TCG and hangs without it) set to the host's TSC frequency, and lpj to match. It is appended
+// after the Sandbox's command line, so it overrides the generic values there.
+var tcgCmdline = sync.OnceValue(func() string {
+	khz := hostTSCkHz()
+	if khz <= 0 {
+		return ""
+	}
+	// lpj is TSC cycles per jiffy; Debian's kernels run at HZ=250.
+	return fmt.Sprintf(" tsc_early_khz=%d lpj=%d", khz, khz*1000/250)
+})
+
+// hostTSCkHz reads the host's TSC frequency: the kernel's refined calibration when exported,
+// else the "cpu MHz" of /proc/cpuinfo (the TSC rate on hosts with a constant TSC). 0 if unknown.
+func hostTSCkHz() int64 {
+	if b, err := os.ReadFile("/sys/devices/system/cpu/cpu0/tsc_freq_khz"); err == nil {
+		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 {
+			return v
+		}
+	}
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	flags, mhz := "", 0.0
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "cpu MHz":
+			if mhz == 0 {
+				mhz, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+			}
+		case "flags":
+			if flags == "" {
+				flags = v
+			}
+		}
+	}
+	if !strings.Contains(flags, " constant_tsc") || mhz < 100 {
+		return 0
+	}
+	return int64(mhz * 1000)
 }
 
 // Boot starts QEMU; the agent's READY arrives on Channel.
