@@ -64,6 +64,10 @@ type Options struct {
 	// cgroup is delegated to the user.
 	Rootless         bool
 	HostUID, HostGID uint32
+	// NoCgroup leaves the container without a cgroup of its own, so without memory, pids and
+	// CPU limits: for a rootless caller that cannot create cgroups (cgroup v1, or v2 without
+	// delegation). CgroupsPath is then ignored.
+	NoCgroup bool
 }
 
 // Harden returns the spec to run for a bundle: the isolation defaults, with the process, root
@@ -217,7 +221,14 @@ func build(root string, extraMounts []specs.Mount, args, env []string, cwd strin
 			Seccomp:       DefaultSeccomp(),
 		},
 	}
+	if o.NoCgroup {
+		s.Linux.CgroupsPath = ""
+		s.Linux.Resources = nil
+	}
 	if o.Rootless {
+		// Only the caller's ids are mapped: whatever user a bundle names runs as container id 0,
+		// which is the unprivileged caller on the host.
+		s.Process.User = specs.User{}
 		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.HostUID, Size: 1}}
 		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.HostGID, Size: 1}}
 	}

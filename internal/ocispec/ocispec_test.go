@@ -110,3 +110,46 @@ func TestGenerateAndHostNetwork(t *testing.T) {
 		t.Error("tool folder not bound read-only")
 	}
 }
+
+func TestRootlessOptions(t *testing.T) {
+	b := hostile()
+	b.Process.User = specs.User{UID: 1000, GID: 1000}
+	tests := []struct {
+		name       string
+		o          Options
+		wantCgroup bool
+		wantUID    uint32
+		wantUserNS bool
+	}{
+		{"root", Options{CgroupsPath: "/axocoatl/x"}, true, 1000, false},
+		{"rootless with delegated cgroups", Options{CgroupsPath: "/axocoatl/x", Rootless: true, HostUID: 65534, HostGID: 65534}, true, 0, true},
+		{"rootless without cgroups", Options{CgroupsPath: "/axocoatl/x", Rootless: true, NoCgroup: true, HostUID: 65534, HostGID: 65534}, false, 0, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Harden(b, "/b", tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Linux.CgroupsPath != "" && s.Linux.Resources != nil; got != tc.wantCgroup {
+				t.Errorf("cgroup path %q resources %v: want cgroup %v", s.Linux.CgroupsPath, s.Linux.Resources, tc.wantCgroup)
+			}
+			if s.Process.User.UID != tc.wantUID {
+				t.Errorf("uid %d, want %d", s.Process.User.UID, tc.wantUID)
+			}
+			hasUserNS := false
+			for _, ns := range s.Linux.Namespaces {
+				hasUserNS = hasUserNS || ns.Type == specs.UserNamespace
+			}
+			if hasUserNS != tc.wantUserNS {
+				t.Errorf("user namespace %v, want %v", hasUserNS, tc.wantUserNS)
+			}
+			if tc.wantUserNS && (len(s.Linux.UIDMappings) != 1 || s.Linux.UIDMappings[0].HostID != 65534 || s.Linux.UIDMappings[0].Size != 1) {
+				t.Errorf("uid mappings %+v", s.Linux.UIDMappings)
+			}
+			if s.Linux.Seccomp == nil || !s.Process.NoNewPrivileges {
+				t.Error("seccomp or no_new_privs dropped")
+			}
+		})
+	}
+}

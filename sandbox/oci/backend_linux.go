@@ -108,6 +108,9 @@ func cgroupDirs(path string) []string {
 
 // memoryCgroupDir is the memory controller's directory for a cgroupfs path.
 func memoryCgroupDir(path string) string {
+	if path == "" {
+		return "" // no cgroup of its own (rootless): never the root's counters
+	}
 	if cgroupV2() {
 		return filepath.Join("/sys/fs/cgroup", path)
 	}

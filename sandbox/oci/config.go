@@ -15,11 +15,23 @@
 // "network": true) shares the host's network namespace when Config.AllowNetwork is set, and gets
 // loopback only otherwise.
 //
-// Rootless (euid ≠ 0): a user namespace maps container uid/gid 0 to the caller; namespaces,
-// read-only rootfs, capabilities, no_new_privs, seccomp, masked paths and rlimits apply as for
-// root; cgroup limits (memory, pids, CPU) apply only where the cgroup is delegated to the user
-// (cgroup v2 with systemd delegation) and are otherwise silently absent, so memory-limit
-// detection is not available either.
+// Rootless (euid ≠ 0) works with the embedded backend where the kernel lets the user create a
+// user namespace (Probe checks by creating one):
+//   - a user namespace maps container uid/gid 0 to the caller (a single id: whatever user a
+//     bundle names runs as container id 0, which is the unprivileged caller on the host);
+//   - pid, mount, ipc, uts, cgroup and network namespaces, the read-only rootfs, no capabilities,
+//     no_new_privs, the seccomp profile, masked /proc paths and RLIMIT_NOFILE apply as for root;
+//   - with the default cgroupfs driver containers get no cgroup, hence NO memory, pids or CPU
+//     limit, and memory-limit kills are not detected: a runaway tool is stopped only by the call's
+//     timeout (its pid namespace is then killed whole). With UseSystemd on a cgroup v2 host whose
+//     user systemd delegates controllers, libcontainer asks that systemd for the cgroup and the
+//     limits apply (not tested here). Probe's Backend says which case applies;
+//   - the default state root is $XDG_RUNTIME_DIR/axocoatl/oci (else under the user's cache dir);
+//   - the bundle's rootfs must have /proc, /dev, /sys, /tmp and /axocoatl directories, or be
+//     writable by the user so the sandbox can create them (it is when the user built the bundle).
+//
+// New fails only on an invalid Config: a state root that cannot be created or locked leaves a
+// Sandbox whose Probe says why and how to fix it.
 package oci
 
 import (
@@ -51,7 +63,8 @@ const (
 // Config configures a Sandbox. New copies it; zero fields take the documented defaults.
 type Config struct {
 	// StateRoot holds per-call I/O dirs ({StateRoot}/{id}/) and runtime state. Default
-	// /run/axocoatl/oci. One live process at a time reaps it: New removes what a crashed earlier
+	// /run/axocoatl/oci for root; $XDG_RUNTIME_DIR/axocoatl/oci (else a directory under the
+	// user's cache dir) for an unprivileged user. One live process at a time reaps it: New removes what a crashed earlier
 	// owner left there unless another live Sandbox holds it.
 	StateRoot string
 	// BundleRoot is the tools root: a call's Dir must be inside it. Default /var/axocoatl/bundles.

@@ -24,9 +24,10 @@ import (
 
 // env is what TestMain built: a tools root with a bundle running the probe tool.
 var env struct {
-	skip     string // why container tests cannot run here
-	toolsDir string // bundle root
-	probeBin string
+	skip      string // why container tests cannot run here
+	toolsDir  string // bundle root
+	probeBin  string
+	probeTool string // the bundle probeCall runs; "probe" unless a helper process changes it
 }
 
 func TestMain(m *testing.M) {
@@ -193,11 +194,15 @@ func assertClean(t testing.TB, cfg Config) {
 }
 
 func probeCall(input string) sandbox.Call {
+	tool := env.probeTool
+	if tool == "" {
+		tool = "probe"
+	}
 	return sandbox.Call{
 		ID:      uuid.NewString(),
-		Tool:    "probe",
+		Tool:    tool,
 		Runtime: isolation.RequireContainerImage,
-		Dir:     filepath.Join(env.toolsDir, "probe"),
+		Dir:     filepath.Join(env.toolsDir, tool),
 		Input:   []byte(input),
 		Limits:  sandbox.Limits{Timeout: 10 * time.Second}.WithDefaults(),
 	}

@@ -208,6 +208,9 @@ func (p *pool) stats() sandbox.PoolStats {
 // cannot be created (that error is returned), or ctx ends. Idempotent. With a backend that cannot
 // pre-create containers (crun, runc) or PoolSize < 0 it only checks that the call's spec builds.
 func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
+	if err := s.unavailable(); err != nil {
+		return err
+	}
 	call.Limits = call.Limits.WithDefaults()
 	if _, err := s.spec(call, "axocoatl-prepare", s.ioRoot); err != nil {
 		return err

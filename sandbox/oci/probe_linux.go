@@ -2,11 +2,13 @@ package oci
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/opencontainers/runc/libcontainer/seccomp"
 
@@ -19,6 +21,9 @@ func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
 	no := func(reason, fix string) isolation.Availability {
 		a.Reason, a.Fix = reason, fix
 		return a
+	}
+	if s.broken != nil {
+		return *s.broken
 	}
 	if !seccomp.Enabled && !s.cfg.NoSeccomp && s.cfg.Backend == BackendLibcontainer {
 		return no("this binary was built without seccomp support, so containers cannot get the default seccomp profile",
@@ -40,6 +45,10 @@ func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
 		}
 		if v, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(v)) == "0" {
 			return no("not running as root and user.max_user_namespaces is 0", "run as root, or `sysctl -w user.max_user_namespaces=15000`")
+		}
+		if err := tryUserNamespace(); err != nil {
+			return no(fmt.Sprintf("not running as root and this user cannot create a user namespace: %v", err),
+				"run as root, or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)")
 		}
 	} else if !s.cfg.UseSystemd {
 		if cgroupV2() {
@@ -66,8 +75,36 @@ func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
 	f.Close()
 	os.Remove(f.Name())
 	if s.rootless {
-		a.Backend += " (rootless: memory, pids and CPU limits apply only in a delegated cgroup v2)"
+		if s.cgroupLimits() {
+			a.Backend += " (rootless: memory, pids and CPU limits through the user's systemd, which needs cgroup v2 with delegation)"
+		} else {
+			a.Backend += " (rootless: no memory, pids or CPU limits; set use_systemd on a cgroup v2 host with delegation, or run as root, to get them)"
+		}
 	}
 	a.Available = true
 	return a
+}
+
+// tryUserNamespace clones a child into a new user namespace mapping this user to 0 and lets its
+// exec fail on a path that does not exist: ENOENT proves the namespace was created (the exec runs
+// after it), any other error is the kernel refusing it.
+func tryUserNamespace() error {
+	uid, gid := os.Geteuid(), os.Getegid()
+	cmd := exec.Command("/nonexistent/axocoatl-userns-probe")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:                 syscall.CLONE_NEWUSER,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}},
+		GidMappingsEnableSetgroups: false,
+	}
+	err := cmd.Start()
+	if err == nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil
+	}
+	if errors.Is(err, syscall.ENOENT) {
+		return nil
+	}
+	return err
 }

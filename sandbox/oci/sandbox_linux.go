@@ -32,8 +32,9 @@ type Sandbox struct {
 	log      *slog.Logger
 	be       backend
 	rootless bool
-	ioRoot   string // StateRoot, absolute
-	lock     *os.File
+	ioRoot   string                  // StateRoot, absolute
+	lock     *os.File                // shared flock on StateRoot/.lock; nil when broken
+	broken   *isolation.Availability // why the state root is unusable; nil when it is usable
 
 	mu     sync.Mutex // protects pools and closed
 	pools  map[string]*pool
@@ -48,8 +49,17 @@ var (
 
 // New returns the Oci sandbox for cfg. It creates StateRoot and, unless another live Sandbox
 // holds it, removes what a crashed earlier owner left there (containers, cgroups, mounts, dirs).
-// New does not check that containers can run here: Probe does.
+//
+// New fails only for an invalid configuration (an unknown backend). A host on which the state root
+// cannot be created or locked (an unprivileged user with the default /run path, a read-only
+// filesystem) still gets a Sandbox: its Probe reports why the tier is unavailable and how to fix
+// it, and its Run and Prepare fail with isolation.ErrTierUnavailable. New does not check that
+// containers can run here: Probe does.
 func New(cfg Config) (*Sandbox, error) {
+	rootless := os.Geteuid() != 0
+	if cfg.StateRoot == "" && rootless {
+		cfg.StateRoot = rootlessStateRoot()
+	}
 	cfg = cfg.withDefaults()
 	for _, p := range []*string{&cfg.StateRoot, &cfg.BundleRoot, &cfg.RuntimeRoot} {
 		if *p == "" {
@@ -61,10 +71,8 @@ func New(cfg Config) (*Sandbox, error) {
 		}
 		*p = abs
 	}
-	if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil {
-		return nil, fmt.Errorf("oci: state root: %w", err)
-	}
-	s := &Sandbox{cfg: cfg, log: cfg.Logger.With("tier", "Oci"), rootless: os.Geteuid() != 0, ioRoot: cfg.StateRoot, pools: map[string]*pool{}}
+	s := &Sandbox{cfg: cfg, log: cfg.Logger.With("tier", "Oci"), rootless: rootless, ioRoot: cfg.StateRoot, pools: map[string]*pool{}}
+	routeLibcontainerLogs(s.log)
 	switch cfg.Backend {
 	case BackendLibcontainer:
 		s.be = &libcontainerBackend{root: filepath.Join(cfg.StateRoot, ".libcontainer"), useSystemd: cfg.UseSystemd, rootless: s.rootless}
@@ -84,21 +92,63 @@ func New(cfg Config) (*Sandbox, error) {
 	default:
 		return nil, fmt.Errorf("oci: unknown backend %q (want libcontainer, crun or runc)", cfg.Backend)
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.StateRoot, ".lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("oci: state root lock: %w", err)
+	if err := s.openStateRoot(); err != nil {
+		who := "this process"
+		if rootless {
+			who = fmt.Sprintf("uid %d", os.Geteuid())
+		}
+		s.broken = &isolation.Availability{Backend: s.be.name(),
+			Reason: fmt.Sprintf("the state root %s cannot be used by %s: %v", cfg.StateRoot, who, err),
+			Fix:    "set the Oci state_root to a directory this user can create and write (rootless: for example under $XDG_RUNTIME_DIR), or run as root"}
+		s.log.Warn("Oci tier unavailable", "reason", s.broken.Reason)
 	}
-	s.lock = lock
+	return s, nil
+}
+
+// openStateRoot creates and locks the state root; with the only lock on it, it reaps.
+func (s *Sandbox) openStateRoot() error {
+	if err := os.MkdirAll(s.cfg.StateRoot, 0o711); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(filepath.Join(s.cfg.StateRoot, ".lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
 	// Exclusive means no live Sandbox uses this state root: whatever is in it is debris.
 	if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
 		s.reap()
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_SH); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("oci: state root lock: %w", err)
+		return fmt.Errorf("lock %s: %w", lock.Name(), err)
 	}
-	return s, nil
+	s.lock = lock
+	return nil
 }
+
+// rootlessStateRoot is the default state root of an unprivileged user: $XDG_RUNTIME_DIR/axocoatl/oci
+// (a per-user tmpfs on systemd hosts), else a directory in the user's cache dir.
+func rootlessStateRoot() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(d) {
+		return filepath.Join(d, "axocoatl", "oci")
+	}
+	if d, err := os.UserCacheDir(); err == nil && filepath.IsAbs(d) {
+		return filepath.Join(d, "axocoatl", "oci-state")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("axocoatl-oci-%d", os.Geteuid()))
+}
+
+// unavailable is the error of Run and Prepare on a sandbox whose state root is unusable.
+func (s *Sandbox) unavailable() error {
+	if s.broken == nil {
+		return nil
+	}
+	return &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: s.broken.Reason + " (fix: " + s.broken.Fix + ")"}
+}
+
+// cgroupLimits is false for a rootless sandbox with the cgroupfs driver: an unprivileged user
+// cannot create cgroups there, so containers get no cgroup (and no memory, pids or CPU limit).
+func (s *Sandbox) cgroupLimits() bool { return !s.rootless || s.cfg.UseSystemd }
 
 // hybridCgroups is true on a cgroup v1 host that also mounts the unified hierarchy.
 func hybridCgroups() bool {
@@ -151,6 +201,9 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 	s.mu.Unlock()
 	if closed {
 		return out, errors.New("oci: sandbox is closed")
+	}
+	if err := s.unavailable(); err != nil {
+		return out, err
 	}
 	if err := ctx.Err(); err != nil {
 		return out, ctxError(ctx)
@@ -233,6 +286,7 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error)
 		Swap:        swapAccounting(),
 		HostNetwork: call.Limits.Network && s.cfg.AllowNetwork,
 		Rootless:    s.rootless,
+		NoCgroup:    !s.cgroupLimits(),
 		HostUID:     uint32(os.Geteuid()),
 		HostGID:     uint32(os.Getegid()),
 	}
@@ -274,7 +328,34 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error)
 	if s.cfg.NoSeccomp {
 		sp.Linux.Seccomp = nil
 	}
+	if s.rootless {
+		if err := ensureMountpoints(sp); err != nil {
+			return nil, err
+		}
+	}
 	return sp, nil
+}
+
+// ensureMountpoints creates the top-level mount points (/proc, /dev, /sys, /tmp, /axocoatl) a
+// rootfs lacks. As root libcontainer does this itself; a rootless init cannot write a rootfs owned
+// by another user, so the sandbox does it beforehand where the rootfs is this user's (a bundle this
+// user built) and otherwise fails with what to do.
+func ensureMountpoints(sp *specs.Spec) error {
+	for _, m := range sp.Mounts {
+		dest := filepath.Clean(m.Destination)
+		if filepath.Dir(dest) != "/" {
+			continue // inside another mount of the sandbox's own
+		}
+		p := filepath.Join(sp.Root.Path, dest)
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			continue // present (a symlink is resolved inside the rootfs by the runtime)
+		}
+		if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("oci: the rootfs %s has no %s directory and uid %d cannot create it (%v): create it in the rootfs (mkdir %s), or build the bundle as this user",
+				sp.Root.Path, dest, os.Geteuid(), err, p)
+		}
+	}
+	return nil
 }
 
 func readBounded(path string, max int64) ([]byte, error) {
@@ -404,7 +485,7 @@ func (s *Sandbox) destroy(c *ctr) {
 		s.log.Warn("destroy container", "id", c.id, "error", err)
 		s.be.reap(c.id)
 	}
-	if !s.cfg.UseSystemd {
+	if !s.cfg.UseSystemd && s.cgroupLimits() {
 		// libcontainer removes its cgroups; this catches what a failed destroy left.
 		for _, d := range cgroupDirs(s.cgroupsPath(c.id)) {
 			if err := removeCgroup(d); err != nil {
@@ -441,7 +522,7 @@ func (s *Sandbox) reap() {
 	s.log.Info("reaping containers left by an earlier process", "state_root", s.ioRoot, "count", len(ids))
 	for id := range ids {
 		s.be.reap(id)
-		if !s.cfg.UseSystemd {
+		if !s.cfg.UseSystemd && s.cgroupLimits() {
 			for _, d := range cgroupDirs(s.cgroupsPath(id)) {
 				_ = removeCgroup(d)
 			}
@@ -519,10 +600,13 @@ func (s *Sandbox) Close() error {
 	for _, p := range pools {
 		p.close()
 	}
-	if !s.cfg.UseSystemd {
+	if !s.cfg.UseSystemd && s.cgroupLimits() {
 		for _, d := range cgroupDirs("/" + s.cfg.CgroupParent) {
 			_ = syscall.Rmdir(d) // only when empty: other sandboxes may share the parent
 		}
+	}
+	if s.lock == nil {
+		return nil
 	}
 	_ = os.Remove(filepath.Join(s.ioRoot, ".libcontainer"))
 	return s.lock.Close()
