@@ -42,6 +42,7 @@ func BenchmarkCall(b *testing.B) {
 		{"heap-memory", Config{HeapMemory: true}},
 		{"unmerged-segments", Config{KeepDataSegments: true}},
 		{"wazero-defaults", Config{HeapMemory: true, KeepDataSegments: true}},
+		{"engine-deadline-checks", Config{EngineDeadlineChecks: true}},
 		{"no-deadline-checks-unsafe", Config{noDeadlineChecks: true}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

@@ -110,35 +110,57 @@ func TestConcurrentCalls(t *testing.T) {
 	}
 }
 
+// TestTimeoutAndCancel stops runaway guests (a spinning Go tool, a sleeping Go tool, a bare
+// wasm loop) at their deadline and on cancellation, with the stop flag and with wazero's checks.
 func TestTimeoutAndCancel(t *testing.T) {
 	mod := guest(t)
-	s := newSandbox(t, Config{})
-	spin := call(mod, map[string]any{"mode": "spin"}, sandbox.Limits{Timeout: time.Minute})
-	if err := s.Prepare(context.Background(), spin); err != nil {
-		t.Fatal(err)
-	}
+	bare := writeModule(t, handModule(1, 0x03, 0x40, 0x0c, 0x00, 0x0b)) // loop br 0 end
+	for _, cfg := range []struct {
+		name string
+		cfg  Config
+	}{{"stop flag", Config{}}, {"engine checks", Config{EngineDeadlineChecks: true}}} {
+		s := newSandbox(t, cfg.cfg)
+		for _, tc := range []struct {
+			name string
+			call sandbox.Call
+		}{
+			{"go spin", call(mod, map[string]any{"mode": "spin"}, sandbox.Limits{Timeout: time.Minute})},
+			{"go sleep", call(mod, map[string]any{"mode": "sleep"}, sandbox.Limits{Timeout: time.Minute})},
+			{"bare loop", call(bare, map[string]any{}, sandbox.Limits{Timeout: time.Minute})},
+		} {
+			t.Run(cfg.name+"/"+tc.name, func(t *testing.T) {
+				bg := context.Background()
+				if err := s.Prepare(bg, tc.call); err != nil {
+					t.Fatal(err)
+				}
+				m, err := s.module(bg, tc.call.Entrypoint)
+				if err != nil || m.stoppable == cfg.cfg.EngineDeadlineChecks {
+					t.Fatalf("module: stoppable %v, %v", m.stoppable, err)
+				}
+				ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
+				defer cancel()
+				start := time.Now()
+				_, err = s.Run(ctx, tc.call)
+				if !errors.Is(err, isolation.ErrTimeout) {
+					t.Fatalf("deadline: want ErrTimeout, got %v", err)
+				}
+				t.Logf("stopped %v after the deadline", time.Since(start)-100*time.Millisecond)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, err := s.Run(ctx, spin)
-	if !errors.Is(err, isolation.ErrTimeout) {
-		t.Fatalf("deadline: want ErrTimeout, got %v", err)
-	}
-	t.Logf("stopped %v after the deadline", time.Since(start)-100*time.Millisecond)
-
-	ctx, cancel = context.WithCancel(context.Background())
-	time.AfterFunc(100*time.Millisecond, cancel)
-	_, err = s.Run(ctx, spin)
-	if !errors.Is(err, context.Canceled) || errors.Is(err, isolation.ErrTimeout) {
-		t.Fatalf("cancel: want context.Canceled, got %v", err)
-	}
-	// The sandbox still works afterwards, and nothing leaked.
-	if _, err := s.Run(context.Background(), call(mod, map[string]any{"name": "after"}, sandbox.Limits{})); err != nil {
-		t.Fatal(err)
-	}
-	if n := s.pool.live.Load(); n != 0 {
-		t.Errorf("%d linear memories were not released", n)
+				ctx, cancel = context.WithCancel(bg)
+				time.AfterFunc(100*time.Millisecond, cancel)
+				_, err = s.Run(ctx, tc.call)
+				if !errors.Is(err, context.Canceled) || errors.Is(err, isolation.ErrTimeout) {
+					t.Fatalf("cancel: want context.Canceled, got %v", err)
+				}
+				// The sandbox still works afterwards, and nothing leaked.
+				if _, err := s.Run(bg, call(mod, map[string]any{"name": "after"}, sandbox.Limits{})); err != nil {
+					t.Fatal(err)
+				}
+				if n := s.pool.live.Load(); n != 0 {
+					t.Errorf("%d linear memories were not released", n)
+				}
+			})
+		}
 	}
 }
 

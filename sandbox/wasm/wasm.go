@@ -10,9 +10,13 @@
 //     regions that never move and are zeroed on release;
 //   - the call's timeout: the instance is stopped within about a millisecond of the deadline.
 //
-// Before compiling, the data section is rewritten so that the tens of thousands of small data
-// segments Go's linker emits become a few large ones; instantiation then copies memory instead
-// of interpreting segments. At most MaxConcurrency instances run at once (compiled wasm is not
+// Before compiling, the module is rewritten twice. The tens of thousands of small data segments
+// Go's linker emits become a few large ones, so instantiation copies memory instead of
+// interpreting segments. And every loop header gets a check of a stop flag (an exported global
+// the host sets at the deadline), so a runaway guest traps at its next iteration: wazero's own
+// mechanism (WithCloseOnContextDone) calls out of native code at every loop iteration, which
+// doubles the run time of a Go guest; the flag costs one load and a branch. A module the
+// rewriter cannot read completely keeps wazero's mechanism. At most MaxConcurrency instances run at once (compiled wasm is not
 // preempted, so more would only raise every call's latency); the others wait their turn.
 package wasm
 
@@ -27,10 +31,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
@@ -63,10 +69,13 @@ type Config struct {
 	// Logger receives compile events; nil logs nowhere.
 	Logger *slog.Logger
 
-	// KeepDataSegments and HeapMemory switch off the two instantiation optimisations; they exist
-	// to measure them (benchmarks) and to rule them out when debugging.
-	KeepDataSegments bool
-	HeapMemory       bool
+	// KeepDataSegments, HeapMemory and EngineDeadlineChecks switch off the optimisations (merged
+	// data segments, pooled mmap memory, stop-flag loop checks instead of wazero's); they exist
+	// to measure them (benchmarks) and to rule them out when debugging. Runaway guests are
+	// stopped either way.
+	KeepDataSegments     bool
+	HeapMemory           bool
+	EngineDeadlineChecks bool
 
 	// noDeadlineChecks drops wazero's termination checks (a runaway guest could not be stopped):
 	// benchmarks only, to measure what the checks cost.
@@ -86,11 +95,14 @@ func DefaultCacheDir() (string, error) {
 // Sandbox runs WebAssembly tools. Safe for concurrent use; Close is idempotent; Run after Close
 // fails.
 type Sandbox struct {
-	cfg   Config
-	log   *slog.Logger
-	rt    wazero.Runtime
-	cache wazero.CompilationCache // nil without CacheDir
-	pool  *memPool
+	cfg Config
+	log *slog.Logger
+	// rt runs instrumented modules (stopped by their stop flag: no engine checks); rtChecked
+	// runs the others with wazero's termination checks.
+	rt        wazero.Runtime
+	rtChecked wazero.Runtime
+	cache     wazero.CompilationCache // nil without CacheDir
+	pool      *memPool
 	// slots holds one token per instance allowed to run.
 	slots chan struct{}
 
@@ -119,7 +131,9 @@ type module struct {
 	compiled wazero.CompiledModule
 	info     wasmbin.Info
 	merged   bool
-	err      error
+	// stoppable: the module has the stop flag (wasmbin.InstrumentLoops) and runs in s.rt.
+	stoppable bool
+	err       error
 }
 
 // New returns a Sandbox.
@@ -141,7 +155,7 @@ func New(cfg Config) (*Sandbox, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	rc := wazero.NewRuntimeConfigCompiler().WithCloseOnContextDone(!cfg.noDeadlineChecks)
+	rc := wazero.NewRuntimeConfigCompiler()
 	if cfg.CacheDir != "" {
 		if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
 			return nil, fmt.Errorf("wasm: compilation cache: %w", err)
@@ -154,12 +168,30 @@ func New(cfg Config) (*Sandbox, error) {
 		rc = rc.WithCompilationCache(c)
 	}
 	ctx := context.Background()
-	s.rt = wazero.NewRuntimeWithConfig(ctx, rc)
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, s.rt); err != nil {
-		s.rt.Close(ctx)
-		return nil, fmt.Errorf("wasm: WASI: %w", err)
+	for _, r := range []struct {
+		rt     *wazero.Runtime
+		checks bool
+	}{{&s.rt, false}, {&s.rtChecked, !cfg.noDeadlineChecks}} {
+		*r.rt = wazero.NewRuntimeWithConfig(ctx, rc.WithCloseOnContextDone(r.checks))
+		if _, err := wasi_snapshot_preview1.Instantiate(ctx, *r.rt); err != nil {
+			s.closeRuntimes(ctx)
+			return nil, fmt.Errorf("wasm: WASI: %w", err)
+		}
 	}
 	return s, nil
+}
+
+func (s *Sandbox) closeRuntimes(ctx context.Context) error {
+	var err error
+	for _, rt := range []wazero.Runtime{s.rt, s.rtChecked} {
+		if rt != nil {
+			err = errors.Join(err, rt.Close(ctx))
+		}
+	}
+	if s.cache != nil {
+		err = errors.Join(err, s.cache.Close(ctx))
+	}
+	return err
 }
 
 func (s *Sandbox) Tier() isolation.Tier { return isolation.TierWasm }
@@ -296,15 +328,27 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 		}
 		bin, m.merged = merged, ok
 	}
+	rt := s.rtChecked
+	if !s.cfg.EngineDeadlineChecks && !s.cfg.noDeadlineChecks {
+		inst, ok, err := wasmbin.InstrumentLoops(bin)
+		if err != nil {
+			m.err = fmt.Errorf("wasm: %s: %w", path, err)
+			return
+		}
+		if ok {
+			bin, m.stoppable, rt = inst, true, s.rt
+		}
+	}
 	// Other callers may wait for this compile: it must not stop when the first caller gives up.
-	c, err := s.rt.CompileModule(context.WithoutCancel(ctx), bin)
+	c, err := rt.CompileModule(context.WithoutCancel(ctx), bin)
 	if err != nil {
 		m.err = fmt.Errorf("wasm: compile %s: %w", path, err)
 		return
 	}
 	m.compiled = c
 	s.log.LogAttrs(ctx, slog.LevelInfo, "wasm module compiled", slog.String("path", path),
-		slog.Int("data_segments", info.DataSegments), slog.Bool("merged", m.merged), slog.Duration("duration", time.Since(start)))
+		slog.Int("data_segments", info.DataSegments), slog.Bool("merged", m.merged), slog.Bool("stop_flag", m.stoppable),
+		slog.Duration("duration", time.Since(start)))
 }
 
 // Run runs one call in a fresh instance. See the package doc for what the guest sees.
@@ -353,18 +397,40 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		WithStderr(tail).
 		WithSysWalltime().
 		WithSysNanotime().
-		WithSysNanosleep().
 		WithRandSource(rand.Reader).
 		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(fsys, sandbox.GuestDir))
 	mem := &callMemory{pool: s.pool, limit: limit}
-	mod, err := s.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), m.compiled, mc)
-	if mod != nil {
-		mod.Close(context.WithoutCancel(ctx))
+	// wake interrupts the guest's sleeps (poll_oneoff) when ctx ends, so that it reaches a loop
+	// check; the guest has no other blocking host call (stdin is empty, files are in memory).
+	wake := make(chan struct{})
+	mc = mc.WithNanosleep(func(ns int64) {
+		t := time.NewTimer(time.Duration(ns))
+		select {
+		case <-t.C:
+		case <-wake:
+			t.Stop()
+		}
+	})
+	var stopped bool
+	if m.stoppable {
+		stopped, err = s.runStoppable(ctx, m, mc, mem, wake)
+	} else {
+		disarm := context.AfterFunc(ctx, func() { close(wake) })
+		var mod api.Module
+		mod, err = s.rtChecked.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), m.compiled, mc)
+		if mod != nil {
+			mod.Close(context.WithoutCancel(ctx))
+		}
+		disarm()
 	}
 	out := sandbox.Outcome{Backend: Backend}
 	var exit *sys.ExitError
 	switch {
 	case err == nil:
+	case stopped && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return out, &isolation.Error{Kind: isolation.ErrTimeout, Message: fmt.Sprintf("stopped after %s", lim.Timeout), Stderr: tail.String()}
+	case stopped:
+		return out, ctxError(ctx)
 	case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeDeadlineExceeded:
 		return out, &isolation.Error{Kind: isolation.ErrTimeout, Message: fmt.Sprintf("stopped after %s", lim.Timeout), Stderr: tail.String()}
 	case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeContextCanceled:
@@ -392,6 +458,40 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	return out, nil
 }
 
+// runStoppable runs an instrumented module: instantiate without start functions, arm the stop
+// flag for ctx, then call _start. stopped reports that ctx ended while the guest ran (and the
+// flag was set: err is then the trap it caused). It closes wake when ctx ends.
+func (s *Sandbox) runStoppable(ctx context.Context, m *module, mc wazero.ModuleConfig, mem *callMemory, wake chan struct{}) (stopped bool, err error) {
+	mc = mc.WithStartFunctions()
+	mod, err := s.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), m.compiled, mc)
+	if err != nil {
+		return false, err
+	}
+	defer mod.Close(context.WithoutCancel(ctx))
+	start := mod.ExportedFunction("_start")
+	if start == nil {
+		return false, nil
+	}
+	flag, ok := mod.ExportedGlobal(wasmbin.StopExport).(api.MutableGlobal)
+	if !ok {
+		return false, fmt.Errorf("wasm: instrumented module without its stop flag")
+	}
+	var fired atomic.Bool
+	// The guest reads the flag at every loop header; Set is a plain 8-byte store into the
+	// instance's globals, which stay valid (GC-managed) even after the instance is closed.
+	disarm := context.AfterFunc(ctx, func() {
+		fired.Store(true)
+		flag.Set(1)
+		close(wake)
+	})
+	_, err = start.Call(ctx)
+	if !disarm() && err != nil {
+		// The callback ran (or is running): the error is what the flag did to the guest.
+		return fired.Load() || ctx.Err() != nil, err
+	}
+	return false, err
+}
+
 // ctxError is ErrTimeout for a deadline, ctx's error for a cancellation.
 func ctxError(ctx context.Context) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -411,11 +511,7 @@ func (s *Sandbox) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.calls.Wait()
-	ctx := context.Background()
-	err := s.rt.Close(ctx)
-	if s.cache != nil {
-		err = errors.Join(err, s.cache.Close(ctx))
-	}
+	err := s.closeRuntimes(context.Background())
 	s.pool.close()
 	return err
 }

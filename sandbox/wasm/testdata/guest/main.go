@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 )
 
 // version is set with -ldflags "-X main.version=..." to build a changed module.
@@ -59,6 +60,8 @@ func main() {
 				break
 			}
 		}
+	case "sleep":
+		time.Sleep(time.Hour)
 	case "bomb":
 		for {
 			sink = append(sink, make([]byte, 1<<20))
