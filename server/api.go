@@ -289,13 +289,19 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 	cancel()
 	done()
 	release()
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil {
+		// The backstop fired, not the call's own timeout: say so, whatever the tier reported.
+		te := &isolation.Error{Kind: isolation.ErrTimeout, Tool: name, CallID: callID,
+			Message: fmt.Sprintf("stopped at the server's limit of %s", timeout)}
+		var ie *isolation.Error
+		if errors.As(err, &ie) {
+			te.Tier, te.HasTier, te.Stderr = ie.Tier, ie.HasTier, ie.Stderr
+		}
+		err = te
+	}
 	s.metrics.ObserveCall(name, res, err, d)
 
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil && !errors.Is(err, isolation.ErrTimeout) {
-			err = &isolation.Error{Kind: isolation.ErrTimeout, Tool: name, CallID: callID,
-				Message: fmt.Sprintf("stopped at the server's maximum timeout of %s", timeout), Err: err}
-		}
 		s.writeCallError(w, r, callID, err)
 		return
 	}

@@ -785,3 +785,28 @@ func TestShutdownWithMCPSession(t *testing.T) {
 		t.Error("executor not closed")
 	}
 }
+
+func TestServerMaxTimeout(t *testing.T) {
+	_, _, ts := newTestServer(t, Config{MaxTimeout: 200 * time.Millisecond})
+	cases := []struct {
+		name, query, message string
+	}{
+		// ?timeout is capped by the server's maximum: the tier stops the call at 200ms.
+		{"query capped", "?timeout=1h", "stopped after 200ms"},
+		// The tool's own 10 s timeout is over the maximum; the executor in this fixture does not
+		// cap it, so the server's backstop stops it and says so.
+		{"backstop", "", "server's limit of 200ms"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, body := do(t, "POST", ts.URL+"/v1/tools/slow/execute"+c.query, `{"ms":20000}`, nil)
+			if resp.StatusCode != 504 || !bytes.Contains(body, []byte(c.message)) || !bytes.Contains(body, []byte(`"timeout"`)) {
+				t.Errorf("%d %s; want 504 with %q", resp.StatusCode, body, c.message)
+			}
+		})
+	}
+	_, metrics := do(t, "GET", ts.URL+"/metrics", "", nil)
+	if !bytes.Contains(metrics, []byte(`axoiso_calls_total{outcome="timeout",tier="None",tool="slow"} 2`)) {
+		t.Errorf("timeouts not counted as such:\n%s", grep(metrics, "calls_total"))
+	}
+}
