@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/internal/wasmbuild"
@@ -72,6 +73,14 @@ func wasmExecutor(tb testing.TB) *executor.Executor {
 	ws, err := wasm.New(wasm.Config{})
 	if err != nil {
 		tb.Fatal(err)
+	}
+	// Compile ahead: the first compile of a Go module takes seconds (many under -race), which
+	// would eat the first call's timeout.
+	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := ws.Prepare(pctx, sandbox.Call{ID: "prepare", Tool: "greet", Runtime: isolation.RequireWasm, Dir: filepath.Join(root, "greet"),
+		Entrypoint: filepath.Join(root, "greet", "tool.wasm"), Input: []byte("{}"), Limits: sandbox.Limits{}.WithDefaults()}); err != nil {
+		tb.Fatalf("compiling greet: %v", err)
 	}
 	cat, err := catalog.Open(root)
 	if err != nil {
