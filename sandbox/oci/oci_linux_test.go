@@ -473,6 +473,17 @@ func TestPool(t *testing.T) {
 			t.Fatalf("call %d: output %s", i, out.Output)
 		}
 	}
+	// The filler's work must leave the tool at the normal priority.
+	if err := s.Prepare(ctx, call); err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Run(ctx, probeCall(`{"op":"whoami"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := decode(t, out); m["nice"] != float64(0) {
+		t.Fatalf("a pooled tool runs at nice %v, want 0", m["nice"])
+	}
 	// A pooled container that times out is destroyed like a cold one.
 	short, cancel2 := context.WithTimeout(ctx, time.Second)
 	defer cancel2()

@@ -72,7 +72,7 @@ func main() {
 		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
 		write(map[string]any{"uid": os.Getuid(), "pid": os.Getpid(), "hostname": host, "ifaces": names,
 			"cap_eff": status("CapEff"), "cap_bnd": status("CapBnd"), "no_new_privs": status("NoNewPrivs"),
-			"seccomp": status("Seccomp"), "nofile": rl.Cur})
+			"seccomp": status("Seccomp"), "nofile": rl.Cur, "nice": nice()})
 	case "spin":
 		for {
 		}
@@ -129,4 +129,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "unknown op", in.Op)
 		os.Exit(2)
 	}
+}
+
+// nice is the process's nice value (getpriority's raw result is 20-nice).
+func nice() int {
+	r, _, errno := syscall.Syscall(syscall.SYS_GETPRIORITY, syscall.PRIO_PROCESS, 0, 0)
+	if errno != 0 {
+		return -100
+	}
+	return 20 - int(r)
 }
