@@ -31,23 +31,35 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(q(0.99), "p99_ms")
 }
 
-// BenchmarkCall is one call at a time, per configuration: the optimised default, and each
-// optimisation switched off, to measure what it is worth.
+// benchReactorCall is the same greeting by the reactor build (snapshot mode).
+func benchReactorCall(b *testing.B) sandbox.Call {
+	return call(reactor(b), map[string]any{"name": "bench"}, sandbox.Limits{})
+}
+
+// BenchmarkCall is one call at a time, per configuration: the optimised default (command
+// module), the reactor in snapshot mode, and each optimisation switched off, to measure what it
+// is worth.
 func BenchmarkCall(b *testing.B) {
 	for _, bc := range []struct {
-		name string
-		cfg  Config
+		name    string
+		cfg     Config
+		reactor bool
 	}{
-		{"optimised", Config{}},
-		{"heap-memory", Config{HeapMemory: true}},
-		{"unmerged-segments", Config{KeepDataSegments: true}},
-		{"wazero-defaults", Config{HeapMemory: true, KeepDataSegments: true}},
-		{"engine-deadline-checks", Config{EngineDeadlineChecks: true}},
-		{"no-deadline-checks-unsafe", Config{noDeadlineChecks: true}},
+		{"optimised", Config{}, false},
+		{"snapshot", Config{}, true},
+		{"reactor-no-snapshot", Config{NoSnapshots: true}, true},
+		{"heap-memory", Config{HeapMemory: true}, false},
+		{"unmerged-segments", Config{KeepDataSegments: true}, false},
+		{"wazero-defaults", Config{HeapMemory: true, KeepDataSegments: true, EngineDeadlineChecks: true}, false},
+		{"engine-deadline-checks", Config{EngineDeadlineChecks: true}, false},
+		{"no-deadline-checks-unsafe", Config{noDeadlineChecks: true}, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			s := newSandbox(b, bc.cfg)
 			c := benchCall(b)
+			if bc.reactor {
+				c = benchReactorCall(b)
+			}
 			ctx := context.Background()
 			if err := s.Prepare(ctx, c); err != nil {
 				b.Fatal(err)
@@ -70,14 +82,19 @@ func BenchmarkCall(b *testing.B) {
 
 // BenchmarkCallParallel runs calls from 4×GOMAXPROCS goroutines: calls/s and queueing latency.
 func BenchmarkCallParallel(b *testing.B) {
-	for _, slots := range []int{1, runtime.GOMAXPROCS(0)} {
-		b.Run(fmt.Sprintf("slots=%d", slots), func(b *testing.B) { benchParallel(b, slots) })
+	for _, mode := range []string{"command", "snapshot"} {
+		for _, slots := range []int{1, runtime.GOMAXPROCS(0)} {
+			b.Run(fmt.Sprintf("%s/slots=%d", mode, slots), func(b *testing.B) { benchParallel(b, slots, mode == "snapshot") })
+		}
 	}
 }
 
-func benchParallel(b *testing.B, slots int) {
+func benchParallel(b *testing.B, slots int, snapshot bool) {
 	s := newSandbox(b, Config{MaxConcurrency: slots})
 	c := benchCall(b)
+	if snapshot {
+		c = benchReactorCall(b)
+	}
 	ctx := context.Background()
 	if err := s.Prepare(ctx, c); err != nil {
 		b.Fatal(err)

@@ -13,12 +13,20 @@ import (
 type callMemory struct {
 	pool  *memPool
 	limit uint64
+	// snap, when set, is the content the memory starts with.
+	snap *snapshot
 	// denied is set by the guest's goroutine (in Reallocate) and read after the call returned.
 	denied atomic.Bool
 }
 
 func (c *callMemory) Allocate(_, _ uint64) experimental.LinearMemory {
-	return &linearMemory{call: c, region: c.pool.get()}
+	m := &linearMemory{call: c, region: c.pool.get()}
+	if c.snap != nil {
+		if b := m.region.grow(c.snap.size); b != nil {
+			c.snap.restore(b)
+		}
+	}
+	return m
 }
 
 // linearMemory is one instance's memory, backed by a pooled region.

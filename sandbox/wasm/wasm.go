@@ -76,6 +76,9 @@ type Config struct {
 	KeepDataSegments     bool
 	HeapMemory           bool
 	EngineDeadlineChecks bool
+	// NoSnapshots runs reactors (see the package doc) from scratch: _initialize, then run, in
+	// every call.
+	NoSnapshots bool
 
 	// noDeadlineChecks drops wazero's termination checks (a runaway guest could not be stopped):
 	// benchmarks only, to measure what the checks cost.
@@ -133,7 +136,11 @@ type module struct {
 	merged   bool
 	// stoppable: the module has the stop flag (wasmbin.InstrumentLoops) and runs in s.rt.
 	stoppable bool
-	err       error
+	// reactor: the module exports _initialize and run (wasmbin.IsReactor); snap is set when it
+	// runs in snapshot mode: compiled starts from the snapshot and only run is called.
+	reactor bool
+	snap    *snapshot
+	err     error
 }
 
 // New returns a Sandbox.
@@ -339,6 +346,20 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 			bin, m.stoppable, rt = inst, true, s.rt
 		}
 	}
+	m.reactor, _ = wasmbin.IsReactor(bin)
+	if m.reactor && m.stoppable && !s.cfg.NoSnapshots {
+		{
+			snap, per, err := s.capture(ctx, bin)
+			if err != nil {
+				m.err = fmt.Errorf("wasm: %s: snapshot: %w", path, err)
+				return
+			}
+			if snap != nil {
+				bin, m.snap = per, snap
+				m.info.MinPages = snap.size / 65536
+			}
+		}
+	}
 	// Other callers may wait for this compile: it must not stop when the first caller gives up.
 	c, err := rt.CompileModule(context.WithoutCancel(ctx), bin)
 	if err != nil {
@@ -348,6 +369,7 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 	m.compiled = c
 	s.log.LogAttrs(ctx, slog.LevelInfo, "wasm module compiled", slog.String("path", path),
 		slog.Int("data_segments", info.DataSegments), slog.Bool("merged", m.merged), slog.Bool("stop_flag", m.stoppable),
+		slog.Bool("snapshot", m.snap != nil),
 		slog.Duration("duration", time.Since(start)))
 }
 
@@ -399,7 +421,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		WithSysNanotime().
 		WithRandSource(rand.Reader).
 		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(fsys, sandbox.GuestDir))
-	mem := &callMemory{pool: s.pool, limit: limit}
+	mem := &callMemory{pool: s.pool, limit: limit, snap: m.snap}
 	// wake interrupts the guest's sleeps (poll_oneoff) when ctx ends, so that it reaches a loop
 	// check; the guest has no other blocking host call (stdin is empty, files are in memory).
 	wake := make(chan struct{})
@@ -416,6 +438,9 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		stopped, err = s.runStoppable(ctx, m, mc, mem, wake)
 	} else {
 		disarm := context.AfterFunc(ctx, func() { close(wake) })
+		if m.reactor {
+			mc = mc.WithStartFunctions("_initialize", wasmbin.ReactorExport)
+		}
 		var mod api.Module
 		mod, err = s.rtChecked.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), m.compiled, mc)
 		if mod != nil {
@@ -468,9 +493,12 @@ func (s *Sandbox) runStoppable(ctx context.Context, m *module, mc wazero.ModuleC
 		return false, err
 	}
 	defer mod.Close(context.WithoutCancel(ctx))
-	start := mod.ExportedFunction("_start")
-	if start == nil {
-		return false, nil
+	entries := []string{"_start"}
+	switch {
+	case m.snap != nil:
+		entries = []string{wasmbin.ReactorExport}
+	case m.reactor:
+		entries = []string{"_initialize", wasmbin.ReactorExport}
 	}
 	flag, ok := mod.ExportedGlobal(wasmbin.StopExport).(api.MutableGlobal)
 	if !ok {
@@ -484,12 +512,114 @@ func (s *Sandbox) runStoppable(ctx context.Context, m *module, mc wazero.ModuleC
 		flag.Set(1)
 		close(wake)
 	})
-	_, err = start.Call(ctx)
+	for _, name := range entries {
+		if f := mod.ExportedFunction(name); f != nil {
+			if _, err = f.Call(ctx); err != nil {
+				break
+			}
+		}
+	}
 	if !disarm() && err != nil {
 		// The callback ran (or is running): the error is what the flag did to the guest.
 		return fired.Load() || ctx.Err() != nil, err
 	}
 	return false, err
+}
+
+// initTimeout bounds a reactor's _initialize when its snapshot is captured.
+const initTimeout = 10 * time.Second
+
+// snapshot is a reactor's state after _initialize: its linear memory (only the pages that are
+// not zero) and its size; its mutable globals are compiled into the per-call module.
+type snapshot struct {
+	size   uint64
+	chunks []chunk
+}
+
+type chunk struct {
+	off  uint64
+	data []byte
+}
+
+// restore writes the snapshot into mem, which is zero.
+func (sn *snapshot) restore(mem []byte) {
+	for _, c := range sn.chunks {
+		copy(mem[c.off:], c.data)
+	}
+}
+
+// capture runs a reactor's _initialize once and returns its state and the module that starts
+// from it (wasmbin.ApplySnapshot: memory content supplied by the host, data segments dropped,
+// globals initialised to their captured values). bin must be instrumented. The guest sees an
+// empty /axocoatl/input.json during initialisation: its input comes with each call.
+func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, error) {
+	exp, globals, ok, err := wasmbin.ExportGlobals(bin)
+	if err != nil || !ok {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), initTimeout)
+	defer cancel()
+	c, err := s.rt.CompileModule(ctx, exp)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer c.Close(ctx)
+	tail := sandbox.NewTailBuffer(4096)
+	mc := wazero.NewModuleConfig().WithName("").WithStartFunctions().
+		WithStdout(tail).WithStderr(tail).
+		WithSysWalltime().WithSysNanotime().WithRandSource(rand.Reader).
+		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(newCallFS(nil, 0, time.Now().UnixNano()), sandbox.GuestDir))
+	mod, err := s.rt.InstantiateModule(ctx, c, mc)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer mod.Close(ctx)
+	flag, ok := mod.ExportedGlobal(wasmbin.StopExport).(api.MutableGlobal)
+	if !ok {
+		return nil, nil, errors.New("instrumented module without its stop flag")
+	}
+	disarm := context.AfterFunc(ctx, func() { flag.Set(1) })
+	_, err = mod.ExportedFunction("_initialize").Call(ctx)
+	disarm()
+	if err != nil {
+		return nil, nil, fmt.Errorf("_initialize: %w (output: %q)", err, tail.String())
+	}
+	values := make(map[uint32]uint64, len(globals))
+	for _, g := range globals {
+		values[g.Index] = mod.ExportedGlobal(wasmbin.GlobalExport(g.Index)).Get()
+	}
+	mem := mod.Memory()
+	if mem == nil {
+		return nil, nil, errors.New("the module has no memory")
+	}
+	raw, _ := mem.Read(0, mem.Size())
+	sn := &snapshot{size: uint64(len(raw))}
+	const page = 4096
+	for off := 0; off < len(raw); off += page {
+		p := raw[off:min(off+page, len(raw))]
+		if isZero(p) {
+			continue
+		}
+		if k := len(sn.chunks) - 1; k >= 0 && sn.chunks[k].off+uint64(len(sn.chunks[k].data)) == uint64(off) {
+			sn.chunks[k].data = append(sn.chunks[k].data, p...)
+			continue
+		}
+		sn.chunks = append(sn.chunks, chunk{off: uint64(off), data: append([]byte(nil), p...)})
+	}
+	per, err := wasmbin.ApplySnapshot(bin, uint32(len(raw)/65536), values)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sn, per, nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // ctxError is ErrTimeout for a deadline, ctx's error for a cancellation.
