@@ -67,7 +67,6 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	if *prewarm {
 		go prepareAll(ctx, e, log)
 	}
-	log.Info("serving", "addr", *listen, "tools", cfg.ToolsRoot)
 	return srv.ListenAndServe(ctx)
 }
 
