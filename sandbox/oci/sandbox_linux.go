@@ -245,15 +245,21 @@ type ctr struct {
 	inst  instance
 	tail  *sandbox.TailBuffer
 	tool  string
+	// input is the pooled container's empty input.json, open for writing since creation so a
+	// call writes its input with a single write; nil once written or closed. Only the goroutine
+	// owning the container uses it.
+	input *os.File
 }
 
+// writeInput writes a pooled container's input.json: the same inode the container has bound
+// read-only at /axocoatl/input.json, empty since creation, so no truncation is needed.
 func (c *ctr) writeInput(in []byte) error {
-	// Same inode: the container has it bound read-only at /axocoatl/input.json.
-	f, err := os.OpenFile(filepath.Join(c.ioDir, sandbox.InputFile), os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
+	f := c.input
+	c.input = nil
+	if f == nil {
+		return errors.New("oci: pooled container has no open input file")
 	}
-	_, err = f.Write(in)
+	_, err := f.WriteAt(in, 0)
 	return errors.Join(err, f.Close())
 }
 
@@ -398,7 +404,21 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(ioDir, sandbox.InputFile), input, 0o644); err != nil {
+	in, err := os.OpenFile(filepath.Join(ioDir, sandbox.InputFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("oci: input: %w", err)
+	}
+	if input != nil {
+		_, err = in.Write(input)
+		err = errors.Join(err, in.Close())
+		in = nil
+	}
+	defer func() {
+		if err != nil && in != nil {
+			in.Close()
+		}
+	}()
+	if err != nil {
 		return nil, fmt.Errorf("oci: input: %w", err)
 	}
 	// The tool's user must be able to write output.json into the I/O dir.
@@ -417,7 +437,7 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
 	}
-	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool}, nil
+	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
 }
 
 // execute starts c, waits for it under ctx and collects the outcome.
@@ -481,6 +501,10 @@ func (s *Sandbox) release(c *ctr) {
 }
 
 func (s *Sandbox) destroy(c *ctr) {
+	if c.input != nil {
+		c.input.Close()
+		c.input = nil
+	}
 	if err := c.inst.destroy(); err != nil {
 		s.log.Warn("destroy container", "id", c.id, "error", err)
 		s.be.reap(c.id)
