@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -78,10 +79,20 @@ func (t *Tool) ValidateInput(input []byte) error {
 	return nil
 }
 
-// Catalog is a tools root. It reads the folder on each lookup, so tools added or changed on disk
-// are seen without a restart; a Catalog is safe for concurrent use.
+// Catalog is a tools root. Tools added or changed on disk are seen without a restart: each lookup
+// checks the identity (inode, size, mtime) of the tool's folder, manifest and entrypoint and
+// reuses the parsed tool (and its compiled schema) only while all three are unchanged. A Catalog
+// is safe for concurrent use.
 type Catalog struct {
 	root string
+
+	mu    sync.Mutex // protects cache
+	cache map[string]cachedTool
+}
+
+type cachedTool struct {
+	stamp stamp
+	tool  *Tool
 }
 
 // Open returns the catalog at root. The root must exist.
@@ -97,7 +108,7 @@ func Open(root string) (*Catalog, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("tools root %s is not a directory", abs)
 	}
-	return &Catalog{root: abs}, nil
+	return &Catalog{root: abs, cache: map[string]cachedTool{}}, nil
 }
 
 // Root is the absolute tools root.
@@ -114,7 +125,54 @@ func (c *Catalog) Get(name string) (*Tool, error) {
 	if err != nil || !fi.IsDir() {
 		return nil, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no folder %s", dir)}
 	}
-	return loadTool(name, dir)
+	return c.load(name, dir)
+}
+
+// load returns the cached tool while its files are unchanged, else parses it again.
+func (c *Catalog) load(name, dir string) (*Tool, error) {
+	c.mu.Lock()
+	ct, ok := c.cache[name]
+	c.mu.Unlock()
+	if ok && ct.stamp == stampOf(dir, ct.tool.EntrypointPath) {
+		return ct.tool, nil
+	}
+	t, err := loadTool(name, dir)
+	if err != nil {
+		c.mu.Lock()
+		delete(c.cache, name)
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.cache[name] = cachedTool{stamp: stampOf(dir, t.EntrypointPath), tool: t}
+	c.mu.Unlock()
+	return t, nil
+}
+
+// stamp identifies the versions of a tool's folder, manifest and entrypoint.
+type stamp struct{ dir, manifest, entrypoint fileStamp }
+
+type fileStamp struct {
+	ok        bool
+	ino, size uint64
+	mtime     int64
+	mode      os.FileMode
+}
+
+func stampOf(dir, entrypoint string) stamp {
+	st := stamp{dir: fileStampOf(dir), manifest: fileStampOf(filepath.Join(dir, ManifestFile))}
+	if entrypoint != "" {
+		st.entrypoint = fileStampOf(entrypoint)
+	}
+	return st
+}
+
+func fileStampOf(p string) fileStamp {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return fileStamp{}
+	}
+	return fileStamp{ok: true, ino: inode(fi), size: uint64(fi.Size()), mtime: fi.ModTime().UnixNano(), mode: fi.Mode()}
 }
 
 // List loads every tool in the root, sorted by name. Folders whose names are not valid tool names
@@ -128,7 +186,7 @@ func (c *Catalog) List() (tools []*Tool, errs []error) {
 		if !e.IsDir() || ValidateName(e.Name()) != nil {
 			continue
 		}
-		t, err := loadTool(e.Name(), filepath.Join(c.root, e.Name()))
+		t, err := c.load(e.Name(), filepath.Join(c.root, e.Name()))
 		if err != nil {
 			if !errors.Is(err, isolation.ErrToolNotFound) {
 				errs = append(errs, err)

@@ -121,3 +121,34 @@ func TestSchemaRefsAreNotFetched(t *testing.T) {
 		t.Fatalf("remote $ref: %v", err)
 	}
 }
+
+func TestChangesOnDiskAreSeen(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "t/tool.json"), `{"runtime":"Shell","entrypoint":"a.sh","description":"one"}`)
+	write(t, filepath.Join(root, "t/a.sh"), "true")
+	c, _ := catalog.Open(root)
+	first, err := c.Get("t")
+	if err != nil || first.Description != "one" {
+		t.Fatalf("%+v %v", first, err)
+	}
+	if again, _ := c.Get("t"); again != first {
+		t.Errorf("an unchanged tool was parsed again")
+	}
+	write(t, filepath.Join(root, "t/tool.json"), `{"runtime":"Shell","entrypoint":"a.sh","description":"two, longer"}`)
+	if got, err := c.Get("t"); err != nil || got.Description != "two, longer" {
+		t.Fatalf("after rewriting tool.json: %+v %v", got, err)
+	}
+	// An entrypoint swapped for a symlink out of the folder is refused again, not served from
+	// the cache.
+	os.Remove(filepath.Join(root, "t/a.sh"))
+	if err := os.Symlink("/etc/passwd", filepath.Join(root, "t/a.sh")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get("t"); err == nil || !strings.Contains(err.Error(), "outside the tool folder") {
+		t.Fatalf("after swapping the entrypoint for a symlink: %v", err)
+	}
+	os.RemoveAll(filepath.Join(root, "t"))
+	if _, err := c.Get("t"); !errors.Is(err, isolation.ErrToolNotFound) {
+		t.Fatalf("after removing the folder: %v", err)
+	}
+}
