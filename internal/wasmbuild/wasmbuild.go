@@ -157,6 +157,31 @@ func Stale(pkgDir, out string) (bool, error) {
 	return false, nil
 }
 
+// ModeFor returns the build mode of the Go package in pkgDir: "c-shared" (a reactor, which the
+// Wasm tier runs from a snapshot taken after initialisation) when a non-test file has a
+// //go:wasmexport directive, "" (a command) otherwise.
+func ModeFor(pkgDir string) (string, error) {
+	files, err := filepath.Glob(filepath.Join(pkgDir, "*.go"))
+	if err != nil {
+		return "", err
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "//go:wasmexport ") {
+				return "c-shared", nil
+			}
+		}
+	}
+	return "", nil
+}
+
 // Built is one module BuildExamples looked at.
 type Built struct {
 	Tool   string
@@ -168,6 +193,8 @@ type Built struct {
 // BuildExamples compiles every tool folder under toolsDir whose tool.json says runtime
 // "WasmCompiled" and that holds Go source, to its entrypoint, only when the module is missing or
 // older than a file of the folder. Folders without Go source (prebuilt modules) are left alone.
+// Sources with a //go:wasmexport directive are built as reactors (-buildmode=c-shared; see
+// ModeFor), the others as commands.
 func BuildExamples(ctx context.Context, toolsDir string) ([]Built, error) {
 	ents, err := os.ReadDir(toolsDir)
 	if err != nil {
@@ -209,7 +236,11 @@ func BuildExamples(ctx context.Context, toolsDir string) ([]Built, error) {
 		}
 		b := Built{Tool: e.Name(), Module: out, Rebuilt: stale}
 		if stale {
-			if err := Build(ctx, dir, out, Options{}); err != nil {
+			mode, err := ModeFor(dir)
+			if err != nil {
+				return built, err
+			}
+			if err := Build(ctx, dir, out, Options{BuildMode: mode}); err != nil {
 				return built, err
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/axocoatl/isolation/internal/wasmbuild"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/wasm"
+	"github.com/axocoatl/isolation/sandbox/wasm/internal/wasmbin"
 )
 
 // copyTools copies the example tool folders (sources and tool.json, not built modules) to a
@@ -55,6 +56,17 @@ func TestExamplesThroughExecutor(t *testing.T) {
 	}
 	if again, err := wasmbuild.BuildExamples(ctx, root); err != nil || again[0].Rebuilt || again[1].Rebuilt {
 		t.Fatalf("second build rebuilt up-to-date modules: %+v %v", again, err)
+	}
+	// hello-wasm is the reactor (snapshot mode), wordcount the plain command.
+	for _, b := range built {
+		bin, err := os.ReadFile(b.Module)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reactor, err := wasmbin.IsReactor(bin)
+		if err != nil || reactor != (b.Tool == "hello-wasm") {
+			t.Errorf("%s: reactor %v (%v)", b.Tool, reactor, err)
+		}
 	}
 	cat, err := catalog.Open(root)
 	if err != nil {
