@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -64,6 +65,67 @@ func BenchmarkWarmPoolCall(b *testing.B) {
 		if err != nil || out.ExitCode != 0 {
 			b.Fatal(err, out.Stderr)
 		}
+	}
+	reportMedian(b, d)
+}
+
+// BenchmarkWarmPoolCallShell is BenchmarkWarmPoolCall with a tool that costs next to nothing
+// (busybox sh: cat input.json > output.json), so what remains is the sandbox's own per-call work.
+func BenchmarkWarmPoolCallShell(b *testing.B) {
+	needContainers(b)
+	if err := makeBundleArgs(env.toolsDir, "catjson", env.probeBin,
+		[]string{"/bin/sh", "-c", "cat /axocoatl/input.json > /axocoatl/output.json"}); err != nil && !os.IsExist(err) {
+		b.Fatal(err)
+	}
+	s := newSandbox(b, func(c *Config) { c.PoolSize = 2 })
+	ctx := context.Background()
+	call := probeCall(`{"op":"echo"}`)
+	call.Tool, call.Dir = "catjson", filepath.Join(env.toolsDir, "catjson")
+	var d []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		if err := s.Prepare(ctx, call); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		out, err := s.Run(ctx, call)
+		d = append(d, time.Since(t0))
+		if err != nil || out.ExitCode != 0 || string(out.Output) != `{"op":"echo"}` {
+			b.Fatal(err, out.Stderr, string(out.Output))
+		}
+	}
+	reportMedian(b, d)
+}
+
+// BenchmarkToolExecFloor runs the probe tool with the same JSON I/O as a plain child process in
+// a chroot, without any container: the floor a warm-pool call of that tool can approach.
+func BenchmarkToolExecFloor(b *testing.B) {
+	needContainers(b)
+	root := b.TempDir()
+	if err := copyFile(env.probeBin, filepath.Join(root, "tool")); err != nil {
+		b.Fatal(err)
+	}
+	io := filepath.Join(root, "axocoatl")
+	if err := os.Mkdir(io, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	var d []time.Duration
+	for b.Loop() {
+		_ = os.Remove(filepath.Join(io, "output.json"))
+		t0 := time.Now()
+		if err := os.WriteFile(filepath.Join(io, "input.json"), []byte(`{"op":"echo"}`), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command("/tool")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatal(err, string(out))
+		}
+		if _, err := os.ReadFile(filepath.Join(io, "output.json")); err != nil {
+			b.Fatal(err)
+		}
+		d = append(d, time.Since(t0))
 	}
 	reportMedian(b, d)
 }

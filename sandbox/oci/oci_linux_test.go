@@ -67,6 +67,11 @@ func setup(dir string) error {
 
 // makeBundle writes {root}/{name}/config.json + rootfs/ with the probe tool at /tool and busybox.
 func makeBundle(root, name, bin string) error {
+	return makeBundleArgs(root, name, bin, []string{"/tool"})
+}
+
+// makeBundleArgs is makeBundle with the process's args.
+func makeBundleArgs(root, name, bin string, args []string) error {
 	rootfs := filepath.Join(root, name, "rootfs")
 	for _, d := range []string{"bin", "etc", "tmp", "proc", "sys", "dev"} {
 		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
@@ -87,7 +92,7 @@ func makeBundle(root, name, bin string) error {
 	cfg := map[string]any{
 		"ociVersion": "1.2.0",
 		"root":       map[string]any{"path": "rootfs"},
-		"process": map[string]any{"args": []string{"/tool"}, "cwd": "/", "user": map[string]any{"uid": 0, "gid": 0},
+		"process": map[string]any{"args": args, "cwd": "/", "user": map[string]any{"uid": 0, "gid": 0},
 			"env": []string{"PATH=/bin"}},
 		// Things a hostile bundle might ask for; all must be ignored.
 		"hooks":  map[string]any{"prestart": []map[string]any{{"path": "/bin/touch", "args": []string{"touch", "/tmp/axocoatl-hook-ran"}}}},

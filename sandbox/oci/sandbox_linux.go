@@ -446,34 +446,23 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 	if err := c.inst.start(); err != nil {
 		return out, fmt.Errorf("oci: start container: %w", err)
 	}
-	type result struct {
-		code int
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		code, err := c.inst.wait()
-		done <- result{code, err}
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-ctx.Done():
-		c.inst.kill()
-		<-done
+	// Wait on this goroutine; the context's end kills the container, which ends the wait.
+	stop := context.AfterFunc(ctx, c.inst.kill)
+	code, err := c.inst.wait()
+	if !stop() {
 		return out, ctxError(ctx)
 	}
-	if r.err != nil {
-		return out, fmt.Errorf("oci: wait: %w", r.err)
+	if err != nil {
+		return out, fmt.Errorf("oci: wait: %w", err)
 	}
-	out.ExitCode = r.code
+	out.ExitCode = code
 	out.Stderr = c.tail.String()
-	if r.code != 0 && c.inst.oomKilled() {
+	if code != 0 && c.inst.oomKilled() {
 		mem := s.cfg.MemoryMB
 		if call.Limits.MemoryMB > 0 {
 			mem = call.Limits.MemoryMB
 		}
-		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: r.code, Stderr: out.Stderr,
+		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: code, Stderr: out.Stderr,
 			Message: fmt.Sprintf("killed by the OOM killer at the %d MB memory limit", mem)}
 	}
 	b, err := sandbox.ReadOutputFile(filepath.Join(c.ioDir, sandbox.OutputFile), call.Limits.MaxOutputBytes)
