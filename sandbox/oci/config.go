@@ -30,6 +30,15 @@
 //   - the bundle's rootfs must have /proc, /dev, /sys, /tmp and /axocoatl directories, or be
 //     writable by the user so the sandbox can create them (it is when the user built the bundle).
 //
+// Speed: a warm-pool call writes input.json (one write to a file held open since the container was
+// created), starts the pre-created container, waits on the calling goroutine and reads
+// output.json; destroying the used container and creating its replacement happen after the call
+// returns, on the pool's filler goroutine, so they do not compete with the call. The seccomp
+// filter is compiled and loaded by the init at creation, not at start. Each container's init is
+// this binary: as root libcontainer seals it with a read-only overlayfs (cheap) unless the state
+// root lies inside the binary's directory; rootless it copies the binary into a memfd for every
+// container (CPU grows with the binary's size), so rootless creation is slower.
+//
 // New fails only on an invalid Config: a state root that cannot be created or locked leaves a
 // Sandbox whose Probe says why and how to fix it.
 package oci

@@ -92,6 +92,9 @@ func New(cfg Config) (*Sandbox, error) {
 	default:
 		return nil, fmt.Errorf("oci: unknown backend %q (want libcontainer, crun or runc)", cfg.Backend)
 	}
+	if b, ok := s.be.(*libcontainerBackend); ok {
+		b.warnIfCopying(s.log)
+	}
 	if err := s.openStateRoot(); err != nil {
 		who := "this process"
 		if rootless {
