@@ -76,9 +76,9 @@ func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
 	os.Remove(f.Name())
 	if s.rootless {
 		if s.cgroupLimits() {
-			a.Backend += " (rootless: memory, pids and CPU limits through the user's systemd, which needs cgroup v2 with delegation)"
+			a.Backend += " (rootless; limits via the user's systemd)"
 		} else {
-			a.Backend += " (rootless: no memory, pids or CPU limits; set use_systemd on a cgroup v2 host with delegation, or run as root, to get them)"
+			a.Backend += " (rootless; no memory/pids/CPU limits without cgroup v2 delegation)"
 		}
 	}
 	a.Available = true
