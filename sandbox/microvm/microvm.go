@@ -25,8 +25,9 @@ import (
 // Defaults and bounds.
 const (
 	DefaultMemoryMB = 256
-	// MinMemoryMB: 64 MB deadlocked the Debian kernel with this initramfs; 128 MB works.
-	MinMemoryMB   = 128
+	// MinMemoryMB: the kernel reserves ~45 MB plus the initramfs (~35 MB) and then needs as much
+	// again to unpack it; at 128 MB the unpacking fails for want of memory and the root lacks files.
+	MinMemoryMB   = 192
 	DefaultRunDir = "/run/axocoatl/vm"
 	// MaxToolBytes bounds the tool folder sent over the channel.
 	MaxToolBytes = 8 << 20
