@@ -3,6 +3,7 @@ package oci
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sort"
 	"time"
 
@@ -75,7 +76,10 @@ func (p *pool) fill() {
 			drained, p.ready = p.ready, nil
 			p.notify()
 		}
-		need := !idle && len(p.ready) < p.size
+		missing := 0
+		if !idle {
+			missing = p.size - len(p.ready)
+		}
 		wait := p.s.cfg.PoolIdle - time.Since(p.lastUse)
 		p.unlock()
 		for _, c := range drained {
@@ -84,17 +88,10 @@ func (p *pool) fill() {
 		if len(drained) > 0 {
 			p.s.log.Info("warm pool drained after idle time", "tool", p.tmpl.Tool)
 		}
-		if need {
-			c, err := p.s.create(p.tmpl, nil)
-			p.lock()
-			p.lastErr = err
+		if missing > 0 {
+			err := p.createSome(min(missing, createWorkers()))
 			if err == nil {
-				p.ready = append(p.ready, c)
 				backoff = 100 * time.Millisecond
-			}
-			p.notify()
-			p.unlock()
-			if err == nil {
 				select {
 				case <-p.done:
 					return
@@ -119,6 +116,37 @@ func (p *pool) fill() {
 		}
 		t.Stop()
 	}
+}
+
+// createWorkers is how many containers a filler creates at once: creation is largely waiting on
+// handshakes between this process and the container's init, so a second one in parallel raises
+// the refill rate for a stream of calls.
+func createWorkers() int { return min(max(runtime.GOMAXPROCS(0), 1), 4) }
+
+// createSome creates n containers in parallel and adds those created to the pool. It returns the
+// last creation error, nil when all succeeded.
+func (p *pool) createSome(n int) error {
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			c, err := p.s.create(p.tmpl, nil)
+			p.lock()
+			if err == nil {
+				p.ready = append(p.ready, c)
+			}
+			p.lastErr = err
+			p.notify()
+			p.unlock()
+			errs <- err
+		}()
+	}
+	var last error
+	for range n {
+		if err := <-errs; err != nil {
+			last = err
+		}
+	}
+	return last
 }
 
 // take returns a ready container or nil. The filler replaces it once the call retires it.
