@@ -22,22 +22,25 @@
 //   - pid, mount, ipc, uts, cgroup and network namespaces, the read-only rootfs, no capabilities,
 //     no_new_privs, the seccomp profile, masked /proc paths and RLIMIT_NOFILE apply as for root;
 //   - with the default cgroupfs driver containers get no cgroup, hence NO memory, pids or CPU
-//     limit, and memory-limit kills are not detected: a runaway tool is stopped only by the call's
-//     timeout (its pid namespace is then killed whole). With UseSystemd on a cgroup v2 host whose
-//     user systemd delegates controllers, libcontainer asks that systemd for the cgroup and the
-//     limits apply (not tested here). Probe's Backend says which case applies;
+//     limit, and memory-limit kills are not detected: a runaway tool is stopped only by the
+//     call's timeout (its pid namespace is then killed whole), a fork bomb only by the user's
+//     RLIMIT_NPROC. With UseSystemd on a cgroup v2 host whose user systemd delegates
+//     controllers, libcontainer asks that systemd for the cgroup and the limits apply (not tested
+//     here). Probe's Backend says which case applies;
 //   - the default state root is $XDG_RUNTIME_DIR/axocoatl/oci (else under the user's cache dir);
 //   - the bundle's rootfs must have /proc, /dev, /sys, /tmp and /axocoatl directories, or be
 //     writable by the user so the sandbox can create them (it is when the user built the bundle).
 //
-// Speed: a warm-pool call writes input.json (one write to a file held open since the container was
-// created), starts the pre-created container, waits on the calling goroutine and reads
+// Speed: a warm-pool call writes input.json (one write to a file held open since the container
+// was created), starts the pre-created container, waits on the calling goroutine and reads
 // output.json; destroying the used container and creating its replacement happen after the call
-// returns, on the pool's filler goroutine, so they do not compete with the call. The seccomp
-// filter is compiled and loaded by the init at creation, not at start. Each container's init is
-// this binary: as root libcontainer seals it with a read-only overlayfs (cheap) unless the state
-// root lies inside the binary's directory; rootless it copies the binary into a memfd for every
-// container (CPU grows with the binary's size), so rootless creation is slower.
+// returns, on the pool's filler goroutine (up to GOMAXPROCS, at most 4, creations at once), so
+// they do not compete with the call. A stream of back-to-back calls faster than containers can
+// be created (~20 ms each on 2 cores) drains the pool; the calls it cannot serve run cold. The
+// seccomp filter is compiled and loaded by the init at creation, not at start. Each container's
+// init is this binary: as root libcontainer seals it with a read-only overlayfs (cheap) unless
+// the state root lies inside the binary's directory; rootless it copies the binary into a memfd
+// for every container (CPU grows with the binary's size), so rootless creation is slower.
 //
 // New fails only on an invalid Config: a state root that cannot be created or locked leaves a
 // Sandbox whose Probe says why and how to fix it.
