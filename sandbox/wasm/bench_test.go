@@ -80,16 +80,19 @@ func BenchmarkCall(b *testing.B) {
 	}
 }
 
-// BenchmarkCallParallel runs calls from 4×GOMAXPROCS goroutines: calls/s and queueing latency.
+// BenchmarkCallParallel runs calls from GOMAXPROCS callers (callers=1×) and from 4×GOMAXPROCS
+// (queueing): calls/s and latency, for the command and the snapshot-mode reactor.
 func BenchmarkCallParallel(b *testing.B) {
 	for _, mode := range []string{"command", "snapshot"} {
-		for _, slots := range []int{1, runtime.GOMAXPROCS(0)} {
-			b.Run(fmt.Sprintf("%s/slots=%d", mode, slots), func(b *testing.B) { benchParallel(b, slots, mode == "snapshot") })
+		for _, per := range []int{1, 4} {
+			b.Run(fmt.Sprintf("%s/callers=%dx", mode, per), func(b *testing.B) {
+				benchParallel(b, runtime.GOMAXPROCS(0), per, mode == "snapshot")
+			})
 		}
 	}
 }
 
-func benchParallel(b *testing.B, slots int, snapshot bool) {
+func benchParallel(b *testing.B, slots, callersPerProc int, snapshot bool) {
 	s := newSandbox(b, Config{MaxConcurrency: slots})
 	c := benchCall(b)
 	if snapshot {
@@ -101,7 +104,7 @@ func benchParallel(b *testing.B, slots int, snapshot bool) {
 	}
 	var mu sync.Mutex
 	var lat []time.Duration
-	b.SetParallelism(4)
+	b.SetParallelism(callersPerProc)
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
@@ -157,10 +160,15 @@ func BenchmarkColdStartWarmCache(b *testing.B) {
 // BenchmarkInstanceRSS holds 16 instances live at once (each spinning until its deadline, after
 // the Go runtime and the tool have initialised) and reports the RSS growth per live instance.
 func BenchmarkInstanceRSS(b *testing.B) {
+	b.Run("command", func(b *testing.B) { benchRSS(b, guest(b)) })
+	b.Run("snapshot", func(b *testing.B) { benchRSS(b, reactor(b)) })
+}
+
+func benchRSS(b *testing.B, module string) {
 	const n = 16
 	s := newSandbox(b, Config{MaxConcurrency: n})
 	ctx := context.Background()
-	c := call(guest(b), map[string]any{"mode": "spin"}, sandbox.Limits{Timeout: 1500 * time.Millisecond})
+	c := call(module, map[string]any{"mode": "spin"}, sandbox.Limits{Timeout: 1500 * time.Millisecond})
 	if err := s.Prepare(ctx, c); err != nil {
 		b.Fatal(err)
 	}

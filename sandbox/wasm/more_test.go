@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -134,7 +135,8 @@ func TestTimeoutAndCancel(t *testing.T) {
 					t.Fatal(err)
 				}
 				m, err := s.module(bg, tc.call.Entrypoint)
-				if err != nil || m.stoppable == cfg.cfg.EngineDeadlineChecks {
+				// The bare loop imports no sched_yield: it always keeps wazero's checks.
+				if err != nil || m.stoppable != (!cfg.cfg.EngineDeadlineChecks && tc.name != "bare loop") {
 					t.Fatalf("module: stoppable %v, %v", m.stoppable, err)
 				}
 				ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
@@ -160,6 +162,52 @@ func TestTimeoutAndCancel(t *testing.T) {
 					t.Errorf("%d linear memories were not released", n)
 				}
 			})
+		}
+	}
+}
+
+// TestRunawayGuestsStayPreemptible runs more spinning guests than there are Ps while the
+// garbage collector runs: compiled wasm is not preempted, so without the guests' periodic trips
+// through Go (sched_yield every YieldBudget loop iterations) the stop-the-world, and the timers
+// that stop the guests, would wait forever. The watchdog only detects that hang.
+func TestRunawayGuestsStayPreemptible(t *testing.T) {
+	n := 2 * runtime.GOMAXPROCS(0)
+	s := newSandbox(t, Config{MaxConcurrency: n})
+	for _, mod := range []string{guest(t), reactor(t)} {
+		c := call(mod, map[string]any{"mode": "spin"}, sandbox.Limits{Timeout: 300 * time.Millisecond})
+		if err := s.Prepare(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, n)
+		for i := 0; i < n; i++ {
+			go func() {
+				_, err := s.Run(context.Background(), c)
+				done <- err
+			}()
+		}
+		gcDone := make(chan struct{})
+		go func() {
+			defer close(gcDone)
+			for i := 0; i < 5; i++ {
+				runtime.GC()
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+		watchdog := time.After(30 * time.Second)
+		for i := 0; i < n; i++ {
+			select {
+			case err := <-done:
+				if !errors.Is(err, isolation.ErrTimeout) {
+					t.Errorf("want ErrTimeout, got %v", err)
+				}
+			case <-watchdog:
+				t.Fatal("spinning guests were never stopped: the process is stuck")
+			}
+		}
+		select {
+		case <-gcDone:
+		case <-watchdog:
+			t.Fatal("the garbage collector could not stop the world")
 		}
 	}
 }

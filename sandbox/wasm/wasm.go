@@ -16,7 +16,20 @@
 // the host sets at the deadline), so a runaway guest traps at its next iteration: wazero's own
 // mechanism (WithCloseOnContextDone) calls out of native code at every loop iteration, which
 // doubles the run time of a Go guest; the flag costs one load and a branch. A module the
-// rewriter cannot read completely keeps wazero's mechanism. At most MaxConcurrency instances run at once (compiled wasm is not
+// rewriter cannot read completely keeps wazero's mechanism.
+//
+// Reactors run from a snapshot. A module that exports _initialize and run and no _start (a Go
+// package main built with -buildmode=c-shared whose run function has //go:wasmexport run; see
+// wasmbin.IsReactor for the exact conditions) is initialised once, when it is compiled: its
+// _initialize runs (the Go runtime and package initialisation: most of a small Go tool's run
+// time), then its linear memory and mutable globals are captured. Every call gets a fresh
+// instance of a rewritten module whose globals start at the captured values and whose memory
+// starts as a copy of the captured memory (no data segments, no start function), and calls run.
+// No state passes from one call to the next: each starts from the identical snapshot. The
+// snapshot's contract, as with wizer: _initialize must not depend on the call (it sees an empty
+// input.json) and must not change tables; everything initialisation drew from the environment
+// is frozen into the snapshot: a Go guest's map hash seeds and math/rand's automatic seed are
+// the same in every call (crypto/rand still reads the host's random source in every call). At most MaxConcurrency instances run at once (compiled wasm is not
 // preempted, so more would only raise every call's latency); the others wait their turn.
 package wasm
 
@@ -487,7 +500,8 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 // flag for ctx, then call _start. stopped reports that ctx ended while the guest ran (and the
 // flag was set: err is then the trap it caused). It closes wake when ctx ends.
 func (s *Sandbox) runStoppable(ctx context.Context, m *module, mc wazero.ModuleConfig, mem *callMemory, wake chan struct{}) (stopped bool, err error) {
-	mc = mc.WithStartFunctions()
+	var fired atomic.Bool
+	mc = mc.WithStartFunctions().WithOsyield(yielder(&fired))
 	mod, err := s.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), m.compiled, mc)
 	if err != nil {
 		return false, err
@@ -500,18 +514,10 @@ func (s *Sandbox) runStoppable(ctx context.Context, m *module, mc wazero.ModuleC
 	case m.reactor:
 		entries = []string{"_initialize", wasmbin.ReactorExport}
 	}
-	flag, ok := mod.ExportedGlobal(wasmbin.StopExport).(api.MutableGlobal)
-	if !ok {
-		return false, fmt.Errorf("wasm: instrumented module without its stop flag")
+	disarm, err := arm(ctx, mod, &fired, wake)
+	if err != nil {
+		return false, err
 	}
-	var fired atomic.Bool
-	// The guest reads the flag at every loop header; Set is a plain 8-byte store into the
-	// instance's globals, which stay valid (GC-managed) even after the instance is closed.
-	disarm := context.AfterFunc(ctx, func() {
-		fired.Store(true)
-		flag.Set(1)
-		close(wake)
-	})
 	for _, name := range entries {
 		if f := mod.ExportedFunction(name); f != nil {
 			if _, err = f.Call(ctx); err != nil {
@@ -520,10 +526,44 @@ func (s *Sandbox) runStoppable(ctx context.Context, m *module, mc wazero.ModuleC
 		}
 	}
 	if !disarm() && err != nil {
-		// The callback ran (or is running): the error is what the flag did to the guest.
+		// The callback ran (or is running): the error is what it did to the guest.
 		return fired.Load() || ctx.Err() != nil, err
 	}
 	return false, err
+}
+
+// exitStopped is the exit code the host's sched_yield ends a stopped guest with; the caller
+// knows from its flag why, and reports a timeout or a cancellation.
+const exitStopped = sys.ExitCodeDeadlineExceeded
+
+// yielder is an instrumented guest's sched_yield (called at least every YieldBudget loop
+// iterations): it ends the guest once fired is set. Being a call into Go, it is also where the
+// goroutine running the guest can be preempted.
+func yielder(fired *atomic.Bool) func() {
+	return func() {
+		if fired.Load() {
+			panic(sys.NewExitError(exitStopped))
+		}
+	}
+}
+
+// arm makes ctx's end stop the instrumented instance mod: set fired, zero its loop budget (so
+// that it calls sched_yield at its next loop header) and close wake (to cut its sleeps short).
+// disarm returns false when that already happened or is happening.
+func arm(ctx context.Context, mod api.Module, fired *atomic.Bool, wake chan struct{}) (disarm func() bool, err error) {
+	budget, ok := mod.ExportedGlobal(wasmbin.StopExport).(api.MutableGlobal)
+	if !ok {
+		return nil, errors.New("wasm: instrumented module without its loop budget")
+	}
+	return context.AfterFunc(ctx, func() {
+		fired.Store(true)
+		// A plain 8-byte store into the instance's globals, which stay valid (GC-managed) even
+		// after the instance is closed; the guest reads it at every loop header.
+		budget.Set(0)
+		if wake != nil {
+			close(wake)
+		}
+	}), nil
 }
 
 // initTimeout bounds a reactor's _initialize when its snapshot is captured.
@@ -565,7 +605,8 @@ func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, e
 	}
 	defer c.Close(ctx)
 	tail := sandbox.NewTailBuffer(4096)
-	mc := wazero.NewModuleConfig().WithName("").WithStartFunctions().
+	var fired atomic.Bool
+	mc := wazero.NewModuleConfig().WithName("").WithStartFunctions().WithOsyield(yielder(&fired)).
 		WithStdout(tail).WithStderr(tail).
 		WithSysWalltime().WithSysNanotime().WithRandSource(rand.Reader).
 		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(newCallFS(nil, 0, time.Now().UnixNano()), sandbox.GuestDir))
@@ -574,11 +615,10 @@ func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, e
 		return nil, nil, err
 	}
 	defer mod.Close(ctx)
-	flag, ok := mod.ExportedGlobal(wasmbin.StopExport).(api.MutableGlobal)
-	if !ok {
-		return nil, nil, errors.New("instrumented module without its stop flag")
+	disarm, err := arm(ctx, mod, &fired, nil)
+	if err != nil {
+		return nil, nil, err
 	}
-	disarm := context.AfterFunc(ctx, func() { flag.Set(1) })
 	_, err = mod.ExportedFunction("_initialize").Call(ctx)
 	disarm()
 	if err != nil {
@@ -588,6 +628,8 @@ func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, e
 	for _, g := range globals {
 		values[g.Index] = mod.ExportedGlobal(wasmbin.GlobalExport(g.Index)).Get()
 	}
+	// The loop budget starts full in every call (it is what the guest decremented meanwhile).
+	delete(values, stopIndex(globals))
 	mem := mod.Memory()
 	if mem == nil {
 		return nil, nil, errors.New("the module has no memory")
@@ -611,6 +653,15 @@ func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, e
 		return nil, nil, err
 	}
 	return sn, per, nil
+}
+
+// stopIndex is the index of the loop budget global: InstrumentLoops appends it last.
+func stopIndex(gs []wasmbin.Global) uint32 {
+	var max uint32
+	for _, g := range gs {
+		max = g.Index
+	}
+	return max
 }
 
 func isZero(b []byte) bool {

@@ -6,8 +6,15 @@ import (
 	"strings"
 )
 
-// StopExport is the name under which InstrumentLoops exports the stop global.
+// StopExport is the name under which InstrumentLoops exports the budget global: the host sets
+// it to 0 to make the guest call sched_yield at its next loop header.
 const StopExport = "__axocoatl_stop"
+
+// YieldBudget is how many loop iterations run between two calls of sched_yield: each call is a
+// trip through Go, where the goroutine can be preempted (for the scheduler and the garbage
+// collector's stop-the-world) and where the host stops the guest. Compiled wasm is never
+// preempted otherwise: a guest that only loops would stall the whole process.
+const YieldBudget = 1 << 14
 
 const (
 	secCustom = 0
@@ -27,18 +34,23 @@ const (
 // caller keeps the original module (and the engine's own, slower, termination checks).
 var errUnsupported = errors.New("unsupported instruction")
 
-// InstrumentLoops makes a module stoppable without the engine's help. It adds a mutable i32
-// global, exported as StopExport and initially 0, and at the head of every loop (and at the
-// entry of every function that makes tail calls) it inserts
+// InstrumentLoops makes a module stoppable and preemptible without the engine's help (wazero's
+// own mechanism leaves native code at every loop iteration). It adds a mutable i32 global, the
+// budget, exported as StopExport and initially YieldBudget, and at the head of every loop (and
+// at the entry of every function that makes tail calls) it inserts
 //
-//	global.get $stop  if  unreachable  end
+//	if budget == 0 { sched_yield(); budget = YieldBudget }
+//	budget--
 //
-// Every unbounded execution passes through a loop header, a tail call or recursion (which
-// overflows the stack), so setting the global to a non-zero value from the host traps the guest
-// at its next iteration; a check is one load and a branch.
+// calling the module's own import of wasi_snapshot_preview1.sched_yield. Every unbounded
+// execution passes through a loop header, a tail call or recursion (which overflows the stack),
+// so the guest calls into the host at least every YieldBudget iterations, and at once after the
+// host set the budget to 0 (a racing decrement by the guest can only delay that by one budget).
+// The host's sched_yield then traps the guest when its call must stop.
 //
-// It returns mod unchanged (and false) when it meets an instruction it does not know, when the
-// module already exports StopExport, or when it has no code. DWARF custom sections are dropped
+// It returns mod unchanged (and false) when the module does not import sched_yield (as
+// () -> i32), when it meets an instruction it does not know, when the module already exports
+// StopExport, or when it has no code. DWARF custom sections are dropped
 // (their code offsets would be wrong); the name section is kept (it refers to indices only).
 func InstrumentLoops(mod []byte) ([]byte, bool, error) {
 	secs, err := parse(mod)
@@ -75,12 +87,26 @@ func InstrumentLoops(mod []byte) ([]byte, bool, error) {
 	if !hasCode {
 		return mod, false, nil
 	}
+	yield, ok, err := findYield(secs)
+	if err != nil || !ok {
+		return mod, false, err
+	}
 	stop := importedGlobals + definedGlobals
-	check := []byte{opGlobalGet}
-	check = appendU32(check, stop)
-	check = append(check, opIf, blockEmpty, opUnreachable, opEnd)
+	get := appendU32([]byte{opGlobalGet}, stop)
+	set := appendU32([]byte{0x24}, stop)
+	check := append([]byte(nil), get...)
+	check = append(check, 0x45, opIf, blockEmpty, 0x10) // i32.eqz if call
+	check = appendU32(check, yield)
+	check = append(check, 0x1a, opI32Const) // drop i32.const
+	check = appendS32(check, YieldBudget)
+	check = append(check, set...)
+	check = append(check, opEnd)
+	check = append(check, get...)
+	check = append(check, opI32Const, 1, 0x6b) // i32.const 1 i32.sub
+	check = append(check, set...)
 
-	newGlobal := []byte{0x7f, 0x01, opI32Const, 0x00, opEnd} // mutable i32 = 0
+	newGlobal := appendS32([]byte{0x7f, 0x01, opI32Const}, YieldBudget) // mutable i32
+	newGlobal = append(newGlobal, opEnd)
 	newExport := appendName(nil, StopExport)
 	newExport = append(newExport, 0x03) // global
 	newExport = appendU32(newExport, stop)
@@ -136,6 +162,79 @@ func InstrumentLoops(mod []byte) ([]byte, bool, error) {
 		}
 	}
 	return out, true, nil
+}
+
+// findYield returns the function index of the module's import of
+// wasi_snapshot_preview1.sched_yield, when its type is () -> i32.
+func findYield(secs []section) (uint32, bool, error) {
+	var types [][]byte
+	for _, s := range secs {
+		if s.id != 1 {
+			continue
+		}
+		r := reader{b: s.payload}
+		n, err := r.u32()
+		if err != nil {
+			return 0, false, err
+		}
+		for i := uint32(0); i < n; i++ {
+			start := r.off
+			if form, err := r.byte(); err != nil || form != 0x60 {
+				return 0, false, err // not a plain function type: leave the module alone
+			}
+			for k := 0; k < 2; k++ {
+				m, err := r.u32()
+				if err != nil {
+					return 0, false, err
+				}
+				if _, err := r.bytes(int(m)); err != nil {
+					return 0, false, err
+				}
+			}
+			types = append(types, r.b[start:r.off])
+		}
+	}
+	for _, s := range secs {
+		if s.id != secImport {
+			continue
+		}
+		r := reader{b: s.payload}
+		n, err := r.u32()
+		if err != nil {
+			return 0, false, err
+		}
+		var funcs uint32
+		for i := uint32(0); i < n; i++ {
+			mod, err := r.name()
+			if err != nil {
+				return 0, false, err
+			}
+			name, err := r.name()
+			if err != nil {
+				return 0, false, err
+			}
+			kind, err := r.byte()
+			if err != nil {
+				return 0, false, err
+			}
+			if kind != 0x00 {
+				if err := r.skipImport(kind); err != nil {
+					return 0, false, err
+				}
+				continue
+			}
+			ti, err := r.u32()
+			if err != nil {
+				return 0, false, err
+			}
+			if mod == "wasi_snapshot_preview1" && name == "sched_yield" {
+				ok := int(ti) < len(types) && string(types[ti]) == "\x60\x00\x01\x7f"
+				return funcs, ok, nil
+			}
+			funcs++
+		}
+	}
+	return 0, false, nil
 }
 
 // order is a section's rank in the order the binary format requires.
@@ -206,33 +305,41 @@ func countImportedGlobals(secs []section) (uint32, error) {
 			if err != nil {
 				return 0, err
 			}
-			switch kind {
-			case 0x00: // func: type index
-				_, err = r.u32()
-			case 0x01: // table: reftype, limits
-				if _, err = r.byte(); err == nil {
-					err = r.limits()
-				}
-			case 0x02: // memory
-				err = r.limits()
-			case 0x03: // global: valtype, mutability
+			if kind == 0x03 {
 				globals++
-				if _, err = r.byte(); err == nil {
-					_, err = r.byte()
-				}
-			case 0x04: // tag: attribute, type index
-				if _, err = r.byte(); err == nil {
-					_, err = r.u32()
-				}
-			default:
-				return 0, fmt.Errorf("%w: import kind %#x", ErrFormat, kind)
 			}
+			err = r.skipImport(kind)
 			if err != nil {
 				return 0, err
 			}
 		}
 	}
 	return globals, nil
+}
+
+// skipImport reads an import's descriptor of the given kind.
+func (r *reader) skipImport(kind byte) (err error) {
+	switch kind {
+	case 0x00: // func: type index
+		_, err = r.u32()
+	case 0x01: // table: reftype, limits
+		if _, err = r.byte(); err == nil {
+			err = r.limits()
+		}
+	case 0x02: // memory
+		err = r.limits()
+	case 0x03: // global: valtype, mutability
+		if _, err = r.byte(); err == nil {
+			_, err = r.byte()
+		}
+	case 0x04: // tag: attribute, type index
+		if _, err = r.byte(); err == nil {
+			_, err = r.u32()
+		}
+	default:
+		return fmt.Errorf("%w: import kind %#x", ErrFormat, kind)
+	}
+	return err
 }
 
 func exportNames(p []byte) ([]string, error) {
