@@ -2,8 +2,11 @@ package microvm
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync"
+
+	"github.com/axocoatl/isolation/guest"
 
 	"github.com/axocoatl/isolation/sandbox"
 )
@@ -75,6 +78,11 @@ func (s *Sandbox) refill(sh shape) {
 		defer s.bg.Done()
 		for {
 			v, err := s.start(s.ctx, sh, true)
+			if err == nil && !s.opts.NoWarmup {
+				if err = s.warm(s.ctx, v); err != nil {
+					s.destroy(v)
+				}
+			}
 			p.mu.Lock()
 			if err != nil {
 				p.failures++
@@ -103,6 +111,23 @@ func (s *Sandbox) refill(sh shape) {
 			}
 		}
 	}()
+}
+
+// warm has the agent of a pooled VM start Python once (guest.Hello.Warm) and waits for its READY.
+func (s *Sandbox) warm(ctx context.Context, v *vm) error {
+	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { v.m.Kill() })
+	defer stop()
+	nonce := randHex(16)
+	if err := guest.WriteFrame(v.conn, guest.TypeHello, guest.Hello{Nonce: nonce, Warm: true}); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	var r guest.Ready
+	if err := v.fr.Expect(guest.TypeReady, nonce, &r); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	return nil
 }
 
 // close marks the pool closed and destroys its ready VMs.
