@@ -288,6 +288,20 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		return &isolation.Error{Kind: kind, Tool: name, Tier: sel.Tier, HasTier: true, Message: fmt.Sprintf(format, args...)}
 	}
 
+	if su, ok := sb.(sandbox.Setupper); ok {
+		// Compiling is our cost, not the tool's: it happens before the tool's clock starts.
+		if err := su.Setup(ctx, call); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("tool %q: %w", name, ctx.Err())
+			}
+			var ie *isolation.Error
+			if errors.As(err, &ie) {
+				ie.Tool, ie.Tier, ie.HasTier = name, sel.Tier, true
+				return nil, ie
+			}
+			return nil, fmt.Errorf("tool %q in tier %s: setup: %w", name, sel.Tier, err)
+		}
+	}
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out, err := sb.Run(runCtx, call)

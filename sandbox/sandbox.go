@@ -114,6 +114,13 @@ type Preparer interface {
 	Prepare(ctx context.Context, call Call) error
 }
 
+// Setupper is implemented by sandboxes with per-tool work that is the platform's cost, not the
+// tool's (compiling a module the first time it is seen). The executor calls Setup before every
+// call, before the call's timeout starts; Setup must be cheap once the work is done.
+type Setupper interface {
+	Setup(ctx context.Context, call Call) error
+}
+
 // PoolStats is one warm pool's state.
 type PoolStats struct {
 	Tool  string `json:"tool"`
