@@ -386,17 +386,18 @@ func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o ca
 // Prepare does a tool's ahead-of-time work in the tier it would run in now (compile its Wasm
 // module, fill its warm pool), so that its first call is not cold. Tiers without such work do
 // nothing.
-func (e *Executor) Prepare(ctx context.Context, name string) error {
+func (e *Executor) Prepare(ctx context.Context, name string, opts ...Option) error {
 	tool, err := e.Tool(name)
 	if err != nil {
 		return err
 	}
-	sel, err := e.selectTier(ctx, tool, callOptions{})
+	o := e.options(opts)
+	sel, err := e.selectTier(ctx, tool, o)
 	if err != nil {
 		return err
 	}
 	if p, ok := e.sandboxes[sel.Tier].(sandbox.Preparer); ok {
-		return p.Prepare(ctx, e.newCall("prepare-"+uuid.NewString(), tool, nil, callOptions{}))
+		return p.Prepare(ctx, e.newCall("prepare-"+uuid.NewString(), tool, nil, o))
 	}
 	return nil
 }

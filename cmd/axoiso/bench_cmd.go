@@ -26,13 +26,14 @@ type benchReport struct {
 	C        int    `json:"concurrency"`
 	Errors   int    `json:"errors"`
 	// Prepared is true when the tool was prepared (module compiled, warm pool filled) first.
-	Prepared  bool    `json:"prepared"`
-	FirstMS   float64 `json:"first_call_ms"`
-	P50MS     float64 `json:"p50_ms"`
-	P90MS     float64 `json:"p90_ms"`
-	P99MS     float64 `json:"p99_ms"`
-	MaxMS     float64 `json:"max_ms"`
-	CallsPerS float64 `json:"calls_per_s"`
+	Prepared   bool    `json:"prepared"`
+	IntervalMS float64 `json:"interval_ms,omitempty"`
+	FirstMS    float64 `json:"first_call_ms"`
+	P50MS      float64 `json:"p50_ms"`
+	P90MS      float64 `json:"p90_ms"`
+	P99MS      float64 `json:"p99_ms"`
+	MaxMS      float64 `json:"max_ms"`
+	CallsPerS  float64 `json:"calls_per_s"`
 	// PeakRSSMB is this process's peak resident set; PeakChildRSSMB the largest child's (a
 	// container init or a VMM).
 	PeakRSSMB      float64 `json:"peak_rss_mb"`
@@ -46,6 +47,7 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	n := fs.Int("n", 200, "number of calls")
 	c := fs.Int("c", 1, "concurrent calls")
 	asJSON := fs.Bool("json", false, "print JSON")
+	interval := fs.Duration("interval", 0, "pause between one worker's calls (lets warm pools refill: measures warm calls, not refill throughput)")
 	cold := fs.Bool("cold", false, "do not prepare the tool first (no warm pool: every call starts its sandbox from scratch)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -71,11 +73,11 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	defer e.Close()
 	if !*cold {
-		if err := e.Prepare(ctx, pos[0]); err != nil {
+		if err := e.Prepare(ctx, pos[0], opts...); err != nil {
 			return fmt.Errorf("prepare: %w", err)
 		}
 	}
-	rep, err := bench(ctx, e, pos[0], input, *n, *c, opts)
+	rep, err := bench(ctx, e, pos[0], input, *n, *c, *interval, opts)
 	rep.Prepared = !*cold
 	if err != nil {
 		return err
@@ -90,8 +92,8 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 }
 
 // bench makes one warm-up call (compile, pool fill), then n calls from c goroutines.
-func bench(ctx context.Context, e *executor.Executor, tool string, input []byte, n, c int, opts []executor.Option) (benchReport, error) {
-	rep := benchReport{Tool: tool, N: n, C: c}
+func bench(ctx context.Context, e *executor.Executor, tool string, input []byte, n, c int, interval time.Duration, opts []executor.Option) (benchReport, error) {
+	rep := benchReport{Tool: tool, N: n, C: c, IntervalMS: ms(interval)}
 	t0 := time.Now()
 	first, err := e.Execute(ctx, tool, input, opts...)
 	if err != nil {
@@ -109,11 +111,17 @@ func bench(ctx context.Context, e *executor.Executor, tool string, input []byte,
 		next    = make(chan int)
 	)
 	start := time.Now()
+	if interval > 0 {
+		time.Sleep(interval) // let the warm-up call's pool refill
+	}
 	for range c {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range next {
+				if interval > 0 {
+					time.Sleep(interval)
+				}
 				t := time.Now()
 				_, err := e.Execute(ctx, tool, input, opts...)
 				lat[i] = time.Since(t)
@@ -145,7 +153,8 @@ func bench(ctx context.Context, e *executor.Executor, tool string, input []byte,
 	pct := func(p float64) float64 { return ms(lat[min(len(lat)-1, int(p*float64(len(lat))))]) }
 	rep.Errors = errs
 	rep.P50MS, rep.P90MS, rep.P99MS, rep.MaxMS = pct(0.50), pct(0.90), pct(0.99), ms(lat[len(lat)-1])
-	rep.CallsPerS = float64(n) / elapsed.Seconds()
+	// With --interval, calls/s counts busy time only.
+	rep.CallsPerS = float64(n) / (elapsed - time.Duration(n/c)*interval).Seconds()
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		rep.PeakRSSMB = float64(ru.Maxrss) / 1024
