@@ -29,6 +29,25 @@ func requiresRoot(t *testing.T) {
 	}
 }
 
+// requiresOci skips when this host (or this build: the Oci tier needs `-tags seccomp`) cannot
+// run containers, with the tier's own reason.
+func requiresOci(t *testing.T) {
+	t.Helper()
+	requiresRoot(t)
+	_, out, _ := axoiso(t, "", "tiers", "--json")
+	var tiers []struct {
+		Tier      string
+		Available bool
+		Reason    string
+	}
+	json.Unmarshal([]byte(out), &tiers)
+	for _, tr := range tiers {
+		if tr.Tier == "Oci" && !tr.Available {
+			t.Skip("the Oci tier is unavailable: " + tr.Reason)
+		}
+	}
+}
+
 const busybox = "/bin/busybox"
 
 func requiresBusybox(t *testing.T) {
@@ -164,7 +183,7 @@ func busyboxImage(t *testing.T) string {
 // TestBundleThenRun is the OCI user story: an image becomes a tool with `axoiso bundle`, and
 // `axoiso run` runs it in a container.
 func TestBundleThenRun(t *testing.T) {
-	requiresRoot(t)
+	requiresOci(t)
 	requiresBusybox(t)
 	root := t.TempDir()
 	state := t.TempDir()
@@ -214,7 +233,7 @@ func TestBundleThenRun(t *testing.T) {
 // TestShellFallsBackToOci: with no microVM, a Shell tool runs in a container on the runtime
 // root — a reported downgrade — and --strict refuses it.
 func TestShellFallsBackToOci(t *testing.T) {
-	requiresRoot(t)
+	requiresOci(t)
 	requiresBusybox(t)
 	rt := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(rt, "bin"), 0o755); err != nil {
