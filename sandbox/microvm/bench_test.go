@@ -111,12 +111,12 @@ func BenchmarkPooledCall(b *testing.B) {
 	for _, bt := range []benchTool{benchShell, benchPython} {
 		b.Run(bt.name, func(b *testing.B) { benchPooled(b, bt, false) })
 	}
-	b.Run("python-nowarmup", func(b *testing.B) { benchPooled(b, benchPython, true) })
+	b.Run("python-warmpool", func(b *testing.B) { benchPooled(b, benchPython, true) })
 }
 
-func benchPooled(b *testing.B, bt benchTool, noWarmup bool) {
+func benchPooled(b *testing.B, bt benchTool, warm bool) {
 	var rss []int64
-	benchCalls(b, bt, microvm.Options{PoolSize: 1, Snapshots: true, NoWarmup: noWarmup}, func(s *microvm.Sandbox) {
+	benchCalls(b, bt, microvm.Options{PoolSize: 1, Snapshots: true, WarmPool: warm}, func(s *microvm.Sandbox) {
 		waitPool(b, s, 1)
 		time.Sleep(300 * time.Millisecond) // let the clone settle to idle
 		rss = append(rss, vmmRSS()...)

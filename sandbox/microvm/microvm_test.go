@@ -329,7 +329,7 @@ json.dump({"rand": os.urandom(16).hex(), "host": socket.gethostname()}, open("/a
 
 // Pooled VMs refilled from one snapshot must not share random state or identity.
 func TestPoolFromSnapshotClonesDiffer(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 1, Snapshots: true})
+	s := newSandbox(t, microvm.Options{PoolSize: 1, Snapshots: true, WarmPool: true})
 	dir, entry := tool(t, "rand.py", pyRandom, 0o644)
 	seen := map[string]string{}
 	for i := 0; i < 3; i++ {

@@ -78,7 +78,7 @@ func (s *Sandbox) refill(sh shape) {
 		defer s.bg.Done()
 		for {
 			v, err := s.start(s.ctx, sh, true)
-			if err == nil && !s.opts.NoWarmup {
+			if err == nil && s.opts.WarmPool {
 				if err = s.warm(s.ctx, v); err != nil {
 					s.destroy(v)
 				}
