@@ -9,7 +9,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/assemble"
 )
 
 func init() {
@@ -28,12 +30,15 @@ type benchReport struct {
 	// Prepared is true when the tool was prepared (module compiled, warm pool filled) first.
 	Prepared   bool    `json:"prepared"`
 	IntervalMS float64 `json:"interval_ms,omitempty"`
-	FirstMS    float64 `json:"first_call_ms"`
-	P50MS      float64 `json:"p50_ms"`
-	P90MS      float64 `json:"p90_ms"`
-	P99MS      float64 `json:"p99_ms"`
-	MaxMS      float64 `json:"max_ms"`
-	CallsPerS  float64 `json:"calls_per_s"`
+	// CrunP50MS and RatioVsCrun (p50 / crun's p50) are set by --vs-crun.
+	CrunP50MS   float64 `json:"crun_p50_ms,omitempty"`
+	RatioVsCrun float64 `json:"ratio_vs_crun,omitempty"`
+	FirstMS     float64 `json:"first_call_ms"`
+	P50MS       float64 `json:"p50_ms"`
+	P90MS       float64 `json:"p90_ms"`
+	P99MS       float64 `json:"p99_ms"`
+	MaxMS       float64 `json:"max_ms"`
+	CallsPerS   float64 `json:"calls_per_s"`
 	// PeakRSSMB is this process's peak resident set; PeakChildRSSMB the largest child's (a
 	// container init or a VMM).
 	PeakRSSMB      float64 `json:"peak_rss_mb"`
@@ -48,6 +53,7 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	c := fs.Int("c", 1, "concurrent calls")
 	asJSON := fs.Bool("json", false, "print JSON")
 	interval := fs.Duration("interval", 0, "pause between one worker's calls (lets warm pools refill: measures warm calls, not refill throughput)")
+	vsCrun := fs.Bool("vs-crun", false, "for an Oci tool: also run the same calls through an installed crun (cold, same bundle and I/O) and report the ratio")
 	cold := fs.Bool("cold", false, "do not prepare the tool first (no warm pool: every call starts its sandbox from scratch)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -67,7 +73,11 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return err
 	}
-	e, _, err := cf.executor(stderr)
+	cfg, log, err := cf.configAndLogger(stderr)
+	if err != nil {
+		return err
+	}
+	e, err := assemble.New(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -79,6 +89,23 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	rep, err := bench(ctx, e, pos[0], input, *n, *c, *interval, opts)
 	rep.Prepared = !*cold
+	if *vsCrun {
+		if rep.Tier != isolation.TierOCI.String() {
+			return usagef("--vs-crun compares Oci calls; %q ran in %s", pos[0], rep.Tier)
+		}
+		// The same bundle, limits and JSON I/O, through crun instead of the embedded runtime.
+		cfg.Oci.Backend, cfg.Oci.PoolSize = "crun", -1
+		ce, err := assemble.New(cfg, log)
+		if err != nil {
+			return err
+		}
+		crun, err := bench(ctx, ce, pos[0], input, *n, *c, *interval, append(opts, executor.WithTier(isolation.TierOCI)))
+		ce.Close()
+		if err != nil {
+			return fmt.Errorf("crun baseline: %w", err)
+		}
+		rep.CrunP50MS, rep.RatioVsCrun = crun.P50MS, rep.P50MS/crun.P50MS
+	}
 	if err != nil {
 		return err
 	}
@@ -88,6 +115,9 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	fmt.Fprintf(stdout, "%s in %s (backend %s, degraded=%v, prepared=%v): %d calls, concurrency %d, %d errors\n", rep.Tool, rep.Tier, dash(rep.Backend), rep.Degraded, rep.Prepared, rep.N, rep.C, rep.Errors)
 	fmt.Fprintf(stdout, "first call %.2f ms; p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", rep.FirstMS, rep.P50MS, rep.P90MS, rep.P99MS, rep.MaxMS)
 	fmt.Fprintf(stdout, "%.0f calls/s; peak RSS %.1f MB (largest child %.1f MB)\n", rep.CallsPerS, rep.PeakRSSMB, rep.PeakChildRSSMB)
+	if rep.CrunP50MS > 0 {
+		fmt.Fprintf(stdout, "crun (same bundle, cold) p50 %.3f ms; ratio %.2f\n", rep.CrunP50MS, rep.RatioVsCrun)
+	}
 	return nil
 }
 
