@@ -22,10 +22,8 @@ func runTiers(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	var cf commonFlags
 	cf.add(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if pos, err := parseInterspersed(fs, args); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	cfg, log, err := cf.configAndLogger(stderr)
 	if err != nil {
@@ -64,10 +62,8 @@ func runTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	var cf commonFlags
 	cf.add(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if pos, err := parseInterspersed(fs, args); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	e, log, err := cf.executor(stderr)
 	if err != nil {

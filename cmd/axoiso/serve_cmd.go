@@ -34,10 +34,8 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	grace := fs.Duration("grace", 10*time.Second, "on SIGTERM/SIGINT, how long in-flight calls may finish")
 	noMCP := fs.Bool("no-mcp", false, "do not serve MCP at /mcp")
 	prewarm := fs.Bool("prewarm", true, "prepare every tool at start (compile Wasm modules, fill warm pools)")
-	if pos, err := parseInterspersed(fs, args); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	tok, err := server.LoadToken(*token, *tokenFile)
 	if err != nil {
@@ -75,10 +73,8 @@ func runMCP(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer
 	var cf commonFlags
 	cf.add(fs)
 	timeout := fs.Duration("timeout", 0, "timeout for every call (default: each tool's own)")
-	if pos, err := parseInterspersed(fs, args); err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	e, log, err := cf.executor(stderr)
 	if err != nil {

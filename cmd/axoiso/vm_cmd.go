@@ -28,12 +28,8 @@ func runVM(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Wr
 	force := fs.Bool("force", false, "rebuild even when the prepared image is current")
 	dataDir := fs.String("data-dir", "", "where the image goes (default the config's data_dir/vm: /var/lib/axocoatl/vm as root)")
 	asJSON := fs.Bool("json", false, "print the prepared image as JSON")
-	pos, err := parseInterspersed(fs, args[1:])
-	if err != nil {
+	if err := parseFlagsOnly(fs, args[1:]); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	cfg, log, err := cf.configAndLogger(stderr)
 	if err != nil {
