@@ -59,6 +59,12 @@ type Hello struct {
 	// paying for the first, cold interpreter start (under TCG ~0.3 s of code translation).
 	// An agent without Python answers at once.
 	Warm bool `json:"warm,omitempty"`
+	// Rehearse asks the agent to run one throw-away shell call through its whole request path
+	// (decoding, writing the tool folder, starting /bin/sh as the tool user, collecting the
+	// output) and to remove every trace of it before it answers. Under TCG a VMM translates guest
+	// code on first use and a restored VMM starts with nothing translated: a pooled VM that
+	// rehearsed serves its real call without paying for that translation.
+	Rehearse bool `json:"rehearse,omitempty"`
 }
 
 // Runtime says how the agent starts the entrypoint.
@@ -120,6 +126,22 @@ type Response struct {
 	RunMS int64 `json:"run_ms"`
 	// Error reports a failure of the agent itself (the tool could not be started).
 	Error string `json:"error,omitempty"`
+	// Spans says where the agent's time went, by the guest's clock (diagnostics only).
+	Spans *Spans `json:"spans,omitempty"`
+}
+
+// Spans are the agent's timings of one call, in microseconds.
+type Spans struct {
+	// RecvUS runs from the request frame's first bytes arriving to its last.
+	RecvUS int64 `json:"recv_us"`
+	// DecodeUS is the request's JSON decoding.
+	DecodeUS int64 `json:"decode_us"`
+	// PrepUS covers reseeding and writing the tool's files and input.
+	PrepUS int64 `json:"prep_us"`
+	// RunUS runs from starting the tool's process to reaping it (RunMS measures the same).
+	RunUS int64 `json:"run_us"`
+	// CollectUS covers reading output.json and the OOM counter afterwards.
+	CollectUS int64 `json:"collect_us"`
 }
 
 // WriteFrame writes one message.

@@ -184,7 +184,8 @@ func serve(ch string) error {
 	if err := guest.WriteFrame(conn, guest.TypeReady, ready); err != nil {
 		return err
 	}
-	fr := guest.NewReader(conn)
+	tr := &timedReader{r: conn}
+	fr := guest.NewReader(tr)
 	for {
 		t, body, err := fr.Next()
 		if err != nil {
@@ -194,7 +195,8 @@ func serve(ch string) error {
 				if conn, err = accept(); err != nil {
 					return err
 				}
-				fr = guest.NewReader(conn)
+				tr = &timedReader{r: conn}
+				fr = guest.NewReader(tr)
 				if err := guest.WriteFrame(conn, guest.TypeReady, ready); err != nil {
 					return err
 				}
@@ -204,9 +206,15 @@ func serve(ch string) error {
 		}
 		switch t {
 		case guest.TypeHello:
+			tr.reset()
 			var h guest.Hello
 			if err := json.Unmarshal(body, &h); err != nil {
 				return err
+			}
+			if h.Rehearse {
+				if err := rehearse(); err != nil {
+					logger.Warn("rehearsal", "err", err)
+				}
 			}
 			if h.Warm {
 				warm()
@@ -217,12 +225,19 @@ func serve(ch string) error {
 				return err
 			}
 		case guest.TypeRequest:
+			recv := tr.last.Sub(tr.first)
+			t0 := time.Now()
 			var req guest.Request
 			resp := guest.Response{}
 			if err := json.Unmarshal(body, &req); err != nil {
 				resp.Error = "bad request: " + err.Error()
 			} else {
+				decoded := time.Since(t0)
 				resp = handle(req)
+				if resp.Spans == nil {
+					resp.Spans = &guest.Spans{}
+				}
+				resp.Spans.RecvUS, resp.Spans.DecodeUS = recv.Microseconds(), decoded.Microseconds()
 			}
 			err := guest.WriteFrame(conn, guest.TypeResponse, resp)
 			if f, ok := conn.(*os.File); ok {
@@ -233,6 +248,72 @@ func serve(ch string) error {
 			return fmt.Errorf("unexpected frame %c", t)
 		}
 	}
+}
+
+// timedReader notes when reads return, so that the agent can tell how long a request took to
+// arrive (from its first bytes to its last): the channel's throughput, not the host's idle time.
+type timedReader struct {
+	r           io.Reader
+	first, last time.Time
+}
+
+func (t *timedReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	now := time.Now()
+	if t.first.IsZero() {
+		t.first = now
+	}
+	t.last = now
+	return n, err
+}
+
+// reset starts a new measurement at the next read.
+func (t *timedReader) reset() { t.first = time.Time{} }
+
+// rehearsalScript exercises what a shell tool typically does: read the input, fork a command,
+// write the output.
+const rehearsalScript = "read -r l < /axocoatl/input.json\nprintf '{\"r\":%s,\"h\":\"%s\"}' \"$l\" \"$(hostname)\" > /axocoatl/output.json\necho rehearsal >&2\n"
+
+// rehearse runs one throw-away shell call through the same path as a real one (JSON decoding of
+// a request frame, handle, JSON encoding of the response), then removes what it wrote, so that
+// the real call finds the state a fresh VM has.
+func rehearse() error {
+	var frame bytes.Buffer
+	req := guest.Request{ID: "rehearsal", Runtime: guest.RuntimeShell, Entrypoint: "main.sh",
+		Files:     []guest.File{{Path: "main.sh", Mode: 0o644, Data: []byte(rehearsalScript)}},
+		Input:     []byte(`{"rehearsal":true}`),
+		TimeoutMS: 10000, MaxOutputBytes: 1 << 20, MaxStderrBytes: 4096}
+	if err := guest.WriteFrame(&frame, guest.TypeRequest, req); err != nil {
+		return err
+	}
+	_, body, err := guest.NewReader(&frame).Next()
+	if err != nil {
+		return err
+	}
+	var got guest.Request
+	if err := json.Unmarshal(body, &got); err != nil {
+		return err
+	}
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	defer unix.Sethostname([]byte(unix.ByteSliceToString(u.Nodename[:])))
+	resp := handle(got)
+	if err := guest.WriteFrame(io.Discard, guest.TypeResponse, resp); err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range []string{toolDir, sandbox.GuestInputPath, sandbox.GuestOutputPath} {
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	switch {
+	case resp.Error != "":
+		errs = append(errs, errors.New(resp.Error))
+	case resp.ExitCode != 0 || !resp.HasOutput:
+		errs = append(errs, fmt.Errorf("rehearsal exited %d, output %v: %s", resp.ExitCode, resp.HasOutput, resp.Stderr))
+	}
+	return errors.Join(errs...)
 }
 
 // warm runs the interpreter once as the tool user, so that its code is translated and its files
@@ -256,6 +337,7 @@ func warm() {
 }
 
 func handle(req guest.Request) guest.Response {
+	t0 := time.Now()
 	if err := reseed(req.Entropy); err != nil {
 		return guest.Response{Error: "reseed: " + err.Error()}
 	}
@@ -265,7 +347,12 @@ func handle(req guest.Request) guest.Response {
 	if err := writeTool(req); err != nil {
 		return guest.Response{Error: err.Error()}
 	}
-	return runTool(req)
+	prep := time.Since(t0)
+	resp := runTool(req)
+	if resp.Spans != nil {
+		resp.Spans.PrepUS = prep.Microseconds()
+	}
+	return resp
 }
 
 func sanitizeHostname(id string) string {
@@ -404,6 +491,7 @@ func runTool(req guest.Request) guest.Response {
 	started := time.Now()
 	err := cmd.Run()
 	ran := time.Since(started)
+	collect := time.Now()
 	if cmd.Process != nil {
 		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL) // whatever the tool left behind
 	}
@@ -436,6 +524,7 @@ func runTool(req guest.Request) guest.Response {
 		resp.Output = bytes.Clone(out)
 		resp.HasOutput = true
 	}
+	resp.Spans = &guest.Spans{RunUS: ran.Microseconds(), CollectUS: time.Since(collect).Microseconds()}
 	return resp
 }
 

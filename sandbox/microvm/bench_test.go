@@ -48,7 +48,7 @@ func benchCalls(b *testing.B, bt benchTool, opts microvm.Options, beforeEach fun
 	if _, err := s.Run(context.Background(), c); err != nil { // warm caches, take the snapshot
 		b.Fatal(err)
 	}
-	var calls, tools []time.Duration
+	var calls, tools, runs, exch, guestT, recv []time.Duration
 	cpu0 := childCPU()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -57,11 +57,16 @@ func benchCalls(b *testing.B, bt benchTool, opts microvm.Options, beforeEach fun
 			beforeEach(s)
 			b.StartTimer()
 		}
-		before := s.Stats().ToolMS
+		before := s.Stats()
 		start := time.Now()
 		o, err := s.Run(context.Background(), c)
 		calls = append(calls, time.Since(start))
-		tools = append(tools, time.Duration(s.Stats().ToolMS-before)*time.Millisecond)
+		after := s.Stats()
+		tools = append(tools, time.Duration(after.ToolMS-before.ToolMS)*time.Millisecond)
+		runs = append(runs, time.Duration(after.RunUS-before.RunUS)*time.Microsecond)
+		exch = append(exch, time.Duration(after.ExchangeUS-before.ExchangeUS)*time.Microsecond)
+		guestT = append(guestT, time.Duration(after.GuestUS-before.GuestUS)*time.Microsecond)
+		recv = append(recv, time.Duration(after.RecvUS-before.RecvUS)*time.Microsecond)
 		if err != nil || !bytes.Contains(o.Output, []byte("ok")) {
 			b.Fatalf("Run: %v %q (stderr %q)", err, o.Output, o.Stderr)
 		}
@@ -73,6 +78,24 @@ func benchCalls(b *testing.B, bt benchTool, opts microvm.Options, beforeEach fun
 	b.ReportMetric(float64((childCPU()-cpu0).Microseconds())/1000/float64(b.N), "vmm-cpu-ms/op")
 	b.ReportMetric(float64(median(calls).Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(median(tools).Microseconds())/1000, "tool-p50-ms")
+	// Where the overhead goes, per call (medians of differences): outside the exchange (taking
+	// or starting the VM, reading the tool folder), in the channel (request latency + response
+	// transfer), in the agent besides the tool.
+	over := make([]time.Duration, len(calls))
+	outside := make([]time.Duration, len(calls))
+	channel := make([]time.Duration, len(calls))
+	agent := make([]time.Duration, len(calls))
+	for i := range calls {
+		over[i] = calls[i] - tools[i]
+		outside[i] = runs[i] - exch[i]
+		channel[i] = exch[i] - guestT[i]
+		agent[i] = guestT[i] - tools[i]
+	}
+	b.ReportMetric(float64(median(over).Microseconds())/1000, "overhead-p50-ms")
+	b.ReportMetric(float64(median(outside).Microseconds())/1000, "host-ms")
+	b.ReportMetric(float64(median(channel).Microseconds())/1000, "chan-ms")
+	b.ReportMetric(float64(median(recv).Microseconds())/1000, "recv-ms")
+	b.ReportMetric(float64(median(agent).Microseconds())/1000, "agent-ms")
 	b.Logf("stats %+v", s.Stats())
 }
 

@@ -75,6 +75,16 @@ type Stats struct {
 	Cold, Restored, Pooled int64
 	// ToolMS sums the tools' own run times as the guests measured them.
 	ToolMS int64
+	// RunUS sums Run's wall time, from the call's arrival to its outcome (µs).
+	RunUS int64
+	// ExchangeUS sums the host's wall time from sending a request to decoding its response (µs).
+	ExchangeUS int64
+	// GuestUS sums the agents' own time per call, from the request's first bytes arriving to
+	// the response being ready (µs, guest clock); ExchangeUS minus GuestUS is the channel's
+	// latency and the response's transfer.
+	GuestUS int64
+	// RecvUS sums the time requests took to arrive in the guest, first byte to last (µs).
+	RecvUS int64
 }
 
 // Sandbox is the microVM tier. Safe for concurrent use; Close is idempotent.
@@ -87,6 +97,8 @@ type Sandbox struct {
 
 	cold, restored, pooled atomic.Int64
 	toolMS                 atomic.Int64
+	runUS, exchangeUS      atomic.Int64
+	guestUS, recvUS        atomic.Int64
 
 	mu     sync.Mutex // protects closed, pools, snaps, driver, img
 	closed bool
@@ -355,6 +367,8 @@ func (s *Sandbox) destroyAsync(v *vm) {
 
 // Run runs one call in a fresh VM (from the pool when one is ready).
 func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, error) {
+	t0 := time.Now()
+	defer func() { s.runUS.Add(time.Since(t0).Microseconds()) }()
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -397,6 +411,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	defer cancel()
 	stop := context.AfterFunc(hard, func() { v.m.Kill() })
 	defer stop()
+	t0 := time.Now()
 	if err := guest.WriteFrame(v.conn, guest.TypeRequest, req); err != nil {
 		if hard.Err() != nil {
 			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM killed at the deadline")
@@ -411,8 +426,17 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 		}
 		return sandbox.Outcome{}, fmt.Errorf("%s: read response: %w", backend, err)
 	}
+	exch := time.Since(t0)
 	out := sandbox.Outcome{ExitCode: resp.ExitCode, Stderr: resp.Stderr, Backend: backend}
 	s.toolMS.Add(resp.RunMS)
+	s.exchangeUS.Add(exch.Microseconds())
+	if sp := resp.Spans; sp != nil {
+		g := sp.RecvUS + sp.DecodeUS + sp.PrepUS + sp.RunUS + sp.CollectUS
+		s.guestUS.Add(g)
+		s.recvUS.Add(sp.RecvUS)
+		s.log.Debug("call spans", "vm", v.kind, "exchange_us", exch.Microseconds(), "guest_us", g,
+			"recv_us", sp.RecvUS, "decode_us", sp.DecodeUS, "prep_us", sp.PrepUS, "run_us", sp.RunUS, "collect_us", sp.CollectUS)
+	}
 	switch {
 	case resp.Error != "":
 		return out, fmt.Errorf("%s: guest agent: %s", backend, resp.Error)
@@ -497,7 +521,8 @@ func buildRequest(call sandbox.Call) (guest.Request, error) {
 
 // Stats says how many VMs were started cold, restored and taken from the pool.
 func (s *Sandbox) Stats() Stats {
-	return Stats{Cold: s.cold.Load(), Restored: s.restored.Load(), Pooled: s.pooled.Load(), ToolMS: s.toolMS.Load()}
+	return Stats{Cold: s.cold.Load(), Restored: s.restored.Load(), Pooled: s.pooled.Load(), ToolMS: s.toolMS.Load(),
+		RunUS: s.runUS.Load(), ExchangeUS: s.exchangeUS.Load(), GuestUS: s.guestUS.Load(), RecvUS: s.recvUS.Load()}
 }
 
 // RunDir is this sandbox's private run directory (removed by Close).

@@ -120,7 +120,11 @@ func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
 	opts.DataDir = testDataDir
 	opts.ExtraCmdline = os.Getenv("AXO_VM_CMDLINE")
 	opts.RunDir = runRoot
-	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if os.Getenv("AXO_VM_LOG") == "debug" {
+		level = slog.LevelDebug // per-call spans
+	}
+	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if debugSink {
 		opts.Debug = os.Stderr
 	}
@@ -359,6 +363,48 @@ func TestPoolFromSnapshotClonesDiffer(t *testing.T) {
 	}
 	if ps := s.PoolStats(); len(ps) != 1 || ps[0].Size != 1 {
 		t.Errorf("PoolStats = %+v", ps)
+	}
+}
+
+const shPristine = `#!/bin/sh
+pre=absent; [ -e /axocoatl/output.json ] && pre=present
+files=$(ls -A /axocoatl/tool | tr '\n' ' ')
+top=$(ls -A /axocoatl | tr '\n' ' ')
+printf '{"pre":"%s","files":"%s","top":"%s","host":"%s"}' "$pre" "$files" "$top" "$(hostname)" > /axocoatl/output.json
+`
+
+// A pooled VM rehearsed a throw-away call before it waited (guest.Hello.Rehearse): the real call
+// must find no trace of it, and the agent must report where its time went.
+func TestPooledCallAfterRehearsalIsPristine(t *testing.T) {
+	s := newSandbox(t, microvm.Options{PoolSize: 1, Snapshots: true})
+	dir, entry := tool(t, "probe.sh", shPristine, 0o644)
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			waitPool(t, s, 1)
+		}
+		id := fmt.Sprintf("pristine-%d", i)
+		before := s.Stats()
+		o, err := s.Run(context.Background(), call(id, isolation.RequireShell, dir, entry, `{}`, 20*time.Second))
+		if err != nil {
+			t.Fatalf("Run %d: %v", i, err)
+		}
+		var res map[string]string
+		if err := json.Unmarshal(o.Output, &res); err != nil {
+			t.Fatalf("output %q: %v (stderr %s)", o.Output, err, o.Stderr)
+		}
+		want := map[string]string{"pre": "absent", "files": "probe.sh ", "top": "input.json tool ", "host": id}
+		for k, w := range want {
+			if res[k] != w {
+				t.Errorf("call %d: %s = %q, want %q (output %v)", i, k, res[k], w, res)
+			}
+		}
+		after := s.Stats()
+		if after.GuestUS <= before.GuestUS || after.ExchangeUS <= before.ExchangeUS {
+			t.Errorf("call %d: spans not reported: before %+v after %+v", i, before, after)
+		}
+	}
+	if st := s.Stats(); st.Pooled < 1 {
+		t.Errorf("stats %+v: want a pooled call", st)
 	}
 }
 
