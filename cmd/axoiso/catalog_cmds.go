@@ -29,10 +29,7 @@ func runTiers(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	sbs, err := assemble.Sandboxes(cfg, log)
-	if err != nil {
-		return err
-	}
+	sbs := assemble.Sandboxes(cfg, log)
 	statuses := make([]executor.TierStatus, 0, len(isolation.Tiers))
 	for _, t := range isolation.Tiers {
 		st := executor.TierStatus{Tier: t, Availability: isolation.Availability{Reason: "disabled in the config or not built into this binary", Fix: "remove it from disable_tiers"}}

@@ -189,13 +189,9 @@ func New(c Config, log *slog.Logger) (*executor.Executor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (set --tools, %s or tools_root in the config)", err, EnvTools)
 	}
-	sbs, err := Sandboxes(c, log)
-	if err != nil {
-		return nil, err
-	}
 	return executor.New(executor.Config{
 		Catalog:        cat,
-		Sandboxes:      sbs,
+		Sandboxes:      Sandboxes(c, log),
 		Strict:         c.Strict,
 		MaxOutputBytes: c.MaxOutputBytes,
 		DefaultTimeout: time.Duration(c.DefaultTimeout),
@@ -204,8 +200,9 @@ func New(c Config, log *slog.Logger) (*executor.Executor, error) {
 	})
 }
 
-// Sandboxes builds one sandbox per tier that is not disabled. The caller closes them.
-func Sandboxes(c Config, log *slog.Logger) ([]sandbox.Sandbox, error) {
+// Sandboxes returns one sandbox per tier that is not disabled; the isolating tiers are set up on
+// first use. The caller closes them.
+func Sandboxes(c Config, log *slog.Logger) []sandbox.Sandbox {
 	c = c.WithDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -224,16 +221,9 @@ func Sandboxes(c Config, log *slog.Logger) ([]sandbox.Sandbox, error) {
 	}
 	add(native.NewWithBuiltins())
 	for _, b := range tierBuilders {
-		s, err := b.build(c, log)
-		if err != nil {
-			// A tier that cannot even be set up on this host is unavailable, with the reason; the
-			// other tiers still serve.
-			log.Debug("tier not set up", "error", err)
-			s = brokenTier{tier: b.tier, err: err}
-		}
-		add(s)
+		add(&lazyTier{tier: b.tier, build: func() (sandbox.Sandbox, error) { return b.build(c, log) }, log: log})
 	}
-	return sbs, nil
+	return sbs
 }
 
 // tierBuilders construct the isolating tiers; each tier's file adds itself.
