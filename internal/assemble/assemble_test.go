@@ -1,0 +1,67 @@
+package assemble
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+func TestTiersAreSetUpOnFirstUse(t *testing.T) {
+	c := Config{ToolsRoot: t.TempDir(), CacheDir: t.TempDir(), DataDir: t.TempDir()}
+	c.Oci.StateRoot = t.TempDir()
+	c.VM.RunDir = t.TempDir()
+	sbs := Sandboxes(c, nil)
+	if len(sbs) != 4 {
+		t.Fatalf("%d sandboxes, want one per tier", len(sbs))
+	}
+	lazy := map[isolation.Tier]*lazyTier{}
+	for _, s := range sbs {
+		if l, ok := s.(*lazyTier); ok {
+			lazy[l.tier] = l
+		}
+	}
+	for _, tier := range []isolation.Tier{isolation.TierWasm, isolation.TierOCI, isolation.TierMicroVM} {
+		if lazy[tier] == nil || lazy[tier].built() != nil {
+			t.Fatalf("tier %s is not lazy or was built before use", tier)
+		}
+	}
+	if a := lazy[isolation.TierWasm].Probe(context.Background()); !a.Available {
+		t.Fatalf("Wasmtime: %+v", a)
+	}
+	if lazy[isolation.TierWasm].built() == nil || lazy[isolation.TierOCI].built() != nil || lazy[isolation.TierMicroVM].built() != nil {
+		t.Fatal("probing Wasmtime built other tiers, or not Wasmtime itself")
+	}
+	if ps := lazy[isolation.TierOCI].PoolStats(); ps != nil || lazy[isolation.TierOCI].built() != nil {
+		t.Fatal("reading pool stats built the Oci tier")
+	}
+	for _, s := range sbs {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+	}
+	// A tier first used after Close is unavailable, not set up.
+	if a := lazy[isolation.TierOCI].Probe(context.Background()); a.Available {
+		t.Fatalf("Oci after Close: %+v", a)
+	}
+	_, err := lazy[isolation.TierOCI].Run(context.Background(), sandboxCall())
+	if !errors.Is(err, isolation.ErrTierUnavailable) {
+		t.Fatalf("Run after Close: %v", err)
+	}
+}
+
+func TestDisabledTiersAreLeftOut(t *testing.T) {
+	c := Config{ToolsRoot: t.TempDir(), DisableTiers: []string{"Oci", "Firecracker"}}
+	for _, s := range Sandboxes(c, nil) {
+		if s.Tier() == isolation.TierOCI || s.Tier() == isolation.TierMicroVM {
+			t.Fatalf("disabled tier %s is present", s.Tier())
+		}
+	}
+}
+
+func sandboxCall() sandbox.Call { return sandbox.Call{Tool: "x", Dir: "/nonexistent"} }
