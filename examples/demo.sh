@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 mkdir -p bin
-go build -o bin/axoiso ./cmd/axoiso
+# The Oci tier's seccomp profile needs libseccomp-dev; the Wasm demo does not.
+tags=""
+if pkg-config --exists libseccomp 2>/dev/null; then tags="-tags seccomp"; fi
+go build $tags -o bin/ ./cmd/axoiso ./cmd/axoiso-guest
 go run ./examples/build examples/tools 2>/dev/null
 echo "\$ axoiso run --tools examples/tools --input '{\"name\":\"world\"}' hello-wasm"
 bin/axoiso run --tools examples/tools --input '{"name":"world"}' hello-wasm
