@@ -38,7 +38,7 @@ const (
 var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 func run() {
-	if err := setup(); err != nil {
+	if err := mountAll(earlyMounts); err != nil {
 		logger.Error("setup", "err", err)
 	}
 	args := cmdline()
@@ -48,6 +48,15 @@ func run() {
 				logger.Error("module", "name", m, "err", err)
 			}
 		}
+	}
+	if dev := args["axocoatl.root"]; dev != "" {
+		if err := switchRoot(dev); err != nil {
+			logger.Error("root drive", "dev", dev, "err", err)
+			powerOff()
+		}
+	}
+	if err := mountAll(lateMounts); err != nil {
+		logger.Error("setup", "err", err)
 	}
 	ch := args["axocoatl.chan"]
 	if ch == "" {
@@ -59,21 +68,70 @@ func run() {
 	powerOff()
 }
 
-func setup() error {
-	var errs []error
-	for _, m := range []struct{ src, dst, typ, data string }{
+type mountSpec struct{ src, dst, typ, data string }
+
+var (
+	// earlyMounts are needed to load modules and find the root drive; switchRoot moves them.
+	earlyMounts = []mountSpec{
 		{"proc", "/proc", "proc", ""},
 		{"sysfs", "/sys", "sysfs", ""},
 		{"devtmpfs", "/dev", "devtmpfs", ""},
+	}
+	lateMounts = []mountSpec{
 		{"tmpfs", "/tmp", "tmpfs", "mode=1777,size=50%"},
 		{"tmpfs", "/axocoatl", "tmpfs", "mode=1777,size=50%"},
-	} {
+	}
+)
+
+func mountAll(ms []mountSpec) error {
+	var errs []error
+	for _, m := range ms {
 		_ = os.MkdirAll(m.dst, 0o755)
 		if err := unix.Mount(m.src, m.dst, m.typ, unix.MS_NOSUID, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, fmt.Errorf("mount %s: %w", m.dst, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// switchRoot mounts the read-only ext4 drive /dev/<dev> and makes it the root, as switch_root
+// does from an initramfs: the early mounts move along; the initramfs stays (it holds only the
+// agent, which keeps running from memory).
+func switchRoot(dev string) error {
+	if dev == "" || strings.ContainsAny(dev, "/.") {
+		return fmt.Errorf("bad root device %q", dev)
+	}
+	const newRoot = "/newroot"
+	src := "/dev/" + dev
+	// The block device node appears once virtio_blk has probed the drive.
+	var err error
+	for i := 0; i < 2000; i++ {
+		if err = unix.Mount(src, newRoot, "ext4", unix.MS_RDONLY|unix.MS_NODEV, ""); err == nil {
+			break
+		}
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENXIO) && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("mount %s: %w", src, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", src, err)
+	}
+	for _, m := range earlyMounts {
+		if err := unix.Mount(m.dst, newRoot+m.dst, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("move %s: %w", m.dst, err)
+		}
+	}
+	if err := unix.Chdir(newRoot); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return err
+	}
+	return unix.Chdir("/")
 }
 
 func cmdline() map[string]string {

@@ -122,6 +122,10 @@ func BenchmarkColdCall(b *testing.B) {
 	for _, bt := range []benchTool{benchShell, benchPython} {
 		b.Run(bt.name, func(b *testing.B) { benchCalls(b, bt, microvm.Options{}, nil) })
 	}
+	// The whole root unpacked from the initramfs (what an image without a root drive boots).
+	b.Run("shell-initramfs-root", func(b *testing.B) {
+		benchCalls(b, benchShell, microvm.Options{RootInInitramfs: true}, nil)
+	})
 }
 
 func BenchmarkRestoreCall(b *testing.B) {

@@ -70,9 +70,10 @@ type BootSpec struct {
 	// backends boot it (Firecracker: boot-source initrd_path); the kernel needs no module to
 	// mount it.
 	Initrd string
-	// RootDrive is an optional read-only ext4 image of the same guest root, attached as an extra
-	// read-only drive when set ("" by default; the Debian kernel has virtio_blk as a module, so
-	// it cannot be the root without the initramfs).
+	// RootDrive is an optional read-only ext4 image of the guest root, attached as the first
+	// (virtio) drive when set. The Debian kernel has virtio_blk as a module, so the kernel cannot
+	// mount it itself: Initrd is then the small boot initramfs whose agent loads the module and
+	// switches to the drive (see CmdlineRoot).
 	RootDrive string
 	// Cmdline is the kernel command line the Sandbox wants (agent options such as
 	// "axocoatl.chan=..."); the driver appends its console and device arguments.
@@ -109,6 +110,9 @@ const (
 	// CmdlineModules is a comma-separated, ordered list of kernel modules the agent loads from
 	// /lib/modules/axocoatl/<name>.ko before it opens the channel.
 	CmdlineModules = "axocoatl.modules"
+	// CmdlineRoot names the block device (e.g. "vda") holding the read-only ext4 guest root the
+	// agent mounts and switches to before it opens its channel (after loading the modules).
+	CmdlineRoot = "axocoatl.root"
 )
 
 // BaseCmdline is the kernel command line measured to boot fastest and reliably under QEMU TCG

@@ -61,6 +61,11 @@ type Options struct {
 	// Snapshots takes one snapshot per shape at READY and starts later VMs (pool refills and
 	// unpooled calls) by restoring it, when the driver is a Snapshotter.
 	Snapshots bool
+	// RootInInitramfs boots the whole guest root as the initramfs even when the image has a
+	// root drive (vmimage.Image.BootInitrd and Ext4). By default such an image boots its small
+	// initramfs and mounts the ext4 image read-only as the root: measured under TCG, ~0.2 s less
+	// CPU per cold boot (no 35 MB to unpack), a snapshot and an idle VM ~70 MB smaller.
+	RootInInitramfs bool
 	// ExtraCmdline is appended to the guest kernel command line (tuning; a later parameter
 	// overrides an earlier one).
 	ExtraCmdline string
@@ -240,11 +245,30 @@ func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) 
 	if s.opts.ExtraCmdline != "" {
 		cmd += " " + s.opts.ExtraCmdline
 	}
-	if strings.HasPrefix(d.GuestChannel(), "vsock:") && len(img.Modules) > 0 {
-		cmd += " " + CmdlineModules + "=" + strings.Join(img.Modules, ",")
+	initrd, root := img.Initrd, ""
+	var mods []string
+	if s.driveRoot(img) {
+		initrd, root = img.BootInitrd, img.Ext4
+		cmd += " " + CmdlineRoot + "=vda"
+		for _, m := range img.Modules {
+			if strings.HasPrefix(m, "virtio") && m != "virtio_console" {
+				mods = append(mods, m) // virtio_ring, virtio, virtio_mmio, virtio_blk
+			}
+		}
 	}
-	return BootSpec{ID: id, RunDir: dir, Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: cmd,
+	if strings.HasPrefix(d.GuestChannel(), "vsock:") {
+		mods = img.Modules
+	}
+	if len(mods) > 0 {
+		cmd += " " + CmdlineModules + "=" + strings.Join(mods, ",")
+	}
+	return BootSpec{ID: id, RunDir: dir, Kernel: img.Kernel, Initrd: initrd, RootDrive: root, Cmdline: cmd,
 		VCPUs: sh.vcpus, MemoryMB: sh.memMB, Stderr: s.opts.Debug}, nil
+}
+
+// driveRoot says whether VMs boot the small initramfs and mount the root from the ext4 drive.
+func (s *Sandbox) driveRoot(img vmimage.Image) bool {
+	return !s.opts.RootInInitramfs && img.BootInitrd != "" && img.Ext4 != ""
 }
 
 // start boots (or restores) a VM of shape sh and waits for its READY.

@@ -82,7 +82,9 @@ func prepare() string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
-	image, err = vmimage.Prepare(ctx, vmimage.Config{DataDir: testDataDir, Agent: agent})
+	// With mkfs.ext4 (e2fsprogs) the image has a root drive, which VMs boot by default.
+	_, noExt4 := exec.LookPath("mkfs.ext4")
+	image, err = vmimage.Prepare(ctx, vmimage.Config{DataDir: testDataDir, Agent: agent, Ext4: noExt4 == nil})
 	if err != nil {
 		return "vm prepare failed (no apt mirror?): " + err.Error()
 	}
@@ -363,6 +365,45 @@ func TestPoolFromSnapshotClonesDiffer(t *testing.T) {
 	}
 	if ps := s.PoolStats(); len(ps) != 1 || ps[0].Size != 1 {
 		t.Errorf("PoolStats = %+v", ps)
+	}
+}
+
+const shRootFS = `#!/bin/sh
+t=$(awk '$2=="/"{t=$3} END{print t}' /proc/mounts)
+printf '{"rootfs":"%s"}' "$t" > /axocoatl/output.json
+`
+
+// An image with a root drive boots from it by default (the agent switches to the ext4 drive);
+// RootInInitramfs keeps the whole-root initramfs path working (what Firecracker images without a
+// drive boot).
+func TestRootDriveAndInitramfsRoot(t *testing.T) {
+	cases := []struct {
+		name string
+		opts microvm.Options
+		want string
+	}{
+		{"drive", microvm.Options{}, "ext4"},
+		{"initramfs", microvm.Options{RootInInitramfs: true}, "rootfs"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.want == "ext4" && image.Ext4 == "" {
+				t.Skip("the image has no root drive (mkfs.ext4 missing: apt-get install e2fsprogs)")
+			}
+			s := newSandbox(t, tc.opts)
+			dir, entry := tool(t, "root.sh", shRootFS, 0o644)
+			o, err := s.Run(context.Background(), call("root-"+tc.name, isolation.RequireShell, dir, entry, `{}`, 20*time.Second))
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			var res map[string]string
+			if err := json.Unmarshal(o.Output, &res); err != nil {
+				t.Fatalf("output %q: %v (stderr %s)", o.Output, err, o.Stderr)
+			}
+			if res["rootfs"] != tc.want {
+				t.Errorf("the guest's / is %q, want %q", res["rootfs"], tc.want)
+			}
+		})
 	}
 }
 

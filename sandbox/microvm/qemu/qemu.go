@@ -90,7 +90,7 @@ func (d *Driver) args(spec microvm.BootSpec, chanSock, qmpSock string) []string 
 	if !d.KVM {
 		cmdline += tcgCmdline()
 	}
-	return []string{
+	args := []string{
 		"-name", spec.ID,
 		// rtc=on: without a CMOS clock the kernel spins ~1 s (TCG) waiting for its update-in-progress
 		// bit, once at time_init and again probing rtc_cmos. (acpi=off would save ~250 ms of TCG
@@ -106,6 +106,13 @@ func (d *Driver) args(spec microvm.BootSpec, chanSock, qmpSock string) []string 
 		"-chardev", "socket,id=qmp,path=" + qmpSock,
 		"-mon", "chardev=qmp,mode=control",
 	}
+	if spec.RootDrive != "" {
+		// A virtio-mmio disk: the guest sees it as /dev/vda once virtio_blk is loaded.
+		args = append(args,
+			"-drive", "id=root,file="+spec.RootDrive+",format=raw,if=none,readonly=on",
+			"-device", "virtio-blk-device,drive=root")
+	}
+	return args
 }
 
 // tcgCmdline returns kernel arguments that make guest time match the host's under TCG, where
@@ -167,7 +174,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming stri
 	if spec.Initrd == "" {
 		return nil, errors.New("qemu: the microvm backend boots an initramfs; BootSpec.Initrd is empty")
 	}
-	if strings.ContainsAny(spec.RunDir+spec.Kernel+spec.Initrd+incoming, ",\n") {
+	if strings.ContainsAny(spec.RunDir+spec.Kernel+spec.Initrd+spec.RootDrive+incoming, ",\n") {
 		return nil, fmt.Errorf("qemu: a path contains ',' or a newline")
 	}
 	m := &Machine{done: make(chan struct{}), runDir: spec.RunDir}
