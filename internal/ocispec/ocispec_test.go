@@ -153,3 +153,24 @@ func TestRootlessOptions(t *testing.T) {
 		})
 	}
 }
+
+func TestNativeArches(t *testing.T) {
+	for _, tc := range []struct {
+		goarch    string
+		want      []specs.Arch
+		forbidden specs.Arch
+	}{
+		{"amd64", []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32}, specs.ArchAARCH64},
+		{"arm64", []specs.Arch{specs.ArchAARCH64, specs.ArchARM}, specs.ArchX86_64},
+		{"386", []specs.Arch{specs.ArchX86}, specs.ArchX86_64},
+		{"riscv64", nil, specs.ArchX86_64},
+	} {
+		got := nativeArches(tc.goarch)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("nativeArches(%s) = %v, want %v", tc.goarch, got, tc.want)
+		}
+		if slices.Contains(got, tc.forbidden) {
+			t.Errorf("nativeArches(%s) lists the foreign ABI %s", tc.goarch, tc.forbidden)
+		}
+	}
+}

@@ -1,6 +1,10 @@
 package ocispec
 
-import specs "github.com/opencontainers/runtime-spec/specs-go"
+import (
+	"runtime"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
 
 // deniedSyscalls fail with EPERM. With every capability dropped and no_new_privs set most of them
 // already fail; the filter is defence in depth against kernel attack surface an unprivileged
@@ -35,7 +39,27 @@ func DefaultSeccomp() *specs.LinuxSeccomp {
 	rules = append(rules, specs.LinuxSyscall{Names: []string{"clone3"}, Action: specs.ActErrno, ErrnoRet: &enosys})
 	return &specs.LinuxSeccomp{
 		DefaultAction: specs.ActAllow,
-		Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32, specs.ArchAARCH64, specs.ArchARM},
+		Architectures: nativeArches(runtime.GOARCH),
 		Syscalls:      rules,
 	}
+}
+
+// nativeArches are the syscall ABIs a process on a host of this Go architecture can use: its own
+// plus the compat ones the kernel also accepts (x86 and x32 on amd64, arm on arm64). A syscall made
+// through any other ABI hits libseccomp's bad-architecture action (kill) anyway, so listing
+// foreign ABIs adds nothing but filter code that the init compiles, patches and loads per
+// container (each ABI roughly doubles that work, ~0.3 ms per container here).
+func nativeArches(goarch string) []specs.Arch {
+	switch goarch {
+	case "amd64":
+		return []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32}
+	case "arm64":
+		return []specs.Arch{specs.ArchAARCH64, specs.ArchARM}
+	case "386":
+		return []specs.Arch{specs.ArchX86}
+	case "arm":
+		return []specs.Arch{specs.ArchARM}
+	}
+	// Other hosts: the architecture libseccomp detects as native (an empty list).
+	return nil
 }

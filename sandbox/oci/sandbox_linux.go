@@ -36,9 +36,13 @@ type Sandbox struct {
 	lock     *os.File                // shared flock on StateRoot/.lock; nil when broken
 	broken   *isolation.Availability // why the state root is unusable; nil when it is usable
 
-	mu     sync.Mutex // protects pools and closed
+	mu     sync.Mutex // protects pools and closed, and orders teardown.Add before Close's Wait
 	pools  map[string]*pool
 	closed bool
+
+	// teardown counts cold-call containers being destroyed after their call returned; Close
+	// waits for it. Add only under mu while !closed.
+	teardown sync.WaitGroup
 }
 
 var (
@@ -230,15 +234,33 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 		}
 	}()
 	out, err = s.execute(ctx, c, call)
-	// With a pool, the used container goes to its filler, which destroys it and creates the
-	// replacement after the call returns; without one it is destroyed before returning so a
-	// caller sees nothing left behind.
+	// The call's outcome is complete once the process exited and output.json was read: tearing
+	// the container down (cgroups, state, I/O dir) happens after Run returns. With a pool, the
+	// used container goes to its filler, which also creates the replacement; without one it is
+	// destroyed on a goroutine of its own that Close waits for.
 	if p != nil {
 		p.retire(c)
 	} else {
-		s.release(c)
+		s.releaseAsync(c)
 	}
 	return out, err
+}
+
+// releaseAsync destroys c on another goroutine; once Close has begun, on this one (Close must not
+// return before c is gone).
+func (s *Sandbox) releaseAsync(c *ctr) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.release(c)
+		return
+	}
+	s.teardown.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.teardown.Done()
+		s.release(c)
+	}()
 }
 
 // ctr is one container created for one call, with its I/O dir.
@@ -601,8 +623,8 @@ func unescapeMount(s string) string {
 
 func sleepBrief() { time.Sleep(5 * time.Millisecond) }
 
-// Close tears down every pool, waits for background destroys and releases the state root.
-// Idempotent.
+// Close tears down every pool, waits for background destroys (pooled and cold-call containers)
+// and releases the state root: when it returns, nothing of any container remains. Idempotent.
 func (s *Sandbox) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -616,6 +638,7 @@ func (s *Sandbox) Close() error {
 	for _, p := range pools {
 		p.close()
 	}
+	s.teardown.Wait()
 	if !s.cfg.UseSystemd && s.cgroupLimits() {
 		for _, d := range cgroupDirs("/" + s.cfg.CgroupParent) {
 			_ = syscall.Rmdir(d) // only when empty: other sandboxes may share the parent
