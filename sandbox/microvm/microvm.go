@@ -27,7 +27,9 @@ const (
 	DefaultMemoryMB = 256
 	// MinMemoryMB: the kernel reserves ~45 MB plus the initramfs (~35 MB) and then needs as much
 	// again to unpack it; at 128 MB the unpacking fails for want of memory and the root lacks files.
-	MinMemoryMB   = 192
+	MinMemoryMB = 192
+	// MinMemoryMBDriveRoot is the floor when VMs boot from the root drive (nothing to unpack).
+	MinMemoryMBDriveRoot = 128
 	DefaultRunDir = "/run/axocoatl/vm"
 	// MaxToolBytes bounds the tool folder sent over the channel.
 	MaxToolBytes = 8 << 20
@@ -229,8 +231,12 @@ func (s *Sandbox) shapeOf(l sandbox.Limits) shape {
 	if mem <= 0 {
 		mem = DefaultMemoryMB
 	}
-	if mem < MinMemoryMB {
-		mem = MinMemoryMB
+	min := MinMemoryMB
+	if _, img, a := s.backend(context.Background()); a.Available && s.driveRoot(img) {
+		min = MinMemoryMBDriveRoot
+	}
+	if mem < min {
+		mem = min
 	}
 	return shape{vcpus: s.opts.VCPUs, memMB: mem}
 }

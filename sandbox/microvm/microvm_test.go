@@ -370,7 +370,8 @@ func TestPoolFromSnapshotClonesDiffer(t *testing.T) {
 
 const shRootFS = `#!/bin/sh
 t=$(awk '$2=="/"{t=$3} END{print t}' /proc/mounts)
-printf '{"rootfs":"%s"}' "$t" > /axocoatl/output.json
+m=$(awk '$1=="MemTotal:"{print int($2/1024)}' /proc/meminfo)
+printf '{"rootfs":"%s","mem_mb":%s}' "$t" "$m" > /axocoatl/output.json
 `
 
 // An image with a root drive boots from it by default (the agent switches to the ext4 drive);
@@ -378,30 +379,40 @@ printf '{"rootfs":"%s"}' "$t" > /axocoatl/output.json
 // drive boot).
 func TestRootDriveAndInitramfsRoot(t *testing.T) {
 	cases := []struct {
-		name string
-		opts microvm.Options
-		want string
+		name   string
+		opts   microvm.Options
+		memMB  int
+		want   string
+		maxMem int // the guest's MemTotal must be at most this (MiB): the shape's floor applied
 	}{
-		{"drive", microvm.Options{}, "ext4"},
-		{"initramfs", microvm.Options{RootInInitramfs: true}, "rootfs"},
+		{"drive-128mb", microvm.Options{}, 128, "ext4", 128},
+		{"initramfs", microvm.Options{RootInInitramfs: true}, 128, "rootfs", microvm.MinMemoryMB},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.want == "ext4" && image.Ext4 == "" {
+			if tc.want == "ext4" && (image.Ext4 == "" || image.BootInitrd == "") {
 				t.Skip("the image has no root drive (mkfs.ext4 missing: apt-get install e2fsprogs)")
 			}
 			s := newSandbox(t, tc.opts)
 			dir, entry := tool(t, "root.sh", shRootFS, 0o644)
-			o, err := s.Run(context.Background(), call("root-"+tc.name, isolation.RequireShell, dir, entry, `{}`, 20*time.Second))
+			c := call("root-"+tc.name, isolation.RequireShell, dir, entry, `{}`, 20*time.Second)
+			c.Limits.MemoryMB = tc.memMB
+			o, err := s.Run(context.Background(), c)
 			if err != nil {
 				t.Fatalf("Run: %v", err)
 			}
-			var res map[string]string
+			var res struct {
+				RootFS string `json:"rootfs"`
+				MemMB  int    `json:"mem_mb"`
+			}
 			if err := json.Unmarshal(o.Output, &res); err != nil {
 				t.Fatalf("output %q: %v (stderr %s)", o.Output, err, o.Stderr)
 			}
-			if res["rootfs"] != tc.want {
-				t.Errorf("the guest's / is %q, want %q", res["rootfs"], tc.want)
+			if res.RootFS != tc.want {
+				t.Errorf("the guest's / is %q, want %q", res.RootFS, tc.want)
+			}
+			if res.MemMB <= tc.maxMem/2 || res.MemMB > tc.maxMem {
+				t.Errorf("the guest has %d MiB, want at most %d (and more than half)", res.MemMB, tc.maxMem)
 			}
 		})
 	}
