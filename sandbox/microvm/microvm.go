@@ -30,7 +30,7 @@ const (
 	MinMemoryMB = 192
 	// MinMemoryMBDriveRoot is the floor when VMs boot from the root drive (nothing to unpack).
 	MinMemoryMBDriveRoot = 128
-	DefaultRunDir = "/run/axocoatl/vm"
+	DefaultRunDir        = "/run/axocoatl/vm"
 	// MaxToolBytes bounds the tool folder sent over the channel.
 	MaxToolBytes = 8 << 20
 	// bootTimeout bounds a boot or restore to READY.
