@@ -31,8 +31,10 @@
 //   - the bundle's rootfs must have /proc, /dev, /sys, /tmp and /axocoatl directories, or be
 //     writable by the user so the sandbox can create them (it is when the user built the bundle).
 //
-// Speed: a warm-pool call writes input.json (one write to a file held open since the container
-// was created), starts the pre-created container, waits on the calling goroutine and reads
+// Speed: a cold call returns as soon as its process exited and output.json was read; the
+// container's teardown (cgroups, libcontainer state, I/O dir) finishes on a background goroutine,
+// and Close waits for every such teardown, so nothing remains once Close returns. A warm-pool
+// call writes input.json (one write to a file held open since the container was created), starts the pre-created container, waits on the calling goroutine and reads
 // output.json; destroying the used container and creating its replacement happen after the call
 // returns, on the pool's filler goroutine (up to GOMAXPROCS, at most 4, creations at once), so
 // they do not compete with the call. A stream of back-to-back calls faster than containers can
