@@ -291,57 +291,30 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 	if su, ok := sb.(sandbox.Setupper); ok {
 		// Compiling is our cost, not the tool's: it happens before the tool's clock starts.
 		if err := su.Setup(ctx, call); err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("tool %q: %w", name, ctx.Err())
-			}
-			var ie *isolation.Error
-			if errors.As(err, &ie) {
-				ie.Tool, ie.Tier, ie.HasTier = name, sel.Tier, true
-				return nil, ie
-			}
-			return nil, fmt.Errorf("tool %q in tier %s: setup: %w", name, sel.Tier, err)
+			return nil, sandboxError(ctx, ctx, err, name, sel.Tier, timeout)
 		}
 	}
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out, err := sb.Run(runCtx, call)
 	if err != nil {
-		var ie *isolation.Error
-		switch {
-		case errors.As(err, &ie):
-			ie.Tool, ie.Tier, ie.HasTier = name, sel.Tier, true
-			if ie.Kind == isolation.ErrTimeout && ie.Message == "" {
-				ie.Message = fmt.Sprintf("stopped after %s", timeout)
-			}
-			return nil, ie
-		case errors.Is(err, isolation.ErrTimeout) || (errors.Is(err, context.DeadlineExceeded) && runCtx.Err() != nil && ctx.Err() == nil):
-			return nil, &isolation.Error{Kind: isolation.ErrTimeout, Tool: name, Tier: sel.Tier, HasTier: true, Message: fmt.Sprintf("stopped after %s", timeout), Err: err}
-		case ctx.Err() != nil:
-			return nil, fmt.Errorf("tool %q: %w", name, ctx.Err())
-		default:
-			for _, k := range isolation.Kinds {
-				if errors.Is(err, k) {
-					return nil, &isolation.Error{Kind: k, Tool: name, Tier: sel.Tier, HasTier: true, Err: err}
-				}
-			}
-			return nil, fmt.Errorf("tool %q in tier %s: %w", name, sel.Tier, err)
-		}
+		return nil, sandboxError(ctx, runCtx, err, name, sel.Tier, timeout)
 	}
 	switch {
 	case out.ExitCode != 0:
-		e := fail(isolation.ErrToolFailed, "exited with code %d", out.ExitCode)
-		e.ExitCode, e.Stderr = out.ExitCode, out.Stderr
-		return nil, e
+		fe := fail(isolation.ErrToolFailed, "exited with code %d", out.ExitCode)
+		fe.ExitCode, fe.Stderr = out.ExitCode, out.Stderr
+		return nil, fe
 	case out.Output == nil:
-		e := fail(isolation.ErrOutputMissing, "the tool exited 0 without writing %s", sandbox.GuestOutputPath)
-		e.Stderr = out.Stderr
-		return nil, e
+		fe := fail(isolation.ErrOutputMissing, "the tool exited 0 without writing %s", sandbox.GuestOutputPath)
+		fe.Stderr = out.Stderr
+		return nil, fe
 	case int64(len(out.Output)) > e.cfg.MaxOutputBytes:
 		return nil, fail(isolation.ErrOutputTooLarge, "%d bytes, the limit is %d", len(out.Output), e.cfg.MaxOutputBytes)
 	case !json.Valid(out.Output):
-		e := fail(isolation.ErrOutputInvalid, "%s is not valid JSON", sandbox.OutputFile)
-		e.Stderr = out.Stderr
-		return nil, e
+		fe := fail(isolation.ErrOutputInvalid, "%s is not valid JSON", sandbox.OutputFile)
+		fe.Stderr = out.Stderr
+		return nil, fe
 	}
 	return &Result{
 		CallID:   callID,
@@ -353,6 +326,31 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		Backend:  out.Backend,
 		Stderr:   out.Stderr,
 	}, nil
+}
+
+// sandboxError turns what a sandbox's Setup or Run returned into the call's error: an
+// *isolation.Error carrying the tool and tier, ctx's error when the caller gave up, or a wrapped
+// internal error. runCtx is the context the sandbox ran under (with the call's deadline).
+func sandboxError(ctx, runCtx context.Context, err error, name string, tier isolation.Tier, timeout time.Duration) error {
+	var ie *isolation.Error
+	switch {
+	case errors.As(err, &ie):
+		ie.Tool, ie.Tier, ie.HasTier = name, tier, true
+		if ie.Kind == isolation.ErrTimeout && ie.Message == "" {
+			ie.Message = fmt.Sprintf("stopped after %s", timeout)
+		}
+		return ie
+	case errors.Is(err, isolation.ErrTimeout) || (errors.Is(err, context.DeadlineExceeded) && runCtx.Err() != nil && ctx.Err() == nil):
+		return &isolation.Error{Kind: isolation.ErrTimeout, Tool: name, Tier: tier, HasTier: true, Message: fmt.Sprintf("stopped after %s", timeout), Err: err}
+	case ctx.Err() != nil:
+		return fmt.Errorf("tool %q: %w", name, ctx.Err())
+	}
+	for _, k := range isolation.Kinds {
+		if errors.Is(err, k) {
+			return &isolation.Error{Kind: k, Tool: name, Tier: tier, HasTier: true, Err: err}
+		}
+	}
+	return fmt.Errorf("tool %q in tier %s: %w", name, tier, err)
 }
 
 // newCall resolves a tool's limits (tool.json, call options, the executor's caps) into a Call.
