@@ -357,6 +357,15 @@ func (s *Sandbox) snapshot(ctx context.Context, sh shape, d Driver, sn Snapshott
 			return
 		}
 		defer s.destroy(v)
+		if s.driveRoot(img) {
+			// Read from the drive once what a call needs (the agent's path, sh, Python and its
+			// json imports), so that every clone finds it in its page cache instead of reading
+			// it through virtio-blk. Costs ~1 s once and makes the snapshot somewhat larger.
+			if err := s.warm(ctx, v, true); err != nil {
+				e.err = err
+				return
+			}
+		}
 		dir := filepath.Join(s.runDir, "snap-"+sh.String())
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			e.err = err
