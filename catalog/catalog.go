@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -24,16 +23,33 @@ import (
 // ManifestFile is the tool manifest's file name inside a tool folder.
 const ManifestFile = "tool.json"
 
-var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-
 // ValidateName checks a tool name before any path is built from it: ^[a-z0-9][a-z0-9._-]{0,62}$
 // and no "..". The error matches isolation.ErrInvalidToolName.
 func ValidateName(name string) error {
-	if !namePattern.MatchString(name) || strings.Contains(name, "..") {
+	if !validName(name) {
 		return &isolation.Error{Kind: isolation.ErrInvalidToolName,
 			Message: fmt.Sprintf("%q: a tool name is 1–63 characters of a-z, 0-9, '.', '_', '-', starts with a letter or digit, and has no '..' or '/'", truncate(name, 80))}
 	}
 	return nil
+}
+
+// validName matches ^[a-z0-9][a-z0-9._-]{0,62}$ without "..". Hand-written rather than a regexp:
+// it runs on every call, and a package-level regexp would be compiled at every process start,
+// including each container init libcontainer re-executes this binary as.
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > 63 || strings.Contains(name, "..") {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Manifest is tool.json.
