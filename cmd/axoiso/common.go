@@ -4,6 +4,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/internal/assemble"
@@ -32,6 +33,10 @@ func (c *commonFlags) configAndLogger(stderr io.Writer) (assemble.Config, *slog.
 	cfg, err := assemble.LoadConfig(c.config)
 	if err != nil {
 		return cfg, nil, err
+	}
+	// Precedence: flag, environment, config file, default.
+	if v := os.Getenv(assemble.EnvTools); v != "" {
+		cfg.ToolsRoot = v
 	}
 	if c.tools != "" {
 		cfg.ToolsRoot = c.tools

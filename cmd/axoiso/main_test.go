@@ -165,3 +165,30 @@ func TestBenchJSON(t *testing.T) {
 		t.Errorf("p50 %v > p99 %v", p50, p99)
 	}
 }
+
+func TestToolsRootFromEnvAndFlagWins(t *testing.T) {
+	root := toolsRoot(t)
+	t.Setenv("AXOISO_TOOLS", root)
+	list := func(args ...string) string {
+		code, out, errs := axoiso(t, "", append([]string{"tools", "--json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		return out
+	}
+	if out := list(); !strings.Contains(out, `"wasm-thing"`) {
+		t.Errorf("$AXOISO_TOOLS not used: %s", out)
+	}
+	if out := list("--tools", t.TempDir()); strings.Contains(out, `"wasm-thing"`) {
+		t.Errorf("--tools did not win over $AXOISO_TOOLS: %s", out)
+	}
+	cfg := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(cfg, []byte(`{"tools_root":"`+t.TempDir()+`"}`), 0o644)
+	if out := list("--config", cfg); !strings.Contains(out, `"wasm-thing"`) {
+		t.Errorf("the config's tools_root won over $AXOISO_TOOLS: %s", out)
+	}
+	os.WriteFile(cfg, []byte(`{"tools_root":`), 0o644)
+	if code, _, errs := axoiso(t, "", "tools", "--config", cfg); code == 0 || !strings.Contains(errs, "config") {
+		t.Errorf("a broken config file: exit %d, %q", code, errs)
+	}
+}
