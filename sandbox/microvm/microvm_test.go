@@ -24,7 +24,9 @@ import (
 )
 
 // testDataDir caches the prepared guest across test runs (Prepare is idempotent).
-const testDataDir = "/var/cache/axocoatl-test/vm"
+// Not shared with cmd/axoiso's e2e test, which prepares its own dir (concurrently, with other
+// options) when the packages' tests run in parallel.
+const testDataDir = "/var/cache/axocoatl-test/microvm"
 
 var (
 	image     vmimage.Image
