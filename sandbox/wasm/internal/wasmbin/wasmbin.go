@@ -286,24 +286,12 @@ func (r *reader) u32() (uint32, error) {
 }
 
 func (r *reader) s32() (int32, error) {
-	var v int64
-	var shift uint
-	for {
-		c, err := r.byte()
-		if err != nil {
-			return 0, err
-		}
-		v |= int64(c&0x7f) << shift
-		shift += 7
-		if c&0x80 == 0 {
-			if shift < 64 && c&0x40 != 0 {
-				v |= -1 << shift
-			}
-			break
-		}
-		if shift >= 35 {
-			return 0, fmt.Errorf("%w: LEB128 too long", ErrFormat)
-		}
+	v, err := r.s64()
+	if err != nil {
+		return 0, err
+	}
+	if v < -1<<31 || v > 1<<31-1 {
+		return 0, fmt.Errorf("%w: s32 out of range", ErrFormat)
 	}
 	return int32(v), nil
 }
