@@ -49,6 +49,7 @@
 package oci
 
 import (
+	"github.com/axocoatl/isolation/internal/ocispec"
 	"log/slog"
 	"time"
 )
@@ -65,11 +66,11 @@ const (
 	DefaultStateRoot    = "/run/axocoatl/oci"
 	DefaultBundleRoot   = "/var/axocoatl/bundles"
 	DefaultCgroupParent = "axocoatl"
-	DefaultMemoryMB     = 256
-	DefaultPids         = 128
-	DefaultCPUs         = 1.0
-	DefaultNofile       = 1024
-	DefaultTmpSizeMB    = 64
+	DefaultMemoryMB     = ocispec.DefaultMemoryMB
+	DefaultPids         = ocispec.DefaultPids
+	DefaultCPUs         = ocispec.DefaultCPUs
+	DefaultNofile       = ocispec.DefaultNofile
+	DefaultTmpSizeMB    = ocispec.DefaultTmpSizeMB
 	DefaultPoolSize     = 2
 	DefaultPoolIdle     = 5 * time.Minute
 )
