@@ -49,9 +49,10 @@
 package oci
 
 import (
-	"github.com/axocoatl/isolation/internal/ocispec"
 	"log/slog"
 	"time"
+
+	"github.com/axocoatl/isolation/internal/ocispec"
 )
 
 // Backend names.
