@@ -65,6 +65,20 @@ json.dump({"sum": sum(d["numbers"]), "uid": os.getuid()}, open("/axocoatl/output
 	if env.Output["sum"] != 6.5 || env.Output["uid"] == 0 || env.Tier != "Firecracker" || env.Degraded || !strings.HasPrefix(env.Backend, "qemu") {
 		t.Fatalf("envelope = %s", out)
 	}
+	// Without a VMM the same Python tool falls back to a container on the guest root `vm prepare`
+	// built: a reported downgrade that really runs.
+	noVM := configFile(t, map[string]any{"cache_dir": t.TempDir(), "data_dir": vmTestDataDir, "disable_tiers": []string{"Firecracker"},
+		"oci": map[string]any{"state_root": t.TempDir(), "pool_size": -1}})
+	code, out, errs = axoiso(t, "", "run", "--json", "--tools", root, "--config", noVM, "--input", `{"numbers":[2,2]}`, "py-sum")
+	if code == 0 {
+		env.Output, env.Tier, env.Degraded = nil, "", false
+		if err := json.Unmarshal([]byte(out), &env); err != nil || env.Output["sum"] != 4 || env.Output["uid"] == 0 || env.Tier != "Oci" || !env.Degraded {
+			t.Errorf("fallback envelope = %s (%v)", out, err)
+		}
+	} else if !strings.Contains(errs, "Oci unavailable") {
+		t.Errorf("fallback to Oci: exit %d: %s", code, errs)
+	}
+
 	// Nothing of the call outlives it: no VMM process, no socket or run dir.
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
