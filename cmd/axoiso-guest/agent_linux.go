@@ -154,10 +154,27 @@ func loadModule(name string) error {
 		return err
 	}
 	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.FinitModule(int(f.Fd()), moduleParams(name), 0); err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
 	}
 	return nil
+}
+
+// moduleParams returns the "<name>.<param>=<value>" arguments of the kernel command line as
+// module parameters ("param=value ..."), as modprobe does: the kernel applies them only to
+// built-in code. QEMU's microvm without ACPI lists its virtio-mmio devices this way
+// (virtio_mmio.device=512@0xfeb00e00:12).
+func moduleParams(name string) string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	norm := func(s string) string { return strings.ReplaceAll(s, "-", "_") }
+	var ps []string
+	for _, f := range strings.Fields(string(b)) {
+		k, _, _ := strings.Cut(f, "=")
+		if mod, p, ok := strings.Cut(k, "."); ok && p != "" && norm(mod) == name && !strings.ContainsRune(f, '"') {
+			ps = append(ps, strings.TrimPrefix(f, mod+"."))
+		}
+	}
+	return strings.Join(ps, " ")
 }
 
 // openChannel opens the host channel and returns it ready for frames.

@@ -21,8 +21,10 @@ type Driver interface {
 	// a fix when it cannot. It does not check the guest image (the Sandbox does).
 	Probe(ctx context.Context) isolation.Availability
 	// GuestChannel names the channel the agent must open, put by the Sandbox on the kernel
-	// command line as "axocoatl.chan=<value>": "ttyS1" for a second 16550 UART (QEMU microvm:
-	// needs no kernel module) or "vsock:<port>" for a virtio-vsock listener on that port
+	// command line as "axocoatl.chan=<value>": "vport0p1" for the first port of a
+	// virtio-console device (QEMU microvm; the agent then loads virtio_mmio and virtio_console,
+	// passing them their "<module>.<param>=" command line arguments), "ttyS1" for a second 16550
+	// UART (needs no kernel module) or "vsock:<port>" for a virtio-vsock listener on that port
 	// (Firecracker, port 1024; the agent then loads the virtio-mmio and vsock modules).
 	GuestChannel() string
 	// Boot starts a fresh VM from spec and returns once the VMM process runs. It does not wait for

@@ -252,18 +252,26 @@ func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) 
 		cmd += " " + s.opts.ExtraCmdline
 	}
 	initrd, root := img.Initrd, ""
-	var mods []string
+	// need says which of the image's modules the agent loads (in the image's order).
+	need := map[string]bool{}
 	if s.driveRoot(img) {
 		initrd, root = img.BootInitrd, img.Ext4
 		cmd += " " + CmdlineRoot + "=vda"
-		for _, m := range img.Modules {
-			if strings.HasPrefix(m, "virtio") && m != "virtio_console" {
-				mods = append(mods, m) // virtio_ring, virtio, virtio_mmio, virtio_blk
-			}
-		}
+		need["virtio_ring"], need["virtio"], need["virtio_mmio"], need["virtio_blk"] = true, true, true, true
 	}
-	if strings.HasPrefix(d.GuestChannel(), "vsock:") {
-		mods = img.Modules
+	switch ch := d.GuestChannel(); {
+	case strings.HasPrefix(ch, "vsock:"):
+		for _, m := range img.Modules {
+			need[m] = true
+		}
+	case strings.HasPrefix(ch, "vport"):
+		need["virtio_ring"], need["virtio"], need["virtio_mmio"], need["virtio_console"] = true, true, true, true
+	}
+	var mods []string
+	for _, m := range img.Modules {
+		if need[m] {
+			mods = append(mods, m)
+		}
 	}
 	if len(mods) > 0 {
 		cmd += " " + CmdlineModules + "=" + strings.Join(mods, ",")

@@ -120,7 +120,8 @@ func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
-	opts.Drivers = []microvm.Driver{qemu.New()}
+	// AXO_QEMU_SERIAL=1 puts the agent on the 16550 UART channel (for A/B measurements).
+	opts.Drivers = []microvm.Driver{&qemu.Driver{Binary: "qemu-system-x86_64", Serial: os.Getenv("AXO_QEMU_SERIAL") != ""}}
 	opts.DataDir = testDataDir
 	opts.ExtraCmdline = os.Getenv("AXO_VM_CMDLINE")
 	opts.RunDir = runRoot
