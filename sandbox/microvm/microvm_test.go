@@ -120,8 +120,9 @@ func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
-	// AXO_QEMU_SERIAL=1 puts the agent on the 16550 UART channel (for A/B measurements).
-	opts.Drivers = []microvm.Driver{&qemu.Driver{Binary: "qemu-system-x86_64", Serial: os.Getenv("AXO_QEMU_SERIAL") != ""}}
+	// AXO_QEMU_VIRTIO=1 puts the agent on a virtio-console port (the suite then tests that
+	// channel; A/B measurements).
+	opts.Drivers = []microvm.Driver{&qemu.Driver{Binary: "qemu-system-x86_64", VirtioConsole: os.Getenv("AXO_QEMU_VIRTIO") != ""}}
 	opts.DataDir = testDataDir
 	opts.ExtraCmdline = os.Getenv("AXO_VM_CMDLINE")
 	opts.RunDir = runRoot
