@@ -87,14 +87,6 @@ func (t *TailBuffer) String() string {
 	return string(t.buf)
 }
 
-// Reset empties the buffer for reuse.
-func (t *TailBuffer) Reset() {
-	t.mu.Lock()
-	t.buf = t.buf[:0]
-	t.truncated = false
-	t.mu.Unlock()
-}
-
 // CheckCallPaths is a defensive check a tier may run before it builds paths from a call.
 func CheckCallPaths(c Call) error {
 	if c.Dir == "" || c.Dir[0] != '/' {
