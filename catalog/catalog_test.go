@@ -122,6 +122,55 @@ func TestSchemaRefsAreNotFetched(t *testing.T) {
 	}
 }
 
+// TestInputSchemas covers the schema dialects MCP clients send (2020-12, draft-07, no $schema) and
+// the keywords tool authors use; a schema the validator cannot honour is refused at load.
+func TestInputSchemas(t *testing.T) {
+	tests := []struct {
+		name, schema string
+		valid        []string
+		invalid      []string
+		loadErr      string
+	}{
+		{name: "plain", schema: `{"type":"object","properties":{"n":{"type":"integer","minimum":1}},"required":["n"],"additionalProperties":false}`,
+			valid: []string{`{"n":1}`, `{"n":7}`}, invalid: []string{`{"n":0}`, `{"n":1.5}`, `{"n":"1"}`, `{"n":1,"x":2}`, `{}`, `null`}},
+		{name: "draft2020", schema: `{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"array","prefixItems":[{"type":"string"}],"items":{"type":"number"}}`,
+			valid: []string{`["a",1,2.5]`, `[]`}, invalid: []string{`[1]`, `["a","b"]`}},
+		{name: "draft07", schema: `{"$schema":"http://json-schema.org/draft-07/schema#","definitions":{"s":{"type":"string","maxLength":3}},"type":"object","properties":{"s":{"$ref":"#/definitions/s"}}}`,
+			valid: []string{`{"s":"abc"}`, `{}`}, invalid: []string{`{"s":"abcd"}`, `{"s":1}`}},
+		{name: "enum-oneof", schema: `{"oneOf":[{"enum":["a","b"]},{"type":"boolean"}]}`,
+			valid: []string{`"a"`, `true`}, invalid: []string{`"c"`, `1`}},
+		{name: "draft04", schema: `{"$schema":"http://json-schema.org/draft-04/schema#","type":"object"}`, loadErr: "draft-04"},
+		{name: "not-a-schema", schema: `{"type":5}`, loadErr: "type"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			write(t, filepath.Join(root, "s/tool.json"), `{"runtime":"NativeTrusted","input_schema":`+tt.schema+`}`)
+			c, _ := catalog.Open(root)
+			tool, err := c.Get("s")
+			if tt.loadErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.loadErr) {
+					t.Fatalf("Get = %v, want an error naming %q", err, tt.loadErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, in := range tt.valid {
+				if err := tool.ValidateInput([]byte(in)); err != nil {
+					t.Errorf("valid input %s refused: %v", in, err)
+				}
+			}
+			for _, in := range append(tt.invalid, `{"unterminated`) {
+				if err := tool.ValidateInput([]byte(in)); !errors.Is(err, isolation.ErrInvalidInput) {
+					t.Errorf("input %s: %v, want ErrInvalidInput", in, err)
+				}
+			}
+		})
+	}
+}
+
 func TestChangesOnDiskAreSeen(t *testing.T) {
 	root := t.TempDir()
 	write(t, filepath.Join(root, "t/tool.json"), `{"runtime":"Shell","entrypoint":"a.sh","description":"one"}`)
