@@ -169,7 +169,7 @@ func executable(path string) error {
 
 // checkSpec refuses specs the driver cannot boot safely, before anything is started.
 func checkSpec(spec microvm.BootSpec) error {
-	if !idPattern.MatchString(spec.ID) {
+	if !validInstanceID(spec.ID) {
 		return fmt.Errorf("firecracker: invalid vm id %q", spec.ID)
 	}
 	fi, err := os.Stat(spec.RunDir)

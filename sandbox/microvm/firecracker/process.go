@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,8 +20,8 @@ import (
 // maxUnixPath is the longest socket path bind(2) accepts (sun_path is 108 bytes with the NUL).
 const maxUnixPath = 107
 
-// idPattern is Firecracker's and the jailer's rule for instance ids.
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+// validInstanceID is Firecracker's and the jailer's rule for instance ids.
+func validInstanceID(id string) bool { return validID(id, '-') }
 
 // Jailer runs Firecracker through the jailer (chroot, uid/gid drop, cgroups). Paths must be
 // absolute and clean; ExecFile's base name must contain "firecracker" (a jailer rule).
@@ -95,7 +94,7 @@ type startOptions struct {
 // startProcess starts Firecracker, writes RunDir/vmm.pid and waits until the API answers. On error
 // nothing is left running and the jail dir is removed.
 func startProcess(ctx context.Context, o startOptions) (*process, error) {
-	if !idPattern.MatchString(o.ID) {
+	if !validInstanceID(o.ID) {
 		return nil, fmt.Errorf("firecracker: invalid vm id %q (want 1-64 of [A-Za-z0-9-])", o.ID)
 	}
 	if !filepath.IsAbs(o.RunDir) {
