@@ -174,3 +174,46 @@ func TestNativeArches(t *testing.T) {
 		}
 	}
 }
+
+// TestMounts checks the container's mount set in every mode: what a JSON tool needs, and no
+// /sys, /dev/pts or /dev/mqueue (nor masks under a /sys that is not there).
+func TestMounts(t *testing.T) {
+	tests := []struct {
+		name string
+		o    Options
+	}{
+		{"root", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io"}},
+		{"host network", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io", HostNetwork: true}},
+		{"rootless", Options{IODir: "/run/io", Rootless: true, NoCgroup: true, HostUID: 1000, HostGID: 1000}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Harden(hostile(), "/b", tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]specs.Mount{}
+			for _, m := range s.Mounts {
+				got[m.Destination] = m
+			}
+			for _, want := range []string{"/proc", "/dev", "/dev/shm", "/tmp", "/axocoatl", "/axocoatl/input.json"} {
+				if _, ok := got[want]; !ok {
+					t.Errorf("mount %s missing", want)
+				}
+			}
+			for _, bad := range []string{"/sys", "/dev/pts", "/dev/mqueue", "/host"} {
+				if _, ok := got[bad]; ok {
+					t.Errorf("mount %s present", bad)
+				}
+			}
+			if !slices.Contains(got["/axocoatl/input.json"].Options, "ro") {
+				t.Error("input.json is not bound read-only")
+			}
+			for _, p := range s.Linux.MaskedPaths {
+				if !strings.HasPrefix(p, "/proc/") {
+					t.Errorf("masked path %s is outside /proc", p)
+				}
+			}
+		})
+	}
+}

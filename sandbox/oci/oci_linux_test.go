@@ -285,6 +285,18 @@ func TestRunOutcomes(t *testing.T) {
 			t.Errorf("RLIMIT_NOFILE %v", m["nofile"])
 		}
 	})
+	t.Run("scratch mounts writable", func(t *testing.T) {
+		// /dev/shm (POSIX semaphores, Python's multiprocessing) and /tmp stay usable.
+		for _, p := range []string{"/dev/shm/sem.x", "/tmp/x"} {
+			out, err := run(t, s, fmt.Sprintf(`{"op":"write","path":%q}`, p), 20*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m := decode(t, out); m["error"] != "" && m["error"] != nil {
+				t.Errorf("write %s: %v", p, m["error"])
+			}
+		}
+	})
 	t.Run("non-zero exit", func(t *testing.T) {
 		out, err := run(t, s, `{"op":"fail","code":7,"msg":"it broke"}`, 20*time.Second)
 		if err != nil {
@@ -400,6 +412,9 @@ func TestEscapes(t *testing.T) {
 		{"write rootfs", `{"op":"write","path":"/tool"}`},
 		{"write input", `{"op":"write","path":"/axocoatl/input.json"}`},
 		{"dial host loopback", fmt.Sprintf(`{"op":"dial","addr":%q}`, ln.Addr().String())},
+		// No /sys in the container: nothing of the host's kernel and devices to read.
+		{"read sysfs", `{"op":"read","path":"/sys/class/net/lo/address"}`},
+		{"read sysfs kernel", `{"op":"read","path":"/sys/kernel/mm/transparent_hugepage/enabled"}`},
 	}
 	if seccomp.Enabled {
 		tests = append(tests, struct{ name, input string }{"keyctl denied by seccomp", `{"op":"keyctl"}`})

@@ -367,7 +367,7 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error)
 	return sp, nil
 }
 
-// ensureMountpoints creates the top-level mount points (/proc, /dev, /sys, /tmp, /axocoatl) a
+// ensureMountpoints creates the top-level mount points (/proc, /dev, /tmp, /axocoatl) a
 // rootfs lacks. As root libcontainer does this itself; a rootless init cannot write a rootfs owned
 // by another user, so the sandbox does it beforehand where the rootfs is this user's (a bundle this
 // user built) and otherwise fails with what to do.
@@ -415,6 +415,11 @@ func swapAccounting() bool {
 
 // create makes the I/O dir and a container waiting to start. On error nothing remains.
 func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
+	if s.cgroupLimits() {
+		// The init's cgroup migration first waits for an RCU grace period; start that wait now so
+		// it overlaps with the spec, the I/O dir and the init's exec (see PrimeCgroups).
+		PrimeCgroups()
+	}
 	id := s.containerID(call.Tool)
 	ioDir := filepath.Join(s.ioRoot, id)
 	if err := os.Mkdir(ioDir, 0o700); err != nil {
