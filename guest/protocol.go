@@ -49,6 +49,22 @@ type Ready struct {
 	Agent string `json:"agent,omitempty"`
 	// Kernel is the guest kernel release.
 	Kernel string `json:"kernel,omitempty"`
+	// Boot says where a fresh boot's time went, by the guest's clock (only on the unsolicited
+	// Ready after boot; diagnostics only).
+	Boot *BootSpans `json:"boot,omitempty"`
+}
+
+// BootSpans are guest clock readings (CLOCK_BOOTTIME, microseconds since the kernel started) at
+// the agent's steps of a fresh boot. A step the boot skips reads 0.
+type BootSpans struct {
+	// AgentUS: the agent (PID 1) starts; everything before it is the kernel's own boot.
+	AgentUS int64 `json:"agent_us"`
+	// ModulesUS: the kernel modules of axocoatl.modules are loaded.
+	ModulesUS int64 `json:"modules_us,omitempty"`
+	// RootUS: the root drive is mounted and is the root.
+	RootUS int64 `json:"root_us,omitempty"`
+	// ChannelUS: the channel to the host is open and raw.
+	ChannelUS int64 `json:"channel_us"`
 }
 
 // Hello asks the agent to answer Ready with Nonce.

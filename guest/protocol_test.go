@@ -67,3 +67,25 @@ func TestFrameLimit(t *testing.T) {
 		t.Fatal("a frame over Max was accepted")
 	}
 }
+
+func TestReadyBootSpansRoundTrip(t *testing.T) {
+	var b bytes.Buffer
+	want := BootSpans{AgentUS: 700000, ModulesUS: 730000, RootUS: 760000, ChannelUS: 770000}
+	if err := WriteFrame(&b, TypeReady, Ready{Agent: "a", Boot: &want}); err != nil {
+		t.Fatal(err)
+	}
+	var got Ready
+	if err := NewReader(&b).Expect(TypeReady, "", &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Boot == nil || *got.Boot != want {
+		t.Fatalf("boot spans = %+v, want %+v", got.Boot, want)
+	}
+	// A Ready without spans (after a restore) decodes to nil spans.
+	b.Reset()
+	WriteFrame(&b, TypeReady, Ready{Nonce: "n"})
+	got = Ready{}
+	if err := NewReader(&b).Expect(TypeReady, "n", &got); err != nil || got.Boot != nil {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+}

@@ -37,7 +37,20 @@ const (
 
 var logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
+// bootSpans records this boot's steps for the Ready frame.
+var bootSpans guest.BootSpans
+
+// sinceBoot reads CLOCK_BOOTTIME in microseconds.
+func sinceBoot() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
+}
+
 func run() {
+	bootSpans.AgentUS = sinceBoot()
 	if err := mountAll(earlyMounts); err != nil {
 		logger.Error("setup", "err", err)
 	}
@@ -48,12 +61,14 @@ func run() {
 				logger.Error("module", "name", m, "err", err)
 			}
 		}
+		bootSpans.ModulesUS = sinceBoot()
 	}
 	if dev := args["axocoatl.root"]; dev != "" {
 		if err := switchRoot(dev); err != nil {
 			logger.Error("root drive", "dev", dev, "err", err)
 			powerOff()
 		}
+		bootSpans.RootUS = sinceBoot()
 	}
 	if err := mountAll(lateMounts); err != nil {
 		logger.Error("setup", "err", err)
@@ -256,7 +271,10 @@ func serve(ch string) error {
 		return err
 	}
 	ready := guest.Ready{Agent: agentBuild, Kernel: kernelRelease()}
-	if err := guest.WriteFrame(conn, guest.TypeReady, ready); err != nil {
+	bootSpans.ChannelUS = sinceBoot()
+	first := ready
+	first.Boot = &bootSpans
+	if err := guest.WriteFrame(conn, guest.TypeReady, first); err != nil {
 		return err
 	}
 	tr := &timedReader{r: conn}

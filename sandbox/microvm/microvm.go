@@ -307,6 +307,7 @@ func (s *Sandbox) start(ctx context.Context, sh shape, allowSnap bool) (*vm, err
 	defer cancel()
 	var m Machine
 	kind := "cold"
+	t0 := time.Now()
 	if snap != nil {
 		kind = "restored"
 		m, err = d.(Snapshotter).Restore(ctx, *snap, spec)
@@ -317,24 +318,36 @@ func (s *Sandbox) start(ctx context.Context, sh shape, allowSnap bool) (*vm, err
 		os.RemoveAll(spec.RunDir)
 		return nil, fmt.Errorf("%s: start VM: %w", d.Name(), err)
 	}
+	launched := time.Since(t0)
 	v := &vm{m: m, dir: spec.RunDir, kind: kind, driver: d}
-	if err := s.waitReady(ctx, v, snap != nil); err != nil {
+	r, err := s.waitReady(ctx, v, snap != nil)
+	if err != nil {
 		s.destroy(v)
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: VM not ready: %w", d.Name(), ctx.Err())
 		}
 		return nil, fmt.Errorf("%s: VM not ready: %w", d.Name(), err)
 	}
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		attrs := []any{"vm", kind, "id", spec.ID, "launch_us", launched.Microseconds(), "ready_us", time.Since(t0).Microseconds()}
+		if b := r.Boot; b != nil {
+			// Guest clock: the kernel's boot, then the agent's steps.
+			attrs = append(attrs, "guest_agent_us", b.AgentUS, "guest_modules_us", b.ModulesUS,
+				"guest_root_us", b.RootUS, "guest_channel_us", b.ChannelUS)
+		}
+		s.log.Debug("VM ready", attrs...)
+	}
 	return v, nil
 }
 
 // waitReady reads the agent's READY; after a restore it first sends Hello with a fresh nonce.
-func (s *Sandbox) waitReady(ctx context.Context, v *vm, restored bool) error {
+func (s *Sandbox) waitReady(ctx context.Context, v *vm, restored bool) (guest.Ready, error) {
 	stop := context.AfterFunc(ctx, func() { v.m.Kill() })
 	defer stop()
+	var r guest.Ready
 	conn, err := v.m.Channel(ctx)
 	if err != nil {
-		return err
+		return r, err
 	}
 	v.conn = conn
 	v.fr = guest.NewReader(conn)
@@ -342,11 +355,11 @@ func (s *Sandbox) waitReady(ctx context.Context, v *vm, restored bool) error {
 	if restored {
 		nonce = randHex(16)
 		if err := guest.WriteFrame(conn, guest.TypeHello, guest.Hello{Nonce: nonce}); err != nil {
-			return err
+			return r, err
 		}
 	}
-	var r guest.Ready
-	return v.fr.Expect(guest.TypeReady, nonce, &r)
+	err = v.fr.Expect(guest.TypeReady, nonce, &r)
+	return r, err
 }
 
 // snapshot returns the READY snapshot of shape sh, taking it on first use.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,7 +131,9 @@ func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
 	if os.Getenv("AXO_VM_LOG") == "debug" {
 		level = slog.LevelDebug // per-call spans
 	}
-	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
 	if debugSink {
 		opts.Debug = os.Stderr
 	}
@@ -492,4 +495,66 @@ func TestProbeWithoutImage(t *testing.T) {
 	if _, err := s.Run(context.Background(), call("x", isolation.RequirePython, "/nonexistent", "/nonexistent/a.py", `{}`, time.Second)); !errors.Is(err, isolation.ErrTierUnavailable) && err == nil {
 		t.Errorf("Run without an image: %v", err)
 	}
+}
+
+// lockedBuffer collects log lines from concurrent goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex // protects b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A cold boot's READY carries the agent's boot timeline (guest clock), logged at debug level:
+// the steps are in order and the kernel's part (before the agent) is not zero.
+func TestColdBootReportsGuestSpans(t *testing.T) {
+	var logs lockedBuffer
+	s := newSandbox(t, microvm.Options{Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	dir, entry := tool(t, "main.sh", shEcho, 0o755)
+	if _, err := s.Run(context.Background(), call("spans", isolation.RequireShell, dir, entry, `1`, 20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var ready struct {
+		Msg     string `json:"msg"`
+		Launch  int64  `json:"launch_us"`
+		Ready   int64  `json:"ready_us"`
+		Agent   int64  `json:"guest_agent_us"`
+		Modules int64  `json:"guest_modules_us"`
+		Root    int64  `json:"guest_root_us"`
+		Channel int64  `json:"guest_channel_us"`
+	}
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, `"VM ready"`) {
+			if err := json.Unmarshal([]byte(l), &ready); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if ready.Msg == "" {
+		t.Fatalf("no VM ready record in the logs:\n%s", logs.String())
+	}
+	// Steps a boot skips (no modules, no root drive) read 0; the others are in order.
+	ordered := ready.Agent > 0 && ready.Channel > 0 && ready.Ready >= ready.Launch
+	last := int64(0)
+	for _, v := range []int64{ready.Agent, ready.Modules, ready.Root, ready.Channel} {
+		if v == 0 {
+			continue
+		}
+		ordered = ordered && v >= last
+		last = v
+	}
+	if !ordered {
+		t.Fatalf("boot spans out of order: %+v", ready)
+	}
+	t.Logf("boot: %+v", ready)
 }
