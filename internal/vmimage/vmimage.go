@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -30,7 +31,7 @@ const DefaultDataDir = "/var/lib/axocoatl/vm"
 
 // formatVersion changes whenever the layout or contents Prepare produces change; a data dir of
 // another version is rebuilt.
-const formatVersion = 4
+const formatVersion = 5
 
 // DefaultKernelPackage is the Debian meta package whose dependency is the guest kernel.
 const DefaultKernelPackage = "linux-image-cloud-amd64"
@@ -500,12 +501,40 @@ func copyModules(src, dst string) ([]string, error) {
 		if !ok {
 			continue // built in, or absent: the agent skips what is not there
 		}
-		if err := copyFile(p, filepath.Join(dst, m+".ko")); err != nil {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dst, m+".ko"), stripModuleSignature(b), 0o644); err != nil {
 			return nil, err
 		}
 		got = append(got, m)
 	}
 	return got, nil
+}
+
+// moduleSigMagic ends a signed kernel module: module, signature, struct module_signature (12
+// bytes, the signature's length big-endian in its last 4), then this marker.
+const moduleSigMagic = "~Module signature appended~\n"
+
+// stripModuleSignature returns the module without its appended signature (b itself when it has
+// none or the trailer is malformed). The guest kernel cannot check Debian's signatures anyway
+// (its certificate list is not loaded: see microvm.BaseCmdline) and loads the modules tainted
+// either way, but with a signature present it first hashes the whole module and parses the
+// PKCS#7 blob: wasted emulated cycles at every cold boot.
+func stripModuleSignature(b []byte) []byte {
+	const infoLen = 12
+	n := len(b) - len(moduleSigMagic)
+	if n < infoLen || string(b[n:]) != moduleSigMagic {
+		return b
+	}
+	info := b[n-infoLen : n]
+	sigLen := int(binary.BigEndian.Uint32(info[8:]))
+	end := n - infoLen - sigLen
+	if sigLen <= 0 || end <= 0 {
+		return b
+	}
+	return b[:end]
 }
 
 func copyFile(src, dst string) error {
