@@ -73,6 +73,9 @@ func run() {
 	if err := mountAll(lateMounts); err != nil {
 		logger.Error("setup", "err", err)
 	}
+	if err := loopbackUp(); err != nil {
+		logger.Error("loopback", "err", err)
+	}
 	ch := args["axocoatl.chan"]
 	if ch == "" {
 		ch = "ttyS1"
@@ -81,6 +84,25 @@ func run() {
 		logger.Error("agent", "err", err)
 	}
 	powerOff()
+}
+
+// loopbackUp brings lo up, as the Oci tier does for its containers: the VM has no NIC, but tools
+// (and libraries such as multiprocessing's managers) may talk to themselves over 127.0.0.1.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 type mountSpec struct{ src, dst, typ, data string }

@@ -308,6 +308,14 @@ try:
     res["dialed"] = True
 except Exception as e:
     res["dial_err"] = repr(e)
+try:  # the guest's own loopback is up: 127.0.0.1 is the VM, never the host
+    srv = socket.create_server(("127.0.0.1", 0))
+    c = socket.create_connection(srv.getsockname(), timeout=2)
+    a, _ = srv.accept()
+    c.sendall(b"hi")
+    res["self_loop"] = a.recv(2).decode()
+except Exception as e:
+    res["self_loop_err"] = repr(e)
 json.dump(res, open("/axocoatl/output.json", "w"))
 `, secret, target, port)
 	dir, entry := tool(t, "escape.py", script, 0o644)
@@ -328,6 +336,9 @@ json.dump(res, open("/axocoatl/output.json", "w"))
 	}
 	if res["dialed"] == true || res["dial_err"] == nil {
 		t.Errorf("the tool dialed the host loopback: %v", res)
+	}
+	if res["self_loop"] != "hi" {
+		t.Errorf("a tool cannot use the guest's own loopback: %v", res)
 	}
 	select {
 	case <-accepted:
