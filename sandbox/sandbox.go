@@ -126,6 +126,9 @@ type PoolStats struct {
 	Tool  string `json:"tool"`
 	Ready int    `json:"ready"`
 	Size  int    `json:"size"`
+	// IdleRSSBytes is the mean resident set of the ready items' processes (a pooled VM's VMM),
+	// 0 where the tier has no process per item or cannot read it.
+	IdleRSSBytes int64 `json:"idle_rss_bytes,omitempty"`
 }
 
 // Pooler is implemented by sandboxes that keep warm pools.

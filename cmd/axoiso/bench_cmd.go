@@ -12,6 +12,7 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/internal/assemble"
+	"github.com/axocoatl/isolation/sandbox"
 )
 
 func init() {
@@ -43,6 +44,9 @@ type benchReport struct {
 	// container init or a VMM).
 	PeakRSSMB      float64 `json:"peak_rss_mb"`
 	PeakChildRSSMB float64 `json:"peak_child_rss_mb"`
+	// IdlePoolRSSMB is the mean resident set of an idle pooled item (a pooled VM's VMM), read
+	// once the pool has refilled after the calls; 0 when the tier reports none.
+	IdlePoolRSSMB float64 `json:"idle_pool_rss_mb,omitempty"`
 }
 
 func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -89,6 +93,9 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	rep, err := bench(ctx, e, pos[0], input, *n, *c, *interval, opts)
 	rep.Prepared = !*cold
+	if err == nil && !*cold {
+		rep.IdlePoolRSSMB = idlePoolRSS(ctx, e, rep.Tier)
+	}
 	if *vsCrun {
 		if rep.Tier != isolation.TierOCI.String() {
 			return usagef("--vs-crun compares Oci calls; %q ran in %s", pos[0], rep.Tier)
@@ -115,6 +122,9 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	fmt.Fprintf(stdout, "%s in %s (backend %s, degraded=%v, prepared=%v): %d calls, concurrency %d, %d errors\n", rep.Tool, rep.Tier, dash(rep.Backend), rep.Degraded, rep.Prepared, rep.N, rep.C, rep.Errors)
 	fmt.Fprintf(stdout, "first call %.2f ms; p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", rep.FirstMS, rep.P50MS, rep.P90MS, rep.P99MS, rep.MaxMS)
 	fmt.Fprintf(stdout, "%.0f calls/s; peak RSS %.1f MB (largest child %.1f MB)\n", rep.CallsPerS, rep.PeakRSSMB, rep.PeakChildRSSMB)
+	if rep.IdlePoolRSSMB > 0 {
+		fmt.Fprintf(stdout, "idle pooled item RSS %.1f MB\n", rep.IdlePoolRSSMB)
+	}
 	if rep.CrunP50MS > 0 {
 		fmt.Fprintf(stdout, "crun (same bundle, cold) p50 %.3f ms; ratio %.2f\n", rep.CrunP50MS, rep.RatioVsCrun)
 	}
@@ -193,6 +203,47 @@ func bench(ctx context.Context, e *executor.Executor, tool string, input []byte,
 		rep.PeakChildRSSMB = float64(ru.Maxrss) / 1024
 	}
 	return rep, nil
+}
+
+// idlePoolRSS waits (up to 30 s) for the pools of the tier that ran the calls to refill and
+// settle, then returns the mean idle RSS of their items in MB (0 when the tier reports none).
+func idlePoolRSS(ctx context.Context, e *executor.Executor, tierName string) float64 {
+	t, err := isolation.ParseTier(tierName)
+	if err != nil {
+		return 0
+	}
+	sb, ok := e.Sandbox(t)
+	if !ok {
+		return 0
+	}
+	p, ok := sb.(sandbox.Pooler)
+	if !ok {
+		return 0
+	}
+	full := func() bool {
+		for _, st := range p.PoolStats() {
+			if st.Ready < st.Size {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(30 * time.Second); !full() && time.Now().Before(deadline) && ctx.Err() == nil; {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // a refilled VM is still finishing its rehearsal call
+	var sum int64
+	var n int
+	for _, st := range p.PoolStats() {
+		if st.IdleRSSBytes > 0 {
+			sum += st.IdleRSSBytes
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return float64(sum) / float64(n) / (1 << 20)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -384,6 +384,12 @@ func TestPoolFromSnapshotClonesDiffer(t *testing.T) {
 	if ps := s.PoolStats(); len(ps) != 1 || ps[0].Size != 1 {
 		t.Errorf("PoolStats = %+v", ps)
 	}
+	// A ready VM reports its VMM's resident set: more than the guest kernel's few MB, less than
+	// a QEMU holding all of its guest memory and then some.
+	waitPool(t, s, 1)
+	if ps := s.PoolStats(); len(ps) != 1 || ps[0].IdleRSSBytes < 16<<20 || ps[0].IdleRSSBytes > 1<<30 {
+		t.Errorf("idle RSS of the pooled VM: %+v", ps)
+	}
 }
 
 const shRootFS = `#!/bin/sh

@@ -3,7 +3,10 @@ package microvm
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/axocoatl/isolation/guest"
@@ -162,9 +165,39 @@ func (s *Sandbox) PoolStats() []sandbox.PoolStats {
 	out := make([]sandbox.PoolStats, 0, len(s.pools))
 	for sh, p := range s.pools {
 		p.mu.Lock()
-		out = append(out, sandbox.PoolStats{Tool: sh.String(), Ready: len(p.ready), Size: s.opts.PoolSize})
+		st := sandbox.PoolStats{Tool: sh.String(), Ready: len(p.ready), Size: s.opts.PoolSize}
+		var sum, n int64
+		for _, v := range p.ready {
+			if r := processRSS(v.m.PID()); r > 0 {
+				sum, n = sum+r, n+1
+			}
+		}
 		p.mu.Unlock()
+		if n > 0 {
+			st.IdleRSSBytes = sum / n
+		}
+		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Tool < out[j].Tool })
 	return out
+}
+
+// processRSS is the resident set of process pid in bytes (0 when it cannot be read).
+func processRSS(pid int) int64 {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * int64(os.Getpagesize())
 }

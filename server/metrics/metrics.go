@@ -180,12 +180,14 @@ type tierCollector struct {
 var (
 	poolReadyDesc = prometheus.NewDesc(Namespace+"_pool_ready", "Warm items ready in a tier's pool for a tool.", []string{"tier", "tool"}, nil)
 	poolSizeDesc  = prometheus.NewDesc(Namespace+"_pool_size", "Target size of a tier's warm pool for a tool.", []string{"tier", "tool"}, nil)
+	poolRSSDesc   = prometheus.NewDesc(Namespace+"_pool_idle_rss_bytes", "Mean resident set of an idle pooled item (a pooled VM's VMM), where the tier reports it.", []string{"tier", "tool"}, nil)
 	tierUpDesc    = prometheus.NewDesc(Namespace+"_tier_available", "1 when the tier can run on this host, else 0.", []string{"tier", "backend"}, nil)
 )
 
 func (c *tierCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- poolReadyDesc
 	ch <- poolSizeDesc
+	ch <- poolRSSDesc
 	ch <- tierUpDesc
 }
 
@@ -216,6 +218,9 @@ func (c *tierCollector) Collect(ch chan<- prometheus.Metric) {
 			seen[s.Tool] = true
 			ch <- prometheus.MustNewConstMetric(poolReadyDesc, prometheus.GaugeValue, float64(s.Ready), t.String(), s.Tool)
 			ch <- prometheus.MustNewConstMetric(poolSizeDesc, prometheus.GaugeValue, float64(s.Size), t.String(), s.Tool)
+			if s.IdleRSSBytes > 0 {
+				ch <- prometheus.MustNewConstMetric(poolRSSDesc, prometheus.GaugeValue, float64(s.IdleRSSBytes), t.String(), s.Tool)
+			}
 		}
 	}
 }
