@@ -35,22 +35,23 @@
 //   - the bundle's rootfs must have /proc, /dev, /tmp and /axocoatl directories, or be
 //     writable by the user so the sandbox can create them (it is when the user built the bundle).
 //
-// Speed: a cold call first starts, on a goroutine, the RCU grace period the kernel waits for
-// before moving the container's init into its cgroups (5–15 ms on a 2-core VM without the
-// cgroup "favordynmods" mount option, and the largest single item of a cold start), so that the
-// wait overlaps with building the spec and starting the init; PrimeCgroups lets a short-lived
-// process start it even earlier. A cold call returns as soon as its process exited and output.json was read; the
-// container's teardown (cgroups, libcontainer state, I/O dir) finishes on a background goroutine,
-// and Close waits for every such teardown, so nothing remains once Close returns. A warm-pool
-// call writes input.json (one write to a file held open since the container was created), starts the pre-created container, waits on the calling goroutine and reads
-// output.json; destroying the used container and creating its replacement happen after the call
-// returns, on the pool's filler goroutine (up to GOMAXPROCS, at most 4, creations at once), so
-// they do not compete with the call. A stream of back-to-back calls faster than containers can
-// be created (~20 ms each on 2 cores) drains the pool; the calls it cannot serve run cold. The
-// seccomp filter is compiled and loaded by the init at creation, not at start. Each container's
-// init is this binary: as root libcontainer seals it with a read-only overlayfs (cheap) unless
-// the state root lies inside the binary's directory; rootless it copies the binary into a memfd
-// for every container (CPU grows with the binary's size), so rootless creation is slower.
+// Speed: a cold call first starts, on a goroutine, the RCU grace period the kernel waits for before
+// moving the container's init into its cgroups (5–15 ms on a 2-core VM without the cgroup
+// "favordynmods" mount option, and the largest single item of a cold start), so that the wait
+// overlaps with building the spec and starting the init; PrimeCgroups lets a short-lived process
+// start it even earlier. A cold call returns as soon as its process exited and output.json was
+// read; the container's teardown (cgroups, libcontainer state, I/O dir) finishes on a background
+// goroutine, and Close waits for every such teardown, so nothing remains once Close returns. A
+// warm-pool call writes input.json (one write to a file held open since the container was created),
+// starts the pre-created container, waits on the calling goroutine and reads output.json;
+// destroying the used container and creating its replacement happen after the call returns, on the
+// pool's filler goroutine (up to GOMAXPROCS, at most 4, creations at once), so they do not compete
+// with the call. A stream of back-to-back calls faster than containers can be created (~20 ms each
+// on 2 cores) drains the pool; the calls it cannot serve run cold. The seccomp filter is compiled
+// and loaded by the init at creation, not at start. Each container's init is this binary: as root
+// libcontainer seals it with a read-only overlayfs (cheap) unless the state root lies inside the
+// binary's directory; rootless it copies the binary into a memfd for every container (CPU grows
+// with the binary's size), so rootless creation is slower.
 //
 // New fails only on an invalid Config: a state root that cannot be created or locked leaves a
 // Sandbox whose Probe says why and how to fix it.
@@ -88,8 +89,8 @@ const (
 type Config struct {
 	// StateRoot holds per-call I/O dirs ({StateRoot}/{id}/) and runtime state. Default
 	// /run/axocoatl/oci for root; $XDG_RUNTIME_DIR/axocoatl/oci (else a directory under the
-	// user's cache dir) for an unprivileged user. One live process at a time reaps it: New removes what a crashed earlier
-	// owner left there unless another live Sandbox holds it.
+	// user's cache dir) for an unprivileged user. One live process at a time reaps it: New
+	// removes what a crashed earlier owner left there unless another live Sandbox holds it.
 	StateRoot string
 	// BundleRoot is the tools root: a call's Dir must be inside it. Default /var/axocoatl/bundles.
 	BundleRoot string
