@@ -47,11 +47,14 @@
 // destroying the used container and creating its replacement happen after the call returns, on the
 // pool's filler goroutine (up to GOMAXPROCS, at most 4, creations at once), so they do not compete
 // with the call. A stream of back-to-back calls faster than containers can be created (~20 ms each
-// on 2 cores) drains the pool; the calls it cannot serve run cold. The seccomp filter is compiled
-// and loaded by the init at creation, not at start. Each container's init is this binary: as root
-// libcontainer seals it with a read-only overlayfs (cheap) unless the state root lies inside the
-// binary's directory; rootless it copies the binary into a memfd for every container (CPU grows
-// with the binary's size), so rootless creation is slower.
+// on 2 cores) drains the pool; the calls it cannot serve run cold. A pool never serves a container
+// made from an older version of its tool: each records the tool's on-disk identity (folder,
+// config.json, rootfs, entrypoint) at creation, and a call that finds it changed runs cold while
+// the filler replaces the stale ones. The seccomp filter is compiled and loaded by the init at
+// creation, not at start. Each container's init is this binary: as root libcontainer seals it with
+// a read-only overlayfs (cheap) unless the state root lies inside the binary's directory; rootless
+// it copies the binary into a memfd for every container (CPU grows with the binary's size), so
+// rootless creation is slower.
 //
 // New fails only on an invalid Config: a state root that cannot be created or locked leaves a
 // Sandbox whose Probe says why and how to fix it.

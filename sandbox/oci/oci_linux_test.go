@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -521,6 +522,69 @@ func TestPool(t *testing.T) {
 	}
 	if st := s.PoolStats(); st[0].Ready != 2 {
 		t.Fatalf("pool not refilled: %+v", st)
+	}
+}
+
+// A pooled container is made from the tool as it was when the pool filled: once the bundle
+// changes on disk (config.json edited in place, even to the same size; or the folder replaced),
+// the next call must run the new version, and the pool refills from it.
+func TestPoolSeesToolChanges(t *testing.T) {
+	needContainers(t)
+	root := t.TempDir()
+	_ = os.Chmod(root, 0o755)
+	script := func(v int) []string {
+		return []string{"/bin/sh", "-c", fmt.Sprintf(`echo '{"v":%d}' > /axocoatl/output.json`, v)}
+	}
+	if err := makeBundleArgs(root, "ver", env.probeBin, script(1)); err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t, func(c *Config) { c.PoolSize = 2; c.BundleRoot = root })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call := func() sandbox.Call {
+		return sandbox.Call{ID: uuid.NewString(), Tool: "ver", Runtime: isolation.RequireContainerImage,
+			Dir: filepath.Join(root, "ver"), Input: []byte(`{}`), Limits: sandbox.Limits{Timeout: 10 * time.Second}.WithDefaults()}
+	}
+	version := func() float64 {
+		t.Helper()
+		out, err := s.Run(ctx, call())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return decode(t, out)["v"].(float64)
+	}
+	if err := s.Prepare(ctx, call()); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(); v != 1 {
+		t.Fatalf("first call ran version %v", v)
+	}
+	if err := s.Prepare(ctx, call()); err != nil { // the pool is full of version-1 containers
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(root, "ver", "config.json")
+	old, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := bytes.Replace(old, []byte(`{\"v\":1}`), []byte(`{\"v\":2}`), 1)
+	if bytes.Equal(edited, old) || len(edited) != len(old) {
+		t.Fatalf("test bug: could not edit %s", old)
+	}
+	time.Sleep(20 * time.Millisecond) // past the file system's timestamp granularity
+	if err := os.WriteFile(cfgPath, edited, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 { // served cold, then by the refilled pool
+		if v := version(); v != 2 {
+			t.Fatalf("call %d after the edit ran version %v", i, v)
+		}
+		if err := s.Prepare(ctx, call()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.PoolStats(); len(st) != 1 || st[0].Ready != 2 {
+		t.Fatalf("pool after the edit: %+v", st)
 	}
 }
 

@@ -149,16 +149,26 @@ func (p *pool) createSome(n int) error {
 	return last
 }
 
-// take returns a ready container or nil. The filler replaces it once the call retires it.
-func (p *pool) take() *ctr {
+// take returns a ready container made from the tool as it is now (stamp), or nil. Ready
+// containers made from an older version of the tool go to the filler to be destroyed and
+// replaced. The filler replaces the one taken once the call retires it.
+func (p *pool) take(stamp toolStamp) *ctr {
 	p.lock()
 	p.lastUse = time.Now()
 	var c *ctr
-	if n := len(p.ready); n > 0 {
+	stale := false
+	for len(p.ready) > 0 && c == nil {
 		c, p.ready = p.ready[0], p.ready[1:]
+		if c.stamp != stamp {
+			p.dead, c, stale = append(p.dead, c), nil, true
+		}
 		p.notify()
 	}
 	p.unlock()
+	if stale {
+		p.s.log.Info("oci pool: the tool changed on disk; containers made from its old version are replaced", "tool", p.tmpl.Tool)
+		p.kick()
+	}
 	return c
 }
 

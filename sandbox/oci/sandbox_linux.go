@@ -217,7 +217,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 	}
 	var c *ctr
 	if p != nil {
-		c = p.take()
+		c = p.take(stampOf(call))
 	}
 	if c == nil {
 		if c, err = s.create(call, call.Input); err != nil {
@@ -274,6 +274,35 @@ type ctr struct {
 	// call writes its input with a single write; nil once written or closed. Only the goroutine
 	// owning the container uses it.
 	input *os.File
+	// stamp is the tool's on-disk identity when the container was created (see toolStamp).
+	stamp toolStamp
+}
+
+// toolStamp identifies what a container bakes in when it is created: the tool folder, a
+// bundle's config.json and rootfs, a runtime-root tool's entrypoint (device, inode, size,
+// mtime of each). A pooled container whose stamp differs from the tool's current one was made
+// from an older version of the tool (config.json edited, rootfs or folder replaced, as `axoiso
+// bundle` does) and must not serve a call.
+type toolStamp [4]fileStamp
+
+type fileStamp struct {
+	dev, ino        uint64
+	size, mtimeNsec int64
+}
+
+func stampOf(call sandbox.Call) toolStamp {
+	var st toolStamp
+	paths := [4]string{call.Dir, "", "", call.Entrypoint}
+	if call.Dir != "" {
+		paths[1], paths[2] = filepath.Join(call.Dir, "config.json"), filepath.Join(call.Dir, "rootfs")
+	}
+	for i, p := range paths {
+		var s syscall.Stat_t
+		if p != "" && syscall.Stat(p, &s) == nil {
+			st[i] = fileStamp{uint64(s.Dev), s.Ino, s.Size, s.Mtim.Nano()}
+		}
+	}
+	return st
 }
 
 // writeInput writes a pooled container's input.json: the same inode the container has bound
@@ -420,6 +449,9 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 		// it overlaps with the spec, the I/O dir and the init's exec (see PrimeCgroups).
 		PrimeCgroups()
 	}
+	// Taken before the spec is built: a change made while the container is being created makes
+	// it stale rather than unnoticed.
+	stamp := stampOf(call)
 	id := s.containerID(call.Tool)
 	ioDir := filepath.Join(s.ioRoot, id)
 	if err := os.Mkdir(ioDir, 0o700); err != nil {
@@ -467,7 +499,7 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
 	}
-	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
+	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool, input: in, stamp: stamp}, nil
 }
 
 // execute starts c, waits for it under ctx and collects the outcome.
