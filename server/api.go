@@ -21,6 +21,7 @@ import (
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/server/metrics"
 )
 
 //go:embed openapi.json
@@ -230,14 +231,8 @@ func Status(err error) int {
 	return http.StatusInternalServerError
 }
 
-// kind is the error kind in bodies: the isolation kind, or canceled.
-func kind(err error) string {
-	k := isolation.KindName(err)
-	if k == "internal" && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		return "canceled"
-	}
-	return k
-}
+// kind is the error kind in bodies: the same word as the metrics' outcome label.
+func kind(err error) string { return metrics.Outcome(err) }
 
 func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 	callID := uuid.NewString()

@@ -38,6 +38,7 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/server/metrics"
 )
 
 // Meta keys set on tools and results.
@@ -283,10 +284,7 @@ type errorDetail struct {
 }
 
 func errorResult(ie *isolation.Error) *mcp.CallToolResult {
-	kind := isolation.KindName(ie)
-	if kind == "internal" && (errors.Is(ie, context.Canceled) || errors.Is(ie, context.DeadlineExceeded)) {
-		kind = "canceled"
-	}
+	kind := metrics.Outcome(ie)
 	text := fmt.Sprintf("%s: %s (call %s)", kind, ie.Error(), ie.CallID)
 	if ie.Stderr != "" {
 		text += "\nstderr:\n" + ie.Stderr
