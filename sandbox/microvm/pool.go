@@ -161,22 +161,30 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 // its files arrive with the call).
 func (s *Sandbox) PoolStats() []sandbox.PoolStats {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	out := make([]sandbox.PoolStats, 0, len(s.pools))
+	pids := make([][]int, 0, len(s.pools))
 	for sh, p := range s.pools {
 		p.mu.Lock()
-		st := sandbox.PoolStats{Tool: sh.String(), Ready: len(p.ready), Size: s.opts.PoolSize}
-		var sum, n int64
+		out = append(out, sandbox.PoolStats{Tool: sh.String(), Ready: len(p.ready), Size: s.opts.PoolSize})
+		ps := make([]int, 0, len(p.ready))
 		for _, v := range p.ready {
-			if r := processRSS(v.m.PID()); r > 0 {
+			ps = append(ps, v.m.PID())
+		}
+		pids = append(pids, ps)
+		p.mu.Unlock()
+	}
+	s.mu.Unlock()
+	// The procfs reads happen outside the locks that calls take.
+	for i, ps := range pids {
+		var sum, n int64
+		for _, pid := range ps {
+			if r := processRSS(pid); r > 0 {
 				sum, n = sum+r, n+1
 			}
 		}
-		p.mu.Unlock()
 		if n > 0 {
-			st.IdleRSSBytes = sum / n
+			out[i].IdleRSSBytes = sum / n
 		}
-		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Tool < out[j].Tool })
 	return out

@@ -129,9 +129,13 @@ func (p *pool) createSome(n int) error {
 	errs := make(chan error, n)
 	for range n {
 		go func() {
+			// Taken before creating: a change made meanwhile makes the container stale rather
+			// than unnoticed.
+			stamp := stampOf(p.tmpl)
 			c, err := p.s.create(p.tmpl, nil)
 			p.lock()
 			if err == nil {
+				c.stamp = stamp
 				p.ready = append(p.ready, c)
 			}
 			p.lastErr = err

@@ -274,7 +274,8 @@ type ctr struct {
 	// call writes its input with a single write; nil once written or closed. Only the goroutine
 	// owning the container uses it.
 	input *os.File
-	// stamp is the tool's on-disk identity when the container was created (see toolStamp).
+	// stamp is the tool's on-disk identity when a pooled container was created (see toolStamp);
+	// zero for a cold call's container, which never goes back to a pool.
 	stamp toolStamp
 }
 
@@ -449,9 +450,6 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 		// it overlaps with the spec, the I/O dir and the init's exec (see PrimeCgroups).
 		PrimeCgroups()
 	}
-	// Taken before the spec is built: a change made while the container is being created makes
-	// it stale rather than unnoticed.
-	stamp := stampOf(call)
 	id := s.containerID(call.Tool)
 	ioDir := filepath.Join(s.ioRoot, id)
 	if err := os.Mkdir(ioDir, 0o700); err != nil {
@@ -499,7 +497,7 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
 	}
-	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool, input: in, stamp: stamp}, nil
+	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
 }
 
 // execute starts c, waits for it under ctx and collects the outcome.
