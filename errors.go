@@ -23,12 +23,23 @@ var (
 	ErrOutputTooLarge   = errors.New("output too large")
 	ErrTimeout          = errors.New("timeout")
 	ErrMemoryLimit      = errors.New("memory limit")
+	// ErrInvalidTool: the tool's folder or manifest is broken (unknown runtime, a limit out of
+	// range, an escaping entrypoint, a cyclic schema, a module that does not compile). The
+	// operator's fault, not the caller's, and not a fault of the service.
+	ErrInvalidTool = errors.New("invalid tool")
+	// ErrSandboxFailed: the tier itself failed while running the call (its VMM died, its state
+	// root is full or read-only), as opposed to the tool failing inside it.
+	ErrSandboxFailed = errors.New("sandbox failed")
+	// ErrBusy: the call was not started because a queue or concurrency limit was full, or it
+	// waited past its queue deadline; retrying later may succeed.
+	ErrBusy = errors.New("busy")
 )
 
 // Kinds lists the error classes in a stable order.
 var Kinds = []error{
 	ErrInvalidToolName, ErrInvalidInput, ErrToolNotFound, ErrTierUnavailable, ErrDowngradeRefused,
 	ErrToolFailed, ErrOutputMissing, ErrOutputInvalid, ErrOutputTooLarge, ErrTimeout, ErrMemoryLimit,
+	ErrInvalidTool, ErrSandboxFailed, ErrBusy,
 }
 
 // Error is the error a call returns. Kind is one of the class sentinels above.
@@ -89,7 +100,7 @@ func Errorf(kind error, format string, args ...any) *Error {
 func KindName(err error) string {
 	for _, k := range []error{ErrDowngradeRefused, ErrInvalidToolName, ErrInvalidInput, ErrToolNotFound,
 		ErrTierUnavailable, ErrToolFailed, ErrOutputMissing, ErrOutputInvalid, ErrOutputTooLarge,
-		ErrTimeout, ErrMemoryLimit} {
+		ErrTimeout, ErrMemoryLimit, ErrInvalidTool, ErrSandboxFailed, ErrBusy} {
 		if errors.Is(err, k) {
 			return strings.ReplaceAll(k.Error(), " ", "_")
 		}
