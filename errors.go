@@ -1,6 +1,7 @@
 package isolation
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -34,13 +35,6 @@ var (
 	// waited past its queue deadline; retrying later may succeed.
 	ErrBusy = errors.New("busy")
 )
-
-// Kinds lists the error classes in a stable order.
-var Kinds = []error{
-	ErrInvalidToolName, ErrInvalidInput, ErrToolNotFound, ErrTierUnavailable, ErrDowngradeRefused,
-	ErrToolFailed, ErrOutputMissing, ErrOutputInvalid, ErrOutputTooLarge, ErrTimeout, ErrMemoryLimit,
-	ErrInvalidTool, ErrSandboxFailed, ErrBusy,
-}
 
 // Error is the error a call returns. Kind is one of the class sentinels above.
 type Error struct {
@@ -95,15 +89,94 @@ func Errorf(kind error, format string, args ...any) *Error {
 	return &Error{Kind: kind, Message: fmt.Sprintf(format, args...)}
 }
 
-// KindName returns the snake_case name of err's class ("timeout", "tool_not_found", ...), or
-// "internal" when err matches none.
-func KindName(err error) string {
-	for _, k := range []error{ErrDowngradeRefused, ErrInvalidToolName, ErrInvalidInput, ErrToolNotFound,
-		ErrTierUnavailable, ErrToolFailed, ErrOutputMissing, ErrOutputInvalid, ErrOutputTooLarge,
-		ErrTimeout, ErrMemoryLimit, ErrInvalidTool, ErrSandboxFailed, ErrBusy} {
-		if errors.Is(err, k) {
-			return strings.ReplaceAll(k.Error(), " ", "_")
+// The outcomes that are not error classes.
+const (
+	KindOK = "ok"
+	// KindCanceled: the caller went away, or the server shut down, before the call ended.
+	KindCanceled = "canceled"
+	// KindInternal: a fault of the service itself (a bug, or an error nothing typed).
+	KindInternal = "internal"
+)
+
+// Outcome is how a call ended, as every surface reports it. The table of outcomes is the one
+// place that maps an error class to its wire kind, HTTP status, CLI exit code and retryability:
+// the HTTP API, MCP, the metrics and axoiso all read it.
+type Outcome struct {
+	// Kind is the wire name: the kind of HTTP and MCP error bodies, the metrics' outcome label,
+	// the logs' kind attribute.
+	Kind string
+	// Class is the error class sentinel; nil for ok, canceled and internal.
+	Class error
+	// HTTPStatus is the status POST /v1/tools/{name}/execute answers with.
+	HTTPStatus int
+	// ExitCode is the exit status of axoiso run.
+	ExitCode int
+	// Retryable: the same call, unchanged, may succeed later (a full queue, a sandbox that died,
+	// a server that shut down). The HTTP API adds Retry-After to retryable errors.
+	Retryable bool
+}
+
+// outcomes is the table, in match order: ErrDowngradeRefused comes before ErrTierUnavailable,
+// which it also matches. Statuses are literal numbers so that this package does not pull in
+// net/http (every container init links it).
+var outcomes = [...]Outcome{
+	{KindOK, nil, 200, 0, false},
+	{"invalid_tool_name", ErrInvalidToolName, 400, 2, false},
+	{"invalid_input", ErrInvalidInput, 400, 2, false},
+	{"tool_not_found", ErrToolNotFound, 404, 3, false},
+	// A broken tool folder is the operator's to fix: not the caller's request (4xx would say
+	// "change your request") yet not a fault of the service either (500). 424 Failed Dependency:
+	// the call depended on the tool, and the tool is broken. For the CLI it is as good as absent.
+	{"invalid_tool", ErrInvalidTool, 424, 3, false},
+	{"downgrade_refused", ErrDowngradeRefused, 409, 4, false},
+	{"tier_unavailable", ErrTierUnavailable, 422, 4, false},
+	{"tool_failed", ErrToolFailed, 502, 5, false},
+	{"output_missing", ErrOutputMissing, 502, 5, false},
+	{"output_invalid", ErrOutputInvalid, 502, 5, false},
+	{"output_too_large", ErrOutputTooLarge, 502, 5, false},
+	{"timeout", ErrTimeout, 504, 6, false},
+	{"memory_limit", ErrMemoryLimit, 507, 7, false},
+	// The tier, not the tool, failed (a VMM killed, a state root full): 503, distinct from the
+	// tool's own failures (502); another try may land on a healthy sandbox.
+	{"sandbox_failed", ErrSandboxFailed, 503, 8, true},
+	{"busy", ErrBusy, 429, 9, true},
+	// The caller's context ended: for HTTP the server shut down (a client that left reads nothing);
+	// for the CLI a SIGINT or SIGTERM, 128+2 as a shell reports an interrupted command.
+	{KindCanceled, nil, 503, 130, true},
+	{KindInternal, nil, 500, 1, false},
+}
+
+// Outcomes returns the table: every outcome, ok first and internal last.
+func Outcomes() []Outcome { return append([]Outcome(nil), outcomes[:]...) }
+
+// Kinds returns the error classes, in the table's order.
+func Kinds() []error {
+	ks := make([]error, 0, len(outcomes))
+	for _, o := range outcomes {
+		if o.Class != nil {
+			ks = append(ks, o.Class)
 		}
 	}
-	return "internal"
+	return ks
 }
+
+// OutcomeOf returns the outcome of a call that returned err: ok for nil, the first class err
+// matches with errors.Is, canceled for a context's error, internal for anything else.
+func OutcomeOf(err error) Outcome {
+	if err == nil {
+		return outcomes[0]
+	}
+	for _, o := range outcomes[1:] {
+		if o.Class != nil && errors.Is(err, o.Class) {
+			return o
+		}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return outcomes[len(outcomes)-2]
+	}
+	return outcomes[len(outcomes)-1]
+}
+
+// KindName returns the wire kind of err's outcome ("timeout", "tool_not_found", "canceled",
+// "internal", ...).
+func KindName(err error) string { return OutcomeOf(err).Kind }

@@ -25,8 +25,8 @@ const (
 	TierMicroVM
 )
 
-// Tiers lists every tier, weakest first.
-var Tiers = []Tier{TierNone, TierWasm, TierOCI, TierMicroVM}
+// Tiers returns every tier, weakest first.
+func Tiers() []Tier { return []Tier{TierNone, TierWasm, TierOCI, TierMicroVM} }
 
 var tierNames = [...]string{"None", "Wasmtime", "Oci", "Firecracker"}
 
@@ -79,8 +79,10 @@ const (
 	RequireNativeTrusted
 )
 
-// Requirements lists every requirement.
-var Requirements = []RuntimeRequirement{RequireWasm, RequirePython, RequireShell, RequireArbitrary, RequireContainerImage, RequireNativeTrusted}
+// Requirements returns every requirement.
+func Requirements() []RuntimeRequirement {
+	return []RuntimeRequirement{RequireWasm, RequirePython, RequireShell, RequireArbitrary, RequireContainerImage, RequireNativeTrusted}
+}
 
 var requirementNames = [...]string{"WasmCompiled", "Python", "Shell", "Arbitrary", "ContainerImage", "NativeTrusted"}
 

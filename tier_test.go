@@ -1,6 +1,7 @@
 package isolation_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,7 +75,7 @@ func TestOciFallbackOrder(t *testing.T) {
 }
 
 func TestTierSerdeRoundTrip(t *testing.T) {
-	for _, tier := range isolation.Tiers {
+	for _, tier := range isolation.Tiers() {
 		b, err := json.Marshal(tier)
 		if err != nil {
 			t.Fatal(err)
@@ -253,19 +254,81 @@ func TestSelectForcedTier(t *testing.T) {
 	}
 }
 
-func TestErrorKindNames(t *testing.T) {
+// TestOutcomeTable checks the one table every surface reads against hard expectations: a wrong
+// entry, a class left out or a new class without a deliberate mapping fails here.
+func TestOutcomeTable(t *testing.T) {
+	want := map[string]struct {
+		class     error
+		status    int
+		exit      int
+		retryable bool
+	}{
+		"ok":                {nil, 200, 0, false},
+		"invalid_tool_name": {isolation.ErrInvalidToolName, 400, 2, false},
+		"invalid_input":     {isolation.ErrInvalidInput, 400, 2, false},
+		"tool_not_found":    {isolation.ErrToolNotFound, 404, 3, false},
+		"invalid_tool":      {isolation.ErrInvalidTool, 424, 3, false},
+		"downgrade_refused": {isolation.ErrDowngradeRefused, 409, 4, false},
+		"tier_unavailable":  {isolation.ErrTierUnavailable, 422, 4, false},
+		"tool_failed":       {isolation.ErrToolFailed, 502, 5, false},
+		"output_missing":    {isolation.ErrOutputMissing, 502, 5, false},
+		"output_invalid":    {isolation.ErrOutputInvalid, 502, 5, false},
+		"output_too_large":  {isolation.ErrOutputTooLarge, 502, 5, false},
+		"timeout":           {isolation.ErrTimeout, 504, 6, false},
+		"memory_limit":      {isolation.ErrMemoryLimit, 507, 7, false},
+		"sandbox_failed":    {isolation.ErrSandboxFailed, 503, 8, true},
+		"busy":              {isolation.ErrBusy, 429, 9, true},
+		"canceled":          {nil, 503, 130, true},
+		"internal":          {nil, 500, 1, false},
+	}
 	seen := map[string]bool{}
-	for _, k := range isolation.Kinds {
-		name := isolation.KindName(&isolation.Error{Kind: k})
-		if name == "internal" || seen[name] || strings.Contains(name, " ") {
-			t.Errorf("kind %v has name %q", k, name)
+	for _, o := range isolation.Outcomes() {
+		w, ok := want[o.Kind]
+		if !ok {
+			t.Errorf("outcome %q has no expectation", o.Kind)
+			continue
 		}
-		seen[name] = true
+		seen[o.Kind] = true
+		if o.Class != w.class || o.HTTPStatus != w.status || o.ExitCode != w.exit || o.Retryable != w.retryable {
+			t.Errorf("outcome %q = %+v, want %+v", o.Kind, o, w)
+		}
+		// The class's own outcome is found from an error of it, wrapped or not.
+		if o.Class != nil {
+			for _, err := range []error{o.Class, &isolation.Error{Kind: o.Class, Tool: "t"}, fmt.Errorf("ctx: %w", &isolation.Error{Kind: o.Class})} {
+				if got := isolation.OutcomeOf(err); got.Kind != o.Kind {
+					t.Errorf("OutcomeOf(%v) = %q, want %q", err, got.Kind, o.Kind)
+				}
+			}
+		}
 	}
-	if got := isolation.KindName(errors.New("boom")); got != "internal" {
-		t.Errorf("plain error kind = %q", got)
+	for k := range want {
+		if !seen[k] {
+			t.Errorf("outcome %q is missing from the table", k)
+		}
 	}
-	if got := isolation.KindName(&isolation.Error{Kind: isolation.ErrDowngradeRefused}); got != "downgrade_refused" {
-		t.Errorf("downgrade kind = %q", got)
+	if n := len(isolation.Kinds()); n != len(want)-3 {
+		t.Errorf("Kinds() has %d classes, want %d", n, len(want)-3)
+	}
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{nil, "ok"},
+		{errors.New("boom"), "internal"},
+		{fmt.Errorf("tool %q: %w", "x", context.Canceled), "canceled"},
+		{context.DeadlineExceeded, "canceled"},
+		// A timeout class wins over the context error it wraps.
+		{&isolation.Error{Kind: isolation.ErrTimeout, Err: context.DeadlineExceeded}, "timeout"},
+		{&isolation.Error{Kind: isolation.ErrSandboxFailed, Err: context.Canceled}, "sandbox_failed"},
+	} {
+		if got := isolation.KindName(c.err); got != c.want {
+			t.Errorf("KindName(%v) = %q, want %q", c.err, got, c.want)
+		}
+	}
+	// The table is not shared: changing a returned copy changes nothing.
+	isolation.Outcomes()[1].HTTPStatus = 999
+	isolation.Tiers()[0] = isolation.TierMicroVM
+	if isolation.Outcomes()[1].HTTPStatus == 999 || isolation.Tiers()[0] != isolation.TierNone {
+		t.Error("Outcomes or Tiers returned shared storage")
 	}
 }

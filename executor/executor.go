@@ -151,8 +151,8 @@ func (e *Executor) Availability(ctx context.Context, t isolation.Tier) isolation
 
 // Tiers reports every tier's availability, weakest first.
 func (e *Executor) Tiers(ctx context.Context) []TierStatus {
-	out := make([]TierStatus, 0, len(isolation.Tiers))
-	for _, t := range isolation.Tiers {
+	out := make([]TierStatus, 0, len(isolation.Tiers()))
+	for _, t := range isolation.Tiers() {
 		out = append(out, TierStatus{Tier: t, Availability: e.Availability(ctx, t)})
 	}
 	return out
@@ -329,8 +329,8 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 }
 
 // sandboxError turns what a sandbox's Setup or Run returned into the call's error: an
-// *isolation.Error carrying the tool and tier, ctx's error when the caller gave up, or a wrapped
-// internal error. runCtx is the context the sandbox ran under (with the call's deadline).
+// *isolation.Error carrying the tool and tier (ErrSandboxFailed when the sandbox's error matches
+// no class), or ctx's error when the caller gave up. runCtx is the context the sandbox ran under (with the call's deadline).
 func sandboxError(ctx, runCtx context.Context, err error, name string, tier isolation.Tier, timeout time.Duration) error {
 	var ie *isolation.Error
 	switch {
@@ -345,12 +345,14 @@ func sandboxError(ctx, runCtx context.Context, err error, name string, tier isol
 	case ctx.Err() != nil:
 		return fmt.Errorf("tool %q: %w", name, ctx.Err())
 	}
-	for _, k := range isolation.Kinds {
+	for _, k := range isolation.Kinds() {
 		if errors.Is(err, k) {
 			return &isolation.Error{Kind: k, Tool: name, Tier: tier, HasTier: true, Err: err}
 		}
 	}
-	return fmt.Errorf("tool %q in tier %s: %w", name, tier, err)
+	// Nothing typed it, so the tier itself failed (a VMM killed, a state root full or read-only):
+	// "internal" is for faults of the service, and the caller should learn which tier broke.
+	return &isolation.Error{Kind: isolation.ErrSandboxFailed, Tool: name, Tier: tier, HasTier: true, Err: err}
 }
 
 // newCall resolves a tool's limits (tool.json, call options, the executor's caps) into a Call.

@@ -94,8 +94,9 @@ type Outcome struct {
 //
 // Sandboxes are safe for concurrent use. Run returns an Outcome for a tool that exited, or an error
 // that matches isolation.ErrTimeout (deadline or context end), isolation.ErrMemoryLimit,
-// isolation.ErrOutputTooLarge, isolation.ErrTierUnavailable, or another error for failures of the
-// sandbox itself. Whatever Run returns, every process, mount, cgroup, file and VM the call created
+// isolation.ErrOutputTooLarge, isolation.ErrTierUnavailable, isolation.ErrInvalidTool, or another
+// error for failures of the sandbox itself (the executor reports an error of no class as
+// isolation.ErrSandboxFailed with the tier). Whatever Run returns, every process, mount, cgroup, file and VM the call created
 // is gone or being removed off the call path. Close releases the sandbox's shared resources (pools,
 // caches) and is idempotent; Run after Close fails.
 type Sandbox interface {

@@ -21,7 +21,6 @@ import (
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
-	"github.com/axocoatl/isolation/server/metrics"
 )
 
 //go:embed openapi.json
@@ -186,6 +185,8 @@ type errorDetail struct {
 	Tier     string `json:"tier,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Stderr   string `json:"stderr,omitempty"`
+	// Retryable: the same call may succeed later unchanged (isolation.Outcome.Retryable).
+	Retryable bool `json:"retryable,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, code int, kind, msg, callID string) {
@@ -207,32 +208,11 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc.Encode(v)
 }
 
-// Status maps a call error to its HTTP status (see the package documentation).
-func Status(err error) int {
-	switch {
-	case errors.Is(err, isolation.ErrInvalidToolName), errors.Is(err, isolation.ErrInvalidInput):
-		return http.StatusBadRequest
-	case errors.Is(err, isolation.ErrToolNotFound):
-		return http.StatusNotFound
-	case errors.Is(err, isolation.ErrDowngradeRefused):
-		return http.StatusConflict
-	case errors.Is(err, isolation.ErrTierUnavailable):
-		return http.StatusUnprocessableEntity
-	case errors.Is(err, isolation.ErrToolFailed), errors.Is(err, isolation.ErrOutputMissing),
-		errors.Is(err, isolation.ErrOutputInvalid), errors.Is(err, isolation.ErrOutputTooLarge):
-		return http.StatusBadGateway
-	case errors.Is(err, isolation.ErrTimeout):
-		return http.StatusGatewayTimeout
-	case errors.Is(err, isolation.ErrMemoryLimit):
-		return http.StatusInsufficientStorage
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}
+// Status maps a call error to its HTTP status: isolation's outcome table.
+func Status(err error) int { return isolation.OutcomeOf(err).HTTPStatus }
 
 // kind is the error kind in bodies: the same word as the metrics' outcome label.
-func kind(err error) string { return metrics.Outcome(err) }
+func kind(err error) string { return isolation.KindName(err) }
 
 func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 	callID := uuid.NewString()
@@ -240,7 +220,7 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if err := catalog.ValidateName(name); err != nil {
 		s.metrics.ObserveCall(name, nil, err, 0)
-		writeError(w, http.StatusBadRequest, kind(err), err.Error(), callID)
+		s.writeCallError(w, r, callID, err)
 		return
 	}
 	q := r.URL.Query()
@@ -263,15 +243,10 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	release, refused := s.limits.acquire(r.Context(), name)
-	if refused != "" {
-		w.Header().Set("Retry-After", "1")
-		msg := "the server is running its maximum number of calls"
-		if refused == "tool_limit" {
-			msg = fmt.Sprintf("tool %q is running its maximum number of concurrent calls", name)
-		}
-		s.log.LogAttrs(r.Context(), slog.LevelInfo, "call refused", slog.String("call_id", callID), slog.String("tool", name), slog.String("reason", refused))
-		writeError(w, http.StatusTooManyRequests, "too_many_requests", msg, callID)
+	release, err := s.admit(r.Context(), name)
+	if err != nil {
+		s.log.LogAttrs(r.Context(), slog.LevelInfo, "call refused", slog.String("call_id", callID), slog.String("tool", name), slog.String("error", err.Error()))
+		s.writeCallError(w, r, callID, err)
 		return
 	}
 	done := s.metrics.Start()
@@ -319,8 +294,15 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) writeCallError(w http.ResponseWriter, r *http.Request, callID string, err error) {
-	code := Status(err)
-	d := errorDetail{Kind: kind(err), Message: err.Error(), CallID: callID}
+	o := isolation.OutcomeOf(err)
+	code := o.HTTPStatus
+	if errors.Is(err, errShuttingDown) {
+		code = http.StatusServiceUnavailable // busy, but not for a while: this server is going away
+	}
+	d := errorDetail{Kind: o.Kind, Message: err.Error(), CallID: callID, Retryable: o.Retryable}
+	if o.Retryable {
+		w.Header().Set("Retry-After", "1")
+	}
 	var ie *isolation.Error
 	if errors.As(err, &ie) {
 		if ie.HasTier {
@@ -465,7 +447,7 @@ func (s *Server) tiers(w http.ResponseWriter, r *http.Request) {
 		Tiers []executor.TierStatus `json:"tiers"`
 		Pools []poolView            `json:"pools"`
 	}{Tiers: s.exec.Tiers(r.Context()), Pools: []poolView{}}
-	for _, t := range isolation.Tiers {
+	for _, t := range isolation.Tiers() {
 		if sb, ok := s.exec.Sandbox(t); ok {
 			if p, ok := sb.(sandbox.Pooler); ok {
 				for _, st := range p.PoolStats() {

@@ -2,10 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
-	"github.com/axocoatl/isolation/server/mcpserver"
+	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/server/metrics"
 )
 
@@ -103,11 +104,30 @@ func (l *limiter) wait(ctx context.Context) bool {
 	}
 }
 
-// gate adapts the limiter for the MCP server.
-func (s *Server) gate(ctx context.Context, tool string) (func(), error) {
+// errShuttingDown marks the busy error of a call refused because shutdown has begun.
+var errShuttingDown = errors.New("the server is shutting down")
+
+// admit takes a slot for a call of tool, or returns an error of class isolation.ErrBusy: over a
+// concurrency limit, or shutdown has begun (wrapping errShuttingDown).
+func (s *Server) admit(ctx context.Context, tool string) (release func(), err error) {
+	if s.shutdown.Err() != nil {
+		return nil, &isolation.Error{Kind: isolation.ErrBusy, Tool: tool, Err: errShuttingDown}
+	}
 	release, refused := s.limits.acquire(ctx, tool)
-	if refused != "" {
-		return nil, mcpserver.ErrBusy
+	switch refused {
+	case "":
+		return release, nil
+	case "tool_limit":
+		return nil, &isolation.Error{Kind: isolation.ErrBusy, Tool: tool, Message: "the tool is running its maximum number of concurrent calls"}
+	}
+	return nil, &isolation.Error{Kind: isolation.ErrBusy, Tool: tool, Message: "the server is running its maximum number of calls"}
+}
+
+// gate adapts admit for the MCP server.
+func (s *Server) gate(ctx context.Context, tool string) (func(), error) {
+	release, err := s.admit(ctx, tool)
+	if err != nil {
+		return nil, err
 	}
 	done := s.metrics.Start()
 	return func() { done(); release() }, nil

@@ -18,21 +18,24 @@
 // timeout=2s sets the call's timeout (a Go duration, capped by Config.MaxTimeout); tier=Oci runs
 // only in that tier; strict=1 refuses a downgrade. Every execute response carries X-Call-Id.
 //
-// Errors are {"error":{"kind","message","call_id"}} with these statuses:
+// Errors are {"error":{"kind","message","call_id","tier","retryable"}}. A call's kind and status
+// come from isolation's outcome table (isolation.OutcomeOf); retryable ones carry Retry-After: 1:
 //
 //	400 invalid_tool_name, invalid_input (also bad query parameters)
-//	401 unauthorized (missing or wrong bearer token)
-//	404 tool_not_found, not_found (no such route)
-//	405 method_not_allowed
+//	404 tool_not_found
 //	409 downgrade_refused (a weaker tier was available but the policy refuses it)
-//	413 request_too_large (body over Config.MaxBodyBytes)
 //	422 tier_unavailable (no tier on this host can run the tool; not temporary)
-//	429 too_many_requests (over the global or the tool's concurrency limit; Retry-After: 1)
+//	424 invalid_tool (the tool's folder or manifest is broken: the operator's to fix)
+//	429 busy (over the global or the tool's concurrency limit; retryable)
 //	502 tool_failed, output_missing, output_invalid, output_too_large
-//	503 canceled (the server shut down before the call ended)
+//	503 sandbox_failed (the tier failed, not the tool; retryable), busy while shutting down,
+//	    canceled (the server shut down before the call ended; retryable)
 //	504 timeout
 //	507 memory_limit
-//	500 internal
+//	500 internal (a fault of the service itself)
+//
+// and, for requests rather than calls: 401 unauthorized, 403 forbidden, 404 not_found, 405
+// method_not_allowed, 413 request_too_large.
 //
 // Concurrency: a call over its tool's limit is refused at once; a call over the global limit waits
 // up to Config.QueueWait for a slot (0: refused at once), then gets 429.

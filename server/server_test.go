@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -193,38 +194,6 @@ func TestEnvelope(t *testing.T) {
 	}
 }
 
-func TestStatusMapping(t *testing.T) {
-	cases := []struct {
-		err  error
-		want int
-	}{
-		{isolation.ErrInvalidToolName, 400},
-		{isolation.ErrInvalidInput, 400},
-		{isolation.ErrToolNotFound, 404},
-		{&isolation.Error{Kind: isolation.ErrDowngradeRefused}, 409},
-		{isolation.ErrTierUnavailable, 422},
-		{isolation.ErrToolFailed, 502},
-		{isolation.ErrOutputMissing, 502},
-		{isolation.ErrOutputInvalid, 502},
-		{isolation.ErrOutputTooLarge, 502},
-		{isolation.ErrTimeout, 504},
-		{&isolation.Error{Kind: isolation.ErrMemoryLimit}, 507},
-		{context.Canceled, 503},
-		{errors.New("sandbox exploded"), 500},
-	}
-	for _, c := range cases {
-		if got := Status(c.err); got != c.want {
-			t.Errorf("Status(%v) = %d, want %d", c.err, got, c.want)
-		}
-	}
-	// Every kind must have a deliberate status: none may fall through to 500.
-	for _, k := range isolation.Kinds {
-		if Status(&isolation.Error{Kind: k}) == 500 {
-			t.Errorf("kind %v maps to 500", k)
-		}
-	}
-}
-
 func TestConcurrencyLimits(t *testing.T) {
 	cases := []struct {
 		name  string
@@ -251,7 +220,7 @@ func TestConcurrencyLimits(t *testing.T) {
 			}()
 			<-f.Started
 			resp, body := do(t, "POST", ts.URL+"/v1/tools/block/execute", `{}`, nil)
-			if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" || !bytes.Contains(body, []byte(`"too_many_requests"`)) {
+			if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" || !bytes.Contains(body, []byte(`"kind":"busy"`)) || !bytes.Contains(body, []byte(`"retryable":true`)) {
 				t.Errorf("second block: %d %s", resp.StatusCode, body)
 			}
 			resp, body = do(t, "POST", ts.URL+"/v1/tools/"+c.other+"/execute", `{}`, nil)
@@ -587,15 +556,41 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		Responses map[string]json.RawMessage `json:"responses"`
 	}
 	json.Unmarshal(doc.Paths["/v1/tools/{name}/execute"]["post"], &exec)
-	for _, k := range append(append([]error{}, isolation.Kinds...), context.Canceled, errors.New("x")) {
-		code := Status(&isolation.Error{Kind: k})
-		if _, ok := exec.Responses[strconv.Itoa(code)]; !ok {
-			t.Errorf("status %d (%v) is not documented for execute", code, k)
+	for _, o := range isolation.Outcomes() {
+		if _, ok := exec.Responses[strconv.Itoa(o.HTTPStatus)]; !ok {
+			t.Errorf("status %d (%s) is not documented for execute", o.HTTPStatus, o.Kind)
 		}
 	}
 	for _, code := range []int{200, 401, 413, 429} {
 		if _, ok := exec.Responses[strconv.Itoa(code)]; !ok {
 			t.Errorf("status %d is not documented for execute", code)
+		}
+	}
+	// Every error kind of the outcome table is in the Error schema's enum.
+	var schemas struct {
+		Components struct {
+			Schemas struct {
+				Error struct {
+					Properties struct {
+						Error struct {
+							Properties struct {
+								Kind struct {
+									Enum []string `json:"enum"`
+								} `json:"kind"`
+							} `json:"properties"`
+						} `json:"error"`
+					} `json:"properties"`
+				} `json:"Error"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(openAPI, &schemas); err != nil {
+		t.Fatal(err)
+	}
+	enum := schemas.Components.Schemas.Error.Properties.Error.Properties.Kind.Enum
+	for _, o := range isolation.Outcomes() {
+		if o.Kind != isolation.KindOK && !slices.Contains(enum, o.Kind) {
+			t.Errorf("kind %q is not in openapi.json's Error enum %v", o.Kind, enum)
 		}
 	}
 }

@@ -30,8 +30,8 @@ func runTiers(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return err
 	}
 	sbs := assemble.Sandboxes(cfg, log)
-	statuses := make([]executor.TierStatus, 0, len(isolation.Tiers))
-	for _, t := range isolation.Tiers {
+	statuses := make([]executor.TierStatus, 0, len(isolation.Tiers()))
+	for _, t := range isolation.Tiers() {
 		st := executor.TierStatus{Tier: t, Availability: isolation.Availability{Reason: "disabled in the config or not built into this binary", Fix: "remove it from disable_tiers"}}
 		for _, s := range sbs {
 			if s.Tier() == t {

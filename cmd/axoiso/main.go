@@ -20,16 +20,11 @@ import (
 	_ "github.com/axocoatl/isolation/internal/containerinit"
 )
 
-// Exit codes: part of the CLI contract.
+// Exit codes: part of the CLI contract. Calls exit with their outcome's code from isolation's
+// outcome table (isolation.Outcomes); these are the ones the CLI itself decides.
 const (
-	exitOK          = 0
-	exitOther       = 1
-	exitInvalid     = 2 // invalid tool name or input, or bad usage
-	exitNotFound    = 3
-	exitUnavailable = 4 // tier unavailable or downgrade refused
-	exitToolFailed  = 5 // tool failed, output missing, invalid or too large
-	exitTimeout     = 6
-	exitMemory      = 7
+	exitOK      = 0
+	exitInvalid = 2 // bad usage (like an invalid tool name or input)
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -76,25 +71,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return exitCode(err)
 }
 
-// exitCode maps an error class to the documented exit status.
+// exitCode maps an error to the documented exit status: bad usage is exitInvalid, anything else
+// its outcome's exit code (1 when nothing typed it).
 func exitCode(err error) int {
 	var u usageError
-	switch {
-	case errors.As(err, &u), errors.Is(err, isolation.ErrInvalidToolName), errors.Is(err, isolation.ErrInvalidInput):
+	if errors.As(err, &u) {
 		return exitInvalid
-	case errors.Is(err, isolation.ErrToolNotFound):
-		return exitNotFound
-	case errors.Is(err, isolation.ErrTierUnavailable):
-		return exitUnavailable
-	case errors.Is(err, isolation.ErrToolFailed), errors.Is(err, isolation.ErrOutputMissing),
-		errors.Is(err, isolation.ErrOutputInvalid), errors.Is(err, isolation.ErrOutputTooLarge):
-		return exitToolFailed
-	case errors.Is(err, isolation.ErrTimeout):
-		return exitTimeout
-	case errors.Is(err, isolation.ErrMemoryLimit):
-		return exitMemory
 	}
-	return exitOther
+	return isolation.OutcomeOf(err).ExitCode
 }
 
 type usageError struct{ msg string }
@@ -114,8 +98,9 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nExit codes: 0 ok, 2 invalid name/input/usage, 3 tool not found, 4 tier unavailable or downgrade refused,")
-	fmt.Fprintln(w, "5 tool failed or bad output, 6 timeout, 7 memory limit, 1 anything else.")
+	fmt.Fprintln(w, "\nExit codes: 0 ok, 2 invalid name/input/usage, 3 tool not found or invalid, 4 tier unavailable or downgrade")
+	fmt.Fprintln(w, "refused, 5 tool failed or bad output, 6 timeout, 7 memory limit, 8 sandbox failed, 9 busy, 130 interrupted,")
+	fmt.Fprintln(w, "1 anything else.")
 }
 
 // parseInterspersed parses flags that may come before or after positional arguments.

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/axocoatl/isolation"
 )
 
 // axoiso runs the CLI in-process and returns its exit code, stdout and stderr.
@@ -190,5 +194,48 @@ func TestToolsRootFromEnvAndFlagWins(t *testing.T) {
 	os.WriteFile(cfg, []byte(`{"tools_root":`), 0o644)
 	if code, _, errs := axoiso(t, "", "tools", "--config", cfg); code == 0 || !strings.Contains(errs, "config") {
 		t.Errorf("a broken config file: exit %d, %q", code, errs)
+	}
+}
+
+// TestExitCodes checks every outcome's exit code against the documented contract (README, usage),
+// written out here so that a wrong entry in isolation's outcome table fails.
+func TestExitCodes(t *testing.T) {
+	want := map[string]int{
+		"ok": 0, "invalid_tool_name": 2, "invalid_input": 2, "tool_not_found": 3, "invalid_tool": 3,
+		"downgrade_refused": 4, "tier_unavailable": 4, "tool_failed": 5, "output_missing": 5,
+		"output_invalid": 5, "output_too_large": 5, "timeout": 6, "memory_limit": 7,
+		"sandbox_failed": 8, "busy": 9, "canceled": 130, "internal": 1,
+	}
+	for _, o := range isolation.Outcomes() {
+		w, ok := want[o.Kind]
+		if !ok {
+			t.Errorf("outcome %q has no documented exit code", o.Kind)
+			continue
+		}
+		if o.Class != nil {
+			err := fmt.Errorf("axoiso: %w", &isolation.Error{Kind: o.Class, Tool: "t"})
+			if got := exitCode(err); got != w {
+				t.Errorf("%s: exit %d, want %d", o.Kind, got, w)
+			}
+		}
+		if o.ExitCode != w {
+			t.Errorf("%s: table exit %d, want %d", o.Kind, o.ExitCode, w)
+		}
+		delete(want, o.Kind)
+	}
+	for k := range want {
+		t.Errorf("outcome %q is not in the table", k)
+	}
+	for _, c := range []struct {
+		err  error
+		code int
+	}{
+		{usagef("bad flag"), 2},
+		{fmt.Errorf("tool %q: %w", "x", context.Canceled), 130},
+		{errors.New("the tools root is missing"), 1},
+	} {
+		if got := exitCode(c.err); got != c.code {
+			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.code)
+		}
 	}
 }

@@ -254,7 +254,7 @@ func TestSupportsAndClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range isolation.Requirements {
+	for _, r := range isolation.Requirements() {
 		reason := s.Supports(r)
 		if (reason == "") != (r == isolation.RequireWasm) {
 			t.Errorf("Supports(%s) = %q", r, reason)

@@ -38,7 +38,6 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
-	"github.com/axocoatl/isolation/server/metrics"
 )
 
 // Meta keys set on tools and results.
@@ -49,9 +48,6 @@ const (
 	MetaInput    = "axocoatl/input"
 )
 
-// ErrBusy is what a Gate returns when the call is over a concurrency limit.
-var ErrBusy = errors.New("server busy: over the concurrency limit")
-
 // Options configure a server. The zero value is usable.
 type Options struct {
 	// Name and Version identify the server to clients (default "axoiso", "dev").
@@ -59,8 +55,8 @@ type Options struct {
 	// Logger receives the server's records (tool list changes, failures); nil logs nowhere. For
 	// stdio it must not write to stdout.
 	Logger *slog.Logger
-	// Gate, when set, is called before each call: it returns a release func, or an error (ErrBusy)
-	// that fails the call with isError.
+	// Gate, when set, is called before each call: it returns a release func, or an error (of
+	// class isolation.ErrBusy when over a concurrency limit) that fails the call with isError.
 	Gate func(ctx context.Context, tool string) (release func(), err error)
 	// Observe, when set, is called after each call that ran (for metrics).
 	Observe func(tool string, res *executor.Result, err error, d time.Duration)
@@ -84,8 +80,6 @@ type entry struct {
 	wrapped bool
 	sig     string // description + input schema
 }
-
-var errInternal = errors.New("internal")
 
 // New returns a server offering exec's tools.
 func New(exec *executor.Executor, opts Options) *Server {
@@ -228,7 +222,7 @@ func (s *Server) handler(name string, wrapped bool) mcp.ToolHandler {
 		if wrapped {
 			var args map[string]json.RawMessage
 			if err := json.Unmarshal(input, &args); err != nil || args["input"] == nil {
-				return errorResult(&isolation.Error{Kind: isolation.ErrInvalidInput, Tool: name, CallID: callID,
+				return errorResult(callID, &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: name, CallID: callID,
 					Message: `arguments must be an object with an "input" member holding the tool's input`}), nil
 			}
 			input = args["input"]
@@ -236,7 +230,7 @@ func (s *Server) handler(name string, wrapped bool) mcp.ToolHandler {
 		if s.opts.Gate != nil {
 			release, err := s.opts.Gate(ctx, name)
 			if err != nil {
-				return busyResult(name, callID, err), nil
+				return errorResult(callID, err), nil
 			}
 			defer release()
 		}
@@ -250,11 +244,7 @@ func (s *Server) handler(name string, wrapped bool) mcp.ToolHandler {
 			s.opts.Observe(name, res, err, time.Since(start))
 		}
 		if err != nil {
-			var ie *isolation.Error
-			if !errors.As(err, &ie) {
-				ie = &isolation.Error{Kind: errInternal, Tool: name, CallID: callID, Err: err}
-			}
-			return errorResult(ie), nil
+			return errorResult(callID, err), nil
 		}
 		return successResult(res), nil
 	}
@@ -276,33 +266,44 @@ type errorBody struct {
 	Error errorDetail `json:"error"`
 }
 
+// errorDetail is the HTTP API's error body, minus what MCP results carry elsewhere.
 type errorDetail struct {
-	Kind    string `json:"kind"`
-	Message string `json:"message"`
-	CallID  string `json:"call_id,omitempty"`
-	Stderr  string `json:"stderr,omitempty"`
+	Kind      string `json:"kind"`
+	Message   string `json:"message"`
+	CallID    string `json:"call_id,omitempty"`
+	Tier      string `json:"tier,omitempty"`
+	ExitCode  *int   `json:"exit_code,omitempty"`
+	Stderr    string `json:"stderr,omitempty"`
+	Retryable bool   `json:"retryable,omitempty"`
 }
 
-func errorResult(ie *isolation.Error) *mcp.CallToolResult {
-	kind := metrics.Outcome(ie)
-	text := fmt.Sprintf("%s: %s (call %s)", kind, ie.Error(), ie.CallID)
-	if ie.Stderr != "" {
-		text += "\nstderr:\n" + ie.Stderr
+// errorResult is the isError result of a failed call: the kind and retryability from
+// isolation's outcome table, whatever err is (a class, the caller's context, or internal).
+func errorResult(callID string, err error) *mcp.CallToolResult {
+	o := isolation.OutcomeOf(err)
+	d := errorDetail{Kind: o.Kind, Message: err.Error(), CallID: callID, Retryable: o.Retryable}
+	var ie *isolation.Error
+	if errors.As(err, &ie) {
+		if ie.HasTier {
+			d.Tier = ie.Tier.String()
+		}
+		if errors.Is(err, isolation.ErrToolFailed) {
+			ec := ie.ExitCode
+			d.ExitCode = &ec
+		}
+		d.Stderr = ie.Stderr
+	}
+	text := fmt.Sprintf("%s: %s (call %s)", d.Kind, d.Message, callID)
+	if o.Retryable {
+		text += "; retry later"
+	}
+	if d.Stderr != "" {
+		text += "\nstderr:\n" + d.Stderr
 	}
 	return &mcp.CallToolResult{
 		IsError:           true,
 		Content:           []mcp.Content{&mcp.TextContent{Text: text}},
-		StructuredContent: errorBody{errorDetail{Kind: kind, Message: ie.Error(), CallID: ie.CallID, Stderr: ie.Stderr}},
-		Meta:              mcp.Meta{MetaCallID: ie.CallID},
-	}
-}
-
-func busyResult(name, callID string, err error) *mcp.CallToolResult {
-	msg := fmt.Sprintf("tool %q: %v; retry later", name, err)
-	return &mcp.CallToolResult{
-		IsError:           true,
-		Content:           []mcp.Content{&mcp.TextContent{Text: fmt.Sprintf("too_many_requests: %s (call %s)", msg, callID)}},
-		StructuredContent: errorBody{errorDetail{Kind: "too_many_requests", Message: msg, CallID: callID}},
+		StructuredContent: errorBody{d},
 		Meta:              mcp.Meta{MetaCallID: callID},
 	}
 }

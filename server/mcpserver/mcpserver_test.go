@@ -14,6 +14,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
@@ -268,7 +269,7 @@ func TestGateAndObserve(t *testing.T) {
 	s := New(f.Exec, Options{
 		Gate: func(ctx context.Context, tool string) (func(), error) {
 			if tool == "fail" {
-				return nil, ErrBusy
+				return nil, &isolation.Error{Kind: isolation.ErrBusy, Tool: tool, Message: "over the limit"}
 			}
 			return func() {}, nil
 		},
@@ -278,7 +279,7 @@ func TestGateAndObserve(t *testing.T) {
 	})
 	cs := connect(t, s)
 	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "fail", Arguments: map[string]any{}})
-	if err != nil || !res.IsError || !strings.Contains(text(res), "too_many_requests") {
+	if err != nil || !res.IsError || !strings.HasPrefix(text(res), "busy: ") || !strings.Contains(text(res), "retry later") {
 		t.Fatalf("gated call: %v %s", err, text(res))
 	}
 	if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{}}); err != nil {

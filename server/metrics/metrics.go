@@ -21,13 +21,6 @@ import (
 // Namespace prefixes every metric name.
 const Namespace = "axoiso"
 
-// Outcome label values besides the error kinds of isolation.KindName.
-const (
-	OutcomeOK = "ok"
-	// OutcomeCanceled: the caller went away (or the server shut down) before the call ended.
-	OutcomeCanceled = "canceled"
-)
-
 // UnknownTool is the tool label of calls whose name was invalid or named no tool: labels never
 // carry an unvalidated, unbounded name.
 const UnknownTool = "_unknown"
@@ -52,7 +45,7 @@ func New(exec *executor.Executor) *Metrics {
 		reg: prometheus.NewRegistry(),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "calls_total",
-			Help: "Tool calls by tool, tier that ran them (empty when none was chosen) and outcome (ok, canceled, or the error kind).",
+			Help: "Tool calls by tool, tier that ran them (empty when none was chosen) and outcome (the kind of isolation.OutcomeOf: ok, an error class, canceled or internal).",
 		}, []string{"tool", "tier", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "call_duration_seconds",
@@ -107,10 +100,10 @@ func (m *Metrics) ObserveCall(tool string, res *executor.Result, err error, d ti
 	if m == nil {
 		return
 	}
-	tier, outcome := "", OutcomeOK
+	tier, outcome := "", isolation.KindOK
 	if err != nil {
-		outcome = Outcome(err)
-		if outcome == "invalid_tool_name" || outcome == "tool_not_found" {
+		outcome = isolation.KindName(err)
+		if errors.Is(err, isolation.ErrInvalidToolName) || errors.Is(err, isolation.ErrToolNotFound) {
 			tool = UnknownTool
 		}
 		var ie *isolation.Error
@@ -125,16 +118,6 @@ func (m *Metrics) ObserveCall(tool string, res *executor.Result, err error, d ti
 	}
 	m.calls.WithLabelValues(tool, tier, outcome).Inc()
 	m.latency.WithLabelValues(tool, tier, outcome).Observe(d.Seconds())
-}
-
-// Outcome is the outcome label of a call error: the error kind, or canceled when the call ended
-// because its caller's context did.
-func Outcome(err error) string {
-	k := isolation.KindName(err)
-	if k == "internal" && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		return OutcomeCanceled
-	}
-	return k
 }
 
 // Rejected counts a call refused by a concurrency limit ("global_limit" or "tool_limit").
@@ -195,7 +178,7 @@ func (c *tierCollector) Collect(ch chan<- prometheus.Metric) {
 	// Probes are cached by the executor after the first; bound the first one anyway.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, t := range isolation.Tiers {
+	for _, t := range isolation.Tiers() {
 		a := c.exec.Availability(ctx, t)
 		up := 0.0
 		if a.Available {

@@ -1,9 +1,6 @@
 package metrics
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -12,23 +9,6 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
 )
-
-func TestOutcome(t *testing.T) {
-	cases := []struct {
-		err  error
-		want string
-	}{
-		{&isolation.Error{Kind: isolation.ErrTimeout}, "timeout"},
-		{&isolation.Error{Kind: isolation.ErrDowngradeRefused}, "downgrade_refused"},
-		{fmt.Errorf("tool %q: %w", "x", context.Canceled), OutcomeCanceled},
-		{errors.New("sandbox broke"), "internal"},
-	}
-	for _, c := range cases {
-		if got := Outcome(c.err); got != c.want {
-			t.Errorf("Outcome(%v) = %q, want %q", c.err, got, c.want)
-		}
-	}
-}
 
 func TestObserveCall(t *testing.T) {
 	m := New(nil)
