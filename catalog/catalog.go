@@ -7,16 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/google/jsonschema-go/jsonschema"
 
 	"github.com/axocoatl/isolation"
 )
@@ -74,27 +72,11 @@ type Tool struct {
 	// EntrypointPath is Entrypoint resolved inside Dir ("" when there is none).
 	EntrypointPath string `json:"-"`
 
-	schema *jsonschema.Resolved
+	schema *compiledSchema
 }
 
 // Timeout is the manifest's timeout (0 when unset).
 func (t *Tool) Timeout() time.Duration { return time.Duration(t.TimeoutMS) * time.Millisecond }
-
-// ValidateInput checks input against the tool's input schema, if it has one. The error matches
-// isolation.ErrInvalidInput.
-func (t *Tool) ValidateInput(input []byte) error {
-	if t.schema == nil {
-		return nil
-	}
-	var v any
-	if err := json.Unmarshal(input, &v); err != nil {
-		return &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: t.Name, Message: "input is not JSON", Err: err}
-	}
-	if err := t.schema.Validate(v); err != nil {
-		return &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: t.Name, Message: "input does not match the tool's input_schema: " + oneLine(err.Error())}
-	}
-	return nil
-}
 
 // Catalog is a tools root. Tools added or changed on disk are seen without a restart: each lookup
 // checks the identity (inode, size, mtime) of the tool's folder, manifest and entrypoint and
@@ -131,29 +113,24 @@ func Open(root string) (*Catalog, error) {
 // Root is the absolute tools root.
 func (c *Catalog) Root() string { return c.root }
 
-// Get loads one tool. Errors match isolation.ErrInvalidToolName, isolation.ErrToolNotFound, or
-// describe a broken tool folder.
+// Get loads one tool. Errors match isolation.ErrInvalidToolName, isolation.ErrToolNotFound or
+// isolation.ErrInvalidTool (a broken tool folder or manifest).
 func (c *Catalog) Get(name string) (*Tool, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(c.root, name)
-	fi, err := os.Stat(dir)
-	if err != nil || !fi.IsDir() {
-		return nil, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no folder %s", dir)}
-	}
-	return c.load(name, dir)
+	return c.load(name)
 }
 
 // load returns the cached tool while its files are unchanged, else parses it again.
-func (c *Catalog) load(name, dir string) (*Tool, error) {
+func (c *Catalog) load(name string) (*Tool, error) {
 	c.mu.Lock()
 	ct, ok := c.cache[name]
 	c.mu.Unlock()
-	if ok && ct.stamp == stampOf(dir, ct.tool.EntrypointPath) {
+	if ok && ct.stamp == c.stampOf(name, ct.tool) {
 		return ct.tool, nil
 	}
-	t, err := loadTool(name, dir)
+	t, st, err := c.loadTool(name)
 	if err != nil {
 		c.mu.Lock()
 		delete(c.cache, name)
@@ -161,13 +138,14 @@ func (c *Catalog) load(name, dir string) (*Tool, error) {
 		return nil, err
 	}
 	c.mu.Lock()
-	c.cache[name] = cachedTool{stamp: stampOf(dir, t.EntrypointPath), tool: t}
+	c.cache[name] = cachedTool{stamp: st, tool: t}
 	c.mu.Unlock()
 	return t, nil
 }
 
-// stamp identifies the versions of a tool's folder, manifest and entrypoint.
-type stamp struct{ dir, manifest, entrypoint fileStamp }
+// stamp identifies the versions of a tool's folder entry in the root (a symlink's own identity
+// when it is one), its resolved folder, manifest and entrypoint.
+type stamp struct{ entry, dir, manifest, entrypoint fileStamp }
 
 type fileStamp struct {
 	ok        bool
@@ -176,34 +154,44 @@ type fileStamp struct {
 	mode      os.FileMode
 }
 
-func stampOf(dir, entrypoint string) stamp {
-	st := stamp{dir: fileStampOf(dir), manifest: fileStampOf(filepath.Join(dir, ManifestFile))}
-	if entrypoint != "" {
-		st.entrypoint = fileStampOf(entrypoint)
+// stampOf is the current stamp of a loaded tool. Stat, not Lstat, for the manifest and the
+// entrypoint: the load stamps them from the open files (fstat), so a symlink inside the folder
+// is compared by its target.
+func (c *Catalog) stampOf(name string, t *Tool) stamp {
+	st := stamp{
+		entry:    fileStampOf(os.Lstat(filepath.Join(c.root, name))),
+		dir:      fileStampOf(os.Stat(t.Dir)),
+		manifest: fileStampOf(os.Stat(filepath.Join(t.Dir, ManifestFile))),
+	}
+	if t.EntrypointPath != "" {
+		st.entrypoint = fileStampOf(os.Stat(t.EntrypointPath))
 	}
 	return st
 }
 
-func fileStampOf(p string) fileStamp {
-	fi, err := os.Lstat(p)
+func fileStampOf(fi os.FileInfo, err error) fileStamp {
 	if err != nil {
 		return fileStamp{}
 	}
+	return stampFromInfo(fi)
+}
+
+func stampFromInfo(fi os.FileInfo) fileStamp {
 	return fileStamp{ok: true, ino: inode(fi), size: uint64(fi.Size()), mtime: fi.ModTime().UnixNano(), mode: fi.Mode()}
 }
 
-// List loads every tool in the root, sorted by name. Folders whose names are not valid tool names
-// are skipped; broken tool folders are returned in errs.
+// List loads every tool in the root, sorted by name. Entries whose names are not valid tool names
+// are skipped; broken tool folders are returned in errs (one broken folder never hides the others).
 func (c *Catalog) List() (tools []*Tool, errs []error) {
 	ents, err := os.ReadDir(c.root)
 	if err != nil {
 		return nil, []error{err}
 	}
 	for _, e := range ents {
-		if !e.IsDir() || ValidateName(e.Name()) != nil {
+		if (!e.IsDir() && e.Type()&fs.ModeSymlink == 0) || ValidateName(e.Name()) != nil {
 			continue
 		}
-		t, err := c.load(e.Name(), filepath.Join(c.root, e.Name()))
+		t, err := c.load(e.Name())
 		if err != nil {
 			if !errors.Is(err, isolation.ErrToolNotFound) {
 				errs = append(errs, err)
@@ -216,19 +204,84 @@ func (c *Catalog) List() (tools []*Tool, errs []error) {
 	return tools, errs
 }
 
-func loadTool(name, dir string) (*Tool, error) {
-	t := &Tool{Name: name, Dir: dir}
-	raw, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+// testHookManifestRead, when set by a test, runs between reading tool.json and parsing it.
+var testHookManifestRead func(dir string)
+
+// Manifest field ranges refused at load. They are sanity bounds against typos and wrapping
+// arithmetic (17592186044416 MB once became "no limit"), not policy: operator ceilings apply at
+// call time. 0 (or absent) means the default.
+const (
+	MaxMemoryMB  = 1 << 20          // 1 TiB
+	MaxTimeoutMS = 24 * 3600 * 1000 // one day
+)
+
+// loadTool parses a tool folder. The stamp it returns is taken before anything is read, so an edit
+// made while parsing is seen at the next lookup instead of being cached stale.
+func (c *Catalog) loadTool(name string) (*Tool, stamp, error) {
+	var st stamp
+	st.entry = fileStampOf(os.Lstat(filepath.Join(c.root, name)))
+	root, err := os.OpenRoot(c.root)
+	if err != nil {
+		return nil, st, fmt.Errorf("tools root: %w", err)
+	}
+	defer root.Close()
+	dir, dirPath, err := openFolder(root, c.root, name)
+	if err != nil {
+		return nil, st, err
+	}
+	defer dir.Close()
+	st.dir = fileStampOf(os.Stat(dirPath))
+	t := &Tool{Name: name, Dir: dirPath}
+	raw, mst, err := readRegular(dir, ManifestFile, MaxManifestBytes)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if isBundle(dir) {
+		if isBundleIn(dir) {
 			t.Runtime = isolation.RequireContainerImage
-			return t, nil
+			return t, st, nil
 		}
-		return nil, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("%s has no %s and is not an OCI bundle (config.json + rootfs/)", dir, ManifestFile)}
+		return nil, st, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("%s has no %s and is not an OCI bundle (config.json + rootfs/)", dirPath, ManifestFile)}
 	case err != nil:
-		return nil, fmt.Errorf("tool %q: %w", name, err)
+		return nil, st, invalidTool(name, "%s: %v", ManifestFile, err)
 	}
+	st.manifest = mst
+	if testHookManifestRead != nil {
+		testHookManifestRead(dirPath)
+	}
+	m, err := parseManifest(raw)
+	if err != nil {
+		return nil, st, invalidTool(name, "%s: %v", ManifestFile, err)
+	}
+	t.Manifest = *m
+	switch t.Runtime {
+	case isolation.RequireContainerImage:
+		if !isBundleIn(dir) {
+			return nil, st, invalidTool(name, "runtime ContainerImage needs config.json and rootfs/ in %s", dirPath)
+		}
+	case isolation.RequireNativeTrusted:
+		// the name selects a registered Go function
+	default:
+		if t.Entrypoint == "" {
+			return nil, st, invalidTool(name, "%s: runtime %s needs an \"entrypoint\"", ManifestFile, t.Runtime)
+		}
+		rel, est, err := resolveEntrypoint(dir, t.Entrypoint)
+		if err != nil {
+			return nil, st, invalidTool(name, "entrypoint: %v", err)
+		}
+		t.EntrypointPath, st.entrypoint = filepath.Join(dirPath, rel), est
+	}
+	if len(t.InputSchema) > 0 && string(t.InputSchema) != "null" {
+		s, err := compileSchema(name, t.InputSchema)
+		if err != nil {
+			return nil, st, invalidTool(name, "input_schema: %v", err)
+		}
+		t.schema = s
+	}
+	return t, st, nil
+}
+
+// parseManifest decodes tool.json strictly: one object, no unknown fields, nothing after it, a
+// runtime, and limits in range.
+func parseManifest(raw []byte) (*Manifest, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	var m struct {
@@ -236,101 +289,36 @@ func loadTool(name, dir string) (*Tool, error) {
 		Runtime *isolation.RuntimeRequirement `json:"runtime"`
 	}
 	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("tool %q: %s: %w", name, ManifestFile, err)
-	}
-	if m.Runtime == nil {
-		return nil, fmt.Errorf("tool %q: %s: \"runtime\" is required", name, ManifestFile)
-	}
-	t.Manifest = m.Manifest
-	t.Runtime = *m.Runtime
-	if t.TimeoutMS < 0 || t.MemoryMB < 0 {
-		return nil, fmt.Errorf("tool %q: %s: timeout_ms and memory_mb must not be negative", name, ManifestFile)
-	}
-	switch t.Runtime {
-	case isolation.RequireContainerImage:
-		if !isBundle(dir) {
-			return nil, fmt.Errorf("tool %q: runtime ContainerImage needs config.json and rootfs/ in %s", name, dir)
-		}
-	case isolation.RequireNativeTrusted:
-		// the name selects a registered Go function
-	default:
-		if t.Entrypoint == "" {
-			return nil, fmt.Errorf("tool %q: %s: runtime %s needs an \"entrypoint\"", name, ManifestFile, t.Runtime)
-		}
-		p, err := resolveInside(dir, t.Entrypoint)
-		if err != nil {
-			return nil, fmt.Errorf("tool %q: entrypoint: %w", name, err)
-		}
-		t.EntrypointPath = p
-	}
-	if len(t.InputSchema) > 0 && string(t.InputSchema) != "null" {
-		s, err := compileSchema(name, t.InputSchema)
-		if err != nil {
-			return nil, fmt.Errorf("tool %q: input_schema: %w", name, err)
-		}
-		t.schema = s
-	}
-	return t, nil
-}
-
-// resolveInside resolves rel inside dir, refusing absolute paths, ".." and symlinks that leave dir.
-func resolveInside(dir, rel string) (string, error) {
-	if filepath.IsAbs(rel) || !filepath.IsLocal(rel) {
-		return "", fmt.Errorf("%q must be a relative path inside the tool folder", rel)
-	}
-	p := filepath.Join(dir, rel)
-	real, err := filepath.EvalSymlinks(p)
-	if err != nil {
-		return "", err
-	}
-	realDir, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return "", err
-	}
-	if r, err := filepath.Rel(realDir, real); err != nil || !filepath.IsLocal(r) {
-		return "", fmt.Errorf("%q resolves outside the tool folder", rel)
-	}
-	fi, err := os.Stat(real)
-	if err != nil {
-		return "", err
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%q is not a regular file", rel)
-	}
-	return p, nil
-}
-
-func isBundle(dir string) bool {
-	if fi, err := os.Stat(filepath.Join(dir, "config.json")); err != nil || !fi.Mode().IsRegular() {
-		return false
-	}
-	fi, err := os.Stat(filepath.Join(dir, "rootfs"))
-	return err == nil && fi.IsDir()
-}
-
-// compileSchema resolves a tool's input schema (JSON Schema draft 2020-12 or draft-07, the
-// dialects MCP clients speak). It uses the same library as the MCP SDK rather than a second one:
-// besides one fewer dependency, the other candidate compiled its meta-schemas in a package init
-// (2.6 ms of every process start, paid again by every container's re-executed init).
-func compileSchema(name string, raw json.RawMessage) (*jsonschema.Resolved, error) {
-	var s jsonschema.Schema
-	if err := json.Unmarshal(raw, &s); err != nil {
 		return nil, err
 	}
-	switch s.Schema {
-	case "", "https://json-schema.org/draft/2020-12/schema",
-		"http://json-schema.org/draft-07/schema#", "https://json-schema.org/draft-07/schema#":
-	default:
-		// Refused here rather than at every call: the validator would reject every input.
-		return nil, fmt.Errorf("$schema %q: only JSON Schema draft 2020-12 and draft-07 are supported", s.Schema)
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("trailing data after the object (offset %d)", dec.InputOffset())
 	}
-	// Schemas must not fetch anything: only the tool's own document is known.
-	return s.Resolve(&jsonschema.ResolveOptions{
-		BaseURI: "axocoatl:///tools/" + name + "/input_schema.json",
-		Loader: func(uri *url.URL) (*jsonschema.Schema, error) {
-			return nil, fmt.Errorf("schema references %s: external schemas are not loaded", uri)
-		},
-	})
+	if m.Runtime == nil {
+		return nil, errors.New("\"runtime\" is required")
+	}
+	m.Manifest.Runtime = *m.Runtime
+	if m.TimeoutMS < 0 || m.TimeoutMS > MaxTimeoutMS {
+		return nil, fmt.Errorf("timeout_ms %d is out of range: 1..%d (0 or absent: the default)", m.TimeoutMS, MaxTimeoutMS)
+	}
+	if m.MemoryMB < 0 || m.MemoryMB > MaxMemoryMB {
+		return nil, fmt.Errorf("memory_mb %d is out of range: 1..%d (0 or absent: the default)", m.MemoryMB, MaxMemoryMB)
+	}
+	return &m.Manifest, nil
+}
+
+// resolveEntrypoint finds rel inside the tool folder: a relative, local path, opened through the
+// folder's os.Root (no absolute or escaping symlink, no ".."), a regular file. It returns the
+// resolved path relative to the folder.
+func resolveEntrypoint(dir *os.Root, rel string) (string, fileStamp, error) {
+	if filepath.IsAbs(rel) || !filepath.IsLocal(rel) {
+		return "", fileStamp{}, fmt.Errorf("%q must be a relative path inside the tool folder", rel)
+	}
+	real, st, err := statRegular(dir, rel)
+	if err != nil {
+		return "", fileStamp{}, fmt.Errorf("%q is missing, not a regular file, or resolves outside the tool folder: %v", rel, err)
+	}
+	return real, st, nil
 }
 
 func truncate(s string, n int) string {
@@ -342,19 +330,28 @@ func truncate(s string, n int) string {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// Builtin returns a catalog entry for a tool that has no folder (a registered in-process
-// function). It panics on an invalid name or schema: built-ins are fixed at build time.
-func Builtin(name string, runtime isolation.RuntimeRequirement, description string, inputSchema []byte) *Tool {
+// NewBuiltin returns a catalog entry for a tool that has no folder (a registered in-process
+// function), or an error matching isolation.ErrInvalidToolName or isolation.ErrInvalidTool.
+func NewBuiltin(name string, runtime isolation.RuntimeRequirement, description string, inputSchema []byte) (*Tool, error) {
 	if err := ValidateName(name); err != nil {
-		panic(err)
+		return nil, err
 	}
 	t := &Tool{Name: name, Manifest: Manifest{Runtime: runtime, Description: description, InputSchema: inputSchema}}
-	if len(inputSchema) > 0 {
+	if len(inputSchema) > 0 && string(inputSchema) != "null" {
 		s, err := compileSchema(name, inputSchema)
 		if err != nil {
-			panic(fmt.Sprintf("built-in %q: %v", name, err))
+			return nil, invalidTool(name, "input_schema: %v", err)
 		}
 		t.schema = s
+	}
+	return t, nil
+}
+
+// Builtin is NewBuiltin for built-ins fixed at build time: it panics on an invalid name or schema.
+func Builtin(name string, runtime isolation.RuntimeRequirement, description string, inputSchema []byte) *Tool {
+	t, err := NewBuiltin(name, runtime, description, inputSchema)
+	if err != nil {
+		panic(fmt.Sprintf("built-in %q: %v", name, err))
 	}
 	return t
 }

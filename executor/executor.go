@@ -271,8 +271,8 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 	if err != nil {
 		return nil, err
 	}
-	if !json.Valid(input) {
-		return nil, &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: name, Message: "input is not a single valid JSON value"}
+	if err := catalog.CheckInput(name, input); err != nil {
+		return nil, err
 	}
 	if err := tool.ValidateInput(input); err != nil {
 		return nil, err

@@ -162,3 +162,20 @@ func TestToolsListsBuiltinsAndFolders(t *testing.T) {
 		t.Fatalf("tiers = %+v", st)
 	}
 }
+
+// TestInputChecks: input that is not valid UTF-8 used to be passed to the tool (and echoed raw in
+// JSON responses); input nested too deep was reported as not JSON. Both are ErrInvalidInput
+// naming the fault, before any tier runs.
+func TestInputChecks(t *testing.T) {
+	e := newExecutor(t, executor.Config{})
+	for _, tt := range []struct{ in, want string }{
+		{"{\"a\":\"\xff\xfe\"}", "UTF-8"},
+		{strings.Repeat("[", catalog.MaxInputDepth+1) + strings.Repeat("]", catalog.MaxInputDepth+1), "too deep"},
+		{`{"a":1}x`, "not a single valid JSON value"},
+	} {
+		_, err := e.Execute(context.Background(), "echo", []byte(tt.in))
+		if !errors.Is(err, isolation.ErrInvalidInput) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("input %.20q: %v, want ErrInvalidInput naming %q", tt.in, err, tt.want)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -33,11 +34,12 @@ type Sandbox struct {
 	tools map[string]Tool
 }
 
-// New returns a sandbox with the given tools registered.
+// New returns a sandbox with the given tools registered. It panics on a tool Register refuses:
+// its callers pass tools fixed at build time.
 func New(tools ...Tool) *Sandbox {
 	s := &Sandbox{tools: map[string]Tool{}}
 	for _, t := range tools {
-		s.Register(t)
+		s.MustRegister(t)
 	}
 	return s
 }
@@ -45,11 +47,30 @@ func New(tools ...Tool) *Sandbox {
 // NewWithBuiltins returns a sandbox with the built-in tools registered ("echo", "json-stats").
 func NewWithBuiltins() *Sandbox { return New(Builtin()...) }
 
-// Register adds or replaces a tool.
-func (s *Sandbox) Register(t Tool) {
+// Register adds or replaces a tool. It refuses (isolation.ErrInvalidToolName,
+// isolation.ErrInvalidTool) a name that is not a valid tool name, an input schema the catalog
+// would refuse, or a nil Func: each would otherwise fail later, on the list or call path.
+func (s *Sandbox) Register(t Tool) error {
+	if err := catalog.ValidateName(t.Name); err != nil {
+		return err
+	}
+	if t.Func == nil {
+		return &isolation.Error{Kind: isolation.ErrInvalidTool, Tool: t.Name, Message: "no Func"}
+	}
+	if _, err := catalog.NewBuiltin(t.Name, isolation.RequireNativeTrusted, t.Description, t.InputSchema); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	s.tools[t.Name] = t
 	s.mu.Unlock()
+	return nil
+}
+
+// MustRegister is Register for tools fixed at build time: it panics on a refused tool.
+func (s *Sandbox) MustRegister(t Tool) {
+	if err := s.Register(t); err != nil {
+		panic("native: " + err.Error())
+	}
 }
 
 func (s *Sandbox) Tier() isolation.Tier { return isolation.TierNone }
