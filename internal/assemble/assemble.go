@@ -76,6 +76,9 @@ type OciConfig struct {
 	CPUs     float64 `json:"cpus,omitempty"`
 	// AllowNetwork lets tools that ask for the network (tool.json "network": true) have it.
 	AllowNetwork bool `json:"allow_network,omitempty"`
+	// IOSizeMB caps each call's I/O dir (/axocoatl, a tmpfs of its own) beyond the input
+	// (default 4; at least twice the output cap).
+	IOSizeMB int `json:"io_size_mb,omitempty"`
 }
 
 // VMConfig configures the microVM tier.

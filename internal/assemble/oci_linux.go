@@ -29,6 +29,7 @@ func init() {
 			Pids:          c.Oci.Pids,
 			CPUs:          c.Oci.CPUs,
 			AllowNetwork:  c.Oci.AllowNetwork,
+			IOSizeMB:      c.Oci.IOSizeMB,
 			PoolSize:      c.Oci.PoolSize,
 			PoolIdle:      time.Duration(c.Oci.PoolIdle),
 			Logger:        log,

@@ -15,7 +15,9 @@
 // "network": true) shares the host's network namespace when Config.AllowNetwork is set, and gets
 // loopback only otherwise. The container's mounts are only what a JSON-in/JSON-out tool uses:
 // /proc (with the masked and read-only paths), /dev (a small tmpfs with the standard device
-// nodes), /dev/shm (POSIX semaphores: Python's multiprocessing), /tmp and /axocoatl. There is no
+// nodes), /dev/shm (POSIX semaphores: Python's multiprocessing), /tmp and /axocoatl (as root a
+// size-capped tmpfs of its own per call, so a tool cannot fill the state root and teardown is an
+// unmount whatever the tool left there; see Config.IOSizeMB). There is no
 // /sys (host kernel and hardware details), no /dev/pts (no terminal) and no /dev/mqueue; each
 // mount would also cost start time.
 //
@@ -84,6 +86,7 @@ const (
 	DefaultCPUs         = ocispec.DefaultCPUs
 	DefaultNofile       = ocispec.DefaultNofile
 	DefaultTmpSizeMB    = ocispec.DefaultTmpSizeMB
+	DefaultIOSizeMB     = 4
 	DefaultPoolSize     = 2
 	DefaultPoolIdle     = 5 * time.Minute
 )
@@ -119,6 +122,10 @@ type Config struct {
 	Nofile uint64
 	// TmpSizeMB caps the tmpfs at /tmp. Default 64.
 	TmpSizeMB int
+	// IOSizeMB caps the I/O dir (/axocoatl), a tmpfs of its own per call, beyond the call's input:
+	// what the tool can write there, output.json included. Default 4; never less than twice the
+	// call's output cap. Rootless sandboxes cannot mount it: their I/O dir has no cap.
+	IOSizeMB int
 	// AllowNetwork lets tools that ask for the network share the host's network namespace.
 	AllowNetwork bool
 	// NoSeccomp runs containers without the seccomp profile. Only for binaries built without
@@ -161,6 +168,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TmpSizeMB <= 0 {
 		c.TmpSizeMB = DefaultTmpSizeMB
+	}
+	if c.IOSizeMB <= 0 {
+		c.IOSizeMB = DefaultIOSizeMB
 	}
 	if c.PoolSize == 0 {
 		c.PoolSize = DefaultPoolSize

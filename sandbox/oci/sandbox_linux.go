@@ -223,7 +223,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 		if c, err = s.create(call, call.Input); err != nil {
 			return out, err
 		}
-	} else if err := c.writeInput(call.Input); err != nil {
+	} else if err := c.writeInput(s.ioSize(call.Limits.MaxOutputBytes, len(call.Input)), call.Input); err != nil {
 		s.release(c)
 		return out, err
 	}
@@ -267,9 +267,11 @@ func (s *Sandbox) releaseAsync(c *ctr) {
 type ctr struct {
 	id    string
 	ioDir string
-	inst  instance
-	tail  *sandbox.TailBuffer
-	tool  string
+	// ioSize is the size cap of the I/O dir's tmpfs (0: a plain directory, rootless).
+	ioSize int64
+	inst   instance
+	tail   *sandbox.TailBuffer
+	tool   string
 	// input is the pooled container's empty input.json, open for writing since creation so a
 	// call writes its input with a single write; nil once written or closed. Only the goroutine
 	// owning the container uses it.
@@ -308,11 +310,19 @@ func stampOf(call sandbox.Call) toolStamp {
 
 // writeInput writes a pooled container's input.json: the same inode the container has bound
 // read-only at /axocoatl/input.json, empty since creation, so no truncation is needed.
-func (c *ctr) writeInput(in []byte) error {
+// The I/O tmpfs was sized without the input when the container was made: it is resized first.
+func (c *ctr) writeInput(size int64, in []byte) error {
 	f := c.input
 	c.input = nil
 	if f == nil {
 		return errors.New("oci: pooled container has no open input file")
+	}
+	if c.ioSize != 0 && size != c.ioSize {
+		if err := resizeIODir(c.ioDir, size); err != nil {
+			f.Close()
+			return fmt.Errorf("oci: %w", err)
+		}
+		c.ioSize = size
 	}
 	_, err := f.WriteAt(in, 0)
 	return errors.Join(err, f.Close())
@@ -457,12 +467,26 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	}
 	defer func() {
 		if err != nil {
-			_ = os.RemoveAll(ioDir)
+			if rerr := removeIODir(ioDir); rerr != nil {
+				s.log.Warn("remove I/O dir", "dir", ioDir, "error", rerr)
+			}
 		}
 	}()
 	sp, err := s.spec(call, id, ioDir)
 	if err != nil {
 		return nil, err
+	}
+	// The tool's user must be able to write output.json into the I/O dir.
+	uid, gid := int(sp.Process.User.UID), int(sp.Process.User.GID)
+	if s.rootless {
+		uid, gid = os.Geteuid(), os.Getegid()
+	}
+	var ioSize int64
+	if !s.rootless {
+		ioSize = s.ioSize(call.Limits.MaxOutputBytes, len(input))
+		if err := mountIODir(ioDir, ioSize, uid, gid); err != nil {
+			return nil, fmt.Errorf("oci: %w", err)
+		}
 	}
 	in, err := os.OpenFile(filepath.Join(ioDir, sandbox.InputFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -481,13 +505,10 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci: input: %w", err)
 	}
-	// The tool's user must be able to write output.json into the I/O dir.
-	uid, gid := int(sp.Process.User.UID), int(sp.Process.User.GID)
 	if s.rootless {
-		uid, gid = os.Geteuid(), os.Getegid()
-	}
-	if err := os.Chown(ioDir, uid, gid); err != nil {
-		return nil, fmt.Errorf("oci: I/O dir: %w", err)
+		if err := os.Chown(ioDir, uid, gid); err != nil {
+			return nil, fmt.Errorf("oci: I/O dir: %w", err)
+		}
 	}
 	tail := sandbox.NewTailBuffer(call.Limits.MaxStderrBytes)
 	if tail.Max <= 0 {
@@ -497,7 +518,7 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
 	}
-	return &ctr{id: id, ioDir: ioDir, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
+	return &ctr{id: id, ioDir: ioDir, ioSize: ioSize, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
 }
 
 // execute starts c, waits for it under ctx and collects the outcome.
@@ -566,7 +587,7 @@ func (s *Sandbox) destroy(c *ctr) {
 			}
 		}
 	}
-	if err := os.RemoveAll(c.ioDir); err != nil {
+	if err := removeIODir(c.ioDir); err != nil {
 		s.log.Warn("remove I/O dir", "dir", c.ioDir, "error", err)
 	}
 }
@@ -601,9 +622,13 @@ func (s *Sandbox) reap() {
 			}
 		}
 	}
+	// Whatever the dead owner's tools built, this is unmounts and empty directories (see
+	// removeIODir): only a plain directory left by a rootless or older owner needs removeTree.
 	unmountUnder(s.ioRoot)
 	for id := range ids {
-		_ = os.RemoveAll(filepath.Join(s.ioRoot, id))
+		if err := removeIODir(filepath.Join(s.ioRoot, id)); err != nil {
+			s.log.Warn("reap I/O dir", "id", id, "error", err)
+		}
 	}
 }
 

@@ -20,6 +20,7 @@ type input struct {
 	Code int    `json:"code"`
 	Hang bool   `json:"hang"`
 	Msg  string `json:"msg"`
+	N    int64  `json:"n"`
 }
 
 func write(v any) {
@@ -120,6 +121,19 @@ func main() {
 			err = e
 		}
 		write(map[string]any{"error": errString(err)})
+	case "fill":
+		// Write up to n bytes (at most 256 MiB) to path, then remove the file so that output.json
+		// fits: how much a file system lets a tool write.
+		n, err := fill(in.Path, min(in.N, 256<<20))
+		_ = os.Remove(in.Path)
+		write(map[string]any{"written": n, "error": errString(err)})
+	case "deeptree":
+		// Nest n directories below path (relative steps, so no path length limit applies). The
+		// output file is made first: the tree may use up the file system's inodes.
+		write(nil)
+		depth, err := deepTree(in.Path, in.N)
+		_ = os.Chdir("/")
+		write(map[string]any{"depth": depth, "error": errString(err)})
 	case "fail":
 		fmt.Fprintln(os.Stderr, in.Msg)
 		os.Exit(in.Code)
@@ -138,4 +152,40 @@ func nice() int {
 		return -100
 	}
 	return 20 - int(r)
+}
+
+func fill(path string, n int64) (int64, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = 'x'
+	}
+	var done int64
+	for done < n {
+		k, err := f.Write(buf[:min(int64(len(buf)), n-done)])
+		done += int64(k)
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, f.Sync()
+}
+
+func deepTree(path string, n int64) (int64, error) {
+	if err := os.Chdir(path); err != nil {
+		return 0, err
+	}
+	for i := int64(0); i < n; i++ {
+		if err := syscall.Mkdir("d", 0o755); err != nil {
+			return i, err
+		}
+		if err := syscall.Chdir("d"); err != nil {
+			return i, err
+		}
+	}
+	return n, nil
 }
