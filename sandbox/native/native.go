@@ -32,7 +32,14 @@ type Tool struct {
 type Sandbox struct {
 	mu    sync.RWMutex // protects tools
 	tools map[string]Tool
+
+	lifecycle sync.Mutex     // protects closed and the Add side of calls
+	closed    bool           // set by Close; Run fails from then on
+	calls     sync.WaitGroup // calls in flight; Close waits for them
 }
+
+// ErrClosed is returned by Run after Close.
+var ErrClosed = errors.New("native: sandbox closed")
 
 // New returns a sandbox with the given tools registered. It panics on a tool Register refuses:
 // its callers pass tools fixed at build time.
@@ -101,6 +108,17 @@ func (s *Sandbox) Builtins() []sandbox.BuiltinTool {
 // Run calls the function registered under call.Tool. A returned error or a panic is a failed tool
 // (exit code 1, the message as stderr).
 func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, error) {
+	s.lifecycle.Lock()
+	if s.closed {
+		s.lifecycle.Unlock()
+		return sandbox.Outcome{}, ErrClosed
+	}
+	s.calls.Add(1)
+	s.lifecycle.Unlock()
+	defer s.calls.Done()
+	if err := ctx.Err(); err != nil {
+		return sandbox.Outcome{}, ctxError(err)
+	}
 	s.mu.RLock()
 	t, ok := s.tools[call.Tool]
 	s.mu.RUnlock()
@@ -123,10 +141,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}()
 	select {
 	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return sandbox.Outcome{}, isolation.ErrTimeout
-		}
-		return sandbox.Outcome{}, ctx.Err()
+		return sandbox.Outcome{}, ctxError(ctx.Err())
 	case r := <-done:
 		o := sandbox.Outcome{Backend: "in-process"}
 		if r.err != nil {
@@ -143,4 +158,22 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}
 }
 
-func (s *Sandbox) Close() error { return nil }
+// ctxError is the contract's error for a context that ended: its deadline is a timeout, a
+// cancellation stays context.Canceled.
+func ctxError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return isolation.ErrTimeout
+	}
+	return err
+}
+
+// Close makes later calls fail and waits for the calls in flight to return. A function that
+// ignores its context is waited for only until that call's own deadline has passed: Run returns
+// then, and the function's goroutine is the function's business. Idempotent.
+func (s *Sandbox) Close() error {
+	s.lifecycle.Lock()
+	s.closed = true
+	s.lifecycle.Unlock()
+	s.calls.Wait()
+	return nil
+}

@@ -38,6 +38,9 @@ func main() {
 	switch in.Mode {
 	case "", "greet":
 		out["greeting"] = "Hello, " + in.Name + "!"
+	case "echo":
+		write(raw)
+		return
 	case "nooutput":
 		return
 	case "invalid":
