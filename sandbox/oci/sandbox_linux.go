@@ -43,6 +43,9 @@ type Sandbox struct {
 	// teardown counts cold-call containers being destroyed after their call returned; Close
 	// waits for it. Add only under mu while !closed.
 	teardown sync.WaitGroup
+	// calls counts Runs in flight; Close waits for them before it tears anything down, so no
+	// container is created after Close began. Add only under mu while !closed.
+	calls sync.WaitGroup
 }
 
 var (
@@ -203,12 +206,14 @@ func hasFile(root string, rels ...string) bool {
 // Run runs one call in a fresh container (or a pre-created one from the tool's warm pool).
 func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outcome, err error) {
 	s.mu.Lock()
-	closed := s.closed
-	p := s.pools[poolKey(call)]
-	s.mu.Unlock()
-	if closed {
+	if s.closed {
+		s.mu.Unlock()
 		return out, errors.New("oci: sandbox is closed")
 	}
+	s.calls.Add(1)
+	p := s.pools[poolKey(call)]
+	s.mu.Unlock()
+	defer s.calls.Done()
 	if err := s.unavailable(); err != nil {
 		return out, err
 	}
@@ -554,13 +559,14 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 	return out, nil
 }
 
-// ctxError is the error of a call whose context ended: always an ErrTimeout, wrapping ctx.Err().
+// ctxError is the error of a call whose context ended, as the sandbox contract says: its
+// deadline is an ErrTimeout; a cancellation (a client that went away, a shutdown) is
+// context.Canceled, not a slow tool.
 func ctxError(ctx context.Context) error {
-	msg := ""
 	if errors.Is(ctx.Err(), context.Canceled) {
-		msg = "the call was cancelled"
+		return fmt.Errorf("oci: the call was cancelled: %w", ctx.Err())
 	}
-	return &isolation.Error{Kind: isolation.ErrTimeout, Message: msg, Err: ctx.Err()}
+	return &isolation.Error{Kind: isolation.ErrTimeout, Err: ctx.Err()}
 }
 
 // release destroys c and removes its I/O dir. c may be nil.
@@ -695,6 +701,7 @@ func (s *Sandbox) Close() error {
 	pools := s.pools
 	s.pools = map[string]*pool{}
 	s.mu.Unlock()
+	s.calls.Wait()
 	for _, p := range pools {
 		p.close()
 	}
