@@ -3,10 +3,11 @@
 // tool that runs on a shared runtime root filesystem.
 //
 // The policy is "build fresh, copy little": a bundle's config.json contributes only its process
-// (args, env, cwd, uid/gid), its root path and hostname. Everything a bundle could use to weaken
+// (args, env, cwd, uid/gid) and its root path. Everything a bundle could use to weaken
 // isolation or reach the host — hooks, mounts, devices, namespace paths, id mappings, sysctls,
-// capabilities, seccomp, AppArmor/SELinux labels, resources — is ignored and replaced by the
-// defaults below. The only loosenable setting is the network (Options.HostNetwork).
+// capabilities, seccomp, AppArmor/SELinux labels, resources, the hostname — is ignored and
+// replaced by the defaults below (the hostname is Options.Hostname: the sandbox uses the same
+// constant for every container, which tells a tool nothing about the host, the bundle or the call). The only loosenable setting is the network (Options.HostNetwork).
 package ocispec
 
 import (
@@ -70,8 +71,8 @@ type Options struct {
 	NoCgroup bool
 }
 
-// Harden returns the spec to run for a bundle: the isolation defaults, with the process, root
-// path and hostname taken from the bundle's spec. bundleDir is the bundle's absolute directory;
+// Harden returns the spec to run for a bundle: the isolation defaults, with the process and root
+// path taken from the bundle's spec. bundleDir is the bundle's absolute directory;
 // a relative root path is resolved against it and must stay inside it.
 func Harden(bundle *specs.Spec, bundleDir string, o Options) (*specs.Spec, error) {
 	if bundle == nil || bundle.Process == nil || len(bundle.Process.Args) == 0 {

@@ -10,10 +10,11 @@ import (
 
 func hostile() *specs.Spec {
 	return &specs.Spec{
-		Root:    &specs.Root{Path: "rootfs"},
-		Process: &specs.Process{Args: []string{"/tool"}, Capabilities: &specs.LinuxCapabilities{Bounding: []string{"CAP_SYS_ADMIN"}}},
-		Hooks:   &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh"}}},
-		Mounts:  []specs.Mount{{Destination: "/host", Type: "bind", Source: "/"}},
+		Root:     &specs.Root{Path: "rootfs"},
+		Hostname: "bundle-chosen",
+		Process:  &specs.Process{Args: []string{"/tool"}, Capabilities: &specs.LinuxCapabilities{Bounding: []string{"CAP_SYS_ADMIN"}}},
+		Hooks:    &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh"}}},
+		Mounts:   []specs.Mount{{Destination: "/host", Type: "bind", Source: "/"}},
 		Linux: &specs.Linux{
 			Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/proc/1/ns/net"}},
 			Devices:    []specs.LinuxDevice{{Path: "/dev/sda", Type: "b", Major: 8}},
@@ -55,6 +56,9 @@ func TestHardenReplacesBundleSettings(t *testing.T) {
 	}
 	if s.Linux.Seccomp == nil || len(s.Linux.MaskedPaths) == 0 {
 		t.Error("seccomp or masked paths missing")
+	}
+	if s.Hostname != "axocoatl" {
+		t.Errorf("hostname %q: want the constant axocoatl", s.Hostname)
 	}
 }
 

@@ -101,9 +101,11 @@ func makeBundleArgs(root, name, bin string, args []string) error {
 		"root":       map[string]any{"path": "rootfs"},
 		"process": map[string]any{"args": args, "cwd": "/", "user": map[string]any{"uid": 0, "gid": 0},
 			"env": []string{"PATH=/bin"}},
-		// Things a hostile bundle might ask for; all must be ignored.
-		"hooks":  map[string]any{"prestart": []map[string]any{{"path": "/bin/touch", "args": []string{"touch", "/tmp/axocoatl-hook-ran"}}}},
-		"mounts": []map[string]any{{"destination": "/host", "type": "bind", "source": "/", "options": []string{"rbind", "rw"}}},
+		// Things a hostile bundle might ask for; all must be ignored (the hostname too: every
+		// container is "axocoatl", which tells a tool nothing about the host or the bundle).
+		"hostname": "bundle-chosen",
+		"hooks":    map[string]any{"prestart": []map[string]any{{"path": "/bin/touch", "args": []string{"touch", "/tmp/axocoatl-hook-ran"}}}},
+		"mounts":   []map[string]any{{"destination": "/host", "type": "bind", "source": "/", "options": []string{"rbind", "rw"}}},
 	}
 	b, _ := json.Marshal(cfg)
 	return os.WriteFile(filepath.Join(root, name, "config.json"), b, 0o644)

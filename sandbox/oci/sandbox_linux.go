@@ -372,16 +372,20 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error)
 	var sp *specs.Spec
 	switch call.Runtime {
 	case isolation.RequireContainerImage:
-		raw, err := readBounded(filepath.Join(dir, "config.json"), 1<<20)
+		raw, err := readBundleConfig(dir)
 		if err != nil {
-			return nil, fmt.Errorf("oci: bundle config: %w", err)
+			return nil, err
 		}
 		var b specs.Spec
 		if err := json.Unmarshal(raw, &b); err != nil {
-			return nil, fmt.Errorf("oci: bundle %s/config.json: %w", dir, err)
+			return nil, bundleError(dir, "config.json", err)
 		}
 		if sp, err = ocispec.Harden(&b, dir, o); err != nil {
-			return nil, fmt.Errorf("oci: bundle %s: %w", dir, err)
+			return nil, bundleError(dir, "config.json", err)
+		}
+		// The root every backend gets: resolved once, no symlink, inside the bundle.
+		if sp.Root.Path, err = resolveRoot(dir, sp.Root.Path); err != nil {
+			return nil, err
 		}
 	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
 		if why := s.Supports(call.Runtime); why != "" {
@@ -432,15 +436,6 @@ func ensureMountpoints(sp *specs.Spec) error {
 		}
 	}
 	return nil
-}
-
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return sandbox.ReadBounded(f, max)
 }
 
 func (s *Sandbox) cgroupsPath(id string) string {
