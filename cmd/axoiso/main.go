@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"syscall"
@@ -27,8 +29,40 @@ const (
 	exitInvalid = 2 // bad usage (like an invalid tool name or input)
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// version may be set at build time with -ldflags "-X main.version=…"; otherwise versionString
+// derives it from the build info Go embeds (module version, VCS revision).
+var version = ""
+
+// versionString is this binary's version: the -X version if set, else the main module's version
+// and the VCS revision the binary was built from ("(devel)" plus the revision for a checkout).
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev != "" {
+		v += " " + rev + dirty
+	}
+	return v
+}
 
 type command struct {
 	name    string
@@ -49,15 +83,23 @@ func main() {
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		if len(args) == 2 && args[0] == "help" {
+			// axoiso help COMMAND is COMMAND --help.
+			return run(ctx, []string{args[1], "--help"}, stdin, stdout, stderr)
+		}
 		usage(stdout)
 		if len(args) == 0 {
 			return exitInvalid
 		}
 		return exitOK
 	}
+	if args[0] == "--version" || args[0] == "version" {
+		fmt.Fprintf(stdout, "axoiso %s %s\n", versionString(), runtime.Version())
+		return exitOK
+	}
 	c, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "axoiso: unknown command %q (try axoiso help)\n", args[0])
+		fmt.Fprintf(stderr, "axoiso: unknown command %q%s (try axoiso help)\n", args[0], didYouMean(args[0], commandNames()))
 		return exitInvalid
 	}
 	err := c.run(ctx, args[1:], stdin, stdout, stderr)
@@ -87,15 +129,55 @@ func (u usageError) Error() string { return u.msg }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "axoiso runs tools (JSON in, JSON out) in the isolation tier each one needs.")
-	fmt.Fprintln(w, "\nUsage: axoiso COMMAND [flags] [args]\n\nCommands:")
+func commandNames() []string {
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	for _, n := range names {
+	return names
+}
+
+// didYouMean returns `; did you mean "x"?` for the candidate nearest to s by edit distance, when
+// it is near enough to be a typo; "" otherwise.
+func didYouMean(s string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		if d := editDistance(s, c); d < bestD || (d == bestD && best == "" && d <= len(c)/2) {
+			best, bestD = c, d
+		}
+	}
+	if best == "" || bestD > len(best)/2 {
+		return ""
+	}
+	return fmt.Sprintf("; did you mean %q?", best)
+}
+
+// editDistance is the Levenshtein distance of two short strings.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "axoiso runs tools (JSON in, JSON out) in the isolation tier each one needs.")
+	fmt.Fprintln(w, "\nUsage: axoiso COMMAND [flags] [args]\n\nCommands:")
+	for _, n := range commandNames() {
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nExit codes: 0 ok, 2 invalid name/input/usage, 3 tool not found or invalid, 4 tier unavailable or downgrade")

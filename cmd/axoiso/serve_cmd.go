@@ -56,7 +56,7 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	srv, err := server.New(server.Config{
 		Executor: e, Addr: *listen, Token: tok, TLSCertFile: *tlsCert, TLSKeyFile: *tlsKey,
 		MaxBodyBytes: *maxBody, MaxTimeout: *maxTimeout, MaxConcurrent: *maxConc, QueueWait: *queueWait,
-		MaxConcurrentPerTool: *perTool, GracePeriod: *grace, DisableMCP: *noMCP, Version: version, Logger: log,
+		MaxConcurrentPerTool: *perTool, GracePeriod: *grace, DisableMCP: *noMCP, Version: versionString(), Logger: log,
 	})
 	if err != nil {
 		e.Close()
@@ -82,7 +82,7 @@ func runMCP(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer
 		return err
 	}
 	defer e.Close()
-	return mcpserver.ServeStdio(ctx, e, mcpserver.Options{Version: version, Logger: log, Timeout: *timeout})
+	return mcpserver.ServeStdio(ctx, e, mcpserver.Options{Version: versionString(), Logger: log, Timeout: *timeout})
 }
 
 // prepareAll prepares every tool (compiles Wasm modules, fills warm pools) so first calls are not
