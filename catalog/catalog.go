@@ -219,7 +219,13 @@ const (
 // made while parsing is seen at the next lookup instead of being cached stale.
 func (c *Catalog) loadTool(name string) (*Tool, stamp, error) {
 	var st stamp
-	st.entry = fileStampOf(os.Lstat(filepath.Join(c.root, name)))
+	entry := filepath.Join(c.root, name)
+	fi, err := os.Lstat(entry)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The common miss (a built-in's name): answered without opening the root.
+		return nil, st, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no folder %s", entry)}
+	}
+	st.entry = fileStampOf(fi, err)
 	root, err := os.OpenRoot(c.root)
 	if err != nil {
 		return nil, st, fmt.Errorf("tools root: %w", err)

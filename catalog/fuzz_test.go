@@ -1,0 +1,216 @@
+package catalog_test
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/catalog"
+)
+
+// Seeds shared by the schema fuzzers: every dialect, the recursive shapes that are legitimate, and
+// the cyclic ones that used to overflow the validator's stack.
+var schemaSeeds = []string{
+	`{"type":"object","properties":{"n":{"type":"integer","minimum":1}},"required":["n"],"additionalProperties":false}`,
+	`{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"array","prefixItems":[{"type":"string"}],"items":{"type":"number"}}`,
+	`{"$schema":"http://json-schema.org/draft-07/schema#","definitions":{"s":{"type":"string","maxLength":3}},"properties":{"s":{"$ref":"#/definitions/s"}}}`,
+	`{"$defs":{"node":{"type":"object","properties":{"children":{"type":"array","items":{"$ref":"#/$defs/node"}}}}},"$ref":"#/$defs/node"}`,
+	`{"$defs":{"a":{"anyOf":[{"items":{"$ref":"#/$defs/a"}},{"items":{"$ref":"#/$defs/a"}}]}},"$ref":"#/$defs/a"}`,
+	`{"$ref":"#"}`,
+	`{"allOf":[{"$ref":"#"}]}`,
+	`{"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"}`,
+	`{"$dynamicAnchor":"n","anyOf":[{"$dynamicRef":"#n"}]}`,
+	`{"$defs":{"a":{"$id":"a.json","$ref":"b.json"},"b":{"$id":"b.json","$ref":"a.json"}},"$ref":"a.json"}`,
+	`{"$defs":{"a":{"$anchor":"x","oneOf":[{"$ref":"#x"}]}},"$ref":"#x"}`,
+	`{"if":{"type":"object"},"then":{"$ref":"#"},"else":true}`,
+	`{"$schema":"http://json-schema.org/draft-07/schema#","dependencies":{"a":{"$ref":"#"}}}`,
+	`{"patternProperties":{"^a":{"$ref":"#"}},"propertyNames":{"maxLength":3},"unevaluatedProperties":false}`,
+	`{"contains":{"$ref":"#"},"uniqueItems":true,"enum":[[1],[2]]}`,
+	`{"oneOf":[{"enum":["a","b"]},{"type":"boolean"}],"not":{"const":"c"}}`,
+	`true`, `false`, `{}`,
+}
+
+var inputSeeds = []string{`{}`, `[]`, `"x"`, `1`, `null`, `{"n":1}`, `[[[[["x"]]]]]`, `{"children":[{"children":[]}]}`, `{"a":{"a":{"a":1}}}`}
+
+// checkValidation validates input against a loaded tool: it must return, and its error must be
+// typed.
+func checkValidation(t *testing.T, tl *catalog.Tool, input []byte) {
+	t.Helper()
+	if err := catalog.CheckInput(tl.Name, input); err != nil {
+		if !errors.Is(err, isolation.ErrInvalidInput) {
+			t.Fatalf("CheckInput: untyped error %v", err)
+		}
+		return
+	}
+	done := make(chan error, 1)
+	go func() { done <- tl.ValidateInput(input) }()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, isolation.ErrInvalidInput) {
+			t.Fatalf("ValidateInput: untyped error %v", err)
+		}
+		if err != nil && len(err.Error()) > 8192 {
+			t.Fatalf("ValidateInput: a %d-byte error", len(err.Error()))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("ValidateInput(%.100q) against %.200s did not return", input, tl.InputSchema)
+	}
+}
+
+// FuzzLoadManifest: any bytes as tool.json load or fail with a typed error, never panic or hang;
+// a loaded tool's limits are in range and its schema validates inputs without crashing.
+func FuzzLoadManifest(f *testing.F) {
+	for _, m := range []string{
+		`{"runtime":"NativeTrusted"}`,
+		`{"runtime":"WasmCompiled","entrypoint":"tool.wasm","timeout_ms":500,"memory_mb":32,"description":"d"}`,
+		`{"runtime":"Python","entrypoint":"main.py","network":true}`,
+		`{"runtime":"Shell","entrypoint":"../x"}`,
+		`{"runtime":"Shell","entrypoint":"link"}`,
+		`{"runtime":"Java"}`,
+		`{"runtime":"NativeTrusted","memory_mb":17592186044416}`,
+		`{"runtime":"NativeTrusted","timeout_ms":-1}`,
+		`{"runtime":"NativeTrusted"} trailing`,
+		`{"runtime":"ContainerImage"}`,
+		`{"runtime":"NativeTrusted","unknown":1}`,
+		"\xef\xbb\xbf{}", `[]`, `null`, ``,
+	} {
+		f.Add([]byte(m))
+	}
+	for _, s := range schemaSeeds {
+		f.Add([]byte(`{"runtime":"NativeTrusted","input_schema":` + s + `}`))
+	}
+	f.Fuzz(func(t *testing.T, manifest []byte) {
+		root := t.TempDir()
+		dir := filepath.Join(root, "t")
+		os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
+		os.WriteFile(filepath.Join(dir, "tool.wasm"), []byte("\x00asm"), 0o644)
+		os.WriteFile(filepath.Join(dir, "main.py"), []byte("print(1)"), 0o644)
+		os.WriteFile(filepath.Join(dir, "config.json"), []byte("{}"), 0o644)
+		os.Symlink("/etc/passwd", filepath.Join(dir, "link"))
+		if err := os.WriteFile(filepath.Join(dir, catalog.ManifestFile), manifest, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := catalog.Open(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tl, err := c.Get("t")
+		if err != nil {
+			if !errors.Is(err, isolation.ErrInvalidTool) {
+				t.Fatalf("Get: untyped error %v", err)
+			}
+			return
+		}
+		if tl.MemoryMB < 0 || tl.MemoryMB > catalog.MaxMemoryMB || tl.TimeoutMS < 0 || tl.TimeoutMS > catalog.MaxTimeoutMS {
+			t.Fatalf("loaded with limits out of range: %+v", tl.Manifest)
+		}
+		if tl.EntrypointPath != "" {
+			if r, err := filepath.Rel(tl.Dir, tl.EntrypointPath); err != nil || !filepath.IsLocal(r) {
+				t.Fatalf("entrypoint %s is outside %s", tl.EntrypointPath, tl.Dir)
+			}
+		}
+		for _, in := range inputSeeds {
+			checkValidation(t, tl, []byte(in))
+		}
+	})
+}
+
+// FuzzSchemaValidate: any schema compiles or is refused with a typed error; any input against a
+// compiled schema validates or is refused with a typed error, never crashing the process (a
+// stack overflow is fatal) or hanging.
+func FuzzSchemaValidate(f *testing.F) {
+	for i, s := range schemaSeeds {
+		f.Add([]byte(s), []byte(inputSeeds[i%len(inputSeeds)]))
+	}
+	f.Add([]byte(schemaSeeds[4]), []byte(strings.Repeat("[", 30)+strings.Repeat("]", 30)))
+	f.Add([]byte(schemaSeeds[3]), []byte(strings.Repeat(`{"children":[`, 200)+strings.Repeat("]}", 200)))
+	f.Fuzz(func(t *testing.T, schema, input []byte) {
+		tl, err := catalog.NewBuiltin("f", isolation.RequireNativeTrusted, "", schema)
+		if err != nil {
+			if !errors.Is(err, isolation.ErrInvalidTool) && !errors.Is(err, isolation.ErrInvalidToolName) {
+				t.Fatalf("NewBuiltin: untyped error %v", err)
+			}
+			return
+		}
+		checkValidation(t, tl, input)
+		for _, in := range inputSeeds {
+			checkValidation(t, tl, []byte(in))
+		}
+	})
+}
+
+var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// FuzzValidateName: ValidateName accepts exactly ^[a-z0-9][a-z0-9._-]{0,62}$ without "..", and
+// an accepted name is always one local path element.
+func FuzzValidateName(f *testing.F) {
+	for _, s := range []string{"hello", "a", "py-3.11_x", "", "..", "a..b", "a/b", "../etc", "-x", "Hello", "a\x00", "é", strings.Repeat("a", 64)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		err := catalog.ValidateName(name)
+		want := namePattern.MatchString(name) && !strings.Contains(name, "..")
+		if (err == nil) != want {
+			t.Fatalf("ValidateName(%q) = %v, want ok=%v", name, err, want)
+		}
+		if err != nil && !errors.Is(err, isolation.ErrInvalidToolName) {
+			t.Fatalf("ValidateName(%q): untyped error %v", name, err)
+		}
+		if err == nil && (!filepath.IsLocal(name) || filepath.Base(name) != name || name == "." || strings.ContainsRune(name, filepath.Separator)) {
+			t.Fatalf("ValidateName accepted %q, which is not one local path element", name)
+		}
+	})
+}
+
+// FuzzEntrypoint: whatever the entrypoint string, a tool that loads has an entrypoint that is a
+// regular file inside its folder; everything else is ErrInvalidTool.
+func FuzzEntrypoint(f *testing.F) {
+	for _, s := range []string{"run.sh", "sub/run.sh", "./run.sh", "in", "out", "abs", "fifo", "sub", "sub/../run.sh", "../t/run.sh", "/etc/passwd", "", ".", "run.sh/", "loop", "a\x00b", "proc"} {
+		f.Add(s)
+	}
+	root := f.TempDir()
+	outside := f.TempDir()
+	dir := filepath.Join(root, "t")
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "run.sh"), []byte("true"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub/run.sh"), []byte("true"), 0o755)
+	os.WriteFile(filepath.Join(outside, "x.sh"), []byte("true"), 0o755)
+	os.Symlink("run.sh", filepath.Join(dir, "in"))
+	os.Symlink(filepath.Join(outside, "x.sh"), filepath.Join(dir, "abs"))
+	os.Symlink("../../"+filepath.Base(outside)+"/x.sh", filepath.Join(dir, "out"))
+	os.Symlink("loop", filepath.Join(dir, "loop"))
+	os.Symlink("/proc/self/exe", filepath.Join(dir, "proc"))
+	syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644)
+	f.Fuzz(func(t *testing.T, ep string) {
+		m, _ := json.Marshal(map[string]string{"runtime": "Shell", "entrypoint": ep})
+		if err := os.WriteFile(filepath.Join(dir, catalog.ManifestFile), m, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := catalog.Open(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tl, err := c.Get("t")
+		if err != nil {
+			if !errors.Is(err, isolation.ErrInvalidTool) {
+				t.Fatalf("entrypoint %q: untyped error %v", ep, err)
+			}
+			return
+		}
+		r, err := filepath.Rel(dir, tl.EntrypointPath)
+		if err != nil || !filepath.IsLocal(r) {
+			t.Fatalf("entrypoint %q resolved to %s, outside %s", ep, tl.EntrypointPath, dir)
+		}
+		fi, err := os.Lstat(tl.EntrypointPath)
+		if err != nil || !fi.Mode().IsRegular() {
+			t.Fatalf("entrypoint %q resolved to %s, not a regular file (%v)", ep, tl.EntrypointPath, err)
+		}
+	})
+}
