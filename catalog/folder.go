@@ -42,6 +42,10 @@ func openFolder(root *os.Root, rootPath, name string) (*os.Root, string, error) 
 	}
 	dir, err := root.OpenRoot(name)
 	if err != nil {
+		if fi, serr := root.Stat(name); serr == nil && !fi.IsDir() {
+			// A symlink to a file inside the root: not a tool folder, like a plain file.
+			return nil, "", &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("%s is not a folder", filepath.Join(rootPath, name))}
+		}
 		return nil, "", invalidTool(name, "tool folder %s is not a folder inside the tools root: %v", filepath.Join(rootPath, name), err)
 	}
 	rel, err := resolvedBeneath(root, dir, name, fi)

@@ -55,11 +55,16 @@ func TestCyclicSchemasRefused(t *testing.T) {
 		"draft07":       `{"$schema":"http://json-schema.org/draft-07/schema#","definitions":{"a":{"$ref":"#/definitions/a"}},"properties":{"p":{"$ref":"#/definitions/a"}}}`,
 		"draft07-deps":  `{"$schema":"http://json-schema.org/draft-07/schema#","dependencies":{"a":{"$ref":"#"}}}`,
 		"dynamic":       `{"$dynamicAnchor":"n","anyOf":[{"$dynamicRef":"#n"}]}`,
+		"duplicate-id":  `{"$defs":{"a":{"$id":"x.json","$ref":"x.json"},"b":{"$id":"x.json"}},"$ref":"x.json"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			c, tool := nativeTool(t, schema)
 			_, err := c.Get(tool)
-			if !errors.Is(err, isolation.ErrInvalidTool) || !strings.Contains(err.Error(), "cyclic schema") {
+			want := "cyclic schema"
+			if name == "duplicate-id" {
+				want = "two subschemas have the $id"
+			}
+			if !errors.Is(err, isolation.ErrInvalidTool) || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Get = %v, want ErrInvalidTool naming the cycle", err)
 			}
 			if _, errs := c.List(); len(errs) != 1 {
@@ -234,6 +239,9 @@ func TestToolFolderConfinement(t *testing.T) {
 	syscall.Mkfifo(filepath.Join(root, "pipe/run.sh"), 0o755)
 	write(t, filepath.Join(root, "adir/tool.json"), `{"runtime":"Shell","entrypoint":"sub"}`)
 	os.MkdirAll(filepath.Join(root, "adir/sub"), 0o755)
+	write(t, filepath.Join(root, "notes.txt"), "not a tool")
+	os.Symlink("notes.txt", filepath.Join(root, "notes"))
+	os.Symlink("/nonexistent", filepath.Join(root, "dangling"))
 
 	c, err := catalog.Open(root)
 	if err != nil {
@@ -244,6 +252,12 @@ func TestToolFolderConfinement(t *testing.T) {
 		if !errors.Is(err, isolation.ErrInvalidTool) {
 			t.Errorf("Get(%q) = %v, want ErrInvalidTool", name, err)
 		}
+	}
+	if _, err := c.Get("notes"); !errors.Is(err, isolation.ErrToolNotFound) {
+		t.Errorf("Get(notes), a symlink to a file: %v, want ErrToolNotFound", err)
+	}
+	if _, err := c.Get("dangling"); !errors.Is(err, isolation.ErrInvalidTool) {
+		t.Errorf("Get(dangling), a symlink out of the root: %v, want ErrInvalidTool", err)
 	}
 	for _, name := range []string{"real", "alias"} {
 		tl, err := c.Get(name)
@@ -291,5 +305,30 @@ func TestBrokenManifestsAreTyped(t *testing.T) {
 	c, _ := catalog.Open(root)
 	if tl, err := c.Get("t"); err != nil || tl.MemoryMB != catalog.MaxMemoryMB {
 		t.Errorf("limits at their maximum, trailing whitespace: %+v %v", tl, err)
+	}
+}
+
+// TestValidationSemanticsKept: the instance the validator sees prints short, but compares as
+// before (enum, const and uniqueItems over objects and arrays).
+func TestValidationSemanticsKept(t *testing.T) {
+	c, tool := nativeTool(t, `{"type":"object","properties":{
+		"e":{"enum":[{"a":[1,2]},[3,{"b":null}]]},
+		"c":{"const":{"x":{"y":[true]}}},
+		"u":{"type":"array","uniqueItems":true},
+		"m":{"type":"object","minProperties":2,"propertyNames":{"maxLength":2}}}}`)
+	tl, err := c.Get(tool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for in, ok := range map[string]bool{
+		`{"e":{"a":[1,2]}}`: true, `{"e":[3,{"b":null}]}`: true, `{"e":{"a":[2,1]}}`: false,
+		`{"c":{"x":{"y":[true]}}}`: true, `{"c":{"x":{"y":[false]}}}`: false,
+		`{"u":[[1],{"a":1},[2]]}`: true, `{"u":[{"a":[1]},{"a":[1]}]}`: false,
+		`{"m":{"ab":1,"cd":2}}`: true, `{"m":{"ab":1}}`: false, `{"m":{"abc":1,"d":2}}`: false,
+	} {
+		err := tl.ValidateInput([]byte(in))
+		if ok != (err == nil) {
+			t.Errorf("%s: %v, want ok=%v", in, err, ok)
+		}
 	}
 }

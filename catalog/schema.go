@@ -76,10 +76,28 @@ func (t *Tool) ValidateInput(input []byte) error {
 	if err := t.schema.graph.cost(v); err != nil {
 		return &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: t.Name, Message: "input is too complex for the tool's input_schema: " + err.Error()}
 	}
-	if err := t.schema.resolved.Validate(v); err != nil {
+	if err := t.schema.validate(v); err != nil {
+		var ie *isolation.Error
+		if errors.As(err, &ie) {
+			ie.Tool = t.Name
+			return ie
+		}
 		return &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: t.Name, Message: "input does not match the tool's input_schema: " + truncate(oneLine(err.Error()), 4096)}
 	}
 	return nil
+}
+
+// validate runs the validator. Its assertions panic on states its resolver should have ruled
+// out; a panic is reported as the schema's fault (ErrInvalidTool) rather than taking down a
+// process that serves other tools. (Stack overflows cannot be recovered: the bounds above
+// prevent them.)
+func (c *compiledSchema) validate(v any) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &isolation.Error{Kind: isolation.ErrInvalidTool, Message: fmt.Sprintf("the input_schema validator failed: %v", p)}
+		}
+	}()
+	return c.resolved.Validate(v)
 }
 
 // compileSchema resolves a tool's input schema (JSON Schema draft 2020-12 or draft-07, the
@@ -200,6 +218,7 @@ type analyzer struct {
 	draft7  bool
 	byPtr   map[string]int
 	uris    map[string]int
+	ids     map[string]bool // URIs declared by an $id
 	baseURI map[int]*url.URL
 	anchors map[int]map[string]anchor
 	dynamic map[string][]int
@@ -212,7 +231,7 @@ func buildGraph(doc any, base string) (*analyzer, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &analyzer{g: &schemaGraph{}, byPtr: map[string]int{}, uris: map[string]int{},
+	a := &analyzer{g: &schemaGraph{}, byPtr: map[string]int{}, uris: map[string]int{}, ids: map[string]bool{},
 		baseURI: map[int]*url.URL{}, anchors: map[int]map[string]anchor{}, dynamic: map[string][]int{}}
 	if m, ok := doc.(map[string]any); ok {
 		switch m["$schema"] {
@@ -289,6 +308,12 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 			a.setAnchor(base, strings.TrimPrefix(id, "#"), idx, false)
 		} else {
 			baseURI = baseURI.ResolveReference(u)
+			// Two subschemas with one URI (the spec forbids it) would leave which one a $ref
+			// means to map order; the cycle check must follow the same one as the validator.
+			if a.ids[baseURI.String()] {
+				return 0, fmt.Errorf("two subschemas have the $id %s", baseURI)
+			}
+			a.ids[baseURI.String()] = true
 			a.uris[baseURI.String()] = idx
 			base = idx
 		}
