@@ -79,6 +79,11 @@ type OciConfig struct {
 	// IOSizeMB caps each call's I/O dir (/axocoatl, a tmpfs of its own) beyond the input
 	// (default 4; at least twice the output cap).
 	IOSizeMB int `json:"io_size_mb,omitempty"`
+	// IDUser owns the /etc/subuid and /etc/subgid ranges containers' user namespaces come from
+	// (default "axocoatl", registered at start when absent); IDSlots bounds the containers that
+	// exist at once, 65536 ids each (default 1024).
+	IDUser  string `json:"id_user,omitempty"`
+	IDSlots int    `json:"id_slots,omitempty"`
 }
 
 // VMConfig configures the microVM tier.

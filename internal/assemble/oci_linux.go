@@ -32,6 +32,8 @@ func init() {
 			IOSizeMB:      c.Oci.IOSizeMB,
 			PoolSize:      c.Oci.PoolSize,
 			PoolIdle:      time.Duration(c.Oci.PoolIdle),
+			IDUser:        c.Oci.IDUser,
+			IDSlots:       c.Oci.IDSlots,
 			Logger:        log,
 		})
 	}})

@@ -65,10 +65,20 @@ type Options struct {
 	// cgroup is delegated to the user.
 	Rootless         bool
 	HostUID, HostGID uint32
+	// UserNS, when set, runs the container in a user namespace mapping container ids
+	// 0..Size-1 to host ids UID.. and GID.. (its own slot): in-container root is an unprivileged
+	// host uid. The process keeps the user the bundle names (65534 for generated specs), which
+	// must lie inside the range. Not with Rootless.
+	UserNS *IDMap
 	// NoCgroup leaves the container without a cgroup of its own, so without memory, pids and
 	// CPU limits: for a rootless caller that cannot create cgroups (cgroup v1, or v2 without
 	// delegation). CgroupsPath is then ignored.
 	NoCgroup bool
+}
+
+// IDMap is a container's id range on the host.
+type IDMap struct {
+	UID, GID, Size uint32
 }
 
 // Harden returns the spec to run for a bundle: the isolation defaults, with the process and root
@@ -109,6 +119,13 @@ func Harden(bundle *specs.Spec, bundleDir string, o Options) (*specs.Spec, error
 		return nil, fmt.Errorf("config.json process.cwd %q is not absolute", cwd)
 	}
 	user := specs.User{UID: p.User.UID, GID: p.User.GID, AdditionalGids: p.User.AdditionalGids}
+	if m := o.UserNS; m != nil && !o.Rootless {
+		for _, id := range append([]uint32{user.UID, user.GID}, user.AdditionalGids...) {
+			if id >= m.Size {
+				return nil, fmt.Errorf("config.json process.user names id %d, outside the container's id range 0-%d", id, m.Size-1)
+			}
+		}
+	}
 	env := p.Env
 	if len(env) == 0 {
 		env = []string{defaultPath}
@@ -231,6 +248,9 @@ func build(root string, extraMounts []specs.Mount, args, env []string, cwd strin
 		s.Process.User = specs.User{}
 		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.HostUID, Size: 1}}
 		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.HostGID, Size: 1}}
+	} else if m := o.UserNS; m != nil {
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: m.UID, Size: m.Size}}
+		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: m.GID, Size: m.Size}}
 	}
 	return s
 }
@@ -241,7 +261,7 @@ func namespaces(o Options) []specs.LinuxNamespace {
 		// A fresh network namespace: libcontainer brings up loopback only, so there is no route out.
 		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace})
 	}
-	if o.Rootless {
+	if o.Rootless || o.UserNS != nil {
 		ns = append(ns, specs.LinuxNamespace{Type: specs.UserNamespace})
 	}
 	return ns

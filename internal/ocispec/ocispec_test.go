@@ -221,3 +221,39 @@ func TestMounts(t *testing.T) {
 		})
 	}
 }
+
+// UserNS gives the container a user namespace whose ids 0-65535 are the slot's host ids; the
+// bundle's user must lie inside it, whatever the bundle's own id mappings say.
+func TestUserNS(t *testing.T) {
+	ids := &IDMap{UID: 1 << 30, GID: 1<<30 + 1<<20, Size: 65536}
+	b := hostile()
+	b.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 1}} // ignored
+	b.Process.User = specs.User{UID: 1000, GID: 1000, AdditionalGids: []uint32{65534}}
+	s, err := Harden(b, "/b", Options{UserNS: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := slices.IndexFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.UserNamespace })
+	if n < 0 || s.Linux.Namespaces[n].Path != "" {
+		t.Fatalf("namespaces %+v: want a new user namespace", s.Linux.Namespaces)
+	}
+	wantU := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1 << 30, Size: 65536}}
+	wantG := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1<<30 + 1<<20, Size: 65536}}
+	if !slices.Equal(s.Linux.UIDMappings, wantU) || !slices.Equal(s.Linux.GIDMappings, wantG) {
+		t.Fatalf("mappings %+v %+v", s.Linux.UIDMappings, s.Linux.GIDMappings)
+	}
+	if s.Process.User.UID != 1000 || s.Process.User.GID != 1000 {
+		t.Fatalf("user %+v: the bundle's user is kept inside the namespace", s.Process.User)
+	}
+	g, err := Generate("/rt", "/tools/t", []string{"/bin/sh", "x"}, Options{UserNS: ids})
+	if err != nil || g.Process.User.UID != UnprivilegedID || len(g.Linux.UIDMappings) != 1 {
+		t.Fatalf("generated: %v %+v", err, g)
+	}
+	for _, u := range []specs.User{{UID: 65536}, {GID: 70000}, {AdditionalGids: []uint32{1, 1 << 20}}} {
+		b := hostile()
+		b.Process.User = u
+		if _, err := Harden(b, "/b", Options{UserNS: ids}); err == nil || !strings.Contains(err.Error(), "outside the container's id range") {
+			t.Errorf("user %+v: err %v", u, err)
+		}
+	}
+}

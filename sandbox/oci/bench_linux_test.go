@@ -154,11 +154,11 @@ func BenchmarkCrunRun(b *testing.B) {
 		if err := os.WriteFile(filepath.Join(ioDir, "input.json"), []byte(`{"op":"echo"}`), 0o644); err != nil {
 			b.Fatal(err)
 		}
-		sp, err := s.spec(probeCall(""), id, ioDir)
+		sp, err := s.spec(probeCall(""), id, ioDir, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		inst, err := be.create(id, sp, os.Stderr)
+		inst, err := be.create(id, sp, os.Stderr, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,20 +40,61 @@ func (b *binaryBackend) canPool() bool { return false }
 // also mounted (hybrid), crun 1.8 refuses to run; in a private mount namespace with the unified
 // mount removed it sees plain v1. Go unshares the mount namespace and makes "/" private in the
 // child; /bin/sh then unmounts and execs the runtime (arguments passed as "$@", never parsed).
-func (b *binaryBackend) command(args ...string) *exec.Cmd {
+func (b *binaryBackend) command(args ...string) *exec.Cmd { return b.commandNofile(0, args...) }
+
+// commandNofile is command with the runtime itself started under RLIMIT_NOFILE nofile (soft and
+// hard; 0: unchanged), which the container's process inherits.
+func (b *binaryBackend) commandNofile(nofile uint64, args ...string) *exec.Cmd {
 	full := append([]string{"--root", b.root}, args...)
 	if b.useSystemd {
 		full = append([]string{"--systemd-cgroup"}, full...)
 	}
-	if !b.hybridFix {
+	script := ""
+	if b.hybridFix {
+		script = "umount -l /sys/fs/cgroup/unified && "
+	}
+	if nofile > 0 {
+		script += "ulimit -n " + strconv.FormatUint(nofile, 10) + " && "
+	}
+	if script == "" {
 		return exec.Command(b.bin, full...)
 	}
-	cmd := exec.Command("/bin/sh", append([]string{"-c", `umount -l /sys/fs/cgroup/unified && exec "$0" "$@"`, b.bin}, full...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	cmd := exec.Command("/bin/sh", append([]string{"-c", script + `exec "$0" "$@"`, b.bin}, full...)...)
+	if b.hybridFix {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	}
 	return cmd
 }
 
-func (b *binaryBackend) create(id string, spec *specs.Spec, out io.Writer) (instance, error) {
+func (b *binaryBackend) create(id string, spec *specs.Spec, out io.Writer, ns *slotNS) (instance, error) {
+	var nofile uint64
+	if ns != nil {
+		// Join the slot's namespace. The spec keeps its mappings (the namespace's): runc 1.1
+		// requires them, and neither runtime writes maps into a namespace it joins.
+		sp := *spec
+		l := *spec.Linux
+		l.Namespaces = append([]specs.LinuxNamespace(nil), l.Namespaces...)
+		if b.kind == BackendRunc && spec.Process != nil {
+			// runc sets rlimits with a prlimit from outside the namespace, which needs
+			// CAP_SYS_RESOURCE over it (some hosts' root lacks it); it runs under the limit
+			// instead, and the process inherits it.
+			p := *spec.Process
+			for _, r := range p.Rlimits {
+				if r.Type == "RLIMIT_NOFILE" {
+					nofile = r.Hard
+				}
+			}
+			p.Rlimits = nil
+			sp.Process = &p
+		}
+		for i := range l.Namespaces {
+			if l.Namespaces[i].Type == specs.UserNamespace {
+				l.Namespaces[i].Path = ns.path
+			}
+		}
+		sp.Linux = &l
+		spec = &sp
+	}
 	dir := filepath.Join(b.bundles, id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -65,7 +107,7 @@ func (b *binaryBackend) create(id string, spec *specs.Spec, out io.Writer) (inst
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
-	return &binInstance{b: b, id: id, dir: dir, out: out, cgroupsPath: spec.Linux.CgroupsPath}, nil
+	return &binInstance{b: b, id: id, dir: dir, out: out, cgroupsPath: spec.Linux.CgroupsPath, nofile: nofile}, nil
 }
 
 func (b *binaryBackend) ids() []string {
@@ -118,6 +160,7 @@ type binInstance struct {
 	id, dir     string
 	out         io.Writer
 	cgroupsPath string
+	nofile      uint64 // RLIMIT_NOFILE to start the runtime under (0: none)
 
 	mu     sync.Mutex // protects cmd, killed, status
 	cmd    *exec.Cmd
@@ -133,7 +176,7 @@ func (i *binInstance) start() error {
 	if i.b.keep {
 		args = append([]string{"run", "--keep"}, args[1:]...)
 	}
-	cmd := i.b.command(args...)
+	cmd := i.b.commandNofile(i.nofile, args...)
 	cmd.Stdout, cmd.Stderr = i.out, i.out
 	// The runtime must not die with a signal meant for us mid-call; destroy cleans up.
 	cmd.SysProcAttr = withPdeathsig(cmd.SysProcAttr)

@@ -11,7 +11,8 @@
 // config.json says: private pid, mount, ipc, uts, cgroup and network namespaces (loopback only),
 // a read-only rootfs, a size-capped tmpfs at /tmp, no capabilities, no_new_privs, a default
 // seccomp profile, masked and read-only /proc paths, cgroup limits on memory, pids and CPU, and
-// RLIMIT_NOFILE. Only the network is loosenable: a tool that asks for it (tool.json
+// RLIMIT_NOFILE; as root, a user namespace with a 65536-id slot of host ids of its own (see
+// idslots_linux.go for the uid model). Only the network is loosenable: a tool that asks for it (tool.json
 // "network": true) shares the host's network namespace when Config.AllowNetwork is set, and gets
 // loopback only otherwise. The container's mounts are only what a JSON-in/JSON-out tool uses:
 // /proc (with the masked and read-only paths), /dev (a small tmpfs with the standard device
@@ -137,8 +138,19 @@ type Config struct {
 	// PoolIdle is how long a pool may go unused before its containers are destroyed; the next
 	// call runs cold and refills it. Default 5 minutes.
 	PoolIdle time.Duration
+	// IDUser owns the host id ranges (/etc/subuid, /etc/subgid) from which every container run as
+	// root gets a user namespace with a 65536-id slot of its own. When the files give it no range,
+	// New (as root) creates the system user and registers IDSlots*65536 ids for it at the first
+	// free 65536-aligned start at or above 2^30, in both files. Default "axocoatl".
+	IDUser string
+	// IDSlots bounds the containers (pooled, running or being torn down) that exist at once; a
+	// container that finds none free fails with isolation.ErrBusy. Default 1024.
+	IDSlots int
 	// Logger receives the sandbox's logs; nil logs nowhere.
 	Logger *slog.Logger
+
+	// idOffset skips the first slots of IDUser's ranges (tests: a few slots of their own).
+	idOffset int
 }
 
 func (c Config) withDefaults() Config {
@@ -177,6 +189,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PoolIdle <= 0 {
 		c.PoolIdle = DefaultPoolIdle
+	}
+	if c.IDUser == "" {
+		c.IDUser = DefaultIDUser
+	}
+	if c.IDSlots <= 0 {
+		c.IDSlots = DefaultIDSlots
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

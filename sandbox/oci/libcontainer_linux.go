@@ -53,7 +53,7 @@ func (b *libcontainerBackend) warnIfCopying(log *slog.Logger) {
 func (b *libcontainerBackend) name() string  { return BackendLibcontainer }
 func (b *libcontainerBackend) canPool() bool { return true }
 
-func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer) (instance, error) {
+func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer, ns *slotNS) (instance, error) {
 	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName:       id,
 		UseSystemdCgroup: b.useSystemd,
@@ -63,6 +63,16 @@ func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer)
 	})
 	if err != nil {
 		return nil, err
+	}
+	if ns != nil {
+		// Set after the conversion: given in the spec, specconv would read the namespace's maps
+		// back through a forked helper (its fast path knows only /proc/PID/ns/user); the spec's
+		// mappings are the namespace's.
+		for i := range cfg.Namespaces {
+			if cfg.Namespaces[i].Type == configs.NEWUSER {
+				cfg.Namespaces[i].Path = ns.path
+			}
+		}
 	}
 	c, err := libcontainer.Create(b.root, id, cfg)
 	if err != nil {
@@ -82,11 +92,29 @@ func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer)
 		// specconv does not convert rlimits (runc's CLI does): libcontainer applies these.
 		Rlimits: rlimits(p.Rlimits),
 	}
+	if ns != nil {
+		// libcontainer's prlimit of the init would need CAP_SYS_RESOURCE over the slot's
+		// namespace; the limits are applied below as the namespace's owner instead, before the
+		// init execs the tool (which inherits them).
+		proc.Rlimits = nil
+	}
 	if err := c.Start(proc); err != nil {
 		_ = c.Destroy()
 		return nil, err
 	}
 	inst := &lcInstance{c: c, proc: proc}
+	if ns != nil {
+		pid, err := proc.Pid()
+		for _, r := range rlimits(p.Rlimits) {
+			if err == nil {
+				err = ns.prlimit(pid, r.Type, r.Soft, r.Hard)
+			}
+		}
+		if err != nil {
+			_ = inst.destroy()
+			return nil, err
+		}
+	}
 	if st, err := c.State(); err == nil {
 		inst.memDir = st.CgroupPaths["memory"]
 		if inst.memDir == "" {

@@ -36,7 +36,7 @@ func TestBinaryBackends(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if m := decode(t, out); m["pid"] != float64(1) || fmt.Sprint(m["ifaces"]) != "[lo]" || m["cap_eff"] != "0000000000000000" {
+			if m := decode(t, out); m["pid"] != float64(1) || fmt.Sprint(m["ifaces"]) != "[lo]" || m["cap_eff"] != "0000000000000000" || m["nofile"] != float64(DefaultNofile) {
 				t.Fatalf("isolation: %s", out.Output)
 			}
 			out, err = run(t, s, `{"op":"fail","code":3,"msg":"nope"}`, 30*time.Second)

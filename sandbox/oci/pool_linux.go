@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/axocoatl/isolation/internal/ocispec"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -254,7 +255,11 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 		return err
 	}
 	call.Limits = call.Limits.WithDefaults()
-	if _, err := s.spec(call, "axocoatl-prepare", s.ioRoot); err != nil {
+	var ids *ocispec.IDMap
+	if !s.rootless {
+		ids = &ocispec.IDMap{Size: idSlotSize} // checks the bundle's user against the range
+	}
+	if _, err := s.spec(call, "axocoatl-prepare", s.ioRoot, ids); err != nil {
 		return err
 	}
 	if !s.be.canPool() || s.cfg.PoolSize < 0 {

@@ -35,6 +35,7 @@ type Sandbox struct {
 	ioRoot   string                  // StateRoot, absolute
 	lock     *os.File                // shared flock on StateRoot/.lock; nil when broken
 	broken   *isolation.Availability // why the state root is unusable; nil when it is usable
+	ids      *idSlots                // per-container user-namespace id slots; nil when rootless or broken
 
 	mu     sync.Mutex // protects pools and closed, and orders teardown.Add before Close's Wait
 	pools  map[string]*pool
@@ -102,7 +103,8 @@ func New(cfg Config) (*Sandbox, error) {
 	if b, ok := s.be.(*libcontainerBackend); ok {
 		b.warnIfCopying(s.log)
 	}
-	if err := s.openStateRoot(); err != nil {
+	err := s.openStateRoot()
+	if err != nil {
 		who := "this process"
 		if rootless {
 			who = fmt.Sprintf("uid %d", os.Geteuid())
@@ -111,6 +113,14 @@ func New(cfg Config) (*Sandbox, error) {
 			Reason: fmt.Sprintf("the state root %s cannot be used by %s: %v", cfg.StateRoot, who, err),
 			Fix:    "set the Oci state_root to a directory this user can create and write (rootless: for example under $XDG_RUNTIME_DIR), or run as root"}
 		s.log.Warn("Oci tier unavailable", "reason", s.broken.Reason)
+	} else if !rootless {
+		if s.ids, err = newIDSlots(cfg.IDUser, cfg.IDSlots, cfg.idOffset, s.log); err != nil {
+			s.broken = &isolation.Availability{Backend: s.be.name(),
+				Reason: fmt.Sprintf("no user-namespace id range for the Oci tier's user %s: %v", cfg.IDUser, err),
+				Fix: fmt.Sprintf("give %s a range of at least 65536 ids in /etc/subuid and /etc/subgid (e.g. `usermod --add-subuids %d-%d --add-subgids %d-%d %s` after `useradd --system %s`), or make /etc writable for the first start",
+					cfg.IDUser, idBaseMin, idBaseMin+cfg.IDSlots*idSlotSize-1, idBaseMin, idBaseMin+cfg.IDSlots*idSlotSize-1, cfg.IDUser, cfg.IDUser)}
+			s.log.Warn("Oci tier unavailable", "reason", s.broken.Reason)
+		}
 	}
 	return s, nil
 }
@@ -119,6 +129,13 @@ func New(cfg Config) (*Sandbox, error) {
 func (s *Sandbox) openStateRoot() error {
 	if err := os.MkdirAll(s.cfg.StateRoot, 0o711); err != nil {
 		return err
+	}
+	if !s.rootless {
+		// Mount points of containers' rootfs (see rootmount_linux.go): must be reachable by the
+		// containers' unprivileged uids whatever the state root's parents are.
+		if err := os.MkdirAll(rootsDir, 0o711); err != nil {
+			return err
+		}
 	}
 	lock, err := os.OpenFile(filepath.Join(s.cfg.StateRoot, ".lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -268,12 +285,18 @@ func (s *Sandbox) releaseAsync(c *ctr) {
 	}()
 }
 
+// rootsDir holds the rootfs mounts of containers with a user namespace, one per container id
+// (unique host-wide), whatever sandbox made them: a path every container uid can reach.
+const rootsDir = "/run/axocoatl/roots"
+
 // ctr is one container created for one call, with its I/O dir.
 type ctr struct {
 	id    string
 	ioDir string
 	// ioSize is the size cap of the I/O dir's tmpfs (0: a plain directory, rootless).
 	ioSize int64
+	slot   *idSlot // its user-namespace ids; nil when rootless
+	root   string  // the rootfs mount made for it ("" when none)
 	inst   instance
 	tail   *sandbox.TailBuffer
 	tool   string
@@ -337,8 +360,8 @@ func (s *Sandbox) containerID(tool string) string {
 	return "axocoatl-" + tool + "-" + uuid.NewString()
 }
 
-// spec builds the call's hardened spec.
-func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error) {
+// spec builds the call's hardened spec; ids is the container's id range (nil when rootless).
+func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) (*specs.Spec, error) {
 	if err := sandbox.CheckCallPaths(call); err != nil {
 		return nil, err
 	}
@@ -365,6 +388,7 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error)
 		NoCgroup:    !s.cgroupLimits(),
 		HostUID:     uint32(os.Geteuid()),
 		HostGID:     uint32(os.Getegid()),
+		UserNS:      ids,
 	}
 	if call.Limits.Network && !s.cfg.AllowNetwork {
 		s.log.Warn("tool asks for the network; Config.AllowNetwork is off, so it gets loopback only", "tool", call.Tool)
@@ -408,7 +432,9 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string) (*specs.Spec, error)
 	if s.cfg.NoSeccomp {
 		sp.Linux.Seccomp = nil
 	}
-	if s.rootless {
+	if s.rootless || ids != nil {
+		// Rootless, or with a user namespace (the rootfs is then mounted read-only before the
+		// init starts): the init cannot create the mount points itself.
 		if err := ensureMountpoints(sp); err != nil {
 			return nil, err
 		}
@@ -461,6 +487,19 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 		PrimeCgroups()
 	}
 	id := s.containerID(call.Tool)
+	var slot *idSlot
+	var ids *ocispec.IDMap
+	if s.ids != nil {
+		if slot, err = s.ids.acquire(); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				slot.release()
+			}
+		}()
+		ids = &ocispec.IDMap{UID: slot.uid, GID: slot.gid, Size: idSlotSize}
+	}
 	ioDir := filepath.Join(s.ioRoot, id)
 	if err := os.Mkdir(ioDir, 0o700); err != nil {
 		return nil, fmt.Errorf("oci: I/O dir: %w", err)
@@ -472,14 +511,17 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 			}
 		}
 	}()
-	sp, err := s.spec(call, id, ioDir)
+	sp, err := s.spec(call, id, ioDir, ids)
 	if err != nil {
 		return nil, err
 	}
-	// The tool's user must be able to write output.json into the I/O dir.
+	// The tool's user must be able to write output.json into the I/O dir, and no one else (it is
+	// 0700): with a user namespace its host uid is the slot's, which no other container has.
 	uid, gid := int(sp.Process.User.UID), int(sp.Process.User.GID)
 	if s.rootless {
 		uid, gid = os.Geteuid(), os.Getegid()
+	} else if slot != nil {
+		uid, gid = int(slot.uid)+uid, int(slot.gid)+gid
 	}
 	var ioSize int64
 	if !s.rootless {
@@ -487,6 +529,21 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 		if err := mountIODir(ioDir, ioSize, uid, gid); err != nil {
 			return nil, fmt.Errorf("oci: %w", err)
 		}
+	}
+	var root string
+	var userns *slotNS
+	if slot != nil {
+		root = filepath.Join(rootsDir, id)
+		if _, err := mountRoot(sp.Root.Path, root, slot.ns); err != nil {
+			return nil, fmt.Errorf("oci: rootfs: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				_ = unmountRoot(root)
+			}
+		}()
+		sp.Root.Path = root
+		userns = slot.join()
 	}
 	in, err := os.OpenFile(filepath.Join(ioDir, sandbox.InputFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -514,11 +571,11 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if tail.Max <= 0 {
 		tail.Max = sandbox.DefaultMaxStderrBytes
 	}
-	inst, err := s.be.create(id, sp, tail)
+	inst, err := s.be.create(id, sp, tail, userns)
 	if err != nil {
 		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
 	}
-	return &ctr{id: id, ioDir: ioDir, ioSize: ioSize, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
+	return &ctr{id: id, ioDir: ioDir, ioSize: ioSize, slot: slot, root: root, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
 }
 
 // execute starts c, waits for it under ctx and collects the outcome.
@@ -576,9 +633,11 @@ func (s *Sandbox) destroy(c *ctr) {
 		c.input.Close()
 		c.input = nil
 	}
+	destroyed := true
 	if err := c.inst.destroy(); err != nil {
 		s.log.Warn("destroy container", "id", c.id, "error", err)
 		s.be.reap(c.id)
+		destroyed = false
 	}
 	if !s.cfg.UseSystemd && s.cgroupLimits() {
 		// libcontainer removes its cgroups; this catches what a failed destroy left.
@@ -588,8 +647,21 @@ func (s *Sandbox) destroy(c *ctr) {
 			}
 		}
 	}
+	if c.root != "" {
+		if err := unmountRoot(c.root); err != nil {
+			s.log.Warn("remove rootfs mount", "dir", c.root, "error", err)
+		}
+	}
 	if err := removeIODir(c.ioDir); err != nil {
 		s.log.Warn("remove I/O dir", "dir", c.ioDir, "error", err)
+	}
+	if c.slot != nil {
+		if destroyed {
+			c.slot.release()
+		} else {
+			c.slot.quarantine()
+		}
+		c.slot = nil
 	}
 }
 
@@ -630,6 +702,7 @@ func (s *Sandbox) reap() {
 		if err := removeIODir(filepath.Join(s.ioRoot, id)); err != nil {
 			s.log.Warn("reap I/O dir", "id", id, "error", err)
 		}
+		_ = unmountRoot(filepath.Join(rootsDir, id))
 	}
 }
 
@@ -701,6 +774,9 @@ func (s *Sandbox) Close() error {
 		p.close()
 	}
 	s.teardown.Wait()
+	if s.ids != nil {
+		s.ids.close()
+	}
 	if !s.cfg.UseSystemd && s.cgroupLimits() {
 		for _, d := range cgroupDirs("/" + s.cfg.CgroupParent) {
 			_ = syscall.Rmdir(d) // only when empty: other sandboxes may share the parent

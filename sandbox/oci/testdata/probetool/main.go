@@ -21,6 +21,8 @@ type input struct {
 	Hang bool   `json:"hang"`
 	Msg  string `json:"msg"`
 	N    int64  `json:"n"`
+	Ms   int    `json:"ms"`
+	Max  int    `json:"max"`
 }
 
 func write(v any) {
@@ -73,7 +75,23 @@ func main() {
 		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
 		write(map[string]any{"uid": os.Getuid(), "pid": os.Getpid(), "hostname": host, "ifaces": names,
 			"cap_eff": status("CapEff"), "cap_bnd": status("CapBnd"), "no_new_privs": status("NoNewPrivs"),
-			"seccomp": status("Seccomp"), "nofile": rl.Cur, "nice": nice()})
+			"seccomp": status("Seccomp"), "nofile": rl.Cur, "nice": nice(), "uid_map": uidMap()})
+	case "sleep":
+		time.Sleep(time.Duration(in.Ms) * time.Millisecond)
+		write(map[string]any{"uid_map": uidMap()})
+	case "inotify":
+		// Open up to max inotify instances (stopping at the first error), hold them ms, report.
+		n := 0
+		var ierr error
+		for n < in.Max {
+			if _, err := syscall.InotifyInit1(syscall.IN_CLOEXEC); err != nil {
+				ierr = err
+				break
+			}
+			n++
+		}
+		time.Sleep(time.Duration(in.Ms) * time.Millisecond)
+		write(map[string]any{"n": n, "error": errString(ierr)})
 	case "spin":
 		for {
 		}
@@ -143,6 +161,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "unknown op", in.Op)
 		os.Exit(2)
 	}
+}
+
+// uidMap is the first line of /proc/self/uid_map: "container-id host-id count".
+func uidMap() string {
+	b, _ := os.ReadFile("/proc/self/uid_map")
+	l, _, _ := strings.Cut(string(b), "\n")
+	return strings.Join(strings.Fields(l), " ")
 }
 
 // nice is the process's nice value (getpriority's raw result is 20-nice).
