@@ -61,7 +61,7 @@ func openFolder(root *os.Root, rootPath, name string) (*os.Root, string, error) 
 // file's identity as of the open (taken before reading: an edit during the read makes the next
 // lookup parse it again rather than cache a stale version).
 func readRegular(dir *os.Root, rel string, max int64) ([]byte, fileStamp, error) {
-	f, err := dir.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	f, err := openInFolder(dir, rel)
 	if err != nil {
 		return nil, fileStamp{}, err
 	}
@@ -71,7 +71,7 @@ func readRegular(dir *os.Root, rel string, max int64) ([]byte, fileStamp, error)
 		return nil, fileStamp{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fileStamp{}, fmt.Errorf("%s is not a regular file (%s)", rel, fi.Mode().Type())
+		return nil, fileStamp{}, fmt.Errorf("%s is not a regular file but %s", rel, fileKind(fi.Mode()))
 	}
 	if fi.Size() > max {
 		return nil, fileStamp{}, fmt.Errorf("%s is %d bytes, over the limit of %d", rel, fi.Size(), max)
@@ -90,7 +90,7 @@ func readRegular(dir *os.Root, rel string, max int64) ([]byte, fileStamp, error)
 // statRegular checks that rel is a regular file inside the folder (opened, never read: an
 // entrypoint can be large) and returns its resolved path relative to the folder and its identity.
 func statRegular(dir *os.Root, rel string) (string, fileStamp, error) {
-	f, err := dir.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	f, err := openInFolder(dir, rel)
 	if err != nil {
 		return "", fileStamp{}, err
 	}
@@ -100,13 +100,41 @@ func statRegular(dir *os.Root, rel string) (string, fileStamp, error) {
 		return "", fileStamp{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fileStamp{}, fmt.Errorf("%q is not a regular file (%s)", rel, fi.Mode().Type())
+		return "", fileStamp{}, fmt.Errorf("%q is not a regular file but %s", rel, fileKind(fi.Mode()))
 	}
 	real, err := resolvedFile(dir, f, rel)
 	if err != nil {
 		return "", fileStamp{}, err
 	}
 	return real, stampFromInfo(fi), nil
+}
+
+// openInFolder opens rel for reading without following anything out of the folder and without
+// blocking (O_NONBLOCK: opening a FIFO for reading would wait for a writer).
+func openInFolder(dir *os.Root, rel string) (*os.File, error) {
+	f, err := dir.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if fi, lerr := dir.Lstat(rel); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			return nil, fmt.Errorf("%s is a symlink leading out of the tool folder: %w", rel, err)
+		}
+	}
+	return f, err
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	}
+	return "a special file (" + m.Type().String() + ")"
 }
 
 // isBundleIn reports whether the folder holds an OCI bundle: config.json a regular file and

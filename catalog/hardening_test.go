@@ -332,3 +332,25 @@ func TestValidationSemanticsKept(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeLegitInputs: the bounds are not tripped by inputs that are merely large: many unique
+// pairs, many enum members.
+func TestLargeLegitInputs(t *testing.T) {
+	c, tool := nativeTool(t, `{"type":"array","items":{"type":"array","uniqueItems":true,"items":{"enum":[1,2,3,{"a":[1]}]}}}`)
+	tl, err := c.Get(tool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := "[" + strings.TrimSuffix(strings.Repeat(`[1,2,{"a":[1]}],`, 5000), ",") + "]"
+	if err := tl.ValidateInput([]byte(in)); err != nil {
+		t.Errorf("5,000 unique triples: %v", err)
+	}
+	c, tool = nativeTool(t, `{"type":"array","uniqueItems":true}`)
+	if tl, err = c.Get(tool); err != nil {
+		t.Fatal(err)
+	}
+	in = "[" + strings.TrimSuffix(strings.Repeat(`{"a":[[[1]]]},`, 10), ",") + "]"
+	if err := tl.ValidateInput([]byte(in)); !errors.Is(err, isolation.ErrInvalidInput) || strings.Contains(err.Error(), "too complex") {
+		t.Errorf("duplicate items: %v, want a uniqueItems failure", err)
+	}
+}

@@ -44,9 +44,13 @@ const (
 	// 170 levels of a tree schema (3 frames a level). The validator's error for a failure at the
 	// bottom is built by copying the message once per frame: quadratic in this depth.
 	MaxValidationDepth = 512
-	// MaxValidationWork bounds the validator's steps for one input (a step is one subschema
-	// applied to one value, weighted by the keyword lists it scans).
-	MaxValidationWork = 1 << 21
+	// ValidationWorkAllowance + ValidationWorkPerValue × (values in the input) bounds the
+	// validator's steps for one input (a step is one subschema applied to one value, weighted by
+	// the keyword lists it scans and the values it hashes or compares). A large input may take
+	// proportionally long, as its decoding does; a schema cannot multiply that by more than
+	// ValidationWorkPerValue (a step costs ~1 µs here).
+	ValidationWorkAllowance = 1 << 21
+	ValidationWorkPerValue  = 8
 	// MaxValidationBytes bounds the bytes the validator's error messages could allocate under
 	// anyOf, oneOf, not, if and contains, which evaluate every branch (elsewhere the first
 	// failure returns, and the depth bound bounds its message).
@@ -72,8 +76,8 @@ func (t *Tool) ValidateInput(input []byte) error {
 	if err := json.Unmarshal(input, &v); err != nil {
 		return &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: t.Name, Message: "input is not JSON", Err: err}
 	}
-	v = previewable(v)
-	if err := t.schema.graph.cost(v); err != nil {
+	v, n := previewable(v)
+	if err := t.schema.graph.cost(v, ValidationWorkAllowance+ValidationWorkPerValue*n); err != nil {
 		return &isolation.Error{Kind: isolation.ErrInvalidInput, Tool: t.Name, Message: "input is too complex for the tool's input_schema: " + err.Error()}
 	}
 	if err := t.schema.validate(v); err != nil {
@@ -199,7 +203,7 @@ type gnode struct {
 	msg                                    int  // bytes a failing step here may print besides the instance
 	strCheck                               bool // minLength/maxLength/pattern print a string instance whole
 	collects                               bool // anyOf/oneOf/not/if/contains: every branch is evaluated
-	compareWhole                           bool // enum/const/uniqueItems walk a composite instance whole
+	hashItems                              bool // uniqueItems hashes the whole array instance
 	refs                                   []string
 	dynRefs                                []string
 	base                                   int
@@ -463,7 +467,7 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 		return 0, err
 	}
 	// What a step scans and prints besides subschemas.
-	for _, k := range []string{"enum", "required"} {
+	for _, k := range []string{"required"} {
 		if l, ok := obj[k].([]any); ok {
 			n.work += len(l)
 		}
@@ -477,19 +481,16 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 			n.collects = true
 		}
 	}
-	if e, ok := obj["enum"]; ok {
-		b, _ := json.Marshal(e)
-		n.msg += 2 * len(b)
-		n.compareWhole = true
+	// enum and const compare by walking their own values (a length mismatch ends a comparison),
+	// so their cost is the schema's; their errors print the enum.
+	for _, k := range []string{"enum", "const"} {
+		if e, ok := obj[k]; ok {
+			b, _ := json.Marshal(e)
+			n.msg += 2 * len(b)
+			n.work += valuesIn(e, ValidationWorkAllowance)
+		}
 	}
-	if c, ok := obj["const"]; ok {
-		b, _ := json.Marshal(c)
-		n.msg += 2 * len(b)
-		n.compareWhole = true
-	}
-	if obj["uniqueItems"] == true {
-		n.compareWhole = true
-	}
+	n.hashItems = obj["uniqueItems"] == true
 	if p, ok := obj["pattern"].(string); ok {
 		n.msg += len(p)
 		n.strCheck = true
@@ -611,7 +612,7 @@ var errTooComplex = errors.New("too complex")
 // cost walks the (subschema, value) pairs the validator could visit for v, with an explicit
 // stack, and fails when its recursion depth, steps or message bytes could exceed the bounds.
 // Over-approximates: every branch, every matching-or-not pattern.
-func (g *schemaGraph) cost(v any) error {
+func (g *schemaGraph) cost(v any, budget int) error {
 	type frame struct {
 		node    int
 		v       any
@@ -620,7 +621,6 @@ func (g *schemaGraph) cost(v any) error {
 	}
 	stack := []frame{{0, v, 1, false}}
 	work, bytes := 0, 0
-	var size int // lazily computed size of the whole input, the bound for whole-value walks
 	var collect bool
 	push := func(n int, v any, d int) { stack = append(stack, frame{n, v, d, collect}) }
 	for len(stack) > 0 {
@@ -637,19 +637,16 @@ func (g *schemaGraph) cost(v any) error {
 			if n.strCheck {
 				w += len(x) + 2
 			}
-		case jobj, jarr:
-			if n.compareWhole {
-				if size == 0 {
-					size = approxSize(v)
-				}
-				work += size / 16
+		case jarr:
+			if n.hashItems {
+				work += valuesIn(x, budget-work+1)
 			}
 		}
 		if f.collect {
 			bytes += w * f.depth
 		}
-		if work > MaxValidationWork {
-			return fmt.Errorf("validation would take more than %d steps", MaxValidationWork)
+		if work > budget {
+			return fmt.Errorf("validation would take more than %d steps", budget)
 		}
 		if bytes > MaxValidationBytes {
 			return fmt.Errorf("validation errors could reach %d bytes", MaxValidationBytes)
@@ -712,8 +709,8 @@ func (g *schemaGraph) cost(v any) error {
 				}
 			}
 		}
-		if len(stack) > MaxValidationWork {
-			return fmt.Errorf("validation would take more than %d steps", MaxValidationWork)
+		if len(stack) > budget {
+			return fmt.Errorf("validation would take more than %d steps", budget)
 		}
 	}
 	return nil
@@ -731,15 +728,18 @@ type (
 func (o jobj) String() string { return fmt.Sprintf("an object with %d properties", len(o)) }
 func (a jarr) String() string { return fmt.Sprintf("an array of %d items", len(a)) }
 
-// previewable converts v's objects and arrays to jobj and jarr, in place, with an explicit stack.
-func previewable(v any) any {
+// previewable converts v's objects and arrays to jobj and jarr, in place, with an explicit
+// stack, and counts its values.
+func previewable(v any) (any, int) {
 	root := []any{v}
 	stack := []any{jarr(root)}
+	n := 0
 	for len(stack) > 0 {
 		c := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		switch x := c.(type) {
 		case jobj:
+			n += len(x)
 			for k, e := range x {
 				if conv, ok := convert(e); ok {
 					x[k] = conv
@@ -747,6 +747,7 @@ func previewable(v any) any {
 				}
 			}
 		case jarr:
+			n += len(x)
 			for i, e := range x {
 				if conv, ok := convert(e); ok {
 					x[i] = conv
@@ -755,7 +756,7 @@ func previewable(v any) any {
 			}
 		}
 	}
-	return root[0]
+	return root[0], n
 }
 
 func convert(v any) (any, bool) {
@@ -768,11 +769,12 @@ func convert(v any) (any, bool) {
 	return nil, false
 }
 
-// approxSize is the number of values in v, a bound on a whole-value walk's length.
-func approxSize(v any) int {
+// valuesIn counts the values in v (decoded JSON, converted or not), stopping at limit: the length
+// of a walk over the whole value.
+func valuesIn(v any, limit int) int {
 	n := 0
 	stack := []any{v}
-	for len(stack) > 0 {
+	for len(stack) > 0 && n < limit {
 		c := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		n++
@@ -781,7 +783,13 @@ func approxSize(v any) int {
 			for _, e := range x {
 				stack = append(stack, e)
 			}
+		case map[string]any:
+			for _, e := range x {
+				stack = append(stack, e)
+			}
 		case jarr:
+			stack = append(stack, x...)
+		case []any:
 			stack = append(stack, x...)
 		}
 	}

@@ -1,8 +1,10 @@
 package catalog
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -33,5 +35,37 @@ func TestEditDuringLoadIsNotCachedStale(t *testing.T) {
 	}
 	if tl, err := c.Get("t"); err != nil || tl.Description != "two, edited" {
 		t.Fatalf("second Get = %+v, %v: the edit made during the first load was cached stale", tl, err)
+	}
+}
+
+// TestWorkBudgetScalesWithInput: a large input that a schema does not amplify stays within the
+// validation budget (which grows with the input's values), though it exceeds the fixed allowance;
+// an amplifying schema does not.
+func TestWorkBudgetScalesWithInput(t *testing.T) {
+	cs, err := compileSchema("t", []byte(`{"type":"array","items":{"type":"array","uniqueItems":true,"items":{"enum":[1,2,3,{"a":[1]}]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal([]byte("["+strings.TrimSuffix(strings.Repeat(`[1,2,{"a":[1]}],`, 100000), ",")+"]"), &v); err != nil {
+		t.Fatal(err)
+	}
+	v, n := previewable(v)
+	if err := cs.graph.cost(v, ValidationWorkAllowance); err == nil {
+		t.Fatalf("100,000 triples fit the fixed allowance: the test does not test the scaling")
+	}
+	if err := cs.graph.cost(v, ValidationWorkAllowance+ValidationWorkPerValue*n); err != nil {
+		t.Errorf("100,000 triples (%d values): %v", n, err)
+	}
+	cs, err = compileSchema("t", []byte(`{"$defs":{"a":{"anyOf":[{"items":{"$ref":"#/$defs/a"}},{"items":{"$ref":"#/$defs/a"}},{"items":{"$ref":"#/$defs/a"}}]}},"$ref":"#/$defs/a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte("["+strings.Repeat(`[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]],`, 1000)+"1]"), &v); err != nil {
+		t.Fatal(err)
+	}
+	v, n = previewable(v)
+	if err := cs.graph.cost(v, ValidationWorkAllowance+ValidationWorkPerValue*n); err == nil {
+		t.Errorf("a schema tripling the work at each level was let through")
 	}
 }
