@@ -214,8 +214,9 @@ func (s *Server) Addr() string { return s.cfg.Addr }
 
 // ListenAndServe listens on Config.Addr and serves until ctx ends, then shuts down gracefully:
 // it stops accepting, lets in-flight requests finish for up to Config.GracePeriod, cancels the
-// ones still running (their sandboxes clean up), and closes the executor, which tears down warm
-// pools. It returns nil after a shutdown caused by ctx, or the error that stopped serving.
+// ones still running (their sandboxes clean up) and lets them answer 503 canceled before the
+// connections close, refuses calls that arrive meanwhile (503 busy), and closes the executor,
+// which tears down warm pools. It returns nil after a shutdown caused by ctx, or the error that stopped serving.
 func (s *Server) ListenAndServe(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
@@ -267,14 +268,22 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		if err != nil {
 			s.log.Warn("grace period over: cancelling in-flight requests", slog.Int64("in_flight", s.inFlight.Load()))
 			cancelBase()
-			hs.Close()
+			// The cancelled handlers answer 503 canceled: let them write it before the connections
+			// close (closing at once left every client with an empty reply). Handlers end promptly
+			// once their context is cancelled; hijacked or stuck ones are closed after drainTimeout.
+			drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+			if err := hs.Shutdown(drainCtx); err != nil {
+				s.log.Warn("connections still busy after cancelling: closing them", slog.Int64("in_flight", s.inFlight.Load()))
+				hs.Close()
+			}
+			cancel()
 		}
 		<-errc
 	}
 	cancelBase()
 	// Handlers end promptly once their context is cancelled; wait for them before the
 	// executor closes under them.
-	s.waitIdle(5 * time.Second)
+	s.waitIdle(drainTimeout)
 	closeErr := s.Close()
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return fmt.Errorf("server: %w", serveErr)
@@ -285,6 +294,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("stopped")
 	return nil
 }
+
+// drainTimeout bounds how long shutdown waits, after cancelling the calls still running at the
+// end of the grace period, for their handlers to answer.
+const drainTimeout = 5 * time.Second
 
 func (s *Server) waitIdle(max time.Duration) {
 	deadline := time.Now().Add(max)
