@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/server/mcpserver"
 )
 
 //go:embed openapi.json
@@ -55,7 +57,7 @@ func (s *Server) routes() *http.ServeMux {
 
 // mcpHandler is the streamable HTTP transport; its GET event streams end when shutdown begins.
 func (s *Server) mcpHandler() http.Handler {
-	h := s.mcp.HTTPHandler(s.cfg.MaxBodyBytes)
+	h := s.mcp.HTTPHandler(mcpserver.HTTPOptions{MaxBodyBytes: s.cfg.MaxBodyBytes, MaxSessions: s.cfg.MaxMCPSessions})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
 			ctx, cancel := context.WithCancel(r.Context())
@@ -66,6 +68,52 @@ func (s *Server) mcpHandler() http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// bodyDeadline gives the request's body Config.BodyTimeout to arrive: a client stalled mid-body
+// otherwise holds its connection, and a file descriptor, for as long as it likes. The deadline is
+// lifted when the body has been read, so that it never cuts a long call short.
+func (s *Server) bodyDeadline(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.BodyTimeout <= 0 || r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) != nil {
+		return // not a real connection (a test recorder)
+	}
+	r.Body = &deadlineBody{ReadCloser: r.Body, lift: func() { rc.SetReadDeadline(time.Time{}) }}
+}
+
+// deadlineBody lifts its connection's read deadline once the body has been read or closed.
+type deadlineBody struct {
+	io.ReadCloser
+	lift   func()
+	lifted bool // only the handler's goroutine reads or closes the body
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && !b.lifted {
+		b.lifted = true
+		if err == io.EOF {
+			b.lift()
+		}
+	}
+	return n, err
+}
+
+func (b *deadlineBody) Close() error {
+	if !b.lifted {
+		b.lifted = true
+		b.lift()
+	}
+	return b.ReadCloser.Close()
+}
+
+// isBodyTimeout reports whether reading the body failed at its deadline.
+func isBodyTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // statusWriter records the status for metrics and logs.
@@ -99,6 +147,7 @@ func (s *Server) middleware(mux *http.ServeMux) http.Handler {
 		defer s.inFlight.Add(-1)
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
+		s.bodyDeadline(sw, r)
 		s.serve(sw, r, mux)
 		route := r.Pattern
 		if route == "" {
@@ -237,6 +286,10 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("the body is over the limit of %d bytes", s.cfg.MaxBodyBytes), callID)
+			return
+		}
+		if isBodyTimeout(err) {
+			writeError(w, http.StatusRequestTimeout, "request_timeout", fmt.Sprintf("the body did not arrive within %s", s.cfg.BodyTimeout), callID)
 			return
 		}
 		writeError(w, http.StatusBadRequest, "invalid_input", "reading the body: "+err.Error(), callID)

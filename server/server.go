@@ -35,7 +35,8 @@
 //	500 internal (a fault of the service itself)
 //
 // and, for requests rather than calls: 401 unauthorized, 403 forbidden, 404 not_found, 405
-// method_not_allowed, 413 request_too_large.
+// method_not_allowed, 408 request_timeout (the body did not arrive within Config.BodyTimeout),
+// 413 request_too_large.
 //
 // Concurrency: a call over its tool's limit is refused at once; a call over the global limit waits
 // up to Config.QueueWait for a slot (0: refused at once), then gets 429.
@@ -75,6 +76,13 @@ const (
 	DefaultMaxTimeout    = 60 * time.Second
 	DefaultMaxConcurrent = 64
 	DefaultGracePeriod   = 10 * time.Second
+	// Connection deadlines: slow or stalled clients must not hold connections (and file
+	// descriptors) for long.
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultBodyTimeout       = 10 * time.Second
+	DefaultIdleTimeout       = 60 * time.Second
+	// DefaultMaxMCPSessions bounds open MCP sessions.
+	DefaultMaxMCPSessions = mcpserver.DefaultMaxSessions
 	// TokenEnv is the environment variable LoadToken reads last.
 	TokenEnv = "AXOISO_TOKEN"
 	// MinTokenLength is the shortest bearer token accepted.
@@ -115,6 +123,18 @@ type Config struct {
 	// GracePeriod is how long shutdown waits for in-flight requests before cancelling them
 	// (default 10 s).
 	GracePeriod time.Duration
+	// ReadHeaderTimeout bounds reading a request's headers (default 10 s; <0: none).
+	ReadHeaderTimeout time.Duration
+	// BodyTimeout bounds reading a request's body, counted from the end of its headers (default
+	// 10 s; <0: none). Over it the request is answered 408 request_timeout and its connection
+	// closed.
+	BodyTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle this long (default 60 s; <0: none).
+	IdleTimeout time.Duration
+	// MaxMCPSessions bounds open MCP sessions (default 256; <0: none). A new session beyond it
+	// closes the one idle longest, or is refused (429 busy) when every session has a request in
+	// flight.
+	MaxMCPSessions int
 	// DisableMCP leaves /mcp unmounted.
 	DisableMCP bool
 	// Version is reported by the MCP server and /healthz.
@@ -166,6 +186,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.GracePeriod <= 0 {
 		cfg.GracePeriod = DefaultGracePeriod
+	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&cfg.ReadHeaderTimeout, DefaultReadHeaderTimeout}, {&cfg.BodyTimeout, DefaultBodyTimeout}, {&cfg.IdleTimeout, DefaultIdleTimeout}} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
 	}
 	if cfg.Version == "" {
 		cfg.Version = "dev"
@@ -240,9 +268,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.handler,
 		BaseContext:       func(net.Listener) context.Context { return base },
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: max(s.cfg.ReadHeaderTimeout, 0),
+		// http.Server falls back on ReadTimeout, then no limit, when IdleTimeout is 0.
+		IdleTimeout: max(s.cfg.IdleTimeout, 0),
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	hs.RegisterOnShutdown(s.cancelShutdown)
 	errc := make(chan error, 1)

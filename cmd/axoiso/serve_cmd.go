@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"io"
 	"log/slog"
 	"time"
@@ -33,6 +34,10 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	perTool := fs.Int("max-concurrent-per-tool", 0, "calls of one tool at once (0: no limit)")
 	queueWait := fs.Duration("queue-wait", 0, "how long a call over --max-concurrent waits for a slot before 429")
 	grace := fs.Duration("grace", 10*time.Second, "on SIGTERM/SIGINT, how long in-flight calls may finish")
+	headerTimeout := fs.Duration("read-header-timeout", server.DefaultReadHeaderTimeout, "how long a client may take to send a request's headers (config serve.read_header_timeout)")
+	bodyTimeout := fs.Duration("body-timeout", server.DefaultBodyTimeout, "how long a client may take to send a request's body; over it: 408 (config serve.body_timeout)")
+	idleTimeout := fs.Duration("idle-timeout", server.DefaultIdleTimeout, "close keep-alive connections idle this long (config serve.idle_timeout)")
+	maxSessions := fs.Int("max-mcp-sessions", server.DefaultMaxMCPSessions, "open MCP sessions; a new one beyond it closes the one idle longest (config serve.max_mcp_sessions; <0: no bound)")
 	noMCP := fs.Bool("no-mcp", false, "do not serve MCP at /mcp")
 	prewarm := fs.Bool("prewarm", true, "prepare every tool at start (compile Wasm modules, fill warm pools)")
 	if err := parseFlagsOnly(fs, args); err != nil {
@@ -49,11 +54,27 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	if cfg.MaxTimeout == 0 || time.Duration(cfg.MaxTimeout) > *maxTimeout {
 		cfg.MaxTimeout = assemble.Duration(*maxTimeout)
 	}
+	// The config file's serve section applies where the flag was not given.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, d := range []struct {
+		flag string
+		v    *time.Duration
+		cfg  assemble.Duration
+	}{{"read-header-timeout", headerTimeout, cfg.Serve.ReadHeaderTimeout}, {"body-timeout", bodyTimeout, cfg.Serve.BodyTimeout}, {"idle-timeout", idleTimeout, cfg.Serve.IdleTimeout}} {
+		if !set[d.flag] && d.cfg != 0 {
+			*d.v = time.Duration(d.cfg)
+		}
+	}
+	if !set["max-mcp-sessions"] && cfg.Serve.MaxMCPSessions != 0 {
+		*maxSessions = cfg.Serve.MaxMCPSessions
+	}
 	e, err := assemble.New(cfg, log)
 	if err != nil {
 		return err
 	}
 	srv, err := server.New(server.Config{
+		ReadHeaderTimeout: *headerTimeout, BodyTimeout: *bodyTimeout, IdleTimeout: *idleTimeout, MaxMCPSessions: *maxSessions,
 		Executor: e, Addr: *listen, Token: tok, TLSCertFile: *tlsCert, TLSKeyFile: *tlsKey,
 		MaxBodyBytes: *maxBody, MaxTimeout: *maxTimeout, MaxConcurrent: *maxConc, QueueWait: *queueWait,
 		MaxConcurrentPerTool: *perTool, GracePeriod: *grace, DisableMCP: *noMCP, Version: versionString(), Logger: log,

@@ -52,6 +52,17 @@ type Config struct {
 	VM VMConfig `json:"vm"`
 	// DisableTiers lists tiers (wire names) not to use at all.
 	DisableTiers []string `json:"disable_tiers,omitempty"`
+	// Serve configures axoiso serve's connections; its flags win.
+	Serve ServeConfig `json:"serve"`
+}
+
+// ServeConfig bounds what clients of axoiso serve may hold (0: the server's default; negative:
+// no bound).
+type ServeConfig struct {
+	ReadHeaderTimeout Duration `json:"read_header_timeout,omitempty"`
+	BodyTimeout       Duration `json:"body_timeout,omitempty"`
+	IdleTimeout       Duration `json:"idle_timeout,omitempty"`
+	MaxMCPSessions    int      `json:"max_mcp_sessions,omitempty"`
 }
 
 // OciConfig keeps the original's fields and defaults (state_root, bundle_root, use_systemd).

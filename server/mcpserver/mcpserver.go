@@ -110,16 +110,25 @@ func (s *Server) MCP() *mcp.Server { return s.mcp }
 // Run serves one session over t until ctx ends or the client disconnects.
 func (s *Server) Run(ctx context.Context, t mcp.Transport) error { return s.mcp.Run(ctx, t) }
 
-// HTTPHandler returns the streamable HTTP transport for this server (stateful sessions, JSON
-// responses, sessions closed after 30 minutes idle). maxBody bounds request bodies (0: the SDK's
-// 4 MiB default).
-func (s *Server) HTTPHandler(maxBody int64) http.Handler {
-	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s.mcp }, &mcp.StreamableHTTPOptions{
+// HTTPHandler returns the streamable HTTP transport for this server: stateful sessions, JSON
+// responses, sessions closed when idle and held to a bound (see HTTPOptions).
+func (s *Server) HTTPHandler(o HTTPOptions) http.Handler {
+	if o.SessionTimeout <= 0 {
+		o.SessionTimeout = DefaultSessionTimeout
+	}
+	if o.MaxSessions == 0 {
+		o.MaxSessions = DefaultMaxSessions
+	}
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s.mcp }, &mcp.StreamableHTTPOptions{
 		JSONResponse:        true,
 		Logger:              s.log,
-		SessionTimeout:      30 * time.Minute,
-		MaxRequestBodyBytes: maxBody,
+		SessionTimeout:      o.SessionTimeout,
+		MaxRequestBodyBytes: o.MaxBodyBytes,
 	})
+	if o.MaxSessions < 0 {
+		return h
+	}
+	return &sessionCap{next: h, srv: s.mcp, max: o.MaxSessions, log: s.log, sessions: map[string]*sessionUse{}}
 }
 
 // ServeStdio serves exec's tools over stdin/stdout until ctx ends or stdin closes. Logs must go
