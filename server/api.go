@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -331,6 +333,13 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Axocoatl-Tier", res.Tier.String())
 	if res.Degraded {
 		w.Header().Set("X-Axocoatl-Degraded", "true")
+	}
+	// JSON is UTF-8 (RFC 8259), but json.Valid accepts any bytes inside strings: a tool's stray
+	// bytes become U+FFFD rather than reach clients raw.
+	if !utf8.Valid(res.Output) {
+		clean := *res
+		clean.Output = bytes.ToValidUTF8(res.Output, []byte("\uFFFD"))
+		res = &clean
 	}
 	if envelope {
 		b, err := json.Marshal(res)

@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -260,12 +261,17 @@ func (s *Server) handler(name string, wrapped bool) mcp.ToolHandler {
 }
 
 func successResult(res *executor.Result) *mcp.CallToolResult {
-	var structured any = res.Output
-	if !isObject(res.Output) {
-		structured = map[string]json.RawMessage{"result": res.Output}
+	out := res.Output
+	if !utf8.Valid(out) {
+		// json.Valid accepts any bytes inside strings; structuredContent would carry them raw.
+		out = bytes.ToValidUTF8(out, []byte("\uFFFD"))
+	}
+	var structured any = json.RawMessage(out)
+	if !isObject(out) {
+		structured = map[string]json.RawMessage{"result": out}
 	}
 	return &mcp.CallToolResult{
-		Content:           []mcp.Content{&mcp.TextContent{Text: string(res.Output)}},
+		Content:           []mcp.Content{&mcp.TextContent{Text: string(out)}},
 		StructuredContent: structured,
 		Meta:              mcp.Meta{MetaCallID: res.CallID, MetaTier: res.Tier.String(), MetaDegraded: res.Degraded},
 	}

@@ -54,7 +54,8 @@ func (c *ClosingSandbox) Close() error {
 //   - sleepy: timeout_ms 100, sleeps 10 s unless cancelled
 //   - needs-wasm: a WasmCompiled tool (no Wasm tier in the fixture: tier unavailable)
 //
-// Built-ins registered directly: echo, json-stats, fail, badjson, huge, empty, panic, slow
+// Built-ins registered directly: echo, json-stats, fail, badjson, badutf8 (output not UTF-8),
+// badutf8-fail (stderr not UTF-8), huge, empty, panic, slow
 // ({"ms": N}), block (waits for Release or cancellation).
 func New(t testing.TB) *Fixture {
 	t.Helper()
@@ -87,6 +88,12 @@ func New(t testing.TB) *Fixture {
 		}},
 		native.Tool{Name: "huge", Func: func(context.Context, json.RawMessage) (json.RawMessage, error) {
 			return json.Marshal(map[string]string{"s": strings.Repeat("x", 4*MaxOutputBytes)})
+		}},
+		native.Tool{Name: "badutf8", Func: func(context.Context, json.RawMessage) (json.RawMessage, error) {
+			return json.RawMessage("{\"s\":\"a\xffb\xfe\xfdc\"}"), nil // valid JSON to json.Valid, not UTF-8
+		}},
+		native.Tool{Name: "badutf8-fail", Func: func(context.Context, json.RawMessage) (json.RawMessage, error) {
+			return nil, errors.New("stray \xff\xfe bytes on stderr")
 		}},
 		native.Tool{Name: "empty", Func: func(context.Context, json.RawMessage) (json.RawMessage, error) { return nil, nil }},
 		native.Tool{Name: "panic", Func: func(context.Context, json.RawMessage) (json.RawMessage, error) { panic("tool panicked on purpose") }},
