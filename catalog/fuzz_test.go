@@ -3,6 +3,7 @@ package catalog_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -211,6 +212,94 @@ func FuzzEntrypoint(f *testing.F) {
 		fi, err := os.Lstat(tl.EntrypointPath)
 		if err != nil || !fi.Mode().IsRegular() {
 			t.Fatalf("entrypoint %q resolved to %s, not a regular file (%v)", ep, tl.EntrypointPath, err)
+		}
+	})
+}
+
+// FuzzSchemaGraph builds schemas from the fuzzer's bytes out of the keywords that make references
+// and recursion ($ref by pointer, anchor and $id, $dynamicRef, allOf/anyOf/oneOf/not/if/then/else,
+// dependentSchemas, properties, items), so that it explores reference graphs far faster than
+// byte mutations of JSON do. The catalog's cycle check must agree with the validator: a schema it
+// accepts must validate every input without overflowing the stack (which would crash this
+// process, and so fail the fuzz run).
+func FuzzSchemaGraph(f *testing.F) {
+	f.Add([]byte{0, 0, 0})                   // a $ref to itself
+	f.Add([]byte{1, 2, 3, 4, 5, 6, 7, 8, 9}) // a mix
+	f.Add([]byte{7, 1, 1, 8, 2, 0, 9, 3, 1, 10, 0, 2})
+	f.Add([]byte{0, 7, 0, 0, 0, 0, 0, 0, 8, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9})
+	f.Fuzz(func(t *testing.T, prog []byte) {
+		if len(prog) > 64 {
+			prog = prog[:64]
+		}
+		const defs = 4
+		next := func() int {
+			if len(prog) == 0 {
+				return 0
+			}
+			b := int(prog[0])
+			prog = prog[1:]
+			return b
+		}
+		ref := func() string {
+			k := next() % defs
+			// Relative to any base in the document (the root is input_schema.json).
+			switch next() % 4 {
+			case 0:
+				return fmt.Sprintf(`{"$ref":"input_schema.json#/$defs/d%d"}`, k)
+			case 1:
+				return fmt.Sprintf(`{"$ref":"d%d.json#a%d"}`, k, k)
+			case 2:
+				return fmt.Sprintf(`{"$ref":"d%d.json"}`, k)
+			default:
+				return fmt.Sprintf(`{"$dynamicRef":"d%d.json#dyn%d"}`, k, k)
+			}
+		}
+		body := func() string {
+			kw := []string{`"title":"t"`}
+			for n := next()%3 + 1; n > 0; n-- {
+				switch next() % 10 {
+				case 0:
+					r := ref()
+					kw = append(kw, `"allOf":[{"allOf":[`+r+`]}]`)
+				case 1:
+					kw = append(kw, `"allOf":[`+ref()+`]`)
+				case 2:
+					kw = append(kw, `"anyOf":[`+ref()+`,{"type":"number"}]`)
+				case 3:
+					kw = append(kw, `"oneOf":[`+ref()+`,{"type":"string"}]`)
+				case 4:
+					kw = append(kw, `"not":`+ref())
+				case 5:
+					kw = append(kw, `"if":`+ref()+`,"then":`+ref()+`,"else":`+ref())
+				case 6:
+					kw = append(kw, `"dependentSchemas":{"p":`+ref()+`}`)
+				case 7:
+					kw = append(kw, `"properties":{"p":`+ref()+`}`)
+				case 8:
+					kw = append(kw, `"items":`+ref())
+				default:
+					kw = append(kw, `"type":"object"`)
+				}
+			}
+			return strings.Join(kw, ",")
+		}
+		parts := make([]string, defs)
+		for i := range parts {
+			parts[i] = fmt.Sprintf(`"d%d":{"$id":"d%d.json","$anchor":"a%d","$dynamicAnchor":"dyn%d",%s}`, i, i, i, i, body())
+		}
+		schema := `{"$defs":{` + strings.Join(parts, ",") + `},` + body() + `}`
+		tl, err := catalog.NewBuiltin("g", isolation.RequireNativeTrusted, "", []byte(schema))
+		if err != nil {
+			if !errors.Is(err, isolation.ErrInvalidTool) {
+				t.Fatalf("untyped error %v", err)
+			}
+			if !strings.Contains(err.Error(), "cyclic schema") && !strings.Contains(err.Error(), "properties") {
+				t.Fatalf("a generated schema refused for another reason than a cycle: %v\n%s", err, schema)
+			}
+			return
+		}
+		for _, in := range []string{`{}`, `{"p":{"p":{"p":1}}}`, `[[[1]]]`, `1`, `"s"`, `{"p":[{"p":[]}]}`} {
+			checkValidation(t, tl, []byte(in))
 		}
 	})
 }

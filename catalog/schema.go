@@ -112,19 +112,21 @@ func compileSchema(name string, raw json.RawMessage) (*compiledSchema, error) {
 	if d := jsonDepth(raw); d > MaxSchemaDepth {
 		return nil, fmt.Errorf("nested %d levels deep, the limit is %d", d, MaxSchemaDepth)
 	}
-	// The catalog's own pass first: it bounds the schema's size before the validator's resolver
-	// (slower per subschema) sees it.
-	var doc any
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		return nil, err
-	}
-	base := "axocoatl:///tools/" + name + "/input_schema.json"
-	a, err := buildGraph(doc, base)
-	if err != nil {
-		return nil, err
+	// Bounded before the validator's parser sees it (~75 µs a subschema here, loaded): the
+	// objects in the text bound the subschemas.
+	if n := jsonObjects(raw); n > 4*MaxSchemaNodes {
+		return nil, fmt.Errorf("%d objects, more than %d subschemas could hold", n, MaxSchemaNodes)
 	}
 	var s jsonschema.Schema
 	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, err
+	}
+	base := "axocoatl:///tools/" + name + "/input_schema.json"
+	// The graph is built from the validator's own parse, not from the JSON text: the two differ
+	// (duplicate keys merge into one subschema in the validator's structs), and the cycle check
+	// must see what the validator will follow.
+	a, err := buildGraph(&s, base)
+	if err != nil {
 		return nil, err
 	}
 	switch s.Schema {
@@ -149,6 +151,30 @@ func compileSchema(name string, raw json.RawMessage) (*compiledSchema, error) {
 		return nil, err
 	}
 	return &compiledSchema{resolved: rs, graph: g}, nil
+}
+
+// jsonObjects counts the objects in b (which need not be valid JSON), without recursion.
+func jsonObjects(b []byte) int {
+	n := 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{':
+			n++
+		}
+	}
+	return n
 }
 
 // jsonDepth returns the maximum nesting of objects and arrays in b (which need not be valid JSON),
@@ -207,7 +233,6 @@ type gnode struct {
 	refs                                   []string
 	dynRefs                                []string
 	base                                   int
-	obj                                    map[string]any
 }
 
 type anchor struct {
@@ -230,21 +255,19 @@ type analyzer struct {
 
 // buildGraph registers a schema's subschemas (bounding their number and nesting); link then
 // resolves its references and looks for a cycle.
-func buildGraph(doc any, base string) (*analyzer, error) {
+func buildGraph(root *jsonschema.Schema, base string) (*analyzer, error) {
 	rootURI, err := url.Parse(base)
 	if err != nil {
 		return nil, err
 	}
 	a := &analyzer{g: &schemaGraph{}, byPtr: map[string]int{}, uris: map[string]int{}, ids: map[string]bool{},
 		baseURI: map[int]*url.URL{}, anchors: map[int]map[string]anchor{}, dynamic: map[string][]int{}}
-	if m, ok := doc.(map[string]any); ok {
-		switch m["$schema"] {
-		case "http://json-schema.org/draft-07/schema#", "https://json-schema.org/draft-07/schema#":
-			a.draft7 = true
-		}
+	switch root.Schema {
+	case "http://json-schema.org/draft-07/schema#", "https://json-schema.org/draft-07/schema#":
+		a.draft7 = true
 	}
 	a.uris[rootURI.String()] = 0
-	if _, err := a.walk(doc, "", 0, rootURI, 0); err != nil {
+	if _, err := a.walk(root, "", 0, rootURI, 0); err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -273,7 +296,7 @@ func (a *analyzer) link() (*schemaGraph, error) {
 				n.same = append(n.same, t)
 			}
 		}
-		n.refs, n.dynRefs, n.obj = nil, nil, nil
+		n.refs, n.dynRefs = nil, nil
 	}
 	if cyc := a.g.sameInstanceCycle(); cyc != nil {
 		names := make([]string, len(cyc))
@@ -287,8 +310,8 @@ func (a *analyzer) link() (*schemaGraph, error) {
 
 func ptrName(p string) string { return "#" + p }
 
-// walk registers the subschema v at pointer ptr and its children; it returns v's index.
-func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int) (int, error) {
+// walk registers the subschema s at pointer ptr and its children; it returns s's index.
+func (a *analyzer) walk(s *jsonschema.Schema, ptr string, base int, baseURI *url.URL, depth int) (int, error) {
 	if len(a.g.nodes) >= MaxSchemaNodes {
 		return 0, fmt.Errorf("more than %d subschemas", MaxSchemaNodes)
 	}
@@ -296,20 +319,15 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 		return 0, fmt.Errorf("nested more than %d levels deep", MaxSchemaDepth)
 	}
 	idx := len(a.g.nodes)
-	a.g.nodes = append(a.g.nodes, gnode{ptr: ptr, additional: -1, propNames: -1, unevalProps: -1, items: -1, addItems: -1, contains: -1, unevalItems: -1, work: 1, msg: 48 + len(ptr)})
+	a.g.nodes = append(a.g.nodes, gnode{})
 	a.byPtr[ptr] = idx
-	obj, ok := v.(map[string]any)
-	if !ok {
-		a.g.nodes[idx].base = base
-		return idx, nil // a boolean schema
-	}
-	if id, ok := obj["$id"].(string); ok && id != "" && !(a.draft7 && obj["$ref"] != nil) {
-		u, err := url.Parse(id)
+	if s.ID != "" && !(a.draft7 && s.Ref != "") {
+		u, err := url.Parse(s.ID)
 		if err != nil {
 			return 0, err
 		}
 		if a.draft7 && u.Fragment != "" {
-			a.setAnchor(base, strings.TrimPrefix(id, "#"), idx, false)
+			a.setAnchor(base, strings.TrimPrefix(s.ID, "#"), idx, false)
 		} else {
 			baseURI = baseURI.ResolveReference(u)
 			// Two subschemas with one URI (the spec forbids it) would leave which one a $ref
@@ -326,33 +344,29 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 		a.baseURI[idx] = baseURI
 	}
 	if !a.draft7 {
-		if s, ok := obj["$anchor"].(string); ok && s != "" {
-			a.setAnchor(base, s, idx, false)
-		}
-		if s, ok := obj["$dynamicAnchor"].(string); ok && s != "" {
-			a.setAnchor(base, s, idx, true)
-			a.dynamic[s] = append(a.dynamic[s], idx)
+		a.setAnchor(base, s.Anchor, idx, false)
+		if s.DynamicAnchor != "" {
+			a.setAnchor(base, s.DynamicAnchor, idx, true)
+			a.dynamic[s.DynamicAnchor] = append(a.dynamic[s.DynamicAnchor], idx)
 		}
 	}
 	n := gnode{ptr: ptr, base: base, additional: -1, propNames: -1, unevalProps: -1, items: -1, addItems: -1, contains: -1, unevalItems: -1, work: 1, msg: 48 + len(ptr)}
-	if s, ok := obj["$ref"].(string); ok {
-		n.refs = append(n.refs, s)
+	if s.Ref != "" {
+		n.refs = append(n.refs, s.Ref)
 	}
-	if s, ok := obj["$dynamicRef"].(string); ok {
-		n.dynRefs = append(n.dynRefs, s)
+	if s.DynamicRef != "" {
+		n.dynRefs = append(n.dynRefs, s.DynamicRef)
 	}
-	one := func(k string) (int, error) {
-		c, ok := obj[k]
-		if !ok || !isSchema(c) {
+	one := func(k string, c *jsonschema.Schema) (int, error) {
+		if c == nil {
 			return -1, nil
 		}
 		return a.walk(c, ptr+"/"+esc(k), base, baseURI, depth+1)
 	}
-	list := func(k string) ([]int, error) {
-		arr, _ := obj[k].([]any)
+	list := func(k string, cs []*jsonschema.Schema) ([]int, error) {
 		var out []int
-		for i, c := range arr {
-			if !isSchema(c) {
+		for i, c := range cs {
+			if c == nil {
 				continue
 			}
 			ci, err := a.walk(c, fmt.Sprintf("%s/%s/%d", ptr, esc(k), i), base, baseURI, depth+2)
@@ -363,14 +377,13 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 		}
 		return out, nil
 	}
-	dict := func(k string) (map[string]int, error) {
-		m, _ := obj[k].(map[string]any)
+	dict := func(k string, m map[string]*jsonschema.Schema) (map[string]int, error) {
 		if len(m) == 0 {
 			return nil, nil
 		}
 		out := make(map[string]int, len(m))
 		for _, key := range sortedKeys(m) {
-			if !isSchema(m[key]) {
+			if m[key] == nil {
 				continue
 			}
 			ci, err := a.walk(m[key], ptr+"/"+esc(k)+"/"+esc(key), base, baseURI, depth+2)
@@ -381,23 +394,27 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 		}
 		return out, nil
 	}
-	var err error
-	for _, k := range []string{"allOf", "anyOf", "oneOf"} {
-		l, err := list(k)
+	for _, l := range []struct {
+		k  string
+		cs []*jsonschema.Schema
+	}{{"allOf", s.AllOf}, {"anyOf", s.AnyOf}, {"oneOf", s.OneOf}} {
+		ids, err := list(l.k, l.cs)
 		if err != nil {
 			return 0, err
 		}
-		n.same = append(n.same, l...)
+		n.same = append(n.same, ids...)
 		// anyOf/oneOf errors print each branch's $id or anchor.
-		arr, _ := obj[k].([]any)
-		for _, c := range arr {
-			if m, ok := c.(map[string]any); ok {
-				n.msg += 32 + len(str(m["$id"])) + len(str(m["$anchor"])) + len(str(m["$dynamicAnchor"]))
+		for _, c := range l.cs {
+			if c != nil {
+				n.msg += 32 + len(c.String())
 			}
 		}
 	}
-	for _, k := range []string{"not", "if", "then", "else"} {
-		c, err := one(k)
+	for _, o := range []struct {
+		k string
+		c *jsonschema.Schema
+	}{{"not", s.Not}, {"if", s.If}, {"then", s.Then}, {"else", s.Else}} {
+		c, err := one(o.k, o.c)
 		if err != nil {
 			return 0, err
 		}
@@ -405,99 +422,92 @@ func (a *analyzer) walk(v any, ptr string, base int, baseURI *url.URL, depth int
 			n.same = append(n.same, c)
 		}
 	}
-	for _, k := range []string{"dependentSchemas", "dependencies"} {
-		d, err := dict(k)
+	for _, d := range []struct {
+		k string
+		m map[string]*jsonschema.Schema
+	}{{"dependentSchemas", s.DependentSchemas}, {"dependencies", s.DependencySchemas}} {
+		m, err := dict(d.k, d.m)
 		if err != nil {
 			return 0, err
 		}
-		for key, c := range d {
+		for key, c := range m {
 			if n.dep == nil {
 				n.dep = map[string][]int{}
 			}
 			n.dep[key] = append(n.dep[key], c)
 		}
 	}
-	if n.props, err = dict("properties"); err != nil {
+	var err error
+	if n.props, err = dict("properties", s.Properties); err != nil {
 		return 0, err
 	}
-	pp, err := dict("patternProperties")
+	pp, err := dict("patternProperties", s.PatternProperties)
 	if err != nil {
 		return 0, err
 	}
 	for _, key := range sortedKeys(pp) {
 		n.patterns = append(n.patterns, pp[key])
 	}
-	if n.additional, err = one("additionalProperties"); err != nil {
+	if n.additional, err = one("additionalProperties", s.AdditionalProperties); err != nil {
 		return 0, err
 	}
-	if n.propNames, err = one("propertyNames"); err != nil {
+	if n.propNames, err = one("propertyNames", s.PropertyNames); err != nil {
 		return 0, err
 	}
-	if n.unevalProps, err = one("unevaluatedProperties"); err != nil {
+	if n.unevalProps, err = one("unevaluatedProperties", s.UnevaluatedProperties); err != nil {
 		return 0, err
 	}
-	if n.itemsArr, err = list("prefixItems"); err != nil {
+	if n.itemsArr, err = list("prefixItems", s.PrefixItems); err != nil {
 		return 0, err
 	}
-	if _, isArr := obj["items"].([]any); isArr {
-		l, err := list("items")
-		if err != nil {
-			return 0, err
-		}
-		n.itemsArr = append(n.itemsArr, l...)
-	} else if n.items, err = one("items"); err != nil {
+	l, err := list("items", s.ItemsArray)
+	if err != nil {
 		return 0, err
 	}
-	if n.addItems, err = one("additionalItems"); err != nil {
+	n.itemsArr = append(n.itemsArr, l...)
+	if n.items, err = one("items", s.Items); err != nil {
 		return 0, err
 	}
-	if n.contains, err = one("contains"); err != nil {
+	if n.addItems, err = one("additionalItems", s.AdditionalItems); err != nil {
 		return 0, err
 	}
-	if n.unevalItems, err = one("unevaluatedItems"); err != nil {
+	if n.contains, err = one("contains", s.Contains); err != nil {
+		return 0, err
+	}
+	if n.unevalItems, err = one("unevaluatedItems", s.UnevaluatedItems); err != nil {
 		return 0, err
 	}
 	// Never applied by the validator, but targets of $ref.
-	for _, k := range []string{"$defs", "definitions"} {
-		if _, err := dict(k); err != nil {
-			return 0, err
-		}
+	if _, err := dict("$defs", s.Defs); err != nil {
+		return 0, err
 	}
-	if _, err := one("contentSchema"); err != nil {
+	if _, err := dict("definitions", s.Definitions); err != nil {
+		return 0, err
+	}
+	if _, err := one("contentSchema", s.ContentSchema); err != nil {
 		return 0, err
 	}
 	// What a step scans and prints besides subschemas.
-	for _, k := range []string{"required"} {
-		if l, ok := obj[k].([]any); ok {
-			n.work += len(l)
-		}
-	}
-	if m, ok := obj["dependentRequired"].(map[string]any); ok {
-		n.work += len(m)
-	}
-	n.work += len(n.patterns)
-	for _, k := range []string{"anyOf", "oneOf", "not", "if", "contains"} {
-		if _, ok := obj[k]; ok {
-			n.collects = true
-		}
-	}
+	n.work += len(s.Required) + len(s.DependentRequired) + len(s.DependencyStrings) + len(n.patterns)
+	n.collects = s.AnyOf != nil || s.OneOf != nil || s.Not != nil || s.If != nil || s.Contains != nil
 	// enum and const compare by walking their own values (a length mismatch ends a comparison),
 	// so their cost is the schema's; their errors print the enum.
-	for _, k := range []string{"enum", "const"} {
-		if e, ok := obj[k]; ok {
-			b, _ := json.Marshal(e)
-			n.msg += 2 * len(b)
-			n.work += valuesIn(e, ValidationWorkAllowance)
-		}
+	if s.Enum != nil {
+		b, _ := json.Marshal(s.Enum)
+		n.msg += 2 * len(b)
+		n.work += valuesIn(s.Enum, ValidationWorkAllowance)
 	}
-	n.hashItems = obj["uniqueItems"] == true
-	if p, ok := obj["pattern"].(string); ok {
-		n.msg += len(p)
+	if s.Const != nil {
+		b, _ := json.Marshal(*s.Const)
+		n.msg += 2 * len(b)
+		n.work += valuesIn(*s.Const, ValidationWorkAllowance)
+	}
+	n.hashItems = s.UniqueItems
+	if s.Pattern != "" {
+		n.msg += len(s.Pattern)
 		n.strCheck = true
 	}
-	if obj["minLength"] != nil || obj["maxLength"] != nil {
-		n.strCheck = true
-	}
+	n.strCheck = n.strCheck || s.MinLength != nil || s.MaxLength != nil
 	a.g.nodes[idx] = n
 	return idx, nil
 }
@@ -795,16 +805,6 @@ func valuesIn(v any, limit int) int {
 	}
 	return n
 }
-
-func isSchema(v any) bool {
-	switch v.(type) {
-	case map[string]any, bool:
-		return true
-	}
-	return false
-}
-
-func str(v any) string { s, _ := v.(string); return s }
 
 func esc(s string) string {
 	if !strings.ContainsAny(s, "~/") {
