@@ -207,3 +207,24 @@ func TestOutcomesOutsideClasses(t *testing.T) {
 		t.Errorf("shutting down: %d %s", rec.Code, rec.Body)
 	}
 }
+
+// TestBrokenToolAndShutdownRefusals: a broken tool folder is invalid_tool (424, the operator's to
+// fix: not the caller's request, not a fault of the service), on execute and on the tool's page;
+// a call that arrives once shutdown has begun is refused 503 busy.
+func TestBrokenToolAndShutdownRefusals(t *testing.T) {
+	s, f, ts := newTestServer(t, Config{})
+	testtools.WriteTool(t, f.Root, "broken", `{"runtime":"NoSuchRuntime"}`)
+	for _, c := range []struct{ method, path string }{{"POST", "/v1/tools/broken/execute"}, {"GET", "/v1/tools/broken"}} {
+		resp, body := do(t, c.method, ts.URL+c.path, `{}`, nil)
+		var e errorDoc
+		json.Unmarshal(body, &e)
+		if resp.StatusCode != 424 || e.Error.Kind != "invalid_tool" || !strings.Contains(e.Error.Message, "NoSuchRuntime") {
+			t.Errorf("%s %s: %d %s", c.method, c.path, resp.StatusCode, body)
+		}
+	}
+	s.cancelShutdown()
+	resp, body := do(t, "POST", ts.URL+"/v1/tools/echo/execute", `{}`, nil)
+	if resp.StatusCode != 503 || !strings.Contains(string(body), `"kind":"busy"`) || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a call during shutdown: %d %s", resp.StatusCode, body)
+	}
+}

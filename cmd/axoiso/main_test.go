@@ -40,6 +40,9 @@ func TestRunContract(t *testing.T) {
 	root := toolsRoot(t)
 	noWasm := filepath.Join(t.TempDir(), "c.json")
 	os.WriteFile(noWasm, []byte(`{"disable_tiers":["Wasmtime"]}`), 0o644)
+	broken := t.TempDir()
+	os.MkdirAll(filepath.Join(broken, "broken"), 0o755)
+	os.WriteFile(filepath.Join(broken, "broken/tool.json"), []byte(`{"runtime":"NoSuchRuntime"}`), 0o644)
 	inFile := filepath.Join(t.TempDir(), "in.json")
 	os.WriteFile(inFile, []byte(`{"from":"file"}`), 0o644)
 
@@ -60,6 +63,7 @@ func TestRunContract(t *testing.T) {
 		{"both inputs", "", []string{"run", "--tools", root, "--input", "1", "--input-file", inFile, "echo"}, 2, "", "not both", true},
 		{"bad tier", "{}", []string{"run", "--tools", root, "--tier", "Docker", "echo"}, 2, "", "unknown tier", true},
 		{"not found", "{}", []string{"run", "--tools", root, "nope"}, 3, "", "tool not found", true},
+		{"broken tool", "{}", []string{"run", "--tools", broken, "broken"}, 3, "", "invalid tool", true},
 		{"tier unavailable", "{}", []string{"run", "--tools", root, "--config", noWasm, "wasm-thing"}, 4, "", "Wasmtime", true},
 		{"forced tier unavailable", "{}", []string{"run", "--tools", root, "--config", noWasm, "--tier", "Wasmtime", "echo"}, 4, "", "tier unavailable", true},
 		{"missing tools root", "{}", []string{"run", "--tools", filepath.Join(root, "nope"), "echo"}, 1, "", "tools root", true},

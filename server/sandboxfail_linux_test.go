@@ -1,0 +1,102 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/native"
+	"github.com/axocoatl/isolation/sandbox/oci"
+)
+
+// TestFullStateRootIsSandboxFailed: a real container tier whose state root is full fails the
+// call; that is the tier's failure, not the tool's and not the service's: 503 sandbox_failed
+// naming the tier, retryable (it was 500 internal without a tier).
+func TestFullStateRootIsSandboxFailed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (containers, a tmpfs)")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
+	}
+	rt := t.TempDir()
+	for _, d := range []string{"bin", "axocoatl", "tmp"} {
+		os.MkdirAll(filepath.Join(rt, d), 0o755)
+	}
+	bb, _ := os.ReadFile("/bin/busybox")
+	os.WriteFile(filepath.Join(rt, "bin/busybox"), bb, 0o755)
+	for _, l := range []string{"sh", "cat"} {
+		os.Symlink("busybox", filepath.Join(rt, "bin", l))
+	}
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "copy"), 0o755)
+	os.WriteFile(filepath.Join(root, "copy/tool.json"), []byte(`{"runtime":"Shell","entrypoint":"run.sh"}`), 0o644)
+	os.WriteFile(filepath.Join(root, "copy/run.sh"), []byte("cat /axocoatl/input.json > /axocoatl/output.json\n"), 0o644)
+
+	state := t.TempDir()
+	if err := syscall.Mount("tmpfs", state, "tmpfs", 0, "size=2m"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(state, syscall.MNT_DETACH) })
+	ctr, err := oci.New(oci.Config{StateRoot: state, BundleRoot: root, RuntimeRoot: rt, PoolSize: -1, CgroupParent: "axocoatl-servertest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := ctr.Probe(context.Background()); !a.Available {
+		t.Skip("the Oci tier is unavailable here: " + a.Reason)
+	}
+	cat, err := catalog.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec, err := executor.New(executor.Config{Catalog: cat, Sandboxes: []sandbox.Sandbox{native.New(), ctr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Executor: exec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer func() { ts.Close(); s.Close() }()
+
+	if resp, body := do(t, "POST", ts.URL+"/v1/tools/copy/execute", `{"a":1}`, nil); resp.StatusCode != 200 {
+		t.Fatalf("a call before the state root filled up: %d %s", resp.StatusCode, body)
+	}
+	// Fill the state root.
+	f, err := os.Create(filepath.Join(state, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+	resp, body := do(t, "POST", ts.URL+"/v1/tools/copy/execute", `{"a":1}`, nil)
+	var e errorDoc
+	json.Unmarshal(body, &e)
+	if resp.StatusCode != 503 || e.Error.Kind != "sandbox_failed" || e.Error.Tier != "Oci" || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(e.Error.Message, "space") {
+		t.Errorf("a call on a full state root: %d %s", resp.StatusCode, body)
+	}
+	t.Logf("full state root: %d %s", resp.StatusCode, body)
+	os.Remove(filepath.Join(state, "filler"))
+	if resp, body := do(t, "POST", ts.URL+"/v1/tools/copy/execute", `{"a":1}`, nil); resp.StatusCode != 200 {
+		t.Errorf("a call once the state root has room again: %d %s", resp.StatusCode, body)
+	}
+}
