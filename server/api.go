@@ -362,6 +362,9 @@ func (s *Server) writeCallError(w http.ResponseWriter, r *http.Request, callID s
 		code = http.StatusServiceUnavailable // busy, but not for a while: this server is going away
 	}
 	d := errorDetail{Kind: o.Kind, Message: err.Error(), CallID: callID, Retryable: o.Retryable}
+	if o.Kind == isolation.KindCanceled && s.shutdown.Err() != nil {
+		d.Message = "the server shut down before the call ended (" + d.Message + ")"
+	}
 	if o.Retryable {
 		w.Header().Set("Retry-After", "1")
 	}

@@ -91,7 +91,7 @@ func TestShutdownAnswersCancelledCalls(t *testing.T) {
 		r := <-replies
 		var e errorDoc
 		if r.err != nil || r.code != http.StatusServiceUnavailable || json.Unmarshal([]byte(r.body), &e) != nil ||
-			e.Error.Kind != "canceled" || e.Error.CallID == "" || r.retry == "" {
+			e.Error.Kind != "canceled" || e.Error.CallID == "" || r.retry == "" || !strings.Contains(e.Error.Message, "shut down") {
 			t.Errorf("a call in flight at shutdown got %d %q (Retry-After %q, err %v); want 503 canceled", r.code, r.body, r.retry, r.err)
 		}
 	}

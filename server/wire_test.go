@@ -189,7 +189,7 @@ func TestOutcomesOutsideClasses(t *testing.T) {
 		{errors.New("json: unsupported value"), 500, "internal", false},
 	} {
 		rec := httptest.NewRecorder()
-		(&Server{log: slog.New(slog.DiscardHandler)}).writeCallError(rec, httptest.NewRequest("POST", "/", nil), "id", c.err)
+		(&Server{log: slog.New(slog.DiscardHandler), shutdown: context.Background()}).writeCallError(rec, httptest.NewRequest("POST", "/", nil), "id", c.err)
 		var e errorDoc
 		json.Unmarshal(rec.Body.Bytes(), &e)
 		if rec.Code != c.status || e.Error.Kind != c.kind || (rec.Header().Get("Retry-After") != "") != c.retryable {
@@ -202,7 +202,7 @@ func TestOutcomesOutsideClasses(t *testing.T) {
 	// Refused because shutdown began: busy, but 503 (this server is going away), not 429.
 	rec := httptest.NewRecorder()
 	err := &isolation.Error{Kind: isolation.ErrBusy, Err: errShuttingDown}
-	(&Server{log: slog.New(slog.DiscardHandler)}).writeCallError(rec, httptest.NewRequest("POST", "/", nil), "id", err)
+	(&Server{log: slog.New(slog.DiscardHandler), shutdown: context.Background()}).writeCallError(rec, httptest.NewRequest("POST", "/", nil), "id", err)
 	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"kind":"busy"`) {
 		t.Errorf("shutting down: %d %s", rec.Code, rec.Body)
 	}
