@@ -92,11 +92,16 @@ const (
 	RuntimeArbitrary Runtime = "arbitrary" // the executable itself
 )
 
+// ToolUID and ToolGID are the credentials the agent runs tools with (nobody/nogroup, no
+// supplementary groups). The host sends a tool folder with the access this uid would have to it.
+const ToolUID, ToolGID = 65534, 65534
+
 // File is one file of the tool's folder.
 type File struct {
 	// Path is relative to the tool folder, slash-separated, without ".." or a leading "/".
 	Path string `json:"path"`
-	// Mode holds the permission bits (only 0o100 matters: executable or not).
+	// Mode holds the permission bits the tool has on the file (0o444 or 0o555: what ToolUID may
+	// do with it on the host, read-only); the agent writes the file root-owned with them.
 	Mode uint32 `json:"mode"`
 	Data []byte `json:"data"`
 }

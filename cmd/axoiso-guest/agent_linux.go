@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,7 +27,7 @@ import (
 )
 
 // The tool runs as nobody: it cannot touch the agent, the root's files or the devices.
-const toolUID, toolGID = 65534, 65534
+const toolUID, toolGID = guest.ToolUID, guest.ToolGID
 
 const (
 	toolDir    = "/axocoatl/tool"
@@ -528,10 +529,8 @@ func writeTool(req guest.Request) error {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return err
 		}
-		mode := os.FileMode(0o444)
-		if f.Mode&0o111 != 0 {
-			mode = 0o555
-		}
+		// The host sent the tool's own access to the file (read, maybe execute); never write.
+		mode := os.FileMode(f.Mode) & 0o555
 		if err := os.WriteFile(dst, f.Data, mode); err != nil {
 			return err
 		}
@@ -593,8 +592,20 @@ func runTool(req guest.Request) guest.Response {
 	cmd.Dir = toolDir
 	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"}
 	cmd.Stdin = nil
-	cmd.Stdout = tail
-	cmd.Stderr = tail
+	// Our own pipe, not an io.Writer: exec's Wait would wait for the pipe's EOF, which never
+	// comes while a process the tool left behind keeps it open. The tool's exit decides; the pipe
+	// is drained afterwards, boundedly.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return guest.Response{Error: "pipe: " + err.Error(), ExitCode: -1}
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		_, _ = io.Copy(tail, pr)
+	}()
+	cmd.Stdout = pw
+	cmd.Stderr = pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential: &syscall.Credential{Uid: toolUID, Gid: toolGID, Groups: []uint32{}},
 		Setpgid:    true,
@@ -604,12 +615,28 @@ func runTool(req guest.Request) guest.Response {
 	cmd.WaitDelay = time.Second
 	ooms := oomKills()
 	started := time.Now()
-	err := cmd.Run()
+	err = cmd.Start()
+	pw.Close()
+	if err == nil {
+		err = cmd.Wait()
+	}
 	ran := time.Since(started)
 	collect := time.Now()
+	// Whatever the tool left behind: its process group, then every process of the tool's uid
+	// (a grandchild may have left the group with setsid). Then the pipe's writers are gone.
 	if cmd.Process != nil {
-		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL) // whatever the tool left behind
+		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 	}
+	if kerr := killToolUser(); kerr != nil {
+		logger.Warn("kill the tool's processes", "err", kerr)
+	}
+	select {
+	case <-drained:
+	case <-time.After(drainGrace):
+		pr.Close() // a writer survived the kill: stop reading, keep what arrived
+		<-drained
+	}
+	pr.Close()
 	resp := guest.Response{RunMS: ran.Milliseconds()}
 	var ee *exec.ExitError
 	switch {
@@ -641,6 +668,36 @@ func runTool(req guest.Request) guest.Response {
 	}
 	resp.Spans = &guest.Spans{RunUS: ran.Microseconds(), CollectUS: time.Since(collect).Microseconds()}
 	return resp
+}
+
+// drainGrace bounds the wait for the tool's stdout/stderr pipe to reach EOF after the tool
+// exited and its processes were killed.
+const drainGrace = 500 * time.Millisecond
+
+// killToolUser sends SIGKILL to every process running as the tool's uid, wherever its process
+// group: kill(-1) from a thread whose credentials are the tool's, so the kernel's own permission
+// check selects exactly the tool's processes (and never the agent, pid 1), in one pass that a
+// forking process cannot outrun. The thread drops root for good (setresuid applies to the calling
+// thread only when issued as a raw system call) and is never unlocked, so the runtime ends it.
+func killToolUser() error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, toolGID, toolGID, toolGID); e != 0 {
+			errc <- fmt.Errorf("setresgid: %w", e)
+			return
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, toolUID, toolUID, toolUID); e != 0 {
+			errc <- fmt.Errorf("setresuid: %w", e)
+			return
+		}
+		if err := unix.Kill(-1, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	return <-errc
 }
 
 func powerOff() {

@@ -103,6 +103,11 @@ type VMConfig struct {
 	PoolSize int `json:"pool_size,omitempty"`
 	// Snapshot starts VMs by restoring a snapshot taken at READY.
 	Snapshot bool `json:"snapshot,omitempty"`
+	// PoolIdle drains a VM shape's pool and removes its snapshot after this long unused
+	// (default 5m; negative: never).
+	PoolIdle Duration `json:"pool_idle,omitempty"`
+	// MaxShapes bounds the VM shapes (memory sizes) with a pool or snapshot (default 4).
+	MaxShapes int `json:"max_shapes,omitempty"`
 	// KVM: "auto" (use /dev/kvm when it works), "on" or "off" (default "off": software emulation;
 	// some hosts expose a /dev/kvm that cannot run an ordinary guest kernel).
 	KVM string `json:"kvm,omitempty"`
@@ -112,6 +117,23 @@ type VMConfig struct {
 	VCPUs int `json:"vcpus,omitempty"`
 	// RunDir holds per-VM sockets and pidfiles (default /run/axocoatl/vm as root).
 	RunDir string `json:"run_dir,omitempty"`
+	// Jailer runs Firecracker through its jailer (chroot, an unprivileged uid/gid, cgroup
+	// limits).
+	Jailer JailerConfig `json:"jailer,omitzero"`
+}
+
+// JailerConfig configures Firecracker's jailer.
+type JailerConfig struct {
+	// Mode: "auto" (default: on when the daemon runs as root and a jailer binary is found beside
+	// the firecracker binary or in PATH), "on" (Firecracker is unavailable without it) or "off".
+	Mode string `json:"mode,omitempty"`
+	// Binary is the jailer (default: "jailer" beside the firecracker binary, then in PATH).
+	Binary string `json:"binary,omitempty"`
+	// UID and GID the VMM drops to (default DefaultJailerID for both).
+	UID int `json:"uid,omitempty"`
+	GID int `json:"gid,omitempty"`
+	// ChrootBaseDir is where the jails are built (default /srv/jailer).
+	ChrootBaseDir string `json:"chroot_base_dir,omitempty"`
 }
 
 // Duration is a time.Duration written as "10s" in JSON.

@@ -3,7 +3,9 @@ package assemble
 import (
 	"github.com/axocoatl/isolation"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
@@ -23,14 +25,20 @@ func init() {
 		case "auto":
 			q = qemu.NewKVM()
 		}
+		jailer, err := c.VM.jailer(hostLookPath, os.Geteuid())
+		if err != nil {
+			return nil, err
+		}
 		return microvm.New(microvm.Options{
 			// Firecracker where it probes available (KVM + binary), QEMU microvm otherwise.
-			Drivers:   []microvm.Driver{firecracker.New(firecracker.Options{Binary: c.VM.Firecracker}), q},
+			Drivers:   []microvm.Driver{firecracker.New(firecracker.Options{Binary: c.VM.Firecracker, Jailer: jailer}), q},
 			DataDir:   c.vmDataDir(),
 			RunDir:    c.VM.RunDir,
 			VCPUs:     c.VM.VCPUs,
 			PoolSize:  c.VM.PoolSize,
 			Snapshots: c.VM.Snapshot,
+			PoolIdle:  time.Duration(c.VM.PoolIdle),
+			MaxShapes: c.VM.MaxShapes,
 			Logger:    log,
 		})
 	}})

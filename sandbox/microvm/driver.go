@@ -91,8 +91,8 @@ type BootSpec struct {
 // Machine is one running VM. Kill is idempotent and safe to call concurrently with every other
 // method; after Kill returns the VMM process has exited and been waited for.
 type Machine interface {
-	// Channel returns the host end of the agent's channel (QEMU: the serial chardev's unix
-	// socket, accepted from the VMM; Firecracker: the vsock uds after "CONNECT <port>\n" / "OK").
+	// Channel returns the host end of the agent's channel (QEMU: the host's end of the socket
+	// pair whose other end is the serial chardev; Firecracker: the vsock uds after "CONNECT <port>\n" / "OK").
 	// The first call establishes it, respecting ctx; later calls return the same stream. Closing
 	// it does not stop the VM.
 	Channel(ctx context.Context) (io.ReadWriteCloser, error)

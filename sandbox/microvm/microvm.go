@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -35,6 +34,9 @@ const (
 	MaxToolBytes = 8 << 20
 	// bootTimeout bounds a boot or restore to READY.
 	bootTimeout = 60 * time.Second
+	// pooledRetryWindow: a pooled VM whose VMM is found dead within this time of sending the
+	// request was dead (or dying) when taken, and the call is retried in a fresh VM.
+	pooledRetryWindow = 100 * time.Millisecond
 	// responseGrace is how long past the tool's timeout the host waits for the agent's answer
 	// before it kills the VM itself.
 	responseGrace = 3 * time.Second
@@ -60,6 +62,12 @@ type Options struct {
 	// on a loaded host), at ~1 s of background CPU and ~33 MiB more RSS per pooled VM. Off by
 	// default: on a 2-core host that background CPU competes with calls.
 	WarmPool bool
+	// PoolIdle: a VM shape unused for this long has its pool drained and its snapshot removed
+	// (DefaultPoolIdle when 0; never when negative).
+	PoolIdle time.Duration
+	// MaxShapes bounds the VM shapes (vCPUs, memory) with a pool or a snapshot; using one more
+	// drops the least recently used (DefaultMaxShapes when 0).
+	MaxShapes int
 	// Snapshots takes one snapshot per shape at READY and starts later VMs (pool refills and
 	// unpooled calls) by restoring it, when the driver is a Snapshotter.
 	Snapshots bool
@@ -80,6 +88,9 @@ type Options struct {
 // Stats counts how VMs were started.
 type Stats struct {
 	Cold, Restored, Pooled int64
+	// DeadPooled counts pooled VMs whose VMM was found dead before they served a call (they are
+	// discarded and replaced, never handed out).
+	DeadPooled int64
 	// ToolMS sums the tools' own run times as the guests measured them.
 	ToolMS int64
 	// RunUS sums Run's wall time, from the call's arrival to its outcome (µs).
@@ -103,14 +114,16 @@ type Sandbox struct {
 	bg     sync.WaitGroup // background kills, refills, snapshots
 
 	cold, restored, pooled atomic.Int64
+	deadPooled             atomic.Int64
 	toolMS                 atomic.Int64
 	runUS, exchangeUS      atomic.Int64
 	guestUS, recvUS        atomic.Int64
 
-	mu     sync.Mutex // protects closed, pools, snaps, driver, img
+	mu     sync.Mutex // protects closed, pools, snaps, used, driver, img
 	closed bool
 	pools  map[shape]*pool
 	snaps  map[shape]*snapEntry
+	used   map[shape]time.Time // last use of each shape with a pool or snapshot
 	driver Driver
 	img    vmimage.Image
 	ctx    context.Context // canceled by Close; parents background work
@@ -123,6 +136,7 @@ func (s shape) String() string { return fmt.Sprintf("vm-%dcpu-%dmb", s.vcpus, s.
 
 type snapEntry struct {
 	once sync.Once
+	done atomic.Bool // once ran: snap and err are set
 	snap Snapshot
 	err  error
 }
@@ -138,6 +152,12 @@ func New(opts Options) (*Sandbox, error) {
 	}
 	if opts.VCPUs <= 0 {
 		opts.VCPUs = 1
+	}
+	if opts.PoolIdle == 0 {
+		opts.PoolIdle = DefaultPoolIdle
+	}
+	if opts.MaxShapes <= 0 {
+		opts.MaxShapes = DefaultMaxShapes
 	}
 	log := opts.Logger
 	if log == nil {
@@ -156,8 +176,13 @@ func New(opts Options) (*Sandbox, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s := &Sandbox{opts: opts, log: log, runDir: dir, pools: map[shape]*pool{}, snaps: map[shape]*snapEntry{}}
+	s := &Sandbox{opts: opts, log: log, runDir: dir, pools: map[shape]*pool{}, snaps: map[shape]*snapEntry{},
+		used: map[shape]time.Time{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if opts.PoolIdle > 0 {
+		s.bg.Add(1)
+		go s.janitor()
+	}
 	return s, nil
 }
 
@@ -372,6 +397,7 @@ func (s *Sandbox) snapshot(ctx context.Context, sh shape, d Driver, sn Snapshott
 	}
 	s.mu.Unlock()
 	e.once.Do(func() {
+		defer e.done.Store(true)
 		v, err := s.start(ctx, sh, false)
 		if err != nil {
 			e.err = err
@@ -387,7 +413,8 @@ func (s *Sandbox) snapshot(ctx context.Context, sh shape, d Driver, sn Snapshott
 				return
 			}
 		}
-		dir := filepath.Join(s.runDir, "snap-"+sh.String())
+		// A fresh name: a dropped snapshot of this shape may still be being removed.
+		dir := filepath.Join(s.runDir, fmt.Sprintf("snap-%s-%d", sh.String(), s.seq.Add(1)))
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			e.err = err
 			return
@@ -444,25 +471,80 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		return sandbox.Outcome{}, err
 	}
 	sh := s.shapeOf(call.Limits)
-	v := s.takePooled(sh)
-	if v != nil {
+	s.touch(sh)
+	if v := s.takePooled(sh); v != nil {
 		s.pooled.Add(1)
+		s.refill(sh)
+		sent := time.Now()
+		o, err := s.exchange(ctx, v, call, req)
+		s.destroyAsync(v)
+		if !vmmDied(v, err) || ctx.Err() != nil || time.Since(sent) > pooledRetryWindow {
+			return o, err
+		}
+		// The pooled VMM died right as we took it (killed while idle, a moment before the
+		// liveness check could see it). Nothing of the call can have left the VM, which had no
+		// NIC and is gone: run it once more in a fresh VM. Only then: a VMM that dies later, with
+		// the tool under way, fails the call rather than run the tool twice.
+		s.deadPooled.Add(1)
+		s.log.Warn("pooled VM died under the call; retrying in a fresh VM", "call", call.ID, "err", err)
+	}
+	v, err := s.start(ctx, sh, true)
+	if err != nil {
+		if ctx.Err() != nil {
+			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM start: %v", ctx.Err())
+		}
+		return sandbox.Outcome{}, sandboxFailed(err, "VM start")
+	}
+	if v.kind == "restored" {
+		s.restored.Add(1)
 	} else {
-		if v, err = s.start(ctx, sh, true); err != nil {
-			if ctx.Err() != nil {
-				return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM start: %v", ctx.Err())
-			}
-			return sandbox.Outcome{}, err
-		}
-		if v.kind == "restored" {
-			s.restored.Add(1)
-		} else {
-			s.cold.Add(1)
-		}
+		s.cold.Add(1)
 	}
 	s.refill(sh)
 	defer s.destroyAsync(v)
 	return s.exchange(ctx, v, call, req)
+}
+
+// sandboxFailed types err as the tier's own failure (isolation.ErrSandboxFailed), unless it
+// already is an *isolation.Error of some class.
+func sandboxFailed(err error, what string) error {
+	var ie *isolation.Error
+	if errors.As(err, &ie) {
+		return err
+	}
+	return &isolation.Error{Kind: isolation.ErrSandboxFailed, Tier: isolation.TierMicroVM, HasTier: true,
+		Message: what, Err: err}
+}
+
+// vmmDied says whether err is v's VMM having exited under the call (as opposed to the tool
+// failing, a timeout or a cancellation).
+func vmmDied(v *vm, err error) bool {
+	if !errors.Is(err, isolation.ErrSandboxFailed) {
+		return false
+	}
+	select {
+	case <-v.m.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// lostVM is the error of a call whose channel to the guest failed: ErrSandboxFailed, saying
+// whether the VMM process is gone (killed, crashed) or only the channel broke.
+func lostVM(v *vm, what string, err error) error {
+	// The channel can break a moment before the VMM's exit is reaped.
+	select {
+	case <-v.m.Done():
+	case <-time.After(100 * time.Millisecond):
+	}
+	select {
+	case <-v.m.Done():
+		what += ": the VMM exited"
+	default:
+	}
+	return &isolation.Error{Kind: isolation.ErrSandboxFailed, Tier: isolation.TierMicroVM, HasTier: true,
+		Message: fmt.Sprintf("%s (%s)", what, v.driver.Name()), Err: err}
 }
 
 func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req guest.Request) (sandbox.Outcome, error) {
@@ -476,7 +558,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 		if hard.Err() != nil {
 			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM killed at the deadline")
 		}
-		return sandbox.Outcome{}, fmt.Errorf("%s: send request: %w", backend, err)
+		return sandbox.Outcome{}, lostVM(v, "send request", err)
 	}
 	v.fr.Max = int(call.Limits.MaxOutputBytes)*4/3 + call.Limits.MaxStderrBytes*6 + 64<<10
 	var resp guest.Response
@@ -484,7 +566,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 		if hard.Err() != nil {
 			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "tool did not finish within %s; VM killed", call.Limits.Timeout)
 		}
-		return sandbox.Outcome{}, fmt.Errorf("%s: read response: %w", backend, err)
+		return sandbox.Outcome{}, lostVM(v, "read response", err)
 	}
 	exch := time.Since(t0)
 	out := sandbox.Outcome{ExitCode: resp.ExitCode, Stderr: resp.Stderr, Backend: backend}
@@ -499,7 +581,8 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	}
 	switch {
 	case resp.Error != "":
-		return out, fmt.Errorf("%s: guest agent: %s", backend, resp.Error)
+		return out, &isolation.Error{Kind: isolation.ErrSandboxFailed, Tier: isolation.TierMicroVM, HasTier: true,
+			Message: fmt.Sprintf("%s: guest agent: %s", backend, resp.Error), Stderr: resp.Stderr}
 	case resp.TimedOut:
 		return out, &isolation.Error{Kind: isolation.ErrTimeout, Message: fmt.Sprintf("tool did not finish within %s", call.Limits.Timeout), Stderr: resp.Stderr, ExitCode: resp.ExitCode}
 	case resp.OOMKilled && resp.ExitCode != 0:
@@ -518,8 +601,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	return out, nil
 }
 
-// buildRequest reads the tool folder (regular files only; symlinks and special files are left
-// out, so nothing outside the folder is read) into a request.
+// buildRequest reads the tool folder (see readToolFolder) into a request.
 func buildRequest(call sandbox.Call) (guest.Request, error) {
 	if err := sandbox.CheckCallPaths(call); err != nil {
 		return guest.Request{}, err
@@ -537,38 +619,9 @@ func buildRequest(call sandbox.Call) (guest.Request, error) {
 	case isolation.RequireArbitrary:
 		rt = guest.RuntimeArbitrary
 	}
-	var files []guest.File
-	var total int64
-	err = filepath.WalkDir(call.Dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		total += fi.Size()
-		if total > MaxToolBytes {
-			return fmt.Errorf("tool folder %s is over %d bytes", call.Dir, MaxToolBytes)
-		}
-		f, err := os.OpenFile(p, os.O_RDONLY|noFollow, 0)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		data, err := io.ReadAll(io.LimitReader(f, fi.Size()+1))
-		if err != nil {
-			return err
-		}
-		r, _ := filepath.Rel(call.Dir, p)
-		files = append(files, guest.File{Path: filepath.ToSlash(r), Mode: uint32(fi.Mode().Perm()), Data: data})
-		return nil
-	})
+	files, err := readToolFolder(call.Dir)
 	if err != nil {
-		return guest.Request{}, fmt.Errorf("read tool folder: %w", err)
+		return guest.Request{}, err
 	}
 	entropy := make([]byte, 64)
 	_, _ = rand.Read(entropy)
@@ -581,7 +634,7 @@ func buildRequest(call sandbox.Call) (guest.Request, error) {
 
 // Stats says how many VMs were started cold, restored and taken from the pool.
 func (s *Sandbox) Stats() Stats {
-	return Stats{Cold: s.cold.Load(), Restored: s.restored.Load(), Pooled: s.pooled.Load(), ToolMS: s.toolMS.Load(),
+	return Stats{Cold: s.cold.Load(), Restored: s.restored.Load(), Pooled: s.pooled.Load(), DeadPooled: s.deadPooled.Load(), ToolMS: s.toolMS.Load(),
 		RunUS: s.runUS.Load(), ExchangeUS: s.exchangeUS.Load(), GuestUS: s.guestUS.Load(), RecvUS: s.recvUS.Load()}
 }
 

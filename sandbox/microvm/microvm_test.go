@@ -3,6 +3,8 @@ package microvm_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,10 +26,14 @@ import (
 	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
 )
 
-// testDataDir caches the prepared guest across test runs (Prepare is idempotent).
-// Not shared with cmd/axoiso's e2e test, which prepares its own dir (concurrently, with other
-// options) when the packages' tests run in parallel.
-const testDataDir = "/var/cache/axocoatl-test/microvm"
+// testDataDir caches the prepared guest across test runs (Prepare is idempotent), one per agent
+// build: work trees with different agents testing at once on one machine would otherwise
+// re-prepare the shared dir under each other's running tests. Dirs of other agents unused for a
+// day are removed. Not shared with cmd/axoiso's e2e test, which prepares its own dir
+// (concurrently, with other options) when the packages' tests run in parallel.
+var testDataDir string
+
+const testDataBase = "/var/cache/axocoatl-test"
 
 var (
 	image     vmimage.Image
@@ -82,6 +88,19 @@ func prepare() string {
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Sprintf("build agent: %v: %s", err, out)
 	}
+	bin, err := os.ReadFile(agent)
+	if err != nil {
+		return err.Error()
+	}
+	sum := sha256.Sum256(bin)
+	testDataDir = filepath.Join(testDataBase, "microvm-"+hex.EncodeToString(sum[:6]))
+	if old, _ := filepath.Glob(filepath.Join(testDataBase, "microvm-*")); len(old) > 0 {
+		for _, d := range old {
+			if fi, err := os.Stat(filepath.Join(d, "manifest.json")); d != testDataDir && (err != nil && time.Since(dirTime(d)) > 24*time.Hour || err == nil && time.Since(fi.ModTime()) > 24*time.Hour) {
+				os.RemoveAll(d)
+			}
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -91,12 +110,21 @@ func prepare() string {
 	if err != nil {
 		return "vm prepare failed (no apt mirror?): " + err.Error()
 	}
+	now := time.Now()
+	_ = os.Chtimes(filepath.Join(testDataDir, "manifest.json"), now, now) // in use: not pruned
 	fmt.Fprintf(os.Stderr, "vm prepare: %.1fs (built in %.1fs when first run)\n", time.Since(start).Seconds(), image.PrepareSeconds)
 	runRoot, err = os.MkdirTemp("", "axo-vmrun-")
 	if err != nil {
 		return err.Error()
 	}
 	return ""
+}
+
+func dirTime(d string) time.Time {
+	if fi, err := os.Stat(d); err == nil {
+		return fi.ModTime()
+	}
+	return time.Time{}
 }
 
 // leftovers lists qemu processes started under runRoot and files left in it.
@@ -152,9 +180,13 @@ func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
 	return s
 }
 
-// tool writes a tool folder with one entrypoint file.
+// tool writes a tool folder with one entrypoint file. The folder is 0755 (t.TempDir's own 0700
+// would be a folder the tool's uid cannot enter: refused).
 func tool(t testing.TB, name, content string, mode os.FileMode) (dir, entry string) {
-	dir = t.TempDir()
+	dir = filepath.Join(t.TempDir(), "tool")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	entry = filepath.Join(dir, name)
 	if err := os.WriteFile(entry, []byte(content), mode); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/axocoatl/isolation/guest"
 
@@ -16,11 +17,60 @@ import (
 
 // pool holds booted VMs of one shape waiting at READY. Each VM serves one call.
 type pool struct {
-	mu       sync.Mutex // protects ready, filling, closed
+	mu       sync.Mutex // protects ready, filling, closed, failures
 	ready    []*vm
 	filling  int
 	closed   bool
-	failures int
+	failures int // consecutive failed refills; sets the retry backoff
+}
+
+// Refill retry backoff: a failed boot is retried after refillBackoffMin, doubling per
+// consecutive failure up to refillBackoffMax, so that a host that recovers (memory freed, image
+// re-prepared) gets its pool back without a restart, and one that does not is not hammered.
+const (
+	refillBackoffMin = 500 * time.Millisecond
+	refillBackoffMax = time.Minute
+)
+
+func refillBackoff(failures int) time.Duration {
+	d := refillBackoffMin
+	for i := 1; i < failures && d < refillBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, refillBackoffMax)
+}
+
+// remove takes v out of the ready list and says whether it was there.
+func (p *pool) remove(v *vm) bool {
+	for i, r := range p.ready {
+		if r == v {
+			p.ready = append(p.ready[:i:i], p.ready[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// watch waits for v's VMM to exit while v is in the pool: a VMM can die idle (killed by an
+// operator, the OOM killer, a crash), and a dead VM must neither be handed out nor counted as
+// ready. It returns once v left the pool (taken or destroyed) or the sandbox closes.
+func (s *Sandbox) watch(p *pool, sh shape, v *vm) {
+	defer s.bg.Done()
+	select {
+	case <-v.m.Done():
+	case <-s.ctx.Done():
+		return
+	}
+	p.mu.Lock()
+	was := p.remove(v)
+	p.mu.Unlock()
+	if !was {
+		return // taken (or closed) before it died: whoever holds it handles it
+	}
+	s.deadPooled.Add(1)
+	s.log.Warn("pooled VM died while idle; replacing it", "shape", sh.String(), "pid", v.m.PID())
+	s.destroy(v)
+	s.refill(sh)
 }
 
 // takePooled returns a ready VM of shape sh whose VMM is still alive, or nil.
@@ -45,7 +95,9 @@ func (s *Sandbox) takePooled(sh shape) *vm {
 		p.mu.Unlock()
 		select {
 		case <-v.m.Done():
-			s.destroyAsync(v) // died while waiting
+			// Died while waiting, and its watcher has not removed it yet.
+			s.deadPooled.Add(1)
+			s.destroyAsync(v)
 		default:
 			return v
 		}
@@ -70,7 +122,7 @@ func (s *Sandbox) refill(sh shape) {
 	}
 	s.mu.Unlock()
 	p.mu.Lock()
-	if p.closed || p.filling > 0 || len(p.ready) >= s.opts.PoolSize || p.failures >= 3 {
+	if p.closed || p.filling > 0 || len(p.ready) >= s.opts.PoolSize {
 		p.mu.Unlock()
 		return
 	}
@@ -80,6 +132,13 @@ func (s *Sandbox) refill(sh shape) {
 	go func() {
 		defer s.bg.Done()
 		for {
+			p.mu.Lock()
+			if p.closed {
+				p.filling--
+				p.mu.Unlock()
+				return
+			}
+			p.mu.Unlock()
 			v, err := s.start(s.ctx, sh, true)
 			if err == nil {
 				if err = s.warm(s.ctx, v, s.opts.WarmPool); err != nil {
@@ -89,12 +148,25 @@ func (s *Sandbox) refill(sh shape) {
 			p.mu.Lock()
 			if err != nil {
 				p.failures++
-				p.filling--
-				p.mu.Unlock()
-				if s.ctx.Err() == nil {
-					s.log.Warn("pool refill failed", "shape", sh.String(), "err", err)
+				wait := refillBackoff(p.failures)
+				closed := p.closed
+				if closed || s.ctx.Err() != nil {
+					p.filling--
 				}
-				return
+				p.mu.Unlock()
+				if closed || s.ctx.Err() != nil {
+					return
+				}
+				s.log.Warn("pool refill failed; retrying", "shape", sh.String(), "err", err, "retry_in", wait)
+				select {
+				case <-s.ctx.Done():
+					p.mu.Lock()
+					p.filling--
+					p.mu.Unlock()
+					return
+				case <-time.After(wait):
+				}
+				continue
 			}
 			p.failures = 0
 			if p.closed {
@@ -104,6 +176,8 @@ func (s *Sandbox) refill(sh shape) {
 				return
 			}
 			p.ready = append(p.ready, v)
+			s.bg.Add(1)
+			go s.watch(p, sh, v)
 			full := len(p.ready) >= s.opts.PoolSize
 			if full {
 				p.filling--
@@ -153,7 +227,9 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 	if _, _, a := s.backend(ctx); !a.Available {
 		return nil
 	}
-	s.refill(s.shapeOf(call.Limits.WithDefaults()))
+	sh := s.shapeOf(call.Limits.WithDefaults())
+	s.touch(sh)
+	s.refill(sh)
 	return nil
 }
 
@@ -165,11 +241,15 @@ func (s *Sandbox) PoolStats() []sandbox.PoolStats {
 	pids := make([][]int, 0, len(s.pools))
 	for sh, p := range s.pools {
 		p.mu.Lock()
-		out = append(out, sandbox.PoolStats{Tool: sh.String(), Ready: len(p.ready), Size: s.opts.PoolSize})
 		ps := make([]int, 0, len(p.ready))
 		for _, v := range p.ready {
-			ps = append(ps, v.m.PID())
+			select {
+			case <-v.m.Done(): // dead, its watcher is about to remove it: not ready
+			default:
+				ps = append(ps, v.m.PID())
+			}
 		}
+		out = append(out, sandbox.PoolStats{Tool: sh.String(), Ready: len(ps), Size: s.opts.PoolSize})
 		pids = append(pids, ps)
 		p.mu.Unlock()
 	}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/axocoatl/isolation/internal/spawn"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -182,7 +183,8 @@ func (i *binInstance) start() error {
 	cmd.SysProcAttr = withPdeathsig(cmd.SysProcAttr)
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if err := cmd.Start(); err != nil {
+	// From the dedicated forking thread: Pdeathsig follows the thread that forks (see spawn).
+	if err := spawn.Start(cmd); err != nil {
 		return err
 	}
 	i.cmd = cmd

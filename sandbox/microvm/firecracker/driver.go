@@ -233,6 +233,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec) (*process, er
 	return startProcess(ctx, startOptions{
 		Binary: bin, Jailer: d.opts.Jailer, ID: spec.ID, RunDir: spec.RunDir,
 		Output: spec.Stderr, Log: d.opts.Logger, SocketTimeout: d.opts.SocketTimeout,
+		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs,
 	})
 }
 

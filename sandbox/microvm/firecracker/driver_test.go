@@ -418,6 +418,15 @@ func TestDriverJailer(t *testing.T) {
 		}
 	}
 	echo(t, ctx, m, "hi", "jail-a")
+	// The jailer drops to the configured ids and caps the VMM's memory at guest RAM plus the
+	// overhead margin.
+	args, _ := os.ReadFile(filepath.Join(base, "args-jail-a"))
+	for _, w := range []string{"--uid\n" + strconv.Itoa(os.Getuid()), "pids.max=128",
+		strconv.FormatInt(int64(128+JailerOverheadMB)<<20, 10)} {
+		if !strings.Contains(string(args), w) {
+			t.Errorf("jailer args lack %q:\n%s", w, args)
+		}
+	}
 	reqs, bodies := fakeRequests(out.String())
 	joined := strings.Join(bodies, "\n")
 	for _, w := range []string{`"kernel_image_path":"/vmlinux"`, `"initrd_path":"/initrd"`, `"path_on_host":"/root.ext4"`, `"uds_path":"/v.sock"`} {

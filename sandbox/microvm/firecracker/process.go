@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/axocoatl/isolation/internal/spawn"
 )
 
 // maxUnixPath is the longest socket path bind(2) accepts (sun_path is 108 bytes with the NUL).
@@ -89,6 +91,29 @@ type startOptions struct {
 	Log    *slog.Logger
 	// SocketTimeout bounds the wait for the API socket.
 	SocketTimeout time.Duration
+	// MemoryMB and VCPUs size the jailer's cgroup limits (guest RAM + JailerOverheadMB, one CPU
+	// per vCPU plus one); 0 leaves them out.
+	MemoryMB, VCPUs int
+}
+
+// JailerOverheadMB is the memory a jailed Firecracker may use beyond guest RAM (Firecracker's
+// published overhead is under 5 MiB; the margin covers its page tables and buffers).
+const JailerOverheadMB = 64
+
+// jailerCgroupArgs are the jailer's --cgroup limits for one VM, in the cgroup version the host
+// runs (the jailer's default parent cgroup is "firecracker").
+func jailerCgroupArgs(memoryMB, vcpus int) []string {
+	if memoryMB <= 0 {
+		return nil
+	}
+	mem := strconv.FormatInt(int64(memoryMB+JailerOverheadMB)<<20, 10)
+	quota := strconv.Itoa((vcpus + 1) * 100000)
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return []string{"--cgroup-version", "2", "--cgroup", "memory.max=" + mem, "--cgroup", "pids.max=128",
+			"--cgroup", "cpu.max=" + quota + " 100000"}
+	}
+	return []string{"--cgroup-version", "1", "--cgroup", "memory.limit_in_bytes=" + mem, "--cgroup", "pids.max=128",
+		"--cgroup", "cpu.cfs_period_us=100000", "--cgroup", "cpu.cfs_quota_us=" + quota}
 }
 
 // startProcess starts Firecracker, writes RunDir/vmm.pid and waits until the API answers. On error
@@ -125,8 +150,9 @@ func startProcess(ctx context.Context, o startOptions) (*process, error) {
 		p.apiSock = filepath.Join(p.root, "api.sock")
 		args = []string{"--id", o.ID, "--exec-file", o.Jailer.ExecFile,
 			"--uid", strconv.Itoa(o.Jailer.UID), "--gid", strconv.Itoa(o.Jailer.GID),
-			"--chroot-base-dir", o.Jailer.ChrootBaseDir,
-			"--", "--api-sock", "/api.sock"}
+			"--chroot-base-dir", o.Jailer.ChrootBaseDir}
+		args = append(args, jailerCgroupArgs(o.MemoryMB, o.VCPUs)...)
+		args = append(args, "--", "--api-sock", "/api.sock")
 	} else {
 		bin = o.Binary
 		p.apiSock = filepath.Join(o.RunDir, "api.sock")
@@ -144,7 +170,9 @@ func startProcess(ctx context.Context, o startOptions) (*process, error) {
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.WaitDelay = time.Second
-	if err := cmd.Start(); err != nil {
+	// The parent-death signal follows the thread that forks: spawn.Start forks from one that
+	// never exits.
+	if err := spawn.Start(cmd); err != nil {
 		return nil, fmt.Errorf("firecracker: start %s: %w", bin, err)
 	}
 	p.cmd = cmd

@@ -634,6 +634,8 @@ func runFakeJailerMain() {
 		fmt.Fprintln(os.Stderr, "fake jailer:", err)
 		os.Exit(1)
 	}
+	// What the jailer was asked (for the tests to check), beside the jails.
+	_ = os.WriteFile(filepath.Join(base, "args-"+id), []byte(strings.Join(os.Args[1:], "\n")), 0o644)
 	env := append(os.Environ(), "FAKEFC_ROOT="+root)
 	err := syscall.Exec(execFile, append([]string{execFile, "--id", id}, rest...), env)
 	fmt.Fprintln(os.Stderr, "fake jailer: exec:", err)

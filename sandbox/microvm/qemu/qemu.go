@@ -1,7 +1,7 @@
 // Package qemu is the QEMU -M microvm backend of the microVM tier: KVM when /dev/kvm is usable,
 // TCG (software emulation) otherwise. The agent's channel is a second 16550 UART (or, with
-// Driver.VirtioConsole, a virtio-console port) whose chardev is a unix socket the host listens on;
-// QMP, also over a socket the host listens on, pauses, snapshots and resumes.
+// Driver.VirtioConsole, a virtio-console port) whose chardev is one end of a socket pair QEMU
+// inherits; QMP, over another socket pair, pauses, snapshots and resumes.
 package qemu
 
 import (
@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/spawn"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
 
@@ -39,7 +40,49 @@ type Driver struct {
 	// virtio_mmio.device= arguments, which Debian's kernel (no VIRTIO_MMIO_CMDLINE_DEVICES)
 	// rejects, so this driver keeps ACPI on either way.
 	VirtioConsole bool
+	// RunAsRoot keeps QEMU as root with every capability, as this driver once ran it (debugging
+	// only). By default a daemon running as root starts each QEMU directly as an unprivileged
+	// uid and gid of its own (UIDBase + a slot), with no capabilities and no supplementary group
+	// but kvm's when KVM is on. QEMU needs no file of the run dir: its channels are socket pairs
+	// it inherits, snapshots go through descriptors, and the guest image is world-readable.
+	RunAsRoot bool
+	// UIDBase is the first uid (and gid) of the range VMMs run as; DefaultUIDBase when 0. Live
+	// VMMs never share one, so a compromised QEMU cannot signal or ptrace another VM's.
+	UIDBase uint32
+	// NoCgroup leaves QEMU in the daemon's cgroups. By default each QEMU started by a root daemon
+	// runs in a cgroup of its own under the daemon's (axocoatl-vm/<name>) limiting its memory to
+	// the guest's RAM plus VMMOverheadMB, its tasks to vmmPids and its CPU to one core per vCPU
+	// plus one for QEMU's own threads.
+	NoCgroup bool
+	// VMMOverheadMB is the memory the VMM may use beyond guest RAM (DefaultTCGOverheadMB or
+	// DefaultKVMOverheadMB when 0).
+	VMMOverheadMB int
+
+	mu        sync.Mutex      // protects usedSlots, nextSlot
+	usedSlots map[uint32]bool // uid slots of live VMMs
+	nextSlot  uint32
 }
+
+// Least-privilege defaults.
+const (
+	// DefaultUIDBase is above the ranges Debian and systemd hand out to users, dynamic users and
+	// containers (systemd's container range ends at 0x6FFFFFFF).
+	DefaultUIDBase = 0x71000000
+	// uidSlots is the size of the uid range: at most this many VMMs live at once.
+	uidSlots = 1 << 16
+	// DefaultTCGOverheadMB is QEMU's own memory beyond guest RAM under TCG: the translated-code
+	// cache (bounded with tb-size) and QEMU's heap.
+	DefaultTCGOverheadMB = 256
+	// DefaultKVMOverheadMB: without translation QEMU itself needs far less.
+	DefaultKVMOverheadMB = 128
+	// tcgCacheMB bounds TCG's translated-code cache (QEMU's default is 1 GiB of address space).
+	tcgCacheMB = 128
+	// vmmPids bounds QEMU's threads (vCPUs, the main loop, RCU, the block layer's worker pool).
+	vmmPids = 128
+	// sandboxArg is QEMU's own seccomp filter: no obsolete system calls, no setuid, no fork or
+	// exec, no scheduler or resource-limit changes.
+	sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+)
 
 // New returns a TCG driver for the QEMU binary found in PATH.
 //
@@ -94,8 +137,15 @@ func (d *Driver) Probe(ctx context.Context) isolation.Availability {
 	return a
 }
 
-func (d *Driver) args(spec microvm.BootSpec, chanSock, qmpSock string) []string {
-	accel := "tcg"
+// Descriptors QEMU inherits (exec.Cmd.ExtraFiles start at 3).
+const (
+	agentFD = 3
+	qmpFD   = 4
+	stateFD = 5 // the snapshot being restored
+)
+
+func (d *Driver) args(spec microvm.BootSpec) []string {
+	accel := "tcg,tb-size=" + strconv.Itoa(tcgCacheMB)
 	cpu := "qemu64"
 	if d.KVM {
 		accel, cpu = "kvm", "host"
@@ -125,18 +175,20 @@ func (d *Driver) args(spec microvm.BootSpec, chanSock, qmpSock string) []string 
 		cmdline += tcgCmdline()
 	}
 	args := []string{
-		"-name", spec.ID,
+		// The name carries the run dir: an orphan reaper recognises its VMMs by it.
+		"-name", spec.RunDir,
+		"-sandbox", sandboxArg,
 		"-M", machine,
 		"-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(spec.MemoryMB), "-smp", strconv.Itoa(spec.VCPUs),
 		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
 		"-kernel", spec.Kernel, "-initrd", spec.Initrd, "-append", cmdline,
 		"-serial", console,
-		"-chardev", "socket,id=agent,path=" + chanSock,
+		"-chardev", "socket,id=agent,fd=" + strconv.Itoa(agentFD),
 	}
 	args = append(args, agent...)
 	args = append(args,
-		"-chardev", "socket,id=qmp,path="+qmpSock,
+		"-chardev", "socket,id=qmp,fd="+strconv.Itoa(qmpFD),
 		"-mon", "chardev=qmp,mode=control")
 	if spec.RootDrive != "" {
 		// A virtio-mmio disk: the guest sees it as /dev/vda once virtio_blk is loaded.
@@ -199,42 +251,93 @@ func hostTSCkHz() int64 {
 
 // Boot starts QEMU; the agent's READY arrives on Channel.
 func (d *Driver) Boot(ctx context.Context, spec microvm.BootSpec) (microvm.Machine, error) {
-	return d.start(ctx, spec, "")
+	return d.start(ctx, spec, nil)
 }
 
-func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming string) (*Machine, error) {
+func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.File) (*Machine, error) {
 	if spec.Initrd == "" {
 		return nil, errors.New("qemu: the microvm backend boots an initramfs; BootSpec.Initrd is empty")
 	}
-	if strings.ContainsAny(spec.RunDir+spec.Kernel+spec.Initrd+spec.RootDrive+incoming, ",\n") {
+	if strings.ContainsAny(spec.RunDir+spec.Kernel+spec.Initrd+spec.RootDrive, ",\n") {
 		return nil, fmt.Errorf("qemu: a path contains ',' or a newline")
 	}
 	m := &Machine{done: make(chan struct{}), runDir: spec.RunDir}
-	var err error
-	chanSock := filepath.Join(spec.RunDir, "chan.sock")
-	qmpSock := filepath.Join(spec.RunDir, "qmp.sock")
-	if m.chanL, err = net.ListenUnix("unix", &net.UnixAddr{Name: chanSock, Net: "unix"}); err != nil {
+	// The agent's channel and QMP are socket pairs: QEMU inherits one end of each and needs no
+	// path to reach them.
+	agentHost, agentVMM, err := socketPair()
+	if err != nil {
 		return nil, err
 	}
-	if m.qmpL, err = net.ListenUnix("unix", &net.UnixAddr{Name: qmpSock, Net: "unix"}); err != nil {
-		m.chanL.Close()
+	defer agentVMM.Close()
+	qmpHost, qmpVMM, err := socketPair()
+	if err != nil {
+		agentHost.Close()
 		return nil, err
 	}
-	args := d.args(spec, chanSock, qmpSock)
-	if incoming != "" {
-		args = append(args, "-incoming", "exec:cat "+incoming)
+	defer qmpVMM.Close()
+	fail := func(err error) (*Machine, error) {
+		agentHost.Close()
+		qmpHost.Close()
+		m.release()
+		return nil, err
 	}
+	args := d.args(spec)
 	cmd := exec.Command(d.Binary, args...)
+	cmd.ExtraFiles = []*os.File{agentVMM, qmpVMM}
+	if incoming != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, incoming)
+		cmd.Args = append(cmd.Args, "-incoming", "fd:"+strconv.Itoa(stateFD))
+	}
 	cmd.Stdin = nil
 	if spec.Stderr != nil {
 		cmd.Stdout, cmd.Stderr = spec.Stderr, spec.Stderr
 	}
-	// Pdeathsig: a crashed host takes its VMs along; Setpgid keeps terminal signals away.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		m.chanL.Close()
-		m.qmpL.Close()
-		return nil, fmt.Errorf("qemu: %w", err)
+	// Pdeathsig: a crashed host takes its VMs along; Setpgid keeps terminal signals away. The
+	// signal follows the thread that forks, hence spawn.Start; and the kernel clears it when a
+	// process changes its own uid, which is why QEMU starts as its uid (Credential) instead of
+	// dropping root itself with -runas.
+	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if os.Geteuid() == 0 && !d.RunAsRoot {
+		uid, release, err := d.takeSlot()
+		if err != nil {
+			return fail(err)
+		}
+		m.releaseSlot = release
+		attr.Credential = &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}
+		if d.KVM {
+			if gid, ok := kvmGroup(); ok {
+				attr.Credential.Groups = []uint32{gid}
+			}
+		}
+		m.uid = int(uid)
+	}
+	if os.Geteuid() == 0 && !d.NoCgroup {
+		over := d.VMMOverheadMB
+		if over <= 0 {
+			over = DefaultTCGOverheadMB
+			if d.KVM {
+				over = DefaultKVMOverheadMB
+			}
+		}
+		cg, err := newCgroup(cgroupName(spec), cgroupLimits{
+			MemoryBytes: int64(spec.MemoryMB+over) << 20,
+			Pids:        vmmPids,
+			CPUQuotaUS:  int64(spec.VCPUs+1) * cpuPeriodUS,
+		})
+		if err != nil {
+			return fail(fmt.Errorf("qemu: %w", err))
+		}
+		m.cg = cg
+		if f, err := cg.fd(); err != nil {
+			return fail(fmt.Errorf("qemu: %w", err))
+		} else if f != nil {
+			defer f.Close()
+			attr.UseCgroupFD, attr.CgroupFD = true, int(f.Fd())
+		}
+	}
+	cmd.SysProcAttr = attr
+	if err := spawn.Start(cmd); err != nil {
+		return fail(fmt.Errorf("qemu: %w", err))
 	}
 	m.cmd = cmd
 	_ = os.WriteFile(filepath.Join(spec.RunDir, "vmm.pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600)
@@ -242,30 +345,107 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming stri
 		m.waitErr = cmd.Wait()
 		close(m.done)
 	}()
+	if m.cg != nil {
+		// cgroup v1: moved in right after the start, long before the guest runs.
+		if err := m.cg.add(cmd.Process.Pid); err != nil {
+			agentHost.Close()
+			qmpHost.Close()
+			m.Kill()
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+	}
+	m.conn = agentHost
+	m.qmpRaw = qmpHost
 	return m, nil
 }
 
-// Snapshot pauses m and writes its migration stream to dir/state.
+// socketPair returns the host's end (a net.Conn) and the VMM's end (a file to pass) of a
+// connected unix stream socket pair.
+func socketPair() (net.Conn, *os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("qemu: socketpair: %w", err)
+	}
+	hf := os.NewFile(uintptr(fds[0]), "host")
+	defer hf.Close()
+	c, err := net.FileConn(hf)
+	if err != nil {
+		syscall.Close(fds[1])
+		return nil, nil, fmt.Errorf("qemu: socketpair: %w", err)
+	}
+	return c, os.NewFile(uintptr(fds[1]), "vmm"), nil
+}
+
+// takeSlot reserves a uid no live VMM of this driver runs as.
+func (d *Driver) takeSlot() (uint32, func(), error) {
+	base := d.UIDBase
+	if base == 0 {
+		base = DefaultUIDBase
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.usedSlots == nil {
+		d.usedSlots = map[uint32]bool{}
+	}
+	if len(d.usedSlots) >= uidSlots {
+		return 0, nil, fmt.Errorf("qemu: %d VMMs already run (one uid each)", uidSlots)
+	}
+	for d.usedSlots[d.nextSlot] {
+		d.nextSlot = (d.nextSlot + 1) % uidSlots
+	}
+	slot := d.nextSlot
+	d.usedSlots[slot] = true
+	d.nextSlot = (slot + 1) % uidSlots
+	return base + slot, func() {
+		d.mu.Lock()
+		delete(d.usedSlots, slot)
+		d.mu.Unlock()
+	}, nil
+}
+
+// kvmGroup is the group owning /dev/kvm (QEMU needs it to open the device as its own uid).
+func kvmGroup() (uint32, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Stat("/dev/kvm", &st); err != nil {
+		return 0, false
+	}
+	return st.Gid, true
+}
+
+// cgroupName names a VMM's cgroup after its run dir's last two elements (this process's run dir,
+// which no other process shares, and the VM id).
+func cgroupName(spec microvm.BootSpec) string {
+	return filepath.Base(filepath.Dir(spec.RunDir)) + "-" + filepath.Base(spec.RunDir)
+}
+
+// Snapshot pauses m and writes its migration stream to dir/state, through a descriptor QEMU
+// receives over QMP (its seccomp filter forbids the "exec:" migration's fork, and it has no access
+// to dir).
 func (d *Driver) Snapshot(ctx context.Context, mm microvm.Machine, dir string) (microvm.Snapshot, error) {
 	m, ok := mm.(*Machine)
 	if !ok {
 		return microvm.Snapshot{}, fmt.Errorf("qemu: cannot snapshot a %T", mm)
 	}
 	state := filepath.Join(dir, "state")
-	if strings.ContainsAny(state, ",\n'\"\\ ") {
-		return microvm.Snapshot{}, fmt.Errorf("qemu: snapshot path %q has characters the exec: URI cannot carry", state)
-	}
 	q, err := m.qmp(ctx)
 	if err != nil {
 		return microvm.Snapshot{}, err
 	}
+	f, err := os.OpenFile(state, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return microvm.Snapshot{}, fmt.Errorf("qemu: %w", err)
+	}
+	defer f.Close()
 	if _, err := q.do(ctx, "stop", nil); err != nil {
 		return microvm.Snapshot{}, err
 	}
 	if _, err := q.do(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}); err != nil {
 		return microvm.Snapshot{}, err
 	}
-	if _, err := q.do(ctx, "migrate", map[string]any{"uri": "exec:cat > " + state}); err != nil {
+	if _, err := q.doFD(ctx, "getfd", map[string]any{"fdname": "snapshot"}, f); err != nil {
+		return microvm.Snapshot{}, err
+	}
+	if _, err := q.do(ctx, "migrate", map[string]any{"uri": "fd:snapshot"}); err != nil {
 		return microvm.Snapshot{}, err
 	}
 	for {
@@ -280,6 +460,9 @@ func (d *Driver) Snapshot(ctx context.Context, mm microvm.Machine, dir string) (
 		_ = json.Unmarshal(r, &st)
 		switch st.Status {
 		case "completed":
+			if err := f.Close(); err != nil {
+				return microvm.Snapshot{}, fmt.Errorf("qemu: snapshot: %w", err)
+			}
 			return microvm.Snapshot{Dir: dir, State: state}, nil
 		case "failed", "cancelled":
 			return microvm.Snapshot{}, fmt.Errorf("qemu: migration %s: %s", st.Status, st.ErrorDesc)
@@ -292,12 +475,15 @@ func (d *Driver) Snapshot(ctx context.Context, mm microvm.Machine, dir string) (
 	}
 }
 
-// Restore starts QEMU with -incoming from snap and resumes the guest once loaded.
+// Restore starts QEMU with -incoming from snap (an inherited descriptor) and resumes the guest
+// once loaded.
 func (d *Driver) Restore(ctx context.Context, snap microvm.Snapshot, spec microvm.BootSpec) (microvm.Machine, error) {
-	if strings.ContainsAny(snap.State, ",\n'\"\\ ") {
-		return nil, fmt.Errorf("qemu: snapshot path %q has characters the exec: URI cannot carry", snap.State)
+	f, err := os.Open(snap.State)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: snapshot: %w", err)
 	}
-	m, err := d.start(ctx, spec, snap.State)
+	m, err := d.start(ctx, spec, f)
+	f.Close() // QEMU holds its own copy
 	if err != nil {
 		return nil, err
 	}
@@ -337,14 +523,17 @@ func (d *Driver) Restore(ctx context.Context, snap microvm.Snapshot, spec microv
 type Machine struct {
 	cmd    *exec.Cmd
 	runDir string
-	chanL  *net.UnixListener
-	qmpL   *net.UnixListener
-	done   chan struct{}
+	uid    int       // the VMM's uid (0: as root)
+	cg     *vmCgroup // nil: in the daemon's cgroups
+	// releaseSlot frees the VMM's uid once it exited (nil: none taken).
+	releaseSlot func()
+	done        chan struct{}
 	// waitErr is written before done is closed.
 	waitErr error
 
-	mu       sync.Mutex // protects conn, qmpConn, killed
-	conn     net.Conn
+	mu       sync.Mutex // protects conn, qmpRaw, qmpConn, killed
+	conn     net.Conn   // the agent's channel
+	qmpRaw   net.Conn   // QMP before its handshake
 	qmpConn  *qmpClient
 	killed   bool
 	killOnce sync.Once
@@ -354,32 +543,16 @@ func (m *Machine) PID() int { return m.cmd.Process.Pid }
 
 func (m *Machine) Done() <-chan struct{} { return m.done }
 
-// accept accepts the one connection QEMU makes to l, giving up when ctx ends or QEMU exits.
-func (m *Machine) accept(ctx context.Context, l *net.UnixListener) (net.Conn, error) {
-	type res struct {
-		c   net.Conn
-		err error
+// UID is the uid the VMM runs as (0 when it runs as root).
+func (m *Machine) UID() int { return m.uid }
+
+// release frees the uid slot and the cgroup of a machine whose process is gone or never started.
+func (m *Machine) release() {
+	if m.cg != nil {
+		m.cg.remove()
 	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := l.Accept()
-		ch <- res{c, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.c, r.err
-	case <-ctx.Done():
-		l.SetDeadline(time.Now())
-		if r := <-ch; r.c != nil {
-			r.c.Close()
-		}
-		return nil, ctx.Err()
-	case <-m.done:
-		l.SetDeadline(time.Now())
-		if r := <-ch; r.c != nil {
-			return r.c, nil // QEMU connected, then died: the reader will see EOF
-		}
-		return nil, fmt.Errorf("qemu exited before connecting: %v", m.waitErr)
+	if m.releaseSlot != nil {
+		m.releaseSlot()
 	}
 }
 
@@ -389,15 +562,7 @@ func (m *Machine) Channel(ctx context.Context) (io.ReadWriteCloser, error) {
 	if m.killed {
 		return nil, errors.New("qemu: machine killed")
 	}
-	if m.conn != nil {
-		return m.conn, nil
-	}
-	c, err := m.accept(ctx, m.chanL)
-	if err != nil {
-		return nil, err
-	}
-	m.conn = c
-	return c, nil
+	return m.conn, nil
 }
 
 func (m *Machine) qmp(ctx context.Context) (*qmpClient, error) {
@@ -409,13 +574,14 @@ func (m *Machine) qmp(ctx context.Context) (*qmpClient, error) {
 	if m.qmpConn != nil {
 		return m.qmpConn, nil
 	}
-	c, err := m.accept(ctx, m.qmpL)
-	if err != nil {
-		return nil, err
-	}
-	q := &qmpClient{c: c, r: bufio.NewReader(c)}
+	q := &qmpClient{c: m.qmpRaw, r: bufio.NewReader(m.qmpRaw)}
+	// QEMU greets once its monitor runs; if it died first the read ends with EOF.
 	if err := q.handshake(ctx); err != nil {
-		c.Close()
+		select {
+		case <-m.done:
+			return nil, fmt.Errorf("qemu exited before its monitor answered: %v", m.waitErr)
+		default:
+		}
 		return nil, err
 	}
 	m.qmpConn = q
@@ -429,15 +595,10 @@ func (m *Machine) Kill() error {
 		<-m.done
 		m.mu.Lock()
 		m.killed = true
-		if m.conn != nil {
-			m.conn.Close()
-		}
-		if m.qmpConn != nil {
-			m.qmpConn.c.Close()
-		}
+		m.conn.Close()
+		m.qmpRaw.Close()
 		m.mu.Unlock()
-		m.chanL.Close()
-		m.qmpL.Close()
+		m.release()
 	})
 	return nil
 }
@@ -462,6 +623,12 @@ func (q *qmpClient) handshake(ctx context.Context) error {
 }
 
 func (q *qmpClient) do(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.doFD(ctx, cmd, args, nil)
+}
+
+// doFD runs cmd, passing f's descriptor with it (SCM_RIGHTS) when f is not nil, as QMP's getfd
+// expects.
+func (q *qmpClient) doFD(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if dl, ok := ctx.Deadline(); ok {
@@ -473,7 +640,16 @@ func (q *qmpClient) do(ctx context.Context, cmd string, args any) (json.RawMessa
 		req["arguments"] = args
 	}
 	b, _ := json.Marshal(req)
-	if _, err := q.c.Write(append(b, '\n')); err != nil {
+	b = append(b, '\n')
+	if f != nil {
+		uc, ok := q.c.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: cannot pass a descriptor over a %T", cmd, q.c)
+		}
+		if _, _, err := uc.WriteMsgUnix(b, syscall.UnixRights(int(f.Fd())), nil); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+	} else if _, err := q.c.Write(b); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	for {

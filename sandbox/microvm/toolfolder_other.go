@@ -1,0 +1,7 @@
+//go:build !linux
+
+package microvm
+
+import "github.com/axocoatl/isolation/guest"
+
+func readToolFolder(dir string) ([]guest.File, error) { return nil, errNotLinux }
