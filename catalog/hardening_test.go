@@ -180,6 +180,11 @@ func TestSchemaLimits(t *testing.T) {
 	if _, err := c.Get(tool); !errors.Is(err, isolation.ErrInvalidTool) || !strings.Contains(err.Error(), "subschemas") {
 		t.Errorf("a schema of %d subschemas: %v", len(props), err)
 	}
+	// Bounded before the validator parses it (its parse is the slow part).
+	c, tool = nativeTool(t, `{"enum":[`+strings.TrimSuffix(strings.Repeat(`{},`, 4*catalog.MaxSchemaNodes+1), ",")+`]}`)
+	if _, err := c.Get(tool); !errors.Is(err, isolation.ErrInvalidTool) || !strings.Contains(err.Error(), "JSON objects") {
+		t.Errorf("a schema of %d objects: %v", 4*catalog.MaxSchemaNodes+1, err)
+	}
 }
 
 // TestHostileManifestFiles: tool.json must be a regular file inside the folder and at most

@@ -115,7 +115,7 @@ func compileSchema(name string, raw json.RawMessage) (*compiledSchema, error) {
 	// Bounded before the validator's parser sees it (~75 µs a subschema here, loaded): the
 	// objects in the text bound the subschemas.
 	if n := jsonObjects(raw); n > 4*MaxSchemaNodes {
-		return nil, fmt.Errorf("%d objects, more than %d subschemas could hold", n, MaxSchemaNodes)
+		return nil, fmt.Errorf("%d JSON objects, over the limit of %d (subschemas are limited to %d)", n, 4*MaxSchemaNodes, MaxSchemaNodes)
 	}
 	var s jsonschema.Schema
 	if err := json.Unmarshal(raw, &s); err != nil {
