@@ -29,12 +29,17 @@ type Config struct {
 	// Strict refuses fallbacks to a weaker tier than a tool's ideal one (per-call options may set it
 	// too, never unset it).
 	Strict bool
-	// MaxOutputBytes bounds output.json (default 1 MiB).
+	// MaxOutputBytes bounds output.json (default 1 MiB, at most sandbox.MaxOutputBytesLimit).
 	MaxOutputBytes int64
-	// MaxTimeout caps every call's timeout (0: no cap). DefaultTimeout applies to tools that set none
-	// (default 10 s).
+	// MaxTimeout is the timeout ceiling: a tool's timeout_ms or a call's WithTimeout above it
+	// gets it (default DefaultMaxTimeout, 60 s). DefaultTimeout applies to tools that set none
+	// (default 10 s, at most MaxTimeout).
 	MaxTimeout     time.Duration
 	DefaultTimeout time.Duration
+	// MaxMemoryMB is the memory ceiling per tier: a tool's memory_mb above it gets it. Tiers not
+	// named get DefaultMaxMemoryMB's. Requests above a ceiling are lowered, never refused (also
+	// under Strict, which is about tiers), and the Result's Limits say so.
+	MaxMemoryMB map[isolation.Tier]int
 	// Logger receives one record per call; nil logs nowhere.
 	Logger *slog.Logger
 }
@@ -53,6 +58,8 @@ type Result struct {
 	Duration   time.Duration `json:"-"`
 	DurationMS float64       `json:"duration_ms"`
 	Stderr     string        `json:"stderr"`
+	// Limits are the limits the call ran under and what was lowered to a ceiling.
+	Limits Limits `json:"limits"`
 }
 
 // Option changes one call.
@@ -71,7 +78,7 @@ func WithTier(t isolation.Tier) Option { return func(o *callOptions) { o.tier = 
 // WithStrict refuses a downgrade for this call.
 func WithStrict() Option { return func(o *callOptions) { o.strict = true } }
 
-// WithTimeout overrides the tool's timeout (still capped by Config.MaxTimeout).
+// WithTimeout overrides the tool's timeout (still lowered to Config.MaxTimeout).
 func WithTimeout(d time.Duration) Option { return func(o *callOptions) { o.timeout = d } }
 
 // WithCallID sets the call id (default: a random UUID).
@@ -101,11 +108,8 @@ func New(cfg Config) (*Executor, error) {
 	if cfg.Catalog == nil {
 		return nil, errors.New("executor: Config.Catalog is required")
 	}
-	if cfg.MaxOutputBytes <= 0 {
-		cfg.MaxOutputBytes = sandbox.DefaultMaxOutputBytes
-	}
-	if cfg.DefaultTimeout <= 0 {
-		cfg.DefaultTimeout = sandbox.DefaultTimeout
+	if err := cfg.ceilings(); err != nil {
+		return nil, err
 	}
 	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]isolation.Availability{}}
 	if e.log == nil {
@@ -245,11 +249,12 @@ func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts 
 		callID = uuid.NewString()
 	}
 	start := time.Now()
-	res, err := e.execute(ctx, callID, name, input, o)
+	var lim Limits
+	res, err := e.execute(ctx, callID, name, input, o, &lim)
 	dur := time.Since(start)
 	if err != nil {
-		e.log.LogAttrs(ctx, slog.LevelInfo, "call failed", slog.String("call_id", callID), slog.String("tool", name),
-			slog.String("kind", isolation.KindName(err)), slog.Duration("duration", dur), slog.String("error", err.Error()))
+		e.log.LogAttrs(ctx, slog.LevelInfo, "call failed", append([]slog.Attr{slog.String("call_id", callID), slog.String("tool", name),
+			slog.String("kind", isolation.KindName(err)), slog.Duration("duration", dur), slog.String("error", err.Error())}, lim.logAttrs()...)...)
 		var ie *isolation.Error
 		if errors.As(err, &ie) && ie.CallID == "" {
 			ie.CallID = callID
@@ -258,12 +263,13 @@ func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts 
 	}
 	res.Duration = dur
 	res.DurationMS = float64(dur.Microseconds()) / 1000
-	e.log.LogAttrs(ctx, slog.LevelInfo, "call", slog.String("call_id", callID), slog.String("tool", name),
-		slog.String("tier", res.Tier.String()), slog.Bool("degraded", res.Degraded), slog.Duration("duration", dur))
+	e.log.LogAttrs(ctx, slog.LevelInfo, "call", append([]slog.Attr{slog.String("call_id", callID), slog.String("tool", name),
+		slog.String("tier", res.Tier.String()), slog.Bool("degraded", res.Degraded), slog.Duration("duration", dur)}, lim.logAttrs()...)...)
 	return res, nil
 }
 
-func (e *Executor) execute(ctx context.Context, callID, name string, input []byte, o callOptions) (*Result, error) {
+// execute runs the call; *lim receives its limits once they are known (for the log record).
+func (e *Executor) execute(ctx context.Context, callID, name string, input []byte, o callOptions, lim *Limits) (*Result, error) {
 	if err := catalog.ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -282,7 +288,8 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		return nil, err
 	}
 	sb := e.sandboxes[sel.Tier]
-	call := e.newCall(callID, tool, input, o)
+	call, rep := e.newCall(callID, tool, input, o, sel.Tier)
+	*lim = rep
 	timeout := call.Limits.Timeout
 	fail := func(kind error, format string, args ...any) *isolation.Error {
 		return &isolation.Error{Kind: kind, Tool: name, Tier: sel.Tier, HasTier: true, Message: fmt.Sprintf(format, args...)}
@@ -298,7 +305,9 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 	defer cancel()
 	out, err := sb.Run(runCtx, call)
 	if err != nil {
-		return nil, sandboxError(ctx, runCtx, err, name, sel.Tier, timeout)
+		err = sandboxError(ctx, runCtx, err, name, sel.Tier, timeout)
+		explainTimeout(err, rep)
+		return nil, err
 	}
 	switch {
 	case out.ExitCode != 0:
@@ -325,6 +334,7 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		Degraded: sel.Degraded,
 		Backend:  out.Backend,
 		Stderr:   out.Stderr,
+		Limits:   rep,
 	}, nil
 }
 
@@ -355,18 +365,10 @@ func sandboxError(ctx, runCtx context.Context, err error, name string, tier isol
 	return &isolation.Error{Kind: isolation.ErrSandboxFailed, Tool: name, Tier: tier, HasTier: true, Err: err}
 }
 
-// newCall resolves a tool's limits (tool.json, call options, the executor's caps) into a Call.
-func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o callOptions) sandbox.Call {
-	timeout := e.cfg.DefaultTimeout
-	if tool.TimeoutMS > 0 {
-		timeout = tool.Timeout()
-	}
-	if o.timeout > 0 {
-		timeout = o.timeout
-	}
-	if e.cfg.MaxTimeout > 0 && timeout > e.cfg.MaxTimeout {
-		timeout = e.cfg.MaxTimeout
-	}
+// newCall makes the Call of a tool in tier, with its limits resolved (tool.json, call options, the
+// executor's ceilings for that tier; see limits).
+func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o callOptions, tier isolation.Tier) (sandbox.Call, Limits) {
+	lim, rep := e.limits(tool, o, tier)
 	return sandbox.Call{
 		ID:         callID,
 		Tool:       tool.Name,
@@ -374,13 +376,8 @@ func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o ca
 		Dir:        tool.Dir,
 		Entrypoint: tool.EntrypointPath,
 		Input:      input,
-		Limits: sandbox.Limits{
-			Timeout:        timeout,
-			MemoryMB:       tool.MemoryMB,
-			MaxOutputBytes: e.cfg.MaxOutputBytes,
-			Network:        tool.Network,
-		}.WithDefaults(),
-	}
+		Limits:     lim,
+	}, rep
 }
 
 // Prepare does a tool's ahead-of-time work in the tier it would run in now (compile its Wasm
@@ -397,7 +394,8 @@ func (e *Executor) Prepare(ctx context.Context, name string, opts ...Option) err
 		return err
 	}
 	if p, ok := e.sandboxes[sel.Tier].(sandbox.Preparer); ok {
-		return p.Prepare(ctx, e.newCall("prepare-"+uuid.NewString(), tool, nil, o))
+		call, _ := e.newCall("prepare-"+uuid.NewString(), tool, nil, o, sel.Tier)
+		return p.Prepare(ctx, call)
 	}
 	return nil
 }

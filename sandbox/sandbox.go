@@ -29,11 +29,26 @@ const (
 	DefaultMaxStderrBytes = 8 << 10
 )
 
+// MaxMemoryMB is the largest memory limit any tier applies (1 TiB); a larger Limits.MemoryMB is
+// lowered to it. It only keeps the MB→bytes conversions of the tiers from overflowing (2^44 MB
+// wraps to 0 bytes, which a container runtime reads as "no limit"); the executor's per-tier
+// ceilings are the real bounds.
+const MaxMemoryMB = 1 << 20
+
+// MaxOutputBytesLimit and MaxStderrBytesLimit bound Limits.MaxOutputBytes and MaxStderrBytes
+// (WithDefaults lowers larger values): output and stderr are held in memory and framed, and a
+// tier's buffer sizing must not overflow.
+const (
+	MaxOutputBytesLimit = 1 << 30
+	MaxStderrBytesLimit = 1 << 20
+)
+
 // Limits bound one call.
 type Limits struct {
 	// Timeout is the wall-clock limit; the call is killed at it and reports isolation.ErrTimeout.
 	Timeout time.Duration
-	// MemoryMB is the memory limit; 0 means the tier's default.
+	// MemoryMB is the memory limit; 0 (or less) means the tier's default. Tiers lower values over
+	// MaxMemoryMB to it.
 	MemoryMB int
 	// MaxOutputBytes bounds output.json; larger is isolation.ErrOutputTooLarge.
 	MaxOutputBytes int64
@@ -43,8 +58,9 @@ type Limits struct {
 	Network bool
 }
 
-// WithDefaults fills unset fields.
+// WithDefaults fills unset fields and lowers values over the Max…Limit bounds to them.
 func (l Limits) WithDefaults() Limits {
+	l.MemoryMB = ClampMemoryMB(l.MemoryMB)
 	if l.Timeout <= 0 {
 		l.Timeout = DefaultTimeout
 	}
@@ -54,7 +70,20 @@ func (l Limits) WithDefaults() Limits {
 	if l.MaxStderrBytes <= 0 {
 		l.MaxStderrBytes = DefaultMaxStderrBytes
 	}
+	l.MaxOutputBytes = min(l.MaxOutputBytes, MaxOutputBytesLimit)
+	l.MaxStderrBytes = min(l.MaxStderrBytes, MaxStderrBytesLimit)
 	return l
+}
+
+// ClampMemoryMB returns mb bounded to [0, MaxMemoryMB] (0: the tier's default).
+func ClampMemoryMB(mb int) int {
+	return max(0, min(mb, MaxMemoryMB))
+}
+
+// MemoryDefaulter is implemented by sandboxes with a memory limit of their own for calls that set
+// none, so that the executor can report (and cap) the limit a call really gets.
+type MemoryDefaulter interface {
+	DefaultMemoryMB() int
 }
 
 // Call is one execution of one tool. The executor validates the tool name and the input before a

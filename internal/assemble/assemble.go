@@ -36,11 +36,18 @@ type Config struct {
 	ToolsRoot string `json:"tools_root,omitempty"`
 	// Strict refuses downgrades to a weaker tier.
 	Strict bool `json:"strict,omitempty"`
+	// The operator's ceilings on what a tool may ask for (executor.Config has the details): a
+	// request above one gets the ceiling, and the call's result and log record say so.
+	//
 	// MaxOutputBytes bounds output.json (default 1 MiB).
 	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"`
-	// DefaultTimeout applies to tools without timeout_ms (default 10s); MaxTimeout caps every call.
+	// DefaultTimeout applies to tools without timeout_ms (default 10s); MaxTimeout is the ceiling
+	// of every call's timeout (default 60s, in every command).
 	DefaultTimeout Duration `json:"default_timeout,omitempty"`
 	MaxTimeout     Duration `json:"max_timeout,omitempty"`
+	// MaxMemoryMB is the memory_mb ceiling per tier, by wire name (defaults: Wasmtime 256, Oci
+	// 1024, Firecracker 1024).
+	MaxMemoryMB map[isolation.Tier]int `json:"max_memory_mb,omitempty"`
 	// CacheDir holds compiled Wasm modules (default $XDG_CACHE_HOME/axoiso or /var/cache/axocoatl).
 	CacheDir string `json:"cache_dir,omitempty"`
 	// DataDir holds the microVM kernel and guest root (default /var/lib/axocoatl or
@@ -230,15 +237,24 @@ func New(c Config, log *slog.Logger) (*executor.Executor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (set --tools, %s or tools_root in the config)", err, EnvTools)
 	}
-	return executor.New(executor.Config{
+	sbs := Sandboxes(c, log)
+	e, err := executor.New(executor.Config{
 		Catalog:        cat,
-		Sandboxes:      Sandboxes(c, log),
+		Sandboxes:      sbs,
 		Strict:         c.Strict,
 		MaxOutputBytes: c.MaxOutputBytes,
 		DefaultTimeout: time.Duration(c.DefaultTimeout),
 		MaxTimeout:     time.Duration(c.MaxTimeout),
+		MaxMemoryMB:    c.MaxMemoryMB,
 		Logger:         log,
 	})
+	if err != nil {
+		for _, s := range sbs {
+			s.Close()
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return e, nil
 }
 
 // Sandboxes returns one sandbox per tier that is not disabled; the isolating tiers are set up on

@@ -77,6 +77,14 @@ func (l *lazyTier) Prepare(ctx context.Context, c sandbox.Call) error {
 	return nil
 }
 
+// DefaultMemoryMB forwards sandbox.MemoryDefaulter (0: the tier has no default of its own).
+func (l *lazyTier) DefaultMemoryMB() int {
+	if d, ok := l.get().(sandbox.MemoryDefaulter); ok {
+		return d.DefaultMemoryMB()
+	}
+	return 0
+}
+
 // PoolStats reports the pools of a built sandbox; an unbuilt one has none.
 func (l *lazyTier) PoolStats() []sandbox.PoolStats {
 	if p, ok := l.built().(sandbox.Pooler); ok {

@@ -35,6 +35,11 @@ const (
 	UnprivilegedID   = 65534
 	ociVersion       = "1.0.2" // crun 1.8 refuses newer versions; 1.0.2 has everything used here
 	maxArgBytes      = 64 << 10
+	// MaxMemoryMB (1 TiB, = sandbox.MaxMemoryMB) and MaxCPUs bound what Options can ask for, so
+	// that converting them to bytes and quota microseconds never overflows int64: 2^44 MB shifted
+	// to bytes wraps to 0, which runtimes read as "no limit"; 2^43 MB wraps negative.
+	MaxMemoryMB = 1 << 20
+	MaxCPUs     = 1024
 )
 
 // Options are the per-call settings applied by Harden and Generate.
@@ -46,8 +51,8 @@ type Options struct {
 	// IODir is the host directory bind-mounted at /axocoatl; IODir/input.json is bound over
 	// itself read-only.
 	IODir string
-	// MemoryMB (default 256), Pids (default 128), CPUs (default 1.0), Nofile (default 1024),
-	// TmpSizeMB (default 64) bound the container.
+	// MemoryMB (default 256, at most MaxMemoryMB), Pids (default 128), CPUs (default 1.0, at most
+	// MaxCPUs), Nofile (default 1024), TmpSizeMB (default 64) bound the container.
 	MemoryMB  int
 	Pids      int64
 	CPUs      float64
@@ -191,12 +196,14 @@ func (o *Options) defaults() {
 	if o.MemoryMB <= 0 {
 		o.MemoryMB = DefaultMemoryMB
 	}
+	o.MemoryMB = min(o.MemoryMB, MaxMemoryMB)
 	if o.Pids <= 0 {
 		o.Pids = DefaultPids
 	}
-	if o.CPUs <= 0 {
+	if !(o.CPUs > 0) { // also NaN
 		o.CPUs = DefaultCPUs
 	}
+	o.CPUs = min(o.CPUs, MaxCPUs)
 	if o.Nofile == 0 {
 		o.Nofile = DefaultNofile
 	}

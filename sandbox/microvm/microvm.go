@@ -251,8 +251,13 @@ type vm struct {
 	driver Driver
 }
 
+// DefaultMemoryMB is the guest RAM of calls that set none (sandbox.MemoryDefaulter).
+func (s *Sandbox) DefaultMemoryMB() int { return DefaultMemoryMB }
+
 func (s *Sandbox) shapeOf(l sandbox.Limits) shape {
-	mem := l.MemoryMB
+	// Bounded whatever a library caller passes (the executor caps it far lower): the VMM gets
+	// the size as a flag and the guest kernel sizes its tables by it.
+	mem := sandbox.ClampMemoryMB(l.MemoryMB)
 	if mem <= 0 {
 		mem = DefaultMemoryMB
 	}

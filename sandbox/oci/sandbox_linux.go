@@ -360,6 +360,18 @@ func (s *Sandbox) containerID(tool string) string {
 	return "axocoatl-" + tool + "-" + uuid.NewString()
 }
 
+// DefaultMemoryMB is the memory limit of calls that set none (sandbox.MemoryDefaulter).
+func (s *Sandbox) DefaultMemoryMB() int { return s.cfg.MemoryMB }
+
+// memoryMB is the call's memory limit: its own, else the tier's default; never over
+// sandbox.MaxMemoryMB, whatever a library caller passes (the executor caps it far lower).
+func (s *Sandbox) memoryMB(call sandbox.Call) int {
+	if mb := sandbox.ClampMemoryMB(call.Limits.MemoryMB); mb > 0 {
+		return mb
+	}
+	return s.cfg.MemoryMB
+}
+
 // spec builds the call's hardened spec; ids is the container's id range (nil when rootless).
 func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) (*specs.Spec, error) {
 	if err := sandbox.CheckCallPaths(call); err != nil {
@@ -369,10 +381,7 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) 
 	if rel, err := filepath.Rel(s.cfg.BundleRoot, dir); err != nil || !filepath.IsLocal(rel) {
 		return nil, fmt.Errorf("oci: tool dir %s is not inside the bundle root %s", dir, s.cfg.BundleRoot)
 	}
-	mem := s.cfg.MemoryMB
-	if call.Limits.MemoryMB > 0 {
-		mem = call.Limits.MemoryMB
-	}
+	mem := s.memoryMB(call)
 	o := ocispec.Options{
 		Hostname:    "axocoatl",
 		CgroupsPath: s.cgroupsPath(id),
@@ -596,10 +605,7 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 	out.ExitCode = code
 	out.Stderr = c.tail.String()
 	if code != 0 && c.inst.oomKilled() {
-		mem := s.cfg.MemoryMB
-		if call.Limits.MemoryMB > 0 {
-			mem = call.Limits.MemoryMB
-		}
+		mem := s.memoryMB(call)
 		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: code, Stderr: out.Stderr,
 			Message: fmt.Sprintf("killed by the OOM killer at the %d MB memory limit", mem)}
 	}

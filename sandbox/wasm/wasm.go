@@ -66,6 +66,10 @@ const Backend = "wazero"
 // DefaultMemoryMB is the memory limit of a call that sets none.
 const DefaultMemoryMB = 64
 
+// MaxMemoryMB is all a 32-bit linear memory can address (65536 pages of 64 KiB); larger limits
+// are lowered to it.
+const MaxMemoryMB = 4096
+
 // segmentGap is the largest run of zeros between two data segments that merging fills in: larger
 // gaps stay gaps (fresh memory is zero already), smaller ones cost less to copy than a segment.
 const segmentGap = 4096
@@ -164,6 +168,7 @@ func New(cfg Config) (*Sandbox, error) {
 	if cfg.DefaultMemoryMB <= 0 {
 		cfg.DefaultMemoryMB = DefaultMemoryMB
 	}
+	cfg.DefaultMemoryMB = min(cfg.DefaultMemoryMB, MaxMemoryMB)
 	s := &Sandbox{
 		cfg:     cfg,
 		log:     cfg.Logger,
@@ -215,6 +220,9 @@ func (s *Sandbox) closeRuntimes(ctx context.Context) error {
 }
 
 func (s *Sandbox) Tier() isolation.Tier { return isolation.TierWasm }
+
+// DefaultMemoryMB is the memory limit of calls that set none (sandbox.MemoryDefaulter).
+func (s *Sandbox) DefaultMemoryMB() int { return s.cfg.DefaultMemoryMB }
 
 // Probe reports the tier available: wazero runs in this process on every host (with its
 // interpreter where it has no compiler, which is much slower).
@@ -410,6 +418,9 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	if memMB <= 0 {
 		memMB = s.cfg.DefaultMemoryMB
 	}
+	// A 32-bit linear memory cannot exceed 4 GiB: a larger limit means the same and must not
+	// reach the byte conversion below (2^44 MB would wrap to a limit of 0 bytes).
+	memMB = min(memMB, MaxMemoryMB)
 	limit := uint64(memMB) << 20
 	if m.info.HasMemory && m.info.MinPages*65536 > limit {
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrMemoryLimit,

@@ -47,6 +47,8 @@ const (
 	MetaTier     = "axocoatl/tier"
 	MetaDegraded = "axocoatl/degraded"
 	MetaInput    = "axocoatl/input"
+	// MetaLimits is the call's executor.Limits: effective limits and what was lowered to a ceiling.
+	MetaLimits = "axocoatl/limits"
 )
 
 // Options configure a server. The zero value is usable.
@@ -273,7 +275,7 @@ func successResult(res *executor.Result) *mcp.CallToolResult {
 	return &mcp.CallToolResult{
 		Content:           []mcp.Content{&mcp.TextContent{Text: string(out)}},
 		StructuredContent: structured,
-		Meta:              mcp.Meta{MetaCallID: res.CallID, MetaTier: res.Tier.String(), MetaDegraded: res.Degraded},
+		Meta:              mcp.Meta{MetaCallID: res.CallID, MetaTier: res.Tier.String(), MetaDegraded: res.Degraded, MetaLimits: res.Limits},
 	}
 }
 

@@ -189,6 +189,9 @@ func TestCallTool(t *testing.T) {
 			if res.Meta[MetaTier] != "None" {
 				t.Errorf("tier meta %v", res.Meta)
 			}
+			if lim, _ := res.Meta[MetaLimits].(map[string]any); lim["timeout_ms"] == nil || lim["max_output_bytes"] == nil {
+				t.Errorf("limits meta %v", res.Meta)
+			}
 		})
 	}
 	// Non-object outputs are wrapped in structuredContent and verbatim in the text.
