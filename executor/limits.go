@@ -99,7 +99,7 @@ func (cfg *Config) ceilings() error {
 	if cfg.MaxOutputBytes > sandbox.MaxOutputBytesLimit {
 		return fmt.Errorf("executor: MaxOutputBytes %d is over the largest output any tier keeps, %d", cfg.MaxOutputBytes, sandbox.MaxOutputBytesLimit)
 	}
-	mem := make(map[isolation.Tier]int, len(isolation.Tiers))
+	mem := make(map[isolation.Tier]int, len(isolation.Tiers()))
 	for t, mb := range cfg.MaxMemoryMB {
 		abs := sandbox.MaxMemoryMB
 		switch t {
@@ -115,7 +115,7 @@ func (cfg *Config) ceilings() error {
 			mem[t] = mb
 		}
 	}
-	for _, t := range isolation.Tiers {
+	for _, t := range isolation.Tiers() {
 		if _, ok := mem[t]; !ok {
 			if d := DefaultMaxMemoryMB(t); d > 0 {
 				mem[t] = d
