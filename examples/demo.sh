@@ -8,8 +8,12 @@ mkdir -p bin
 # The Oci tier's seccomp profile needs libseccomp-dev; the Wasm demo does not.
 tags=""
 if pkg-config --exists libseccomp 2>/dev/null; then tags="-tags seccomp"; fi
+# On a cold build cache these two steps take a minute or two (wazero, libcontainer, the example
+# tools compiled to wasip1); later runs reuse the cache and take a second.
+echo "demo: building axoiso (the first build on a machine takes a minute or two)..." >&2
 go build $tags -o bin/ ./cmd/axoiso ./cmd/axoiso-guest
-go run ./examples/build examples/tools 2>/dev/null
+echo "demo: building the example Wasm tools..." >&2
+go run ./examples/build examples/tools >/dev/null
 echo "\$ axoiso run --tools examples/tools --input '{\"name\":\"world\"}' hello-wasm"
 bin/axoiso run --tools examples/tools --input '{"name":"world"}' hello-wasm
 echo "\$ axoiso run --tools examples/tools --json wordcount <<< '{\"text\":\"to be or not to be\",\"top\":2}'"
