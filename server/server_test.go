@@ -182,9 +182,15 @@ func TestEnvelope(t *testing.T) {
 				DurationMS *float64        `json:"duration_ms"`
 				Stderr     *string         `json:"stderr"`
 				CallID     string          `json:"call_id"`
+				Limits     *struct {
+					TimeoutMS int64 `json:"timeout_ms"`
+				} `json:"limits"`
 			}
 			if err := json.Unmarshal(body, &env); err != nil {
 				t.Fatal(err)
+			}
+			if env.Limits == nil || env.Limits.TimeoutMS <= 0 {
+				t.Errorf("envelope %s lacks the call's limits", body)
 			}
 			if string(env.Output) != `{"x":1}` || env.Tier != "None" || env.Degraded == nil || *env.Degraded ||
 				env.DurationMS == nil || *env.DurationMS < 0 || env.Stderr == nil || env.CallID != resp.Header.Get("X-Call-Id") || env.CallID == "" {
