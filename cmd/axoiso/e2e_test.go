@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -250,6 +251,8 @@ func TestShellFallsBackToOci(t *testing.T) {
 
 	root := t.TempDir()
 	writeFile(t, filepath.Join(root, "count/tool.json"), []byte(`{"runtime":"Shell","entrypoint":"run.sh"}`), 0o644)
+	writeFile(t, filepath.Join(root, "stray/tool.json"), []byte(`{"runtime":"Shell","entrypoint":"run.sh"}`), 0o644)
+	writeFile(t, filepath.Join(root, "stray/run.sh"), []byte(`printf '{"s":"a\377b"}' > /axocoatl/output.json`), 0o644)
 	writeFile(t, filepath.Join(root, "count/run.sh"), []byte(`n=$(wc -c < /axocoatl/input.json); echo "{\"bytes\":$n,\"uid\":$(id -u 2>/dev/null || echo -1)}" > /axocoatl/output.json`), 0o644)
 	cfg := configFile(t, map[string]any{
 		"cache_dir": t.TempDir(), "disable_tiers": []string{"Firecracker"},
@@ -278,5 +281,13 @@ func TestShellFallsBackToOci(t *testing.T) {
 	code, out, errs = axoiso(t, "", "run", "--strict", "--tools", root, "--config", cfg, "--input", `{}`, "count")
 	if code != 4 || out != "" || !strings.Contains(errs, "downgrade refused") {
 		t.Fatalf("--strict: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	// Output bytes that are not UTF-8 (valid JSON to json.Valid) are printed as U+FFFD.
+	for _, extra := range [][]string{nil, {"--json"}} {
+		args := append([]string{"run", "--tools", root, "--config", cfg, "--input", `{}`}, extra...)
+		code, out, errs = axoiso(t, "", append(args, "stray")...)
+		if code != 0 || !utf8.ValidString(out) || !strings.Contains(out, "a\uFFFDb") {
+			t.Errorf("run %v stray: exit %d, stdout %q, stderr %q", extra, code, out, errs)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"os"
 	"time"
+	"unicode/utf8"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
@@ -122,6 +124,11 @@ func runRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	if res.Degraded {
 		fmt.Fprintf(stderr, "axoiso run: warning: %q ran in %s, weaker than its ideal tier %s (use --strict to refuse)\n", res.Tool, res.Tier, res.Ideal)
+	}
+	// What axoiso prints is UTF-8 JSON, as the HTTP API's responses: stray bytes a tool wrote
+	// inside its output's strings (json.Valid accepts them) become U+FFFD.
+	if !utf8.Valid(res.Output) {
+		res.Output = bytes.ToValidUTF8(res.Output, []byte("\uFFFD"))
 	}
 	if *envelope {
 		return json.NewEncoder(stdout).Encode(res)

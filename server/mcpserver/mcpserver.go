@@ -14,8 +14,11 @@
 //     object). _meta carries axocoatl/call_id, axocoatl/tier, axocoatl/degraded.
 //   - Every tool failure (invalid input, timeout, memory limit, bad output, tier unavailable, server
 //     busy, …) is a result with isError set, a text message naming the error kind and the call id,
-//     and structuredContent {"error":{"kind","message","call_id"}}; never a protocol error and never
-//     a crashed server. Only an unknown tool name is a protocol error, as the MCP spec asks.
+//     and structuredContent {"error":{"kind","message","call_id","tier","retryable"}} with the kind
+//     of isolation's outcome table, as the HTTP API; never a protocol error and never a crashed
+//     server. Only an unknown tool name is a protocol error, as the MCP spec asks (broken tool
+//     folders are left out of the list, so calling one is such an error).
+//   - Output bytes that are not UTF-8 (json.Valid accepts them inside strings) become U+FFFD.
 //
 // The tool list follows the catalog: it is re-read on every tools/list, and on a tools/call of a
 // name the server does not know yet.
