@@ -57,18 +57,27 @@ func (s *Server) routes() *http.ServeMux {
 	return mux
 }
 
-// mcpHandler is the streamable HTTP transport; its GET event streams end when shutdown begins.
+// mcpHandler is the streamable HTTP transport. When shutdown begins, its event streams (GET) end,
+// each once its session has no call in flight: a client whose stream ends gives up on its calls.
+//
+// When the grace period is over, the HTTP requests' contexts end together with the MCP calls
+// (stopCalls); the SDK would then stop waiting for a cancelled call's answer and reply with
+// nothing. So an MCP request's context outlives the HTTP server's by up to drainTimeout, enough
+// for the answer; a client that leaves still ends it at once.
 func (s *Server) mcpHandler() http.Handler {
-	h := s.mcp.HTTPHandler(mcpserver.HTTPOptions{MaxBodyBytes: s.cfg.MaxBodyBytes, MaxSessions: s.cfg.MaxMCPSessions})
+	h := s.mcp.HTTPHandler(mcpserver.HTTPOptions{MaxBodyBytes: s.cfg.MaxBodyBytes, MaxSessions: s.cfg.MaxMCPSessions, Shutdown: s.shutdown})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			ctx, cancel := context.WithCancel(r.Context())
-			defer cancel()
-			stop := context.AfterFunc(s.shutdown, cancel)
-			defer stop()
-			r = r.WithContext(ctx)
-		}
-		h.ServeHTTP(w, r)
+		ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+		defer cancel()
+		stop := context.AfterFunc(r.Context(), func() {
+			if s.stopCalls.Err() == nil {
+				cancel() // the client left
+				return
+			}
+			time.AfterFunc(drainTimeout, cancel)
+		})
+		defer stop()
+		h.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

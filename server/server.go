@@ -160,6 +160,10 @@ type Server struct {
 	// would otherwise hold the graceful shutdown for its whole grace period.
 	shutdown       context.Context
 	cancelShutdown context.CancelFunc
+	// stopCalls is cancelled when the grace period is over: it cancels MCP calls in flight, whose
+	// contexts are the MCP sessions', not the HTTP server's.
+	stopCalls       context.Context
+	cancelStopCalls context.CancelFunc
 
 	inFlight atomic.Int64 // requests inside the handler
 
@@ -214,6 +218,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, ErrTokenRequired
 	}
 	s.shutdown, s.cancelShutdown = context.WithCancel(context.Background())
+	s.stopCalls, s.cancelStopCalls = context.WithCancel(context.Background())
 	s.metrics = metrics.New(cfg.Executor)
 	s.limits = newLimiter(cfg.MaxConcurrent, cfg.QueueWait, cfg.MaxConcurrentPerTool, cfg.ToolConcurrency, s.metrics)
 	if !cfg.DisableMCP {
@@ -223,6 +228,7 @@ func New(cfg Config) (*Server, error) {
 			Logger:  s.log.With(slog.String("component", "mcp")),
 			Gate:    s.gate,
 			Observe: s.metrics.ObserveCall,
+			Stop:    s.stopCalls,
 			// MCP calls take the tool's own timeout; the executor's MaxTimeout caps it.
 		})
 	}
@@ -296,6 +302,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		cancel()
 		if err != nil {
 			s.log.Warn("grace period over: cancelling in-flight requests", slog.Int64("in_flight", s.inFlight.Load()))
+			s.cancelStopCalls() // first: MCP requests check it when their contexts end
 			cancelBase()
 			// The cancelled handlers answer 503 canceled: let them write it before the connections
 			// close (closing at once left every client with an empty reply). Handlers end promptly
@@ -340,6 +347,7 @@ func (s *Server) waitIdle(max time.Duration) {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancelShutdown()
+		s.cancelStopCalls()
 		if s.mcp != nil {
 			for ss := range s.mcp.MCP().Sessions() {
 				ss.Close()

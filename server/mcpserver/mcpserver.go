@@ -68,6 +68,10 @@ type Options struct {
 	Observe func(tool string, res *executor.Result, err error, d time.Duration)
 	// Timeout, when > 0, is passed to every call as executor.WithTimeout.
 	Timeout time.Duration
+	// Stop, when set, cancels the calls in flight when it is done (a server's grace period is
+	// over): their clients get isError canceled results. A call's own context does not end with
+	// the HTTP server's.
+	Stop context.Context
 }
 
 // Server is an MCP server over one executor. Safe for concurrent use.
@@ -131,10 +135,7 @@ func (s *Server) HTTPHandler(o HTTPOptions) http.Handler {
 		SessionTimeout:      o.SessionTimeout,
 		MaxRequestBodyBytes: o.MaxBodyBytes,
 	})
-	if o.MaxSessions < 0 {
-		return h
-	}
-	return &sessionCap{next: h, srv: s.mcp, max: o.MaxSessions, log: s.log, sessions: map[string]*sessionUse{}}
+	return &sessionCap{next: h, srv: s.mcp, max: o.MaxSessions, log: s.log, shutdown: o.Shutdown, sessions: map[string]*sessionUse{}}
 }
 
 // ServeStdio serves exec's tools over stdin/stdout until ctx ends or stdin closes. Logs must go
@@ -248,6 +249,12 @@ func (s *Server) handler(name string, wrapped bool) mcp.ToolHandler {
 				return errorResult(callID, err), nil
 			}
 			defer release()
+		}
+		if s.opts.Stop != nil {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(ctx)
+			defer cancel()
+			defer context.AfterFunc(s.opts.Stop, cancel)()
 		}
 		opts := []executor.Option{executor.WithCallID(callID)}
 		if s.opts.Timeout > 0 {

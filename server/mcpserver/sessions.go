@@ -1,6 +1,7 @@
 package mcpserver
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -30,15 +31,20 @@ type HTTPOptions struct {
 	// SessionTimeout closes sessions that receive no request for this long (0:
 	// DefaultSessionTimeout).
 	SessionTimeout time.Duration
+	// Shutdown, when done, ends event streams (GET) so that a graceful shutdown need not wait
+	// for them: each as soon as its session has no call in flight, since a client whose stream
+	// ends gives up on the calls it is waiting for.
+	Shutdown context.Context
 }
 
-// sessionCap holds the number of open sessions to a bound. Clients that never delete their
-// sessions (most do not) would otherwise pile them up until the idle timeout.
+// sessionCap tracks sessions' activity and holds their number to a bound (max > 0). Clients that
+// never delete their sessions (most do not) would otherwise pile them up until the idle timeout.
 type sessionCap struct {
-	next http.Handler
-	srv  *mcp.Server
-	max  int
-	log  *slog.Logger
+	next     http.Handler
+	srv      *mcp.Server
+	max      int
+	log      *slog.Logger
+	shutdown context.Context // nil: never
 
 	mu       sync.Mutex             // guards sessions and pending
 	sessions map[string]*sessionUse // open sessions this handler created, by id
@@ -49,17 +55,29 @@ type sessionCap struct {
 type sessionUse struct {
 	last   time.Time // end of its latest request
 	active int       // requests in flight (an open event stream counts)
+	posts  int       // POSTs in flight: calls and other client messages
 }
 
 func (c *sessionCap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if id := r.Header.Get(sessionHeader); id != "" {
-		u := c.begin(id)
-		defer c.end(u)
+		u := c.begin(id, r.Method == http.MethodPost)
+		defer c.end(u, r.Method == http.MethodPost)
+		if r.Method == http.MethodGet && c.shutdown != nil {
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			stop := context.AfterFunc(c.shutdown, func() { c.endStream(ctx, cancel, u) })
+			defer stop()
+			r = r.WithContext(ctx)
+		}
 		c.next.ServeHTTP(w, r)
 		return
 	}
 	if r.Method != http.MethodPost {
 		c.next.ServeHTTP(w, r) // no session is created: the SDK answers
+		return
+	}
+	if c.max <= 0 {
+		c.serveNew(w, r, nil)
 		return
 	}
 	victim, ok := c.reserve()
@@ -72,6 +90,11 @@ func (c *sessionCap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"kind": "busy", "message": "the server holds its maximum number of MCP sessions, all busy", "retryable": true}})
 		return
 	}
+	c.serveNew(w, r, victim)
+}
+
+// serveNew serves a POST that creates a session, after closing victim, and records the session.
+func (c *sessionCap) serveNew(w http.ResponseWriter, r *http.Request, victim *mcp.ServerSession) {
 	defer func() {
 		c.mu.Lock()
 		c.pending--
@@ -80,6 +103,12 @@ func (c *sessionCap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		c.mu.Unlock()
 	}()
+	if c.max <= 0 {
+		c.mu.Lock()
+		c.pending++
+		c.forgetEnded()
+		c.mu.Unlock()
+	}
 	if victim != nil {
 		c.log.Info("MCP session closed to make room for a new one", slog.String("session_id", victim.ID()), slog.Int("max_sessions", c.max))
 		victim.Close()
@@ -87,34 +116,56 @@ func (c *sessionCap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.next.ServeHTTP(w, r)
 }
 
+// endStream cancels an event stream once its session has no POST in flight (or at once for a
+// session this handler does not know), polling: this runs only while shutting down.
+func (c *sessionCap) endStream(ctx context.Context, cancel context.CancelFunc, u *sessionUse) {
+	for {
+		c.mu.Lock()
+		busy := u != nil && u.posts > 0
+		c.mu.Unlock()
+		if !busy {
+			cancel()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // begin counts a request on a session this handler knows (nil for any other id: unknown ids
 // never grow the map).
-func (c *sessionCap) begin(id string) *sessionUse {
+func (c *sessionCap) begin(id string, post bool) *sessionUse {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	u := c.sessions[id]
 	if u != nil {
 		u.active++
+		if post {
+			u.posts++
+		}
 	}
 	return u
 }
 
-func (c *sessionCap) end(u *sessionUse) {
+func (c *sessionCap) end(u *sessionUse, post bool) {
 	if u == nil {
 		return
 	}
 	c.mu.Lock()
 	u.active--
+	if post {
+		u.posts--
+	}
 	u.last = time.Now()
 	c.mu.Unlock()
 }
 
-// reserve admits a new session: false when the cap is reached and no session is idle; otherwise
-// the session to close first, if one must go.
-func (c *sessionCap) reserve() (victim *mcp.ServerSession, ok bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Forget sessions that ended on their own (deleted, timed out, failed to initialize).
+// forgetEnded drops sessions that ended on their own (deleted, timed out, failed to initialize)
+// and returns the live ones by id. c.mu must be held.
+func (c *sessionCap) forgetEnded() map[string]*mcp.ServerSession {
 	live := map[string]*mcp.ServerSession{}
 	for ss := range c.srv.Sessions() {
 		live[ss.ID()] = ss
@@ -124,6 +175,15 @@ func (c *sessionCap) reserve() (victim *mcp.ServerSession, ok bool) {
 			delete(c.sessions, id)
 		}
 	}
+	return live
+}
+
+// reserve admits a new session: false when the cap is reached and no session is idle; otherwise
+// the session to close first, if one must go.
+func (c *sessionCap) reserve() (victim *mcp.ServerSession, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	live := c.forgetEnded()
 	if len(c.sessions)+c.pending >= c.max {
 		var oldest string
 		for id, u := range c.sessions {
