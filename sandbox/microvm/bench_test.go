@@ -122,6 +122,11 @@ func BenchmarkColdCall(b *testing.B) {
 	for _, bt := range []benchTool{benchShell, benchPython} {
 		b.Run(bt.name, func(b *testing.B) { benchCalls(b, bt, microvm.Options{}, nil) })
 	}
+	// The guest kernel's CPU side-channel mitigations back on (BaseCmdline turns them off; a
+	// later mitigations= wins): what they cost a cold call. -count interleaves the two.
+	b.Run("shell-mitigations-on", func(b *testing.B) {
+		benchCalls(b, benchShell, microvm.Options{ExtraCmdline: "mitigations=auto"}, nil)
+	})
 	// The whole root unpacked from the initramfs (what an image without a root drive boots).
 	b.Run("shell-initramfs-root", func(b *testing.B) {
 		benchCalls(b, benchShell, microvm.Options{RootInInitramfs: true}, nil)

@@ -153,7 +153,7 @@ func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
 	// channel; A/B measurements).
 	opts.Drivers = []microvm.Driver{&qemu.Driver{Binary: "qemu-system-x86_64", VirtioConsole: os.Getenv("AXO_QEMU_VIRTIO") != ""}}
 	opts.DataDir = testDataDir
-	opts.ExtraCmdline = os.Getenv("AXO_VM_CMDLINE")
+	opts.ExtraCmdline = strings.TrimSpace(opts.ExtraCmdline + " " + os.Getenv("AXO_VM_CMDLINE"))
 	opts.RunDir = runRoot
 	level := slog.LevelWarn
 	if os.Getenv("AXO_VM_LOG") == "debug" {

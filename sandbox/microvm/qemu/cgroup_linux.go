@@ -90,7 +90,9 @@ func newCgroupV1(name string, l cgroupLimits) (*vmCgroup, error) {
 			cg.remove()
 			return nil, fmt.Errorf("cgroup v1: this process is in no %s cgroup", f.ctrl)
 		}
-		dir := filepath.Join(cgroupRoot, f.mount, base, "axocoatl-vm", name)
+		parent := filepath.Join(cgroupRoot, f.mount, base, "axocoatl-vm")
+		pruneStale(parent)
+		dir := filepath.Join(parent, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			cg.remove()
 			return nil, fmt.Errorf("cgroup v1: %w", err)
@@ -137,6 +139,7 @@ func newCgroupV2(name string, l cgroupLimits) (*vmCgroup, error) {
 	if err := enableControllers(parent, want); err != nil {
 		return nil, fmt.Errorf("cgroup v2: %w", err)
 	}
+	pruneStale(parent)
 	dir := filepath.Join(parent, name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cgroup v2: %w", err)
@@ -153,6 +156,27 @@ func newCgroupV2(name string, l cgroupLimits) (*vmCgroup, error) {
 		}
 	}
 	return cg, nil
+}
+
+// staleAfter: an empty VMM cgroup older than this was left by a VMM whose daemon died (a
+// VMM dies with its daemon, its cgroup stays); a cgroup being set up is milliseconds old.
+const staleAfter = time.Minute
+
+// pruneStale removes the empty VMM cgroups under parent left by daemons that died. rmdir fails on
+// a cgroup that still holds a process, so a live VMM's cgroup is never removed.
+func pruneStale(parent string) {
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleAfter {
+			_ = os.Remove(filepath.Join(parent, e.Name()))
+		}
+	}
 }
 
 func enableControllers(dir string, want []string) error {
