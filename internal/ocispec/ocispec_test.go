@@ -257,3 +257,55 @@ func TestUserNS(t *testing.T) {
 		}
 	}
 }
+
+// The profile is default-deny: nothing is allowed unless a rule says so, socket(2) only for the
+// listed families, and the extra denials are in no allow rule.
+func TestSeccompProfile(t *testing.T) {
+	p := DefaultSeccomp()
+	if p.DefaultAction != specs.ActErrno || p.DefaultErrnoRet == nil || *p.DefaultErrnoRet != 1 {
+		t.Fatalf("default action %s errno %v: want ERRNO(EPERM)", p.DefaultAction, p.DefaultErrnoRet)
+	}
+	allowed := map[string]bool{}
+	var socketRules [][]specs.LinuxSeccompArg
+	for _, r := range p.Syscalls {
+		if r.Action != specs.ActAllow {
+			continue
+		}
+		for _, n := range r.Names {
+			if n == "socket" {
+				socketRules = append(socketRules, r.Args)
+			} else if len(r.Args) == 0 {
+				allowed[n] = true
+			}
+		}
+	}
+	for _, n := range []string{"read", "write", "openat", "execve", "mmap", "futex", "exit_group", "clone"} {
+		if !allowed[n] && n != "clone" {
+			t.Errorf("%s is not allowed", n)
+		}
+	}
+	if allowed["clone"] {
+		t.Error("clone allowed without its namespace-flag filter")
+	}
+	for _, n := range deniedSyscalls {
+		if allowed[n] {
+			t.Errorf("%s allowed", n)
+		}
+	}
+	if len(socketRules) != 4 {
+		t.Fatalf("socket rules %v: want AF_UNIX, AF_INET, AF_INET6, AF_NETLINK+NETLINK_ROUTE", socketRules)
+	}
+	for _, args := range socketRules {
+		if len(args) == 0 || args[0].Index != 0 || args[0].Op != specs.OpEqualTo {
+			t.Errorf("socket rule %+v does not pin the family", args)
+		}
+		if args[0].Value == 16 && (len(args) != 2 || args[1].Index != 2 || args[1].Value != 0) {
+			t.Errorf("netlink rule %+v does not pin NETLINK_ROUTE", args)
+		}
+	}
+	// Copies: changing one does not change the next.
+	p.Syscalls[0].Names[0] = "changed"
+	if DefaultSeccomp().Syscalls[0].Names[0] == "changed" {
+		t.Error("DefaultSeccomp shares its rules between calls")
+	}
+}

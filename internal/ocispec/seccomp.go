@@ -2,46 +2,101 @@ package ocispec
 
 import (
 	"runtime"
+	"slices"
+	"sync"
 
+	mobyseccomp "github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
-// deniedSyscalls fail with EPERM. With every capability dropped and no_new_privs set most of them
-// already fail; the filter is defence in depth against kernel attack surface an unprivileged
-// process can still reach (keyrings, bpf, perf, userfaultfd, io_uring, mounts, namespace creation, ...).
+// The seccomp profile is default-deny: the maintained Docker default profile
+// (github.com/moby/profiles/seccomp, used as a library: its package init costs ~6 µs, and every
+// container init re-executes this binary), evaluated for a process with no capabilities (so
+// everything Docker grants only with a capability is refused), with these changes:
+//   - the syscalls below are refused even where Docker allows them;
+//   - socket(2) is allowed only for the families a JSON tool uses: AF_UNIX, AF_INET, AF_INET6,
+//     and AF_NETLINK with NETLINK_ROUTE (what getifaddrs and Go's net.Interfaces use). Refused
+//     (EPERM) among others: AF_VSOCK (it ignores network namespaces and reaches the hypervisor of
+//     a cloud host), AF_PACKET, AF_ALG, other netlink protocols, AF_KEY, AF_BLUETOOTH;
+//   - socketcall(2), the 32-bit x86 multiplexer whose arguments (the socket family among them)
+//     live in memory a filter cannot read, is refused so the family filter cannot be bypassed (a
+//     32-bit x86 tool must use the direct socket syscalls, as glibc does on kernels since 4.3).
+//
+// Anything not allowed fails with EPERM; clone with a namespace flag fails with EPERM and clone3
+// with ENOSYS (its flags live in memory a filter cannot inspect, so libc falls back to clone).
+
+// deniedSyscalls are refused even where the Docker profile allows them: kernel attack surface an
+// unprivileged tool has no use for (tracing other processes, reading another's memory, file
+// handles, the clock).
 var deniedSyscalls = []string{
-	"acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-	"finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms",
-	"init_module", "io_uring_enter", "io_uring_register", "io_uring_setup", "ioperm", "iopl",
-	"kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount",
-	"mount_setattr", "move_mount", "move_pages", "name_to_handle_at", "nfsservctl",
-	"open_by_handle_at", "open_tree", "perf_event_open", "pivot_root",
-	"process_vm_readv", "process_vm_writev", "ptrace", "query_module", "quotactl", "reboot",
-	"request_key", "setns", "settimeofday", "stime", "swapoff", "swapon",
-	"sysfs", "syslog", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat",
-	"vhangup", "vm86", "vm86old",
+	"clock_adjtime", "kcmp", "name_to_handle_at", "process_vm_readv", "process_vm_writev",
+	"ptrace", "socketcall",
+	// Refused by the Docker profile today without CAP_SYS_ADMIN and friends; listed so that a
+	// newer version of it cannot allow them silently.
+	"acct", "add_key", "bpf", "clock_settime", "delete_module", "finit_module", "fsconfig",
+	"fsmount", "fsopen", "fspick", "init_module", "io_uring_enter", "io_uring_register",
+	"io_uring_setup", "ioperm", "iopl", "kexec_file_load", "kexec_load", "keyctl",
+	"lookup_dcookie", "mount", "mount_setattr", "move_mount", "open_by_handle_at", "open_tree",
+	"perf_event_open", "pivot_root", "quotactl", "reboot", "request_key", "setns",
+	"settimeofday", "stime", "swapoff", "swapon", "syslog", "umount", "umount2", "unshare",
+	"userfaultfd", "vhangup",
 }
 
-// DefaultSeccomp is the seccomp profile every container gets: allow by default, EPERM for the
-// syscalls above, EPERM for clone with any namespace flag, ENOSYS for clone3 (its flags live in
-// memory a filter cannot inspect, so libc falls back to clone, which is filtered).
+// allowedSocketFamilies may be created with any protocol.
+var allowedSocketFamilies = []uint64{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6}
+
+// profile is the profile built once; DefaultSeccomp hands out copies.
+var profile = sync.OnceValue(buildProfile)
+
+// DefaultSeccomp is the seccomp profile every container gets (see above). Each call returns a
+// copy the caller may change. Should the Docker profile fail to evaluate (it reads the kernel's
+// version), the profile refuses every syscall: containers then fail to start instead of running
+// without a filter.
 func DefaultSeccomp() *specs.LinuxSeccomp {
-	eperm := uint(1)
-	enosys := uint(38)
-	// A clone asking for any new namespace is refused: one rule per flag, since the rules of one
-	// syscall are ORed and MaskedEqual(flag, flag) matches when that bit is set.
-	nsFlags := []uint64{0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000}
-	rules := []specs.LinuxSyscall{{Names: append([]string(nil), deniedSyscalls...), Action: specs.ActErrno, ErrnoRet: &eperm}}
-	for _, f := range nsFlags {
-		rules = append(rules, specs.LinuxSyscall{Names: []string{"clone"}, Action: specs.ActErrno, ErrnoRet: &eperm,
-			Args: []specs.LinuxSeccompArg{{Index: 0, Value: f, ValueTwo: f, Op: specs.OpMaskedEqual}}})
+	p := profile()
+	c := *p
+	c.Architectures = slices.Clone(p.Architectures)
+	c.Syscalls = make([]specs.LinuxSyscall, len(p.Syscalls))
+	for i, r := range p.Syscalls {
+		r.Names = slices.Clone(r.Names)
+		r.Args = slices.Clone(r.Args)
+		c.Syscalls[i] = r
 	}
-	rules = append(rules, specs.LinuxSyscall{Names: []string{"clone3"}, Action: specs.ActErrno, ErrnoRet: &enosys})
-	return &specs.LinuxSeccomp{
-		DefaultAction: specs.ActAllow,
-		Architectures: nativeArches(runtime.GOARCH),
-		Syscalls:      rules,
+	return &c
+}
+
+func buildProfile() *specs.LinuxSeccomp {
+	eperm := uint(unix.EPERM)
+	out := &specs.LinuxSeccomp{
+		DefaultAction:   specs.ActErrno,
+		DefaultErrnoRet: &eperm,
+		Architectures:   nativeArches(runtime.GOARCH),
 	}
+	noCaps := &specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}}
+	base, err := mobyseccomp.GetDefaultProfile(noCaps)
+	if err != nil || base == nil || base.DefaultAction != specs.ActErrno {
+		return out // refuses everything (see DefaultSeccomp)
+	}
+	for _, r := range base.Syscalls {
+		r.Names = slices.DeleteFunc(slices.Clone(r.Names), func(n string) bool {
+			return n == "socket" || slices.Contains(deniedSyscalls, n)
+		})
+		if len(r.Names) > 0 {
+			out.Syscalls = append(out.Syscalls, r)
+		}
+	}
+	for _, af := range allowedSocketFamilies {
+		out.Syscalls = append(out.Syscalls, specs.LinuxSyscall{Names: []string{"socket"}, Action: specs.ActAllow,
+			Args: []specs.LinuxSeccompArg{{Index: 0, Value: af, Op: specs.OpEqualTo}}})
+	}
+	// Comparisons on different arguments within one rule must all hold.
+	out.Syscalls = append(out.Syscalls, specs.LinuxSyscall{Names: []string{"socket"}, Action: specs.ActAllow,
+		Args: []specs.LinuxSeccompArg{
+			{Index: 0, Value: unix.AF_NETLINK, Op: specs.OpEqualTo},
+			{Index: 2, Value: unix.NETLINK_ROUTE, Op: specs.OpEqualTo},
+		}})
+	return out
 }
 
 // nativeArches are the syscall ABIs a process on a host of this Go architecture can use: its own

@@ -9,10 +9,11 @@
 //
 // Every container gets the isolation defaults of package internal/ocispec whatever the bundle's
 // config.json says: private pid, mount, ipc, uts, cgroup and network namespaces (loopback only),
-// a read-only rootfs, a size-capped tmpfs at /tmp, no capabilities, no_new_privs, a default
-// seccomp profile, masked and read-only /proc paths, cgroup limits on memory, pids and CPU, and
-// RLIMIT_NOFILE; as root, a user namespace with a 65536-id slot of host ids of its own (see
-// idslots_linux.go for the uid model). Only the network is loosenable: a tool that asks for it (tool.json
+// a read-only rootfs, a size-capped tmpfs at /tmp, no capabilities, no_new_privs, a default-deny
+// seccomp allowlist with a socket family filter (see internal/ocispec), masked and read-only
+// /proc paths, cgroup limits on memory, pids and CPU, and RLIMIT_NOFILE; as root, a user
+// namespace with a 65536-id slot of host ids of its own (see idslots_linux.go for the uid
+// model). Only the network is loosenable: a tool that asks for it (tool.json
 // "network": true) shares the host's network namespace when Config.AllowNetwork is set, and gets
 // loopback only otherwise. The container's mounts are only what a JSON-in/JSON-out tool uses:
 // /proc (with the masked and read-only paths), /dev (a small tmpfs with the standard device

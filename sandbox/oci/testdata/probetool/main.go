@@ -152,6 +152,33 @@ func main() {
 		depth, err := deepTree(in.Path, in.N)
 		_ = os.Chdir("/")
 		write(map[string]any{"depth": depth, "error": errString(err)})
+	case "sockets":
+		// socket(2) for each family the seccomp profile allows or refuses: "" when created,
+		// else the error.
+		res := map[string]string{}
+		for name, a := range map[string][3]int{
+			"unix": {syscall.AF_UNIX, syscall.SOCK_STREAM, 0}, "inet": {syscall.AF_INET, syscall.SOCK_STREAM, 0},
+			"inet6": {syscall.AF_INET6, syscall.SOCK_DGRAM, 0}, "netlink_route": {syscall.AF_NETLINK, syscall.SOCK_RAW, syscall.NETLINK_ROUTE},
+			"vsock": {40, syscall.SOCK_STREAM, 0}, "packet": {syscall.AF_PACKET, syscall.SOCK_DGRAM, 0},
+			"alg": {syscall.AF_ALG, syscall.SOCK_SEQPACKET, 0}, "netlink_uevent": {syscall.AF_NETLINK, syscall.SOCK_DGRAM, syscall.NETLINK_KOBJECT_UEVENT},
+			"netlink_audit": {syscall.AF_NETLINK, syscall.SOCK_RAW, syscall.NETLINK_AUDIT}, "key": {syscall.AF_KEY, syscall.SOCK_RAW, 2},
+			"bluetooth": {syscall.AF_BLUETOOTH, syscall.SOCK_RAW, 0}, "tipc": {syscall.AF_TIPC, syscall.SOCK_RDM, 0},
+		} {
+			fd, err := syscall.Socket(a[0], a[1], a[2])
+			if err == nil {
+				syscall.Close(fd)
+			}
+			res[name] = errString(err)
+		}
+		write(res)
+	case "ptrace":
+		// PTRACE_TRACEME: allowed without seccomp for any process.
+		_, _, e := syscall.RawSyscall(syscall.SYS_PTRACE, syscall.PTRACE_TRACEME, 0, 0)
+		var err error
+		if e != 0 {
+			err = e
+		}
+		write(map[string]any{"error": errString(err)})
 	case "fail":
 		fmt.Fprintln(os.Stderr, in.Msg)
 		os.Exit(in.Code)

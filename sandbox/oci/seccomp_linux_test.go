@@ -1,0 +1,169 @@
+package oci
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/opencontainers/runc/libcontainer/seccomp"
+	"golang.org/x/sys/unix"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// hostUsrRuntimeRoot builds a runtime root whose /usr is the host's, bound read-only, on a
+// merged-/usr host: Python 3 and busybox-free /bin/sh, as a real runtime root has them. "" when
+// the host cannot provide one.
+func hostUsrRuntimeRoot(t testing.TB) string {
+	t.Helper()
+	if l, err := os.Readlink("/bin"); err != nil || l != "usr/bin" {
+		return ""
+	}
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		return ""
+	}
+	rt := filepath.Join(t.TempDir(), "rt")
+	for _, d := range []string{"usr", "proc", "dev", "tmp", "etc"} {
+		if err := os.MkdirAll(filepath.Join(rt, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range []string{"bin", "lib", "lib64", "sbin"} {
+		if err := os.Symlink("usr/"+l, filepath.Join(rt, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	usr := filepath.Join(rt, "usr")
+	if err := unix.Mount("/usr", usr, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(usr, unix.MNT_DETACH) })
+	if err := unix.Mount("", usr, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
+const pyTool = `import json, multiprocessing, os, socket, subprocess, threading
+r = {"input": json.load(open("/axocoatl/input.json"))}
+r["sh"] = subprocess.run(["/bin/sh", "-c", "echo hi"], capture_output=True, text=True).stdout.strip()
+t = threading.Thread(target=lambda: r.__setitem__("thread", True)); t.start(); t.join()
+lock = multiprocessing.Lock(); lock.acquire(); lock.release(); r["lock"] = True
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+socket.create_connection(s.getsockname()).close(); s.close(); r["tcp"] = True
+r["urandom"] = len(os.urandom(8))
+try:
+    socket.socket(40, socket.SOCK_STREAM)  # AF_VSOCK
+    r["vsock"] = 0
+except OSError as e:
+    r["vsock"] = e.errno
+json.dump(r, open("/axocoatl/output.json", "w"))
+`
+
+// The seccomp profile is a default-deny allowlist with a socket family filter, the same in every
+// backend (it is part of the OCI spec): socket(AF_VSOCK) (which ignores network namespaces and
+// reaches the hypervisor), AF_ALG, netlink other than NETLINK_ROUTE... fail with EPERM, as do
+// ptrace and keyctl; a static Go tool, busybox sh and Python 3 still run.
+func TestSeccompAllowlist(t *testing.T) {
+	needContainers(t)
+	if !seccomp.Enabled {
+		t.Skip("built without -tags seccomp")
+	}
+	if err := makeBundleArgs(env.toolsDir, "shjson", env.probeBin,
+		[]string{"/bin/sh", "-c", `x=$(cat /axocoatl/input.json); echo "$x" | cat > /axocoatl/output.json`}); err != nil && !os.IsExist(err) {
+		t.Fatal(err)
+	}
+	rt := hostUsrRuntimeRoot(t)
+	py := filepath.Join(env.toolsDir, "pytool")
+	if err := os.MkdirAll(py, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(py, "run.py"), []byte(pyTool), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{BackendLibcontainer, BackendCrun, BackendRunc} {
+		t.Run(kind, func(t *testing.T) {
+			if kind != BackendLibcontainer {
+				if _, err := exec.LookPath(kind); err != nil {
+					t.Skipf("%s is not installed (apt-get install %s)", kind, kind)
+				}
+			}
+			s := newSandbox(t, func(c *Config) { c.Backend = kind; c.RuntimeRoot = rt })
+			t.Run("sockets", func(t *testing.T) {
+				out, err := run(t, s, `{"op":"sockets"}`, 30*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got map[string]string
+				if err := json.Unmarshal(out.Output, &got); err != nil {
+					t.Fatalf("output %q: %v", out.Output, err)
+				}
+				for _, fam := range []string{"unix", "inet", "inet6", "netlink_route"} {
+					if got[fam] == "operation not permitted" {
+						t.Errorf("socket %s refused by the profile", fam)
+					}
+				}
+				for _, fam := range []string{"unix", "inet", "netlink_route"} {
+					if got[fam] != "" {
+						t.Errorf("socket %s: %s", fam, got[fam])
+					}
+				}
+				for _, fam := range []string{"vsock", "packet", "alg", "netlink_uevent", "netlink_audit", "key", "bluetooth", "tipc"} {
+					if got[fam] != "operation not permitted" {
+						t.Errorf("socket %s: %q, want EPERM", fam, got[fam])
+					}
+				}
+			})
+			for _, op := range []string{"ptrace", "keyctl"} {
+				t.Run(op, func(t *testing.T) {
+					out, err := run(t, s, `{"op":"`+op+`"}`, 30*time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if m := decode(t, out); m["error"] != "operation not permitted" {
+						t.Fatalf("%s: %v, want EPERM", op, m["error"])
+					}
+				})
+			}
+			t.Run("busybox sh", func(t *testing.T) {
+				c := probeCall(`{"sh":1}`)
+				c.Tool, c.Dir = "shjson", filepath.Join(env.toolsDir, "shjson")
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				out, err := s.Run(ctx, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m := decode(t, out); m["sh"] != float64(1) {
+					t.Fatalf("output %s", out.Output)
+				}
+			})
+			t.Run("python", func(t *testing.T) {
+				if rt == "" {
+					t.Skip("no runtime root with Python: needs a merged-/usr host with /usr/bin/python3")
+				}
+				c := sandbox.Call{ID: uuid.NewString(), Tool: "pytool", Runtime: isolation.RequirePython, Dir: py,
+					Entrypoint: filepath.Join(py, "run.py"), Input: []byte(`{"x":1}`), Limits: sandbox.Limits{Timeout: 30 * time.Second}.WithDefaults()}
+				ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+				defer cancel()
+				out, err := s.Run(ctx, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m := decode(t, out)
+				if m["sh"] != "hi" || m["thread"] != true || m["lock"] != true || m["tcp"] != true || m["urandom"] != float64(8) {
+					t.Fatalf("python tool: %s (stderr %q)", out.Output, out.Stderr)
+				}
+				if m["vsock"] != float64(unix.EPERM) {
+					t.Fatalf("python socket(AF_VSOCK): errno %v, want EPERM", m["vsock"])
+				}
+			})
+		})
+	}
+}
