@@ -108,7 +108,7 @@ func (b *binaryBackend) create(id string, spec *specs.Spec, out io.Writer, ns *s
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
-	return &binInstance{b: b, id: id, dir: dir, out: out, cgroupsPath: spec.Linux.CgroupsPath, nofile: nofile}, nil
+	return &binInstance{b: b, id: id, dir: dir, out: out, cgroupsPath: spec.Linux.CgroupsPath, nofile: nofile, exited: make(chan struct{})}, nil
 }
 
 func (b *binaryBackend) ids() []string {
@@ -168,6 +168,8 @@ type binInstance struct {
 	killed bool // kill was called
 	status int  // exit code from wait
 
+	exited chan struct{} // closed by wait once the runtime's `run` process exited
+
 	once       sync.Once // guards destroyErr
 	destroyErr error
 }
@@ -207,6 +209,7 @@ func (i *binInstance) wait() (int, error) {
 		return -1, errors.New("container not started")
 	}
 	err := cmd.Wait()
+	close(i.exited)
 	var ee *exec.ExitError
 	if err == nil || errors.As(err, &ee) {
 		// `run` exits with the container process's status (128+n for signal n).
@@ -219,13 +222,34 @@ func (i *binInstance) wait() (int, error) {
 	return -1, err
 }
 
+// kill signals the container through the runtime. `kill` fails while `run` has not yet created
+// the container (a call cancelled right after start), so it is repeated until the run process
+// exits; after 5 s the runtime process itself is killed (destroy's `delete --force` removes what
+// it leaves), so a call never waits on a container that missed its signal.
 func (i *binInstance) kill() {
 	i.mu.Lock()
 	i.killed = true
+	cmd := i.cmd
 	i.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = runCtx(ctx, i.b.command("kill", i.id, "KILL"))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = runCtx(ctx, i.b.command("kill", i.id, "KILL"))
+		cancel()
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-i.exited:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if time.Now().After(deadline) {
+			if cmd != nil {
+				_ = cmd.Process.Kill()
+			}
+			return
+		}
+	}
 }
 
 func (i *binInstance) oomKilled() bool {
