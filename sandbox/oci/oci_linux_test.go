@@ -592,7 +592,9 @@ func TestPoolSeesToolChanges(t *testing.T) {
 
 func TestPoolIdleDrain(t *testing.T) {
 	needContainers(t)
-	s := newSandbox(t, func(c *Config) { c.PoolSize = 1; c.PoolIdle = 300 * time.Millisecond })
+	// Longer than a container creation on a loaded machine, or the pool is drained before it
+	// ever fills and Prepare waits in vain.
+	s := newSandbox(t, func(c *Config) { c.PoolSize = 1; c.PoolIdle = 1500 * time.Millisecond })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.Prepare(ctx, probeCall(`{}`)); err != nil {

@@ -3,9 +3,12 @@ package oci
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,37 +20,94 @@ import (
 	"github.com/axocoatl/isolation/sandbox"
 )
 
-// hostUsrRuntimeRoot builds a runtime root whose /usr is the host's, bound read-only, on a
-// merged-/usr host: Python 3 and busybox-free /bin/sh, as a real runtime root has them. "" when
-// the host cannot provide one.
-func hostUsrRuntimeRoot(t testing.TB) string {
+// hostPythonRuntimeRoot builds a runtime root with the host's Python 3 and /bin/sh: the
+// interpreter, its standard library and the shared libraries both need, copied. "" when the host
+// has no /usr/bin/python3.
+func hostPythonRuntimeRoot(t testing.TB) string {
 	t.Helper()
-	if l, err := os.Readlink("/bin"); err != nil || l != "usr/bin" {
+	pyBin, err := filepath.EvalSymlinks("/usr/bin/python3")
+	if err != nil {
 		return ""
 	}
-	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+	shBin, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		return ""
+	}
+	stdlib := filepath.Join("/usr/lib", filepath.Base(pyBin)) // /usr/lib/python3.11
+	if _, err := os.Stat(filepath.Join(stdlib, "json")); err != nil {
 		return ""
 	}
 	rt := filepath.Join(t.TempDir(), "rt")
-	for _, d := range []string{"usr", "proc", "dev", "tmp", "etc"} {
+	for _, d := range []string{"usr/bin", "usr/lib", "usr/lib64", "proc", "dev", "tmp", "etc"} {
 		if err := os.MkdirAll(filepath.Join(rt, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, l := range []string{"bin", "lib", "lib64", "sbin"} {
+	for _, l := range []string{"bin", "lib", "lib64"} {
 		if err := os.Symlink("usr/"+l, filepath.Join(rt, l)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	usr := filepath.Join(rt, "usr")
-	if err := unix.Mount("/usr", usr, "", unix.MS_BIND, ""); err != nil {
-		t.Fatal(err)
+	// put never writes into an existing file (libc.so.6 is named by both ldd outputs).
+	put := func(src, dst string) {
+		dst = filepath.Join(rt, dst)
+		if _, err := os.Lstat(dst); err == nil {
+			return
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// Copies, not hard links: the host's files must not be reachable for writing from
+		// the root under test.
+		if err := copyNew(src, dst); err != nil {
+			t.Fatal(err)
+		}
 	}
-	t.Cleanup(func() { _ = unix.Unmount(usr, unix.MNT_DETACH) })
-	if err := unix.Mount("", usr, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+	put(pyBin, "usr/bin/python3")
+	put(shBin, "usr/bin/sh")
+	for _, bin := range []string{pyBin, shBin} {
+		out, err := exec.Command("ldd", bin).Output()
+		if err != nil {
+			t.Skipf("ldd %s: %v", bin, err)
+		}
+		for _, f := range strings.Fields(string(out)) {
+			if !strings.HasPrefix(f, "/") {
+				continue
+			}
+			real, err := filepath.EvalSymlinks(f)
+			if err != nil {
+				continue
+			}
+			put(real, strings.TrimPrefix(f, "/"))
+		}
+	}
+	err = filepath.WalkDir(stdlib, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || strings.Contains(p, "/test/") || strings.Contains(p, "/idlelib/") ||
+			strings.Contains(p, "/tkinter/") || strings.Contains(p, "/ensurepip/") || strings.Contains(p, "/lib2to3/") {
+			return nil
+		}
+		put(p, strings.TrimPrefix(p, "/"))
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return rt
+}
+
+// copyNew copies src to dst, a file it creates (never an existing one).
+func copyNew(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	return errors.Join(err, out.Close())
 }
 
 const pyTool = `import json, multiprocessing, os, socket, subprocess, threading
@@ -79,7 +139,7 @@ func TestSeccompAllowlist(t *testing.T) {
 		[]string{"/bin/sh", "-c", `x=$(cat /axocoatl/input.json); echo "$x" | cat > /axocoatl/output.json`}); err != nil && !os.IsExist(err) {
 		t.Fatal(err)
 	}
-	rt := hostUsrRuntimeRoot(t)
+	rt := hostPythonRuntimeRoot(t)
 	py := filepath.Join(env.toolsDir, "pytool")
 	if err := os.MkdirAll(py, 0o755); err != nil {
 		t.Fatal(err)
@@ -146,7 +206,7 @@ func TestSeccompAllowlist(t *testing.T) {
 			})
 			t.Run("python", func(t *testing.T) {
 				if rt == "" {
-					t.Skip("no runtime root with Python: needs a merged-/usr host with /usr/bin/python3")
+					t.Skip("no runtime root with Python: the host has no /usr/bin/python3 and its standard library")
 				}
 				c := sandbox.Call{ID: uuid.NewString(), Tool: "pytool", Runtime: isolation.RequirePython, Dir: py,
 					Entrypoint: filepath.Join(py, "run.py"), Input: []byte(`{"x":1}`), Limits: sandbox.Limits{Timeout: 30 * time.Second}.WithDefaults()}
