@@ -88,6 +88,11 @@ type OciConfig struct {
 	// negative: no pools). PoolIdle empties an unused pool.
 	PoolSize int      `json:"pool_size,omitempty"`
 	PoolIdle Duration `json:"pool_idle,omitempty"`
+	// PoolMaxTotal and PoolMaxMemoryMB bound the warm containers of all tools together (by count
+	// and by the sum of their memory limits; defaults 32 and 2048, negative: no bound), shared
+	// fairly, the least recently used tool's pool shrinking first.
+	PoolMaxTotal    int `json:"pool_max_total,omitempty"`
+	PoolMaxMemoryMB int `json:"pool_max_memory_mb,omitempty"`
 	// Default limits (a tool's memory_mb wins for memory).
 	MemoryMB int     `json:"memory_mb,omitempty"`
 	Pids     int64   `json:"pids,omitempty"`

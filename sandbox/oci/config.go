@@ -91,6 +91,11 @@ const (
 	DefaultIOSizeMB     = 4
 	DefaultPoolSize     = 2
 	DefaultPoolIdle     = 5 * time.Minute
+	// DefaultPoolMaxTotal and DefaultPoolMaxMemoryMB bound the warm containers of all pools
+	// together: 32 idle containers (each a cgroup set, an init process and its mounts) or
+	// 2048 MB of their memory limits, whichever is reached first.
+	DefaultPoolMaxTotal    = 32
+	DefaultPoolMaxMemoryMB = 2048
 )
 
 // Config configures a Sandbox. New copies it; zero fields take the documented defaults.
@@ -139,6 +144,13 @@ type Config struct {
 	// PoolIdle is how long a pool may go unused before its containers are destroyed; the next
 	// call runs cold and refills it. Default 5 minutes.
 	PoolIdle time.Duration
+	// PoolMaxTotal bounds the warm containers all pools hold together, PoolMaxMemoryMB the sum
+	// of their memory limits. Each prepared tool's fair share is the budget divided by the
+	// pools in use (at least one container while there is room); when the budget is full, the
+	// least recently used pool gives up a container to a pool below its share. Calls a pool
+	// cannot serve run cold. Defaults 32 and 2048; negative: no bound.
+	PoolMaxTotal    int
+	PoolMaxMemoryMB int
 	// IDUser owns the host id ranges (/etc/subuid, /etc/subgid) from which every container run as
 	// root gets a user namespace with a 65536-id slot of its own. When the files give it no range,
 	// New (as root) creates the system user and registers IDSlots*65536 ids for it at the first
@@ -190,6 +202,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PoolIdle <= 0 {
 		c.PoolIdle = DefaultPoolIdle
+	}
+	if c.PoolMaxTotal == 0 {
+		c.PoolMaxTotal = DefaultPoolMaxTotal
+	}
+	if c.PoolMaxMemoryMB == 0 {
+		c.PoolMaxMemoryMB = DefaultPoolMaxMemoryMB
 	}
 	if c.IDUser == "" {
 		c.IDUser = DefaultIDUser

@@ -23,6 +23,7 @@ import (
 	_ "github.com/axocoatl/isolation/internal/containerinit"
 	"github.com/axocoatl/isolation/internal/ocispec"
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
 )
 
 // Sandbox is the Oci tier. It implements sandbox.Sandbox, sandbox.Preparer and sandbox.Pooler.
@@ -36,6 +37,7 @@ type Sandbox struct {
 	lock     *os.File                // shared flock on StateRoot/.lock; nil when broken
 	broken   *isolation.Availability // why the state root is unusable; nil when it is usable
 	ids      *idSlots                // per-container user-namespace id slots; nil when rootless or broken
+	budget   *poolbudget.Budget      // bounds the warm containers of all pools together
 
 	mu     sync.Mutex // protects pools and closed, and orders teardown.Add before Close's Wait
 	pools  map[string]*pool
@@ -79,7 +81,8 @@ func New(cfg Config) (*Sandbox, error) {
 		}
 		*p = abs
 	}
-	s := &Sandbox{cfg: cfg, log: cfg.Logger.With("tier", "Oci"), rootless: rootless, ioRoot: cfg.StateRoot, pools: map[string]*pool{}}
+	s := &Sandbox{cfg: cfg, log: cfg.Logger.With("tier", "Oci"), rootless: rootless, ioRoot: cfg.StateRoot, pools: map[string]*pool{},
+		budget: poolbudget.New(cfg.PoolMaxTotal, cfg.PoolMaxMemoryMB)}
 	routeLibcontainerLogs(s.log)
 	switch cfg.Backend {
 	case BackendLibcontainer:
