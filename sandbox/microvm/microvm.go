@@ -128,6 +128,10 @@ type Sandbox struct {
 	img    vmimage.Image
 	ctx    context.Context // canceled by Close; parents background work
 	cancel context.CancelFunc
+	// calls counts Runs in flight; Close waits for them before it stops anything, so every
+	// destroyAsync of a call is added to bg before Close waits on bg. Add only under mu while
+	// !closed.
+	calls sync.WaitGroup
 }
 
 type shape struct{ vcpus, memMB int }
@@ -462,10 +466,15 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	t0 := time.Now()
 	defer func() { s.runUS.Add(time.Since(t0).Microseconds()) }()
 	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.closed {
+		s.mu.Unlock()
 		return sandbox.Outcome{}, errors.New("microvm: sandbox closed")
+	}
+	s.calls.Add(1)
+	s.mu.Unlock()
+	defer s.calls.Done()
+	if ctx.Err() != nil {
+		return sandbox.Outcome{}, ctxError(ctx, "before the VM started")
 	}
 	if why := s.Supports(call.Runtime); why != "" {
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", why)
@@ -496,7 +505,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	v, err := s.start(ctx, sh, true)
 	if err != nil {
 		if ctx.Err() != nil {
-			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM start: %v", ctx.Err())
+			return sandbox.Outcome{}, ctxError(ctx, "while the VM started")
 		}
 		return sandbox.Outcome{}, sandboxFailed(err, "VM start")
 	}
@@ -508,6 +517,16 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	s.refill(sh)
 	defer s.destroyAsync(v)
 	return s.exchange(ctx, v, call, req)
+}
+
+// ctxError is the error of a call whose context ended, as the sandbox contract says: its
+// deadline is an ErrTimeout; a cancellation (a client that went away, a shutdown) is
+// context.Canceled, not a slow tool.
+func ctxError(ctx context.Context, what string) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("microvm: call cancelled %s: %w", what, ctx.Err())
+	}
+	return &isolation.Error{Kind: isolation.ErrTimeout, Message: "deadline reached " + what, Err: ctx.Err()}
 }
 
 // sandboxFailed types err as the tier's own failure (isolation.ErrSandboxFailed), unless it
@@ -560,6 +579,9 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	defer stop()
 	t0 := time.Now()
 	if err := guest.WriteFrame(v.conn, guest.TypeRequest, req); err != nil {
+		if ctx.Err() != nil {
+			return sandbox.Outcome{}, ctxError(ctx, "VM killed")
+		}
 		if hard.Err() != nil {
 			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM killed at the deadline")
 		}
@@ -568,6 +590,9 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	v.fr.Max = int(call.Limits.MaxOutputBytes)*4/3 + call.Limits.MaxStderrBytes*6 + 64<<10
 	var resp guest.Response
 	if err := v.fr.Expect(guest.TypeResponse, "", &resp); err != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return sandbox.Outcome{}, ctxError(ctx, "VM killed")
+		}
 		if hard.Err() != nil {
 			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "tool did not finish within %s; VM killed", call.Limits.Timeout)
 		}
@@ -657,6 +682,7 @@ func (s *Sandbox) Close() error {
 	pools := s.pools
 	s.pools = map[shape]*pool{}
 	s.mu.Unlock()
+	s.calls.Wait()
 	s.cancel()
 	for _, p := range pools {
 		p.close(s)

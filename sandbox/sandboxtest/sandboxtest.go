@@ -42,6 +42,9 @@ type Subject struct {
 	// Slack is how long past a deadline a tier may take to stop a call (default 3 s: a VM is
 	// killed and reaped, a container destroyed).
 	Slack time.Duration
+	// Concurrency is how many calls the concurrent tests make at once (default 4; a tier whose
+	// calls each hold a core, like a software-emulated VM, may ask for fewer).
+	Concurrency int
 }
 
 // Factory builds a Subject for one subtest. It skips t when the tier cannot run here.
@@ -241,7 +244,10 @@ func testConcurrent(t *testing.T, s Subject, setUpFirst bool) {
 	if setUpFirst {
 		s.setUp(t, s.Answer)
 	}
-	const n = 4
+	n := 4
+	if s.Concurrency > 0 {
+		n = s.Concurrency
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	outs := make([]sandbox.Outcome, n)
