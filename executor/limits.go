@@ -53,8 +53,12 @@ type Clamp struct {
 	Granted int64  `json:"granted"`
 }
 
-// logAttrs are the limits in a call's log record.
+// logAttrs are the limits in a call's log record (none for a call that failed before they were
+// resolved: an unknown tool, an invalid input, no tier).
 func (l Limits) logAttrs() []slog.Attr {
+	if l.TimeoutMS == 0 && l.MaxOutputBytes == 0 {
+		return nil
+	}
 	a := []slog.Attr{slog.Int64("timeout_ms", l.TimeoutMS), slog.Int("memory_mb", l.MemoryMB)}
 	if len(l.Clamped) > 0 {
 		a = append(a, slog.String("clamped", l.clampedString()))
