@@ -120,6 +120,9 @@ type VMConfig struct {
 	PoolIdle Duration `json:"pool_idle,omitempty"`
 	// MaxShapes bounds the VM shapes (memory sizes) with a pool or snapshot (default 4).
 	MaxShapes int `json:"max_shapes,omitempty"`
+	// KernelArgs are appended to the guest kernel's command line (a later parameter overrides an
+	// earlier one: "mitigations=auto" turns the guest's side-channel mitigations back on).
+	KernelArgs string `json:"kernel_args,omitempty"`
 	// KVM: "auto" (use /dev/kvm when it works), "on" or "off" (default "off": software emulation;
 	// some hosts expose a /dev/kvm that cannot run an ordinary guest kernel).
 	KVM string `json:"kvm,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/axocoatl/isolation/sandbox"
@@ -39,7 +40,9 @@ func init() {
 			Snapshots: c.VM.Snapshot,
 			PoolIdle:  time.Duration(c.VM.PoolIdle),
 			MaxShapes: c.VM.MaxShapes,
-			Logger:    log,
+			// The command line is one line, and the agent's own axocoatl.* arguments come first.
+			ExtraCmdline: strings.Join(strings.Fields(c.VM.KernelArgs), " "),
+			Logger:       log,
 		})
 	}})
 }
