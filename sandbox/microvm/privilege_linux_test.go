@@ -94,8 +94,8 @@ func TestVMMRunsWithLeastPrivilege(t *testing.T) {
 	}
 	limit, cg := memoryLimit(t, pids[0])
 	want := int64(microvm.DefaultMemoryMB+qemu.DefaultTCGOverheadMB) << 20
-	if !strings.Contains(cg, "axocoatl-vm/") || limit != want {
-		t.Errorf("QEMU's memory cgroup %s has limit %d, want its own (axocoatl-vm/...) with %d", cg, limit, want)
+	if !strings.Contains(cg, "/axocoatl-vm-") || limit != want {
+		t.Errorf("QEMU's memory cgroup %s has limit %d, want its own (axocoatl-vm-...) with %d", cg, limit, want)
 	}
 	for i := 0; i < 2; i++ { // pooled, then restored from the snapshot or pooled again
 		o, err := s.Run(context.Background(), c)

@@ -20,13 +20,24 @@ type cgroupLimits struct {
 	Pids        int
 	// CPUQuotaUS per cpuPeriodUS of CPU time (0: no limit).
 	CPUQuotaUS int64
+	// CPUWeight is the number of tasks' worth of CPU share the VMM gets under contention (its
+	// vCPUs and QEMU's main loop; 0: the default, one).
+	CPUWeight int
 }
 
 const cpuPeriodUS = 100000
 
-// vmCgroup is the cgroup of one VMM, a child of this process's own cgroup ("axocoatl-vm/<name>"),
+// cgroupPrefix starts the name of every VMM cgroup (pruneStale removes only such).
+const cgroupPrefix = "axocoatl-vm-"
+
+// vmCgroup is the cgroup of one VMM, a child of this process's own cgroup ("axocoatl-vm-<name>"),
 // so that the limits of whatever runs the daemon still apply above it. On cgroup v1 it is one
 // directory per controller (memory, pids, cpu); on v2 one directory.
+//
+// There is no shared parent for the VMMs: the CPU scheduler weighs sibling cgroups against each
+// other, and one "axocoatl-vm" parent would squeeze every VM together into the share of a single
+// task (measured: with ~25 runnable tasks on 2 cores, VMs stopped booting within a minute). Each
+// VMM instead weighs as much as its vCPUs plus QEMU's main loop would as threads.
 type vmCgroup struct {
 	dirs []string // created directories, one per hierarchy
 	v2   bool
@@ -79,7 +90,8 @@ func newCgroupV1(name string, l cgroupLimits) (*vmCgroup, error) {
 	}{
 		{"memory", [][2]string{{"memory.limit_in_bytes", strconv.FormatInt(l.MemoryBytes, 10)}}, "memory"},
 		{"pids", [][2]string{{"pids.max", strconv.Itoa(l.Pids)}}, "pids"},
-		{"cpu", [][2]string{{"cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)}, {"cpu.cfs_quota_us", strconv.FormatInt(l.CPUQuotaUS, 10)}}, "cpu"},
+		{"cpu", [][2]string{{"cpu.shares", strconv.Itoa(1024 * max(l.CPUWeight, 1))},
+			{"cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)}, {"cpu.cfs_quota_us", strconv.FormatInt(l.CPUQuotaUS, 10)}}, "cpu"},
 	}
 	for _, f := range files {
 		if f.ctrl == "cpu" && l.CPUQuotaUS <= 0 {
@@ -90,10 +102,10 @@ func newCgroupV1(name string, l cgroupLimits) (*vmCgroup, error) {
 			cg.remove()
 			return nil, fmt.Errorf("cgroup v1: this process is in no %s cgroup", f.ctrl)
 		}
-		parent := filepath.Join(cgroupRoot, f.mount, base, "axocoatl-vm")
+		parent := filepath.Join(cgroupRoot, f.mount, base)
 		pruneStale(parent)
-		dir := filepath.Join(parent, name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		dir := filepath.Join(parent, cgroupPrefix+name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
 			cg.remove()
 			return nil, fmt.Errorf("cgroup v1: %w", err)
 		}
@@ -126,28 +138,23 @@ func newCgroupV2(name string, l cgroupLimits) (*vmCgroup, error) {
 			continue
 		}
 		if enableControllers(base, want) == nil {
-			parent = filepath.Join(base, "axocoatl-vm")
+			parent = base
 			break
 		}
 	}
 	if parent == "" {
 		return nil, errors.New("cgroup v2: cannot delegate memory, pids and cpu to a child of this process's cgroup or its parent")
 	}
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, fmt.Errorf("cgroup v2: %w", err)
-	}
-	if err := enableControllers(parent, want); err != nil {
-		return nil, fmt.Errorf("cgroup v2: %w", err)
-	}
 	pruneStale(parent)
-	dir := filepath.Join(parent, name)
+	dir := filepath.Join(parent, cgroupPrefix+name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cgroup v2: %w", err)
 	}
 	cg := &vmCgroup{dirs: []string{dir}, v2: true}
 	kv := [][2]string{{"memory.max", strconv.FormatInt(l.MemoryBytes, 10)}, {"memory.swap.max", "0"}, {"pids.max", strconv.Itoa(l.Pids)}}
 	if l.CPUQuotaUS > 0 {
-		kv = append(kv, [2]string{"cpu.max", fmt.Sprintf("%d %d", l.CPUQuotaUS, cpuPeriodUS)})
+		kv = append(kv, [2]string{"cpu.max", fmt.Sprintf("%d %d", l.CPUQuotaUS, cpuPeriodUS)},
+			[2]string{"cpu.weight", strconv.Itoa(100 * max(l.CPUWeight, 1))})
 	}
 	for _, f := range kv {
 		if err := os.WriteFile(filepath.Join(dir, f[0]), []byte(f[1]), 0); err != nil && !(f[0] == "memory.swap.max" && errors.Is(err, os.ErrNotExist)) {
@@ -170,7 +177,7 @@ func pruneStale(parent string) {
 		return
 	}
 	for _, e := range entries {
-		if !e.IsDir() {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), cgroupPrefix) {
 			continue
 		}
 		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleAfter {

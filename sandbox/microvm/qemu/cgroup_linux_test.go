@@ -16,9 +16,10 @@ func TestPruneStale(t *testing.T) {
 		name             string
 		old, full, stays bool
 	}{
-		{"dead", true, false, false},
-		{"young", false, false, true},
-		{"live", true, true, true},
+		{cgroupPrefix + "dead", true, false, false},
+		{"not-ours", true, false, true},
+		{cgroupPrefix + "young", false, false, true},
+		{cgroupPrefix + "live", true, true, true},
 	}
 	for _, d := range dirs {
 		p := filepath.Join(parent, d.name)

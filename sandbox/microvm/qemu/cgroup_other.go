@@ -11,6 +11,7 @@ type cgroupLimits struct {
 	MemoryBytes int64
 	Pids        int
 	CPUQuotaUS  int64
+	CPUWeight   int
 }
 
 const cpuPeriodUS = 100000

@@ -50,9 +50,9 @@ type Driver struct {
 	// VMMs never share one, so a compromised QEMU cannot signal or ptrace another VM's.
 	UIDBase uint32
 	// NoCgroup leaves QEMU in the daemon's cgroups. By default each QEMU started by a root daemon
-	// runs in a cgroup of its own under the daemon's (axocoatl-vm/<name>) limiting its memory to
+	// runs in a cgroup of its own under the daemon's (axocoatl-vm-<name>) limiting its memory to
 	// the guest's RAM plus VMMOverheadMB, its tasks to vmmPids and its CPU to one core per vCPU
-	// plus one for QEMU's own threads.
+	// plus one for QEMU's own threads (and weighing as much as that many tasks).
 	NoCgroup bool
 	// VMMOverheadMB is the memory the VMM may use beyond guest RAM (DefaultTCGOverheadMB or
 	// DefaultKVMOverheadMB when 0).
@@ -323,6 +323,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 			MemoryBytes: int64(spec.MemoryMB+over) << 20,
 			Pids:        vmmPids,
 			CPUQuotaUS:  int64(spec.VCPUs+1) * cpuPeriodUS,
+			CPUWeight:   spec.VCPUs + 1,
 		})
 		if err != nil {
 			return fail(fmt.Errorf("qemu: %w", err))
