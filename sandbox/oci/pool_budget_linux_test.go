@@ -157,7 +157,7 @@ func TestPoolIdleReleases(t *testing.T) {
 		c.BundleRoot = root
 		c.PoolSize = 2
 		c.PoolMaxTotal = 2
-		c.PoolIdle = 1500 * time.Millisecond
+		c.PoolIdle = 4 * time.Second // outlasts filling both pools on a loaded machine
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
