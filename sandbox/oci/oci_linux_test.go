@@ -198,11 +198,16 @@ func assertClean(t testing.TB, cfg Config) {
 			t.Errorf("process left: pid %s (%q) in %s", p.Name(), strings.ReplaceAll(string(cmd), "\x00", " "), marker)
 		}
 	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	mi, _ := hostMountinfo()
 	for _, l := range strings.Split(string(mi), "\n") {
 		f := strings.Fields(l)
 		if len(f) > 4 && (strings.HasPrefix(f[4], cfg.StateRoot+"/") || strings.HasPrefix(f[4], cfg.BundleRoot+"/")) {
 			t.Errorf("mount left: %s", f[4])
+		}
+		// A rootfs mount of one of this sandbox's bundles (field 4 is the mounted directory).
+		if len(f) > 4 && strings.HasPrefix(f[4], rootsDir+"/") && (strings.HasPrefix(f[3], cfg.BundleRoot+"/") ||
+			(cfg.RuntimeRoot != "" && strings.HasPrefix(f[3], cfg.RuntimeRoot))) {
+			t.Errorf("rootfs mount left: %s of %s", f[4], f[3])
 		}
 	}
 }

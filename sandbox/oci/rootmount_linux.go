@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,8 +14,8 @@ import (
 // namespace, as the slot's unprivileged uid, so every directory above the rootfs would have to
 // be searchable by others, and `axoiso bundle` makes bundle folders 0700 on purpose (a rootfs
 // may hold set-id binaries). The sandbox (host root) instead attaches a read-only, nosuid, nodev
-// clone of the rootfs at /run/axocoatl/roots/{id} (reachable whatever the state root's parents are) and gives
-// the runtime that path.
+// clone of the rootfs at /run/axocoatl/roots/{id}/rootfs (reachable whatever the state root's
+// parents are; {id} is 0700 and belongs to the container's root) and gives the runtime that path.
 //
 // The clone is id-mapped through the slot's user namespace (MOUNT_ATTR_IDMAP, Linux 5.12+, on
 // file systems that support it: ext4, xfs, btrfs, tmpfs 6.3+, overlayfs 5.19+): files the image
@@ -24,21 +25,30 @@ import (
 // owned by the overflow id (nobody) and only their "other" permission bits apply, the usual
 // trade-off of user namespaces without id-mapped mounts.
 
-// mountRoot attaches the rootfs src at dst (created) read-only, id-mapped through ns when the
-// file system allows it. It reports whether the mount is id-mapped.
-func mountRoot(src, dst string, ns *os.File) (idmapped bool, err error) {
-	if err := os.Mkdir(dst, 0o700); err != nil {
-		return false, err
+// mountRoot attaches the rootfs src at dir/rootfs, read-only, id-mapped through ns when the file
+// system allows it, and returns that path. dir (created) is 0700 and owned by uid/gid, the
+// container's root: the container's init reaches the rootfs through it, host users cannot (the
+// bundle folder it comes from may be 0700). It reports whether the mount is id-mapped.
+func mountRoot(src, dir string, ns *os.File, uid, gid int) (root string, idmapped bool, err error) {
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", false, err
 	}
 	defer func() {
 		if err != nil {
-			_ = os.Remove(dst)
+			_ = unmountRoot(dir)
 		}
 	}()
+	root = filepath.Join(dir, "rootfs")
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return "", false, err
+	}
+	if err := os.Mkdir(root, 0o700); err != nil {
+		return "", false, err
+	}
 	// AT_SYMLINK_NOFOLLOW: a rootfs that is a symlink is refused, not followed to wherever it points.
 	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
 	if err != nil {
-		return false, &os.PathError{Op: "open_tree", Path: src, Err: err}
+		return "", false, &os.PathError{Op: "open_tree", Path: src, Err: err}
 	}
 	defer unix.Close(fd)
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
@@ -49,28 +59,31 @@ func mountRoot(src, dst string, ns *os.File) (idmapped bool, err error) {
 		err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &idm)
 		idmapped = err == nil
 		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.ENOSYS) {
-			return false, fmt.Errorf("id-map %s: %w", src, err)
+			return "", false, fmt.Errorf("id-map %s: %w", src, err)
 		}
 	}
 	if !idmapped {
 		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-			return false, fmt.Errorf("mount_setattr %s: %w", src, err)
+			return "", false, fmt.Errorf("mount_setattr %s: %w", src, err)
 		}
 	}
-	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return false, &os.PathError{Op: "move_mount", Path: dst, Err: err}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, root, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return "", false, &os.PathError{Op: "move_mount", Path: root, Err: err}
 	}
-	return idmapped, nil
+	return root, idmapped, nil
 }
 
-// unmountRoot detaches and removes what mountRoot made at dst.
-func unmountRoot(dst string) error {
-	err := unix.Unmount(dst, unix.MNT_DETACH)
+// unmountRoot detaches and removes what mountRoot made in dir.
+func unmountRoot(dir string) error {
+	root := filepath.Join(dir, "rootfs")
+	err := unix.Unmount(root, unix.MNT_DETACH)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 		err = nil // not mounted
 	}
-	if rerr := os.Remove(dst); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-		err = errors.Join(err, rerr)
+	for _, p := range []string{root, dir} {
+		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
 	}
 	return err
 }

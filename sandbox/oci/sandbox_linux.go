@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -299,7 +300,7 @@ type ctr struct {
 	// ioSize is the size cap of the I/O dir's tmpfs (0: a plain directory, rootless).
 	ioSize int64
 	slot   *idSlot // its user-namespace ids; nil when rootless
-	root   string  // the rootfs mount made for it ("" when none)
+	root   string  // the dir of the rootfs mount made for it ("" when none)
 	inst   instance
 	tail   *sandbox.TailBuffer
 	tool   string
@@ -546,7 +547,8 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	var userns *slotNS
 	if slot != nil {
 		root = filepath.Join(rootsDir, id)
-		if _, err := mountRoot(sp.Root.Path, root, slot.ns); err != nil {
+		mounted, _, err := mountRoot(sp.Root.Path, root, slot.ns, int(slot.uid), int(slot.gid))
+		if err != nil {
 			return nil, fmt.Errorf("oci: rootfs: %w", err)
 		}
 		defer func() {
@@ -554,7 +556,7 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 				_ = unmountRoot(root)
 			}
 		}()
-		sp.Root.Path = root
+		sp.Root.Path = mounted
 		userns = slot.join()
 	}
 	in, err := os.OpenFile(filepath.Join(ioDir, sandbox.InputFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o644)
@@ -715,9 +717,20 @@ func (s *Sandbox) reap() {
 	}
 }
 
+// hostMountinfo reads the mount table of this process's own mount namespace. Not through
+// /proc/self: that is the main thread's view, and libcontainer can leave the main thread inside a
+// container's mount namespace (it locks a thread to enter one and never unlocks it; Go parks a
+// locked main thread instead of ending it). Any thread an unlocked goroutine runs on is in the
+// process's namespace, so the calling thread is read, locked for the read.
+func hostMountinfo() ([]byte, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return os.ReadFile("/proc/thread-self/mountinfo")
+}
+
 // unmountUnder detaches every mount strictly below dir, deepest first.
 func unmountUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	b, err := hostMountinfo()
 	if err != nil {
 		return
 	}
