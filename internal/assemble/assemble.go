@@ -120,6 +120,10 @@ type VMConfig struct {
 	PoolIdle Duration `json:"pool_idle,omitempty"`
 	// MaxShapes bounds the VM shapes (memory sizes) with a pool or snapshot (default 4).
 	MaxShapes int `json:"max_shapes,omitempty"`
+	// PoolMaxTotal and PoolMaxMemoryMB bound the pooled VMs of all shapes together (by count and
+	// by guest memory; defaults 4 and 2048, negative: no bound), shared as for Oci.
+	PoolMaxTotal    int `json:"pool_max_total,omitempty"`
+	PoolMaxMemoryMB int `json:"pool_max_memory_mb,omitempty"`
 	// KernelArgs are appended to the guest kernel's command line (a later parameter overrides an
 	// earlier one: "mitigations=auto" turns the guest's side-channel mitigations back on).
 	KernelArgs string `json:"kernel_args,omitempty"`

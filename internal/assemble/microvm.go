@@ -32,14 +32,16 @@ func init() {
 		}
 		return microvm.New(microvm.Options{
 			// Firecracker where it probes available (KVM + binary), QEMU microvm otherwise.
-			Drivers:   []microvm.Driver{firecracker.New(firecracker.Options{Binary: c.VM.Firecracker, Jailer: jailer}), q},
-			DataDir:   c.vmDataDir(),
-			RunDir:    c.VM.RunDir,
-			VCPUs:     c.VM.VCPUs,
-			PoolSize:  c.VM.PoolSize,
-			Snapshots: c.VM.Snapshot,
-			PoolIdle:  time.Duration(c.VM.PoolIdle),
-			MaxShapes: c.VM.MaxShapes,
+			Drivers:         []microvm.Driver{firecracker.New(firecracker.Options{Binary: c.VM.Firecracker, Jailer: jailer}), q},
+			DataDir:         c.vmDataDir(),
+			RunDir:          c.VM.RunDir,
+			VCPUs:           c.VM.VCPUs,
+			PoolSize:        c.VM.PoolSize,
+			Snapshots:       c.VM.Snapshot,
+			PoolIdle:        time.Duration(c.VM.PoolIdle),
+			MaxShapes:       c.VM.MaxShapes,
+			PoolMaxTotal:    c.VM.PoolMaxTotal,
+			PoolMaxMemoryMB: c.VM.PoolMaxMemoryMB,
 			// The command line is one line, and the agent's own axocoatl.* arguments come first.
 			ExtraCmdline: strings.Join(strings.Fields(c.VM.KernelArgs), " "),
 			Logger:       log,

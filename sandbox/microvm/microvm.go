@@ -19,6 +19,7 @@ import (
 	"github.com/axocoatl/isolation/guest"
 	"github.com/axocoatl/isolation/internal/vmimage"
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
 )
 
 // Defaults and bounds.
@@ -68,6 +69,12 @@ type Options struct {
 	// MaxShapes bounds the VM shapes (vCPUs, memory) with a pool or a snapshot; using one more
 	// drops the least recently used (DefaultMaxShapes when 0).
 	MaxShapes int
+	// PoolMaxTotal bounds the pooled VMs (ready or booting for a pool) of all shapes together,
+	// PoolMaxMemoryMB the sum of their guest memory; shared fairly between the shapes, the least
+	// recently used shape's pool giving up a VM first (DefaultPoolMaxTotal and
+	// DefaultPoolMaxMemoryMB when 0; no bound when negative).
+	PoolMaxTotal    int
+	PoolMaxMemoryMB int
 	// Snapshots takes one snapshot per shape at READY and starts later VMs (pool refills and
 	// unpooled calls) by restoring it, when the driver is a Snapshotter.
 	Snapshots bool
@@ -119,6 +126,8 @@ type Sandbox struct {
 	runUS, exchangeUS      atomic.Int64
 	guestUS, recvUS        atomic.Int64
 
+	budget *poolbudget.Budget // bounds the pooled VMs of all shapes together
+
 	mu     sync.Mutex // protects closed, pools, snaps, used, driver, img
 	closed bool
 	pools  map[shape]*pool
@@ -163,6 +172,12 @@ func New(opts Options) (*Sandbox, error) {
 	if opts.MaxShapes <= 0 {
 		opts.MaxShapes = DefaultMaxShapes
 	}
+	if opts.PoolMaxTotal == 0 {
+		opts.PoolMaxTotal = DefaultPoolMaxTotal
+	}
+	if opts.PoolMaxMemoryMB == 0 {
+		opts.PoolMaxMemoryMB = DefaultPoolMaxMemoryMB
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -181,7 +196,7 @@ func New(opts Options) (*Sandbox, error) {
 		return nil, err
 	}
 	s := &Sandbox{opts: opts, log: log, runDir: dir, pools: map[shape]*pool{}, snaps: map[shape]*snapEntry{},
-		used: map[shape]time.Time{}}
+		used: map[shape]time.Time{}, budget: poolbudget.New(opts.PoolMaxTotal, opts.PoolMaxMemoryMB)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if opts.PoolIdle > 0 {
 		s.bg.Add(1)

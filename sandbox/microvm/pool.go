@@ -13,15 +13,51 @@ import (
 	"github.com/axocoatl/isolation/guest"
 
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
 )
 
-// pool holds booted VMs of one shape waiting at READY. Each VM serves one call.
+// pool holds booted VMs of one shape waiting at READY. Each VM serves one call. Each ready VM
+// (and each being booted for the pool) holds a reservation of its guest memory from the tier's
+// pool budget (Options.PoolMaxTotal, PoolMaxMemoryMB) until it leaves the ready list.
 type pool struct {
-	mu       sync.Mutex // protects ready, filling, closed, failures
+	bp *poolbudget.Pool // its budget membership; set at creation
+	mb int              // the guest memory of its VMs: what each reserves
+
+	mu       sync.Mutex // protects ready, filling, closed, failures, rewake
 	ready    []*vm
 	filling  int
 	closed   bool
-	failures int // consecutive failed refills; sets the retry backoff
+	failures int  // consecutive failed refills; sets the retry backoff
+	rewake   bool // the budget said room freed: a refiller that was refused tries again
+}
+
+// newPool returns the pool of shape sh, member of the budget. Must be called with s.mu held.
+func (s *Sandbox) newPool(sh shape) *pool {
+	p := &pool{mb: sh.memMB}
+	p.bp = s.budget.Join(func() bool { return s.giveUp(p, sh) }, func() {
+		p.mu.Lock()
+		p.rewake = true
+		p.mu.Unlock()
+		s.refillPool(p, sh) // cheap: at most starts a refill goroutine
+	})
+	return p
+}
+
+// giveUp destroys one ready VM of p so that a pool below its fair share of the budget can boot
+// one (poolbudget's shrink).
+func (s *Sandbox) giveUp(p *pool, sh shape) bool {
+	p.mu.Lock()
+	if p.closed || len(p.ready) == 0 {
+		p.mu.Unlock()
+		return false
+	}
+	v := p.ready[0]
+	p.ready = p.ready[1:]
+	p.mu.Unlock()
+	s.destroy(v) // before the release: the budget bounds the VMs that exist
+	p.bp.Release(p.mb)
+	s.log.Info("pooled VM given up to a pool below its fair share of the budget", "shape", sh.String())
+	return true
 }
 
 // Refill retry backoff: a failed boot is retried after refillBackoffMin, doubling per
@@ -67,6 +103,7 @@ func (s *Sandbox) watch(p *pool, sh shape, v *vm) {
 	if !was {
 		return // taken (or closed) before it died: whoever holds it handles it
 	}
+	p.bp.Release(p.mb)
 	s.deadPooled.Add(1)
 	s.log.Warn("pooled VM died while idle; replacing it", "shape", sh.String(), "pid", v.m.PID())
 	s.destroy(v)
@@ -84,6 +121,7 @@ func (s *Sandbox) takePooled(sh shape) *vm {
 	if p == nil {
 		return nil
 	}
+	p.bp.Touch()
 	for {
 		p.mu.Lock()
 		if len(p.ready) == 0 {
@@ -93,6 +131,7 @@ func (s *Sandbox) takePooled(sh shape) *vm {
 		v := p.ready[0]
 		p.ready = p.ready[1:]
 		p.mu.Unlock()
+		p.bp.Release(p.mb)
 		select {
 		case <-v.m.Done():
 			// Died while waiting, and its watcher has not removed it yet.
@@ -117,10 +156,24 @@ func (s *Sandbox) refill(sh shape) {
 	}
 	p := s.pools[sh]
 	if p == nil {
-		p = &pool{}
+		p = s.newPool(sh)
 		s.pools[sh] = p
 	}
 	s.mu.Unlock()
+	s.fillPool(p, sh)
+}
+
+// refillPool is refill for the budget's wake-up: only while p is still sh's pool.
+func (s *Sandbox) refillPool(p *pool, sh shape) {
+	s.mu.Lock()
+	current := !s.closed && s.pools[sh] == p
+	s.mu.Unlock()
+	if current {
+		s.fillPool(p, sh)
+	}
+}
+
+func (s *Sandbox) fillPool(p *pool, sh shape) {
 	p.mu.Lock()
 	if p.closed || p.filling > 0 || len(p.ready) >= s.opts.PoolSize {
 		p.mu.Unlock()
@@ -138,12 +191,29 @@ func (s *Sandbox) refill(sh shape) {
 				p.mu.Unlock()
 				return
 			}
+			p.rewake = false
 			p.mu.Unlock()
+			if !p.bp.Acquire(p.mb) {
+				// The budget is full and this pool at its fair share: stop until the budget
+				// says room freed (rewake, set by its wake-up, which may come before filling
+				// drops: then this goroutine tries again rather than nobody).
+				p.mu.Lock()
+				if p.rewake && !p.closed {
+					p.mu.Unlock()
+					continue
+				}
+				p.filling--
+				p.mu.Unlock()
+				return
+			}
 			v, err := s.start(s.ctx, sh, true)
 			if err == nil {
 				if err = s.warm(s.ctx, v, s.opts.WarmPool); err != nil {
 					s.destroy(v)
 				}
+			}
+			if err != nil {
+				p.bp.Release(p.mb)
 			}
 			p.mu.Lock()
 			if err != nil {
@@ -173,6 +243,7 @@ func (s *Sandbox) refill(sh shape) {
 				p.filling--
 				p.mu.Unlock()
 				s.destroy(v)
+				p.bp.Release(p.mb) // after close's Leave: a no-op, kept for clarity
 				return
 			}
 			p.ready = append(p.ready, v)
@@ -219,6 +290,7 @@ func (p *pool) close(s *Sandbox) {
 	for _, v := range ready {
 		s.destroy(v)
 	}
+	p.bp.Leave()
 }
 
 // Prepare fills the pool for the call's VM shape (and takes its snapshot when enabled) ahead of
@@ -229,6 +301,12 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 	}
 	sh := s.shapeOf(call.Limits.WithDefaults())
 	s.touch(sh)
+	s.mu.Lock()
+	p := s.pools[sh]
+	s.mu.Unlock()
+	if p != nil {
+		p.bp.Touch() // before its refill asks the budget (a new pool is the most recent already)
+	}
 	s.refill(sh)
 	return nil
 }

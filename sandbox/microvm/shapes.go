@@ -13,6 +13,11 @@ const (
 	DefaultPoolIdle = 5 * time.Minute
 	// DefaultMaxShapes: using one more shape drops the least recently used one.
 	DefaultMaxShapes = 4
+	// DefaultPoolMaxTotal and DefaultPoolMaxMemoryMB bound the pooled VMs of all shapes: an idle
+	// pooled VM costs ~140 MiB of host RSS for a 256 MB guest (QEMU under TCG) and a share of
+	// the CPU when it boots, so a few are enough on a small host.
+	DefaultPoolMaxTotal    = 4
+	DefaultPoolMaxMemoryMB = 2048
 )
 
 // touch records a use of shape sh; a shape beyond MaxShapes evicts the least recently used one.
