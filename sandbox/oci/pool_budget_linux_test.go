@@ -191,3 +191,28 @@ func TestPoolIdleReleases(t *testing.T) {
 	}
 	eventually(t, ctx, "t1 refilled after its call", func() bool { return readyByTool(s)["t1"] == 1 })
 }
+
+// TestPoolStatsOnePerTool: a tool prepared with two memory limits has two pools; PoolStats
+// reports the tool once with both summed, so that consumers keyed by tool (metrics, which drop
+// a repeated label set) lose neither.
+func TestPoolStatsOnePerTool(t *testing.T) {
+	needContainers(t)
+	root, call := budgetTools(t, 1)
+	s := newSandbox(t, func(c *Config) { c.BundleRoot = root; c.PoolSize = 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, mb := range []int{128, 192} {
+		c := call("t1", "")
+		c.Limits.MemoryMB = mb
+		if err := s.Prepare(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := s.PoolStats()
+	if len(st) != 1 || st[0].Tool != "t1" || st[0].Ready != 2 || st[0].Size != 2 {
+		t.Fatalf("pool stats %+v, want one t1 entry with 2 ready of 2", st)
+	}
+	if _, mb := s.budget.Usage(); mb != 128+192 {
+		t.Fatalf("budget holds %d MB, want %d (each container reserves its memory limit)", mb, 128+192)
+	}
+}
