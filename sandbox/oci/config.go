@@ -96,6 +96,10 @@ const (
 	// 2048 MB of their memory limits, whichever is reached first.
 	DefaultPoolMaxTotal    = 32
 	DefaultPoolMaxMemoryMB = 2048
+	// DefaultIDUser owns the id ranges of the containers' user namespaces (see Config.IDUser).
+	DefaultIDUser = "axocoatl"
+	// DefaultIDSlots is the default number of id slots (see Config.IDSlots).
+	DefaultIDSlots = 1024
 )
 
 // Config configures a Sandbox. New copies it; zero fields take the documented defaults.

@@ -47,10 +47,6 @@ import (
 // process with their namespaces, so a steady stream of calls does not re-create namespaces.
 const (
 	idSlotSize = 65536
-	// DefaultIDUser owns the id ranges (see Config.IDUser).
-	DefaultIDUser = "axocoatl"
-	// DefaultIDSlots is the default number of slots (see Config.IDSlots).
-	DefaultIDSlots = 1024
 	// idBaseMin is the lowest host id a range registered by this package starts at: above
 	// shadow-utils' SUB_UID_MAX default (600,100,000), where `useradd` allocates users' ranges.
 	idBaseMin     = 1 << 30
