@@ -19,9 +19,9 @@ import (
 //     and AF_NETLINK with NETLINK_ROUTE (what getifaddrs and Go's net.Interfaces use). Refused
 //     (EPERM) among others: AF_VSOCK (it ignores network namespaces and reaches the hypervisor of
 //     a cloud host), AF_PACKET, AF_ALG, other netlink protocols, AF_KEY, AF_BLUETOOTH;
-//   - socketcall(2), the 32-bit x86 multiplexer whose arguments (the socket family among them)
-//     live in memory a filter cannot read, is refused so the family filter cannot be bypassed (a
-//     32-bit x86 tool must use the direct socket syscalls, as glibc does on kernels since 4.3).
+//   - only the native syscall ABI is allowed (see nativeArches); socketcall(2), the 32-bit x86
+//     multiplexer whose arguments (the socket family among them) live in memory a filter cannot
+//     read, is refused as well, should a compat ABI ever be allowed again.
 //
 // Anything not allowed fails with EPERM; clone with a namespace flag fails with EPERM and clone3
 // with ENOSYS (its flags live in memory a filter cannot inspect, so libc falls back to clone).
@@ -99,17 +99,18 @@ func buildProfile() *specs.LinuxSeccomp {
 	return out
 }
 
-// nativeArches are the syscall ABIs a process on a host of this Go architecture can use: its own
-// plus the compat ones the kernel also accepts (x86 and x32 on amd64, arm on arm64). A syscall made
-// through any other ABI hits libseccomp's bad-architecture action (kill) anyway, so listing
-// foreign ABIs adds nothing but filter code that the init compiles, patches and loads per
-// container (each ABI roughly doubles that work, ~0.3 ms per container here).
+// nativeArches is the one syscall ABI the filter allows on a host of this Go architecture: the
+// native one, without the compat ABIs the kernel also accepts (x86 and x32 on amd64, arm on
+// arm64). A syscall made through any other ABI hits the bad-architecture action and the process
+// is killed, so 32-bit tools do not run. Why: the allowlist is compiled per ABI by the container
+// init, and each ABI multiplied the per-container cost (three ABIs: +25 ms of CPU per cold call
+// here against one), and the compat entry points are kernel attack surface no JSON tool needs.
 func nativeArches(goarch string) []specs.Arch {
 	switch goarch {
 	case "amd64":
-		return []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32}
+		return []specs.Arch{specs.ArchX86_64}
 	case "arm64":
-		return []specs.Arch{specs.ArchAARCH64, specs.ArchARM}
+		return []specs.Arch{specs.ArchAARCH64}
 	case "386":
 		return []specs.Arch{specs.ArchX86}
 	case "arm":

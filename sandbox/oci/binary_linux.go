@@ -181,6 +181,9 @@ func (i *binInstance) start() error {
 	}
 	cmd := i.b.commandNofile(i.nofile, args...)
 	cmd.Stdout, cmd.Stderr = i.out, i.out
+	// The container's processes hold the output pipe: once the runtime exited (or kill gave up
+	// and killed it), Wait must not also wait for them to close it.
+	cmd.WaitDelay = time.Second
 	// The runtime must not die with a signal meant for us mid-call; destroy cleans up.
 	cmd.SysProcAttr = withPdeathsig(cmd.SysProcAttr)
 	i.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -191,6 +192,21 @@ func TestSeccompAllowlist(t *testing.T) {
 					}
 				})
 			}
+			t.Run("compat ABI", func(t *testing.T) {
+				if runtime.GOARCH != "amd64" {
+					t.Skip("the 32-bit syscall probe is amd64 only")
+				}
+				// Only the native ABI is in the filter: a syscall through int 0x80 kills the
+				// tool (or at least does not run); the compat ABI is not reachable.
+				out, err := run(t, s, `{"op":"compat"}`, 3*time.Second)
+				if err != nil || out.ExitCode != 0 {
+					return
+				}
+				var m map[string]float64
+				if json.Unmarshal(out.Output, &m) == nil && m["compat_getpid"] == m["pid"] {
+					t.Fatalf("getpid through the 32-bit ABI ran: %s", out.Output)
+				}
+			})
 			t.Run("busybox sh", func(t *testing.T) {
 				c := probeCall(`{"sh":1}`)
 				c.Tool, c.Dir = "shjson", filepath.Join(env.toolsDir, "shjson")

@@ -179,6 +179,14 @@ func main() {
 			err = e
 		}
 		write(map[string]any{"error": errString(err)})
+	case "compat":
+		// getpid (20 on i386) through the 32-bit ABI: the pid when that ABI is allowed.
+		if !hasInt80 {
+			write(map[string]any{"skip": "not amd64"})
+			break
+		}
+		r := int80(20)
+		write(map[string]any{"pid": os.Getpid(), "compat_getpid": int64(r)})
 	case "fail":
 		fmt.Fprintln(os.Stderr, in.Msg)
 		os.Exit(in.Code)
