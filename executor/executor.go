@@ -302,6 +302,11 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		}
 	}
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	if q, ok := sb.(sandbox.Queuer); ok && q.QueuesCalls() {
+		// The sandbox starts the tool's clock (call.Limits.Timeout) when the call leaves its queue.
+		cancel()
+		runCtx, cancel = context.WithCancel(ctx)
+	}
 	defer cancel()
 	out, err := sb.Run(runCtx, call)
 	if err != nil {

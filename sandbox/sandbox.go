@@ -151,6 +151,16 @@ type Setupper interface {
 	Setup(ctx context.Context, call Call) error
 }
 
+// Queuer is implemented by sandboxes that may hold a call before it runs (waiting for one of a
+// bounded number of slots). When QueuesCalls reports true, Run applies call.Limits.Timeout
+// itself, from the moment the tool starts, so that time queued is not charged to the tool: the
+// executor gives such a Run the caller's context (which still bounds the whole call) instead of
+// one carrying the tool's deadline. The sandbox bounds the wait itself (a queue length and a
+// queue deadline) and returns an isolation.ErrBusy error past either.
+type Queuer interface {
+	QueuesCalls() bool
+}
+
 // PoolStats is one warm pool's state.
 type PoolStats struct {
 	Tool  string `json:"tool"`

@@ -204,3 +204,79 @@ func rss(b *testing.B) int64 {
 	b.Skip("no VmRSS")
 	return 0
 }
+
+// BenchmarkModuleCacheRSS compiles distinct variants of the guest (the same code with a
+// different custom section, as successive edits of a tool are) into a cache bounded to 2
+// modules. It reports what one compiled module keeps (Go heap and machine code: what
+// moduleCostFactor estimates) and RSS after 3× the cap, which stays near the cap's worth instead
+// of growing with every edit.
+func BenchmarkModuleCacheRSS(b *testing.B) {
+	bin, err := os.ReadFile(guest(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const max, n = 2, 6
+	dir := b.TempDir()
+	gc := func() {
+		// Evicted code is unmapped by a finalizer: two cycles run it.
+		runtime.GC()
+		runtime.GC()
+	}
+	for i := 0; i < b.N; i++ {
+		s := newSandbox(b, Config{MaxModules: max, CacheDir: b.TempDir()})
+		gc()
+		base, baseHeap, baseCode := rss(b), heapInUse(), codeRSS(b)
+		var atCap, heap, code int64
+		for j := 0; j < n; j++ {
+			p := fmt.Sprintf("%s/v%d-%d.wasm", dir, i, j)
+			v := append(append([]byte(nil), bin...), 0, 4, 2, 'v', byte('a'+j), 0) // a custom section
+			if err := os.WriteFile(p, v, 0o644); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.Run(context.Background(), call(p, map[string]any{"name": "x"}, sandbox.Limits{})); err != nil {
+				b.Fatal(err)
+			}
+			if j == max-1 {
+				gc()
+				atCap, heap, code = rss(b), heapInUse()-baseHeap, codeRSS(b)-baseCode
+			}
+		}
+		gc()
+		end := rss(b)
+		b.ReportMetric(float64(atCap-base)/max/(1<<20), "MiB_RSS/module")
+		b.ReportMetric(float64(heap)/max/(1<<20), "MiB_heap/module")
+		b.ReportMetric(float64(code)/max/(1<<20), "MiB_code/module")
+		b.ReportMetric(float64(end-base)/(1<<20), "MiB_RSS_after_3x_cap")
+		b.ReportMetric(float64(s.moduleBytes)/max/(1<<20), "MiB_charged/module")
+		b.ReportMetric(float64(len(bin))/(1<<20), "MiB_wasm")
+		s.Close()
+	}
+}
+
+func heapInUse() int64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapInuse)
+}
+
+// codeRSS is the resident size of the process's anonymous executable mappings: wazero's
+// compiled code.
+func codeRSS(b *testing.B) int64 {
+	raw, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		b.Skip("no /proc/self/smaps:", err)
+	}
+	var total int64
+	var inCode bool
+	for _, l := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-"):
+			inCode = len(f) == 5 && strings.Contains(f[1], "x")
+		case inCode && len(f) >= 2 && f[0] == "Rss:":
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			total += kb << 10
+		}
+	}
+	return total
+}

@@ -29,16 +29,23 @@
 // snapshot's contract, as with wizer: _initialize must not depend on the call (it sees an empty
 // input.json) and must not change tables; everything initialisation drew from the environment
 // is frozen into the snapshot: a Go guest's map hash seeds and math/rand's automatic seed are
-// the same in every call (crypto/rand still reads the host's random source in every call). At most MaxConcurrency instances run at once (compiled wasm is not
-// preempted, so more would only raise every call's latency); the others wait their turn.
+// the same in every call (crypto/rand still reads the host's random source in every call).
+//
+// At most MaxConcurrency instances run at once (compiled wasm is not preempted, so more would only
+// raise every call's latency); the others wait their turn in a bounded queue (MaxQueued calls, for
+// at most QueueTimeout; past either a call fails with isolation.ErrBusy), and a call's timeout
+// starts when it leaves the queue. Compiled modules are kept in a cache bounded by count and by
+// an estimate of their memory (MaxModules, MaxModuleBytes), least recently used evicted first.
 package wasm
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -70,6 +77,23 @@ const DefaultMemoryMB = 64
 // are lowered to it.
 const MaxMemoryMB = 4096
 
+// Defaults of Config.
+const (
+	defaultQueuedPerSlot  = 16
+	defaultQueueTimeout   = 2 * time.Second
+	defaultMaxModules     = 64
+	defaultMaxModuleBytes = 1 << 30
+)
+
+// maxModuleFile bounds the size of a module file: a tool folder is untrusted and the file is
+// read whole into memory.
+const maxModuleFile = 256 << 20
+
+// moduleCostFactor estimates a compiled module's memory from its wasm size: the machine code
+// and wazero's metadata, about 2.5× the wasm of a Go guest (measured: the RSS growth per
+// compiled module of testdata/guest), rounded up.
+const moduleCostFactor = 3
+
 // segmentGap is the largest run of zeros between two data segments that merging fills in: larger
 // gaps stay gaps (fresh memory is zero already), smaller ones cost less to copy than a segment.
 const segmentGap = 4096
@@ -81,6 +105,20 @@ type Config struct {
 	CacheDir string
 	// MaxConcurrency caps instances running at once (default GOMAXPROCS); other calls queue.
 	MaxConcurrency int
+	// MaxQueued caps the calls waiting for an instance slot (default 16 × MaxConcurrency; negative:
+	// none wait). A call that finds the queue full fails at once with isolation.ErrBusy.
+	MaxQueued int
+	// QueueTimeout bounds a call's wait for a slot (default 2 s; negative: no wait); a call that
+	// waited that long fails with isolation.ErrBusy. The call's own timeout (Limits.Timeout)
+	// starts only when it has its slot: time queued is not the tool's time.
+	QueueTimeout time.Duration
+	// MaxModules and MaxModuleBytes bound the compiled modules kept in memory (defaults 64 and
+	// 1 GiB; a module is charged moduleCostFactor × its size plus its snapshot). Past either, the
+	// least recently used are closed, once their calls in flight have ended; a later call
+	// compiles its module again (from CacheDir when set). The most recently used one is kept
+	// whatever its size.
+	MaxModules     int
+	MaxModuleBytes int64
 	// DefaultMemoryMB is the limit for calls that set none (default 64).
 	DefaultMemoryMB int
 	// Logger receives compile events; nil logs nowhere.
@@ -123,15 +161,21 @@ type Sandbox struct {
 	rtChecked wazero.Runtime
 	cache     wazero.CompilationCache // nil without CacheDir
 	pool      *memPool
-	// slots holds one token per instance allowed to run.
-	slots chan struct{}
+	// slots holds one token per instance allowed to run; queued counts the calls waiting for one.
+	slots  chan struct{}
+	queued atomic.Int64
 
-	mu sync.Mutex // protects files, modules, closed
+	mu sync.Mutex // protects files, modules, lru, moduleBytes, closed and every module's refs, elem, evicted, size
 	// files remembers each entrypoint's identity (stat) and content hash, so a call costs one stat
-	// unless the file changed.
-	files   map[string]fileID
-	modules map[[32]byte]*module
-	closed  bool
+	// unless the file changed. Every entry's hash is a key of modules.
+	files map[string]fileID
+	// modules holds the compiled modules (and the failed ones: a module that does not compile
+	// fails again at once) by content hash; lru orders them, most recently used first, and
+	// moduleBytes is the sum of their sizes.
+	modules     map[[32]byte]*module
+	lru         list.List
+	moduleBytes int64
+	closed      bool
 
 	// calls counts Runs in flight; Close waits for them before closing the runtime.
 	calls sync.WaitGroup
@@ -147,6 +191,19 @@ type fileID struct {
 
 // module is one compiled module, shared by every call of the same content.
 type module struct {
+	hash [32]byte
+	// paths are the entrypoints whose files entry may name this module (dropped with it).
+	paths map[string]struct{}
+	// refs counts the calls using the module (the compiling call included); evicted is set when
+	// it left the cache: compiled is closed when both hold. elem is its place in Sandbox.lru and
+	// size its charge in Sandbox.moduleBytes. All four are guarded by Sandbox.mu.
+	refs    int
+	evicted bool
+	elem    *list.Element
+	size    int64
+
+	// The fields below are written by the compiling call before ready is closed, and read-only
+	// afterwards.
 	ready    chan struct{} // closed when compiled or err is set
 	compiled wazero.CompiledModule
 	info     wasmbin.Info
@@ -157,13 +214,35 @@ type module struct {
 	// runs in snapshot mode: compiled starts from the snapshot and only run is called.
 	reactor bool
 	snap    *snapshot
-	err     error
+	// wasmSize is the size of the module as compiled (rewritten).
+	wasmSize int64
+	// err is why the module cannot run. It depends only on the content, so it is kept: the next
+	// call of the same content fails at once instead of compiling again.
+	err error
 }
 
 // New returns a Sandbox.
 func New(cfg Config) (*Sandbox, error) {
 	if cfg.MaxConcurrency <= 0 {
 		cfg.MaxConcurrency = runtime.GOMAXPROCS(0)
+	}
+	switch {
+	case cfg.MaxQueued == 0:
+		cfg.MaxQueued = defaultQueuedPerSlot * cfg.MaxConcurrency
+	case cfg.MaxQueued < 0:
+		cfg.MaxQueued = 0
+	}
+	switch {
+	case cfg.QueueTimeout == 0:
+		cfg.QueueTimeout = defaultQueueTimeout
+	case cfg.QueueTimeout < 0:
+		cfg.QueueTimeout = 0
+	}
+	if cfg.MaxModules <= 0 {
+		cfg.MaxModules = defaultMaxModules
+	}
+	if cfg.MaxModuleBytes <= 0 {
+		cfg.MaxModuleBytes = defaultMaxModuleBytes
 	}
 	if cfg.DefaultMemoryMB <= 0 {
 		cfg.DefaultMemoryMB = DefaultMemoryMB
@@ -261,9 +340,18 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 		return errClosed
 	}
 	defer s.calls.Done()
-	_, err := s.module(ctx, call.Entrypoint)
-	return err
+	m, err := s.acquire(ctx, call)
+	if err != nil {
+		return err
+	}
+	s.release(m)
+	return nil
 }
+
+// QueuesCalls reports that Run applies call.Limits.Timeout itself, from the moment the call has
+// an instance slot (sandbox.Queuer): the executor gives Run the caller's context, which bounds
+// the whole call, and the time queued is bounded by QueueTimeout.
+func (s *Sandbox) QueuesCalls() bool { return true }
 
 var errClosed = errors.New("wasm: sandbox is closed")
 
@@ -277,67 +365,179 @@ func (s *Sandbox) enter() bool {
 	return true
 }
 
-// module returns the compiled module for the file at path, compiling it when its content is new.
-func (s *Sandbox) module(ctx context.Context, path string) (*module, error) {
+// acquire returns the compiled module of call's entrypoint, compiling it when its content is
+// new, with a reference the caller gives back with release. A module that does not compile is an
+// isolation.ErrInvalidTool error naming the tool and the compile error.
+func (s *Sandbox) acquire(ctx context.Context, call sandbox.Call) (*module, error) {
+	path := call.Entrypoint
+	invalid := func(format string, args ...any) error {
+		return &isolation.Error{Kind: isolation.ErrInvalidTool, Tool: call.Tool, Message: fmt.Sprintf(format, args...)}
+	}
 	if path == "" || !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("wasm: entrypoint %q is not an absolute path", path)
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("wasm: module: %w", err)
+		return nil, invalid("module: %v", err)
 	}
+	id, err := fileIdentity(path, fi)
+	if err != nil {
+		return nil, invalid("%v", err)
+	}
+	s.mu.Lock()
+	m := s.known(path, id)
+	s.mu.Unlock()
+	if m == nil {
+		bin, err := readModule(path)
+		if err != nil {
+			return nil, invalid("%v", err)
+		}
+		id.hash = sha256.Sum256(bin)
+		var fresh bool
+		s.mu.Lock()
+		if m = s.modules[id.hash]; m == nil {
+			m = &module{hash: id.hash, paths: map[string]struct{}{}, ready: make(chan struct{})}
+			m.elem = s.lru.PushFront(m)
+			s.modules[id.hash] = m
+			fresh = true
+		}
+		s.files[path] = id
+		m.paths[path] = struct{}{}
+		s.use(m)
+		s.mu.Unlock()
+		if fresh {
+			s.compile(ctx, path, bin, m)
+			s.compiled(m)
+		}
+	}
+	select {
+	case <-m.ready:
+	case <-ctx.Done():
+		s.release(m)
+		return nil, ctxError(ctx)
+	}
+	if m.err != nil {
+		s.release(m)
+		return nil, invalid("%v", m.err)
+	}
+	return m, nil
+}
+
+// fileIdentity is what tells a changed file from the one already compiled.
+func fileIdentity(path string, fi os.FileInfo) (fileID, error) {
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("wasm: module %s is not a regular file", path)
+		return fileID{}, fmt.Errorf("module %s is not a regular file", path)
+	}
+	if fi.Size() > maxModuleFile {
+		return fileID{}, fmt.Errorf("module %s is %d bytes, over the limit of %d", path, fi.Size(), maxModuleFile)
 	}
 	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		id.ino, id.dev = uint64(st.Ino), uint64(st.Dev)
 	}
-	s.mu.Lock()
-	known, ok := s.files[path]
-	s.mu.Unlock()
-	var bin []byte
-	if ok && known.size == id.size && known.mtime.Equal(id.mtime) && known.ino == id.ino && known.dev == id.dev {
-		id.hash = known.hash
-	} else {
-		if bin, err = os.ReadFile(path); err != nil {
-			return nil, fmt.Errorf("wasm: module: %w", err)
-		}
-		id.hash = sha256.Sum256(bin)
-		s.mu.Lock()
-		s.files[path] = id
-		s.mu.Unlock()
-	}
+	return id, nil
+}
 
+// readModule reads a module file, at most maxModuleFile bytes of it.
+func readModule(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("module: %w", err)
+	}
+	defer f.Close()
+	bin, err := io.ReadAll(io.LimitReader(f, maxModuleFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", path, err)
+	}
+	if len(bin) > maxModuleFile {
+		return nil, fmt.Errorf("module %s is over the limit of %d bytes", path, maxModuleFile)
+	}
+	return bin, nil
+}
+
+// known returns the cached module of path when the file is the one it was compiled from, with
+// a reference taken. s.mu is held.
+func (s *Sandbox) known(path string, id fileID) *module {
+	k, ok := s.files[path]
+	if !ok || k.size != id.size || !k.mtime.Equal(id.mtime) || k.ino != id.ino || k.dev != id.dev {
+		return nil
+	}
+	m := s.modules[k.hash]
+	if m == nil {
+		return nil
+	}
+	s.use(m)
+	return m
+}
+
+// use takes a reference on m and marks it most recently used. s.mu is held.
+func (s *Sandbox) use(m *module) {
+	m.refs++
+	if !m.evicted {
+		s.lru.MoveToFront(m.elem)
+	}
+}
+
+// compiled records the end of m's compile (its size, or its error) and evicts what the cache
+// holds over its bounds.
+func (s *Sandbox) compiled(m *module) {
+	var closing []*module
 	s.mu.Lock()
-	m, ok := s.modules[id.hash]
-	if !ok {
-		if bin == nil {
-			// Known identity but the module was dropped after a failed compile: read again.
-			s.mu.Unlock()
-			delete(s.files, path)
-			return s.module(ctx, path)
+	if !m.evicted {
+		if m.compiled != nil {
+			m.size = moduleCostFactor * m.wasmSize
+			if m.snap != nil {
+				for _, c := range m.snap.chunks {
+					m.size += int64(len(c.data))
+				}
+			}
+			s.moduleBytes += m.size
 		}
-		m = &module{ready: make(chan struct{})}
-		s.modules[id.hash] = m
-		s.mu.Unlock()
-		s.compile(ctx, path, bin, m)
-		if m.err != nil {
-			s.mu.Lock()
-			delete(s.modules, id.hash)
-			delete(s.files, path)
-			s.mu.Unlock()
+		for s.lru.Len() > 1 && (s.lru.Len() > s.cfg.MaxModules || s.moduleBytes > s.cfg.MaxModuleBytes) {
+			closing = append(closing, s.evict(s.lru.Back().Value.(*module))...)
 		}
-		close(m.ready)
-		return m, m.err
 	}
+	close(m.ready)
 	s.mu.Unlock()
-	select {
-	case <-m.ready:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	s.closeModules(closing)
+}
+
+// evict removes m from the cache; it returns m when nothing uses it any more (the caller
+// closes it outside the lock). s.mu is held.
+func (s *Sandbox) evict(m *module) []*module {
+	s.lru.Remove(m.elem)
+	delete(s.modules, m.hash)
+	s.moduleBytes -= m.size
+	m.evicted = true
+	for p := range m.paths {
+		if s.files[p].hash == m.hash {
+			delete(s.files, p)
+		}
 	}
-	return m, m.err
+	if m.refs == 0 {
+		return []*module{m}
+	}
+	return nil
+}
+
+// release gives back a reference taken by acquire; the last one of an evicted module closes it.
+func (s *Sandbox) release(m *module) {
+	s.mu.Lock()
+	m.refs--
+	last := m.refs == 0 && m.evicted
+	s.mu.Unlock()
+	if last {
+		s.closeModules([]*module{m})
+	}
+}
+
+func (s *Sandbox) closeModules(ms []*module) {
+	for _, m := range ms {
+		if m.compiled != nil {
+			_ = m.compiled.Close(context.Background())
+			s.log.LogAttrs(context.Background(), slog.LevelInfo, "wasm module evicted", slog.Int64("size", m.size))
+		}
+	}
 }
 
 func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *module) {
@@ -387,7 +587,7 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 		m.err = fmt.Errorf("wasm: compile %s: %w", path, err)
 		return
 	}
-	m.compiled = c
+	m.compiled, m.wasmSize = c, int64(len(bin))
 	s.log.LogAttrs(ctx, slog.LevelInfo, "wasm module compiled", slog.String("path", path),
 		slog.Int("data_segments", info.DataSegments), slog.Bool("merged", m.merged), slog.Bool("stop_flag", m.stoppable),
 		slog.Bool("snapshot", m.snap != nil),
@@ -404,16 +604,14 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}
 	defer s.calls.Done()
 	lim := call.Limits.WithDefaults()
-	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
-	defer cancel()
 
-	m, err := s.module(ctx, call.Entrypoint)
+	// Neither compiling (normally done by Setup already) nor waiting for a slot is the tool's
+	// time: ctx (the caller's) bounds them, and the tool's clock starts once it has its slot.
+	m, err := s.acquire(ctx, call)
 	if err != nil {
-		if ctx.Err() != nil {
-			return sandbox.Outcome{}, ctxError(ctx)
-		}
 		return sandbox.Outcome{}, err
 	}
+	defer s.release(m)
 	memMB := lim.MemoryMB
 	if memMB <= 0 {
 		memMB = s.cfg.DefaultMemoryMB
@@ -426,13 +624,15 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrMemoryLimit,
 			"the module declares %d MiB of initial memory, over the limit of %d MiB", m.info.MinPages*65536>>20, memMB)
 	}
-
-	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		return sandbox.Outcome{}, ctxError(ctx)
+	if err := s.takeSlot(ctx); err != nil {
+		return sandbox.Outcome{}, err
 	}
 	defer func() { <-s.slots }()
+	if ctx.Err() != nil {
+		return sandbox.Outcome{}, ctxError(ctx)
+	}
+	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
+	defer cancel()
 
 	fsys := newCallFS(call.Input, lim.MaxOutputBytes, time.Now().UnixNano())
 	tail := sandbox.NewTailBuffer(lim.MaxStderrBytes)
@@ -505,6 +705,34 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}
 	out.Output = output
 	return out, nil
+}
+
+// takeSlot waits for an instance slot, in FIFO order (a freed slot goes to the longest waiting
+// sender of the channel). It returns an isolation.ErrBusy error when MaxQueued calls wait
+// already or the wait reaches QueueTimeout, ctx's error when ctx ends first.
+func (s *Sandbox) takeSlot(ctx context.Context) error {
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	if s.queued.Add(1) > int64(s.cfg.MaxQueued) {
+		s.queued.Add(-1)
+		return &isolation.Error{Kind: isolation.ErrBusy,
+			Message: fmt.Sprintf("%d calls are already waiting for one of the %d WebAssembly instance slots", s.cfg.MaxQueued, cap(s.slots))}
+	}
+	defer s.queued.Add(-1)
+	t := time.NewTimer(s.cfg.QueueTimeout)
+	defer t.Stop()
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-t.C:
+		return &isolation.Error{Kind: isolation.ErrBusy,
+			Message: fmt.Sprintf("waited %s for one of the %d WebAssembly instance slots", s.cfg.QueueTimeout, cap(s.slots))}
+	case <-ctx.Done():
+		return ctxError(ctx)
+	}
 }
 
 // runStoppable runs an instrumented module: instantiate without start functions, arm the stop
