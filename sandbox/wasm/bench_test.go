@@ -47,11 +47,11 @@ func BenchmarkCall(b *testing.B) {
 	}{
 		{"optimised", Config{}, false},
 		{"snapshot", Config{}, true},
-		{"reactor-no-snapshot", Config{NoSnapshots: true}, true},
-		{"heap-memory", Config{HeapMemory: true}, false},
-		{"unmerged-segments", Config{KeepDataSegments: true}, false},
-		{"wazero-defaults", Config{HeapMemory: true, KeepDataSegments: true, EngineDeadlineChecks: true}, false},
-		{"engine-deadline-checks", Config{EngineDeadlineChecks: true}, false},
+		{"reactor-no-snapshot", Config{noSnapshots: true}, true},
+		{"heap-memory", Config{heapMemory: true}, false},
+		{"unmerged-segments", Config{keepDataSegments: true}, false},
+		{"wazero-defaults", Config{heapMemory: true, keepDataSegments: true, engineDeadlineChecks: true}, false},
+		{"engine-deadline-checks", Config{engineDeadlineChecks: true}, false},
 		{"no-deadline-checks-unsafe", Config{noDeadlineChecks: true}, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

@@ -119,7 +119,7 @@ func TestTimeoutAndCancel(t *testing.T) {
 	for _, cfg := range []struct {
 		name string
 		cfg  Config
-	}{{"stop flag", Config{}}, {"engine checks", Config{EngineDeadlineChecks: true}}} {
+	}{{"stop flag", Config{}}, {"engine checks", Config{engineDeadlineChecks: true}}} {
 		s := newSandbox(t, cfg.cfg)
 		for _, tc := range []struct {
 			name string
@@ -136,7 +136,7 @@ func TestTimeoutAndCancel(t *testing.T) {
 				}
 				m, err := s.module(bg, tc.call.Entrypoint)
 				// The bare loop imports no sched_yield: it always keeps wazero's checks.
-				if err != nil || m.stoppable != (!cfg.cfg.EngineDeadlineChecks && tc.name != "bare loop") {
+				if err != nil || m.stoppable != (!cfg.cfg.engineDeadlineChecks && tc.name != "bare loop") {
 					t.Fatalf("module: stoppable %v, %v", m.stoppable, err)
 				}
 				ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)

@@ -52,7 +52,7 @@ func TestSnapshotIsolation(t *testing.T) {
 		name     string
 		cfg      Config
 		snapshot bool
-	}{{"snapshot", Config{}, true}, {"from scratch", Config{NoSnapshots: true}, false}} {
+	}{{"snapshot", Config{}, true}, {"from scratch", Config{noSnapshots: true}, false}} {
 		t.Run(cfg.name, func(t *testing.T) {
 			s := newSandbox(t, cfg.cfg)
 			m, err := s.module(ctx, mod)

@@ -124,16 +124,16 @@ type Config struct {
 	// Logger receives compile events; nil logs nowhere.
 	Logger *slog.Logger
 
-	// KeepDataSegments, HeapMemory and EngineDeadlineChecks switch off the optimisations (merged
-	// data segments, pooled mmap memory, stop-flag loop checks instead of wazero's); they exist
-	// to measure them (benchmarks) and to rule them out when debugging. Runaway guests are
-	// stopped either way.
-	KeepDataSegments     bool
-	HeapMemory           bool
-	EngineDeadlineChecks bool
-	// NoSnapshots runs reactors (see the package doc) from scratch: _initialize, then run, in
+	// The fields below are not configuration: tests and benchmarks of this package set them.
+	// keepDataSegments, heapMemory and engineDeadlineChecks switch off the optimisations (merged
+	// data segments, pooled mmap memory, stop-flag loop checks instead of wazero's), to measure
+	// what each is worth (BenchmarkCall). Runaway guests are stopped either way.
+	keepDataSegments     bool
+	heapMemory           bool
+	engineDeadlineChecks bool
+	// noSnapshots runs reactors (see the package doc) from scratch: _initialize, then run, in
 	// every call.
-	NoSnapshots bool
+	noSnapshots bool
 
 	// noDeadlineChecks drops wazero's termination checks (a runaway guest could not be stopped):
 	// benchmarks only, to measure what the checks cost.
@@ -251,7 +251,7 @@ func New(cfg Config) (*Sandbox, error) {
 	s := &Sandbox{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		pool:    newMemPool(cfg.MaxConcurrency, cfg.HeapMemory),
+		pool:    newMemPool(cfg.MaxConcurrency, cfg.heapMemory),
 		slots:   make(chan struct{}, cfg.MaxConcurrency),
 		files:   map[string]fileID{},
 		modules: map[[32]byte]*module{},
@@ -548,7 +548,7 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 		return
 	}
 	m.info = info
-	if !s.cfg.KeepDataSegments {
+	if !s.cfg.keepDataSegments {
 		merged, ok, err := wasmbin.MergeData(bin, segmentGap)
 		if err != nil {
 			m.err = fmt.Errorf("wasm: %s: %w", path, err)
@@ -557,7 +557,7 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 		bin, m.merged = merged, ok
 	}
 	rt := s.rtChecked
-	if !s.cfg.EngineDeadlineChecks && !s.cfg.noDeadlineChecks {
+	if !s.cfg.engineDeadlineChecks && !s.cfg.noDeadlineChecks {
 		inst, ok, err := wasmbin.InstrumentLoops(bin)
 		if err != nil {
 			m.err = fmt.Errorf("wasm: %s: %w", path, err)
@@ -568,7 +568,7 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 		}
 	}
 	m.reactor, _ = wasmbin.IsReactor(bin)
-	if m.reactor && m.stoppable && !s.cfg.NoSnapshots {
+	if m.reactor && m.stoppable && !s.cfg.noSnapshots {
 		{
 			snap, per, err := s.capture(ctx, bin)
 			if err != nil {
