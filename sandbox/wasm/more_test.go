@@ -81,7 +81,9 @@ func TestHandWrittenModules(t *testing.T) {
 
 func TestConcurrentCalls(t *testing.T) {
 	mod := guest(t)
-	s := newSandbox(t, Config{})
+	// Calls queue for as long as it takes: this test is about concurrent calls, not the queue's
+	// bounds (TestQueue), and under -race a call takes long.
+	s := newSandbox(t, Config{QueueTimeout: time.Hour})
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make(chan error, n)

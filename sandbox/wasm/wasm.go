@@ -79,7 +79,7 @@ const MaxMemoryMB = 4096
 
 // Defaults of Config.
 const (
-	defaultQueuedPerSlot  = 16
+	defaultQueuedPerSlot  = 64
 	defaultQueueTimeout   = 2 * time.Second
 	defaultMaxModules     = 64
 	defaultMaxModuleBytes = 1 << 30
@@ -105,7 +105,7 @@ type Config struct {
 	CacheDir string
 	// MaxConcurrency caps instances running at once (default GOMAXPROCS); other calls queue.
 	MaxConcurrency int
-	// MaxQueued caps the calls waiting for an instance slot (default 16 × MaxConcurrency; negative:
+	// MaxQueued caps the calls waiting for an instance slot (default 64 × MaxConcurrency; negative:
 	// none wait). A call that finds the queue full fails at once with isolation.ErrBusy.
 	MaxQueued int
 	// QueueTimeout bounds a call's wait for a slot (default 2 s; negative: no wait); a call that
@@ -217,8 +217,10 @@ type module struct {
 	// wasmSize is the size of the module as compiled (rewritten).
 	wasmSize int64
 	// err is why the module cannot run. It depends only on the content, so it is kept: the next
-	// call of the same content fails at once instead of compiling again.
-	err error
+	// call of the same content fails at once instead of compiling again; unless retry is set (an
+	// error that may not recur), which drops the module from the cache at once.
+	err   error
+	retry bool
 }
 
 // New returns a Sandbox.
@@ -493,6 +495,9 @@ func (s *Sandbox) compiled(m *module) {
 			}
 			s.moduleBytes += m.size
 		}
+		if m.retry {
+			closing = append(closing, s.evict(m)...)
+		}
 		for s.lru.Len() > 1 && (s.lru.Len() > s.cfg.MaxModules || s.moduleBytes > s.cfg.MaxModuleBytes) {
 			closing = append(closing, s.evict(s.lru.Back().Value.(*module))...)
 		}
@@ -573,6 +578,7 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 			snap, per, err := s.capture(ctx, bin)
 			if err != nil {
 				m.err = fmt.Errorf("wasm: %s: snapshot: %w", path, err)
+				m.retry = errors.Is(err, errInitTimeout)
 				return
 			}
 			if snap != nil {
@@ -805,8 +811,12 @@ func arm(ctx context.Context, mod api.Module, fired *atomic.Bool, wake chan stru
 	}), nil
 }
 
-// initTimeout bounds a reactor's _initialize when its snapshot is captured.
+// initTimeout bounds a reactor's _initialize when its snapshot is captured. A module whose
+// initialisation took longer is not kept as failed (a loaded host may be the cause): the next
+// call tries again.
 const initTimeout = 10 * time.Second
+
+var errInitTimeout = errors.New("initialisation did not finish in time")
 
 // snapshot is a reactor's state after _initialize: its linear memory (only the pages that are
 // not zero) and its size; its mutable globals are compiled into the per-call module.
@@ -836,13 +846,15 @@ func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, e
 	if err != nil || !ok {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), initTimeout)
-	defer cancel()
+	ctx = context.WithoutCancel(ctx)
 	c, err := s.rt.CompileModule(ctx, exp)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer c.Close(ctx)
+	// The deadline is _initialize's, not the compile's (which takes minutes under -race).
+	ctx, cancel := context.WithTimeout(ctx, initTimeout)
+	defer cancel()
 	tail := sandbox.NewTailBuffer(4096)
 	var fired atomic.Bool
 	mc := wazero.NewModuleConfig().WithName("").WithStartFunctions().WithOsyield(yielder(&fired)).
@@ -861,6 +873,9 @@ func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, e
 	_, err = mod.ExportedFunction("_initialize").Call(ctx)
 	disarm()
 	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%s)", errInitTimeout, initTimeout)
+		}
 		return nil, nil, fmt.Errorf("_initialize: %w (output: %q)", err, tail.String())
 	}
 	values := make(map[uint32]uint64, len(globals))

@@ -41,13 +41,8 @@ func guest(tb testing.TB) string {
 	return guestPath
 }
 
-// newSandbox returns a sandbox closed at the end of the test, with the shared compilation cache
-// unless cfg names one.
 func newSandbox(tb testing.TB, cfg Config) *Sandbox {
 	tb.Helper()
-	if cfg.CacheDir == "" {
-		cfg.CacheDir = testCacheDir
-	}
 	s, err := New(cfg)
 	if err != nil {
 		tb.Fatal(err)
