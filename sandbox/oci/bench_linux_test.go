@@ -27,22 +27,37 @@ func reportMedian(b *testing.B, d []time.Duration) {
 // destroy (embedded libcontainer, JSON in and out).
 func BenchmarkColdCall(b *testing.B) {
 	needContainers(b)
-	s := newSandbox(b, nil)
-	ctx := context.Background()
-	var d []time.Duration
-	cpu0 := cpuTime()
-	for b.Loop() {
-		t0 := time.Now()
-		out, err := s.Run(ctx, probeCall(`{"op":"echo"}`))
-		d = append(d, time.Since(t0))
-		if err != nil || out.ExitCode != 0 {
-			b.Fatal(err, out.Stderr)
+	forUserNS(b, func(b *testing.B, mod func(*Config)) {
+		s := newSandbox(b, mod)
+		ctx := context.Background()
+		var d []time.Duration
+		cpu0 := cpuTime()
+		for b.Loop() {
+			t0 := time.Now()
+			out, err := s.Run(ctx, probeCall(`{"op":"echo"}`))
+			d = append(d, time.Since(t0))
+			if err != nil || out.ExitCode != 0 {
+				b.Fatal(err, out.Stderr)
+			}
 		}
+		// CPU of this process and its reaped children (the container inits) per call: steadier
+		// than wall time on a loaded machine.
+		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(len(d)), "cpu-ms/op")
+		reportMedian(b, d)
+	})
+}
+
+// forUserNS runs a benchmark with uid slots (userns, the default) and without (no-userns, as
+// containers ran before them), so one run gives the cost of the user namespace.
+func forUserNS(b *testing.B, f func(b *testing.B, mod func(*Config))) {
+	for _, v := range []struct {
+		name string
+		off  bool
+	}{{"userns", false}, {"no-userns", true}} {
+		b.Run(v.name, func(b *testing.B) {
+			f(b, func(c *Config) { c.PoolSize = 2; c.noUserNS = v.off })
+		})
 	}
-	// CPU of this process and its reaped children (the container inits) per call: steadier
-	// than wall time on a loaded machine.
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(len(d)), "cpu-ms/op")
-	reportMedian(b, d)
 }
 
 // cpuTime is the user+system time of this process and its reaped children.
@@ -61,28 +76,30 @@ func cpuTime() time.Duration {
 // wait, read output; destroy and refill happen off the call path.
 func BenchmarkWarmPoolCall(b *testing.B) {
 	needContainers(b)
-	s := newSandbox(b, func(c *Config) { c.PoolSize = 2 })
-	ctx := context.Background()
-	call := probeCall(`{"op":"echo"}`)
-	if err := s.Prepare(ctx, call); err != nil {
-		b.Fatal(err)
-	}
-	var d []time.Duration
-	for b.Loop() {
-		// Measure only calls served from the pool: wait (untimed) for the refill to finish.
-		b.StopTimer()
+	forUserNS(b, func(b *testing.B, mod func(*Config)) {
+		s := newSandbox(b, mod)
+		ctx := context.Background()
+		call := probeCall(`{"op":"echo"}`)
 		if err := s.Prepare(ctx, call); err != nil {
 			b.Fatal(err)
 		}
-		b.StartTimer()
-		t0 := time.Now()
-		out, err := s.Run(ctx, call)
-		d = append(d, time.Since(t0))
-		if err != nil || out.ExitCode != 0 {
-			b.Fatal(err, out.Stderr)
+		var d []time.Duration
+		for b.Loop() {
+			// Measure only calls served from the pool: wait (untimed) for the refill to finish.
+			b.StopTimer()
+			if err := s.Prepare(ctx, call); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			t0 := time.Now()
+			out, err := s.Run(ctx, call)
+			d = append(d, time.Since(t0))
+			if err != nil || out.ExitCode != 0 {
+				b.Fatal(err, out.Stderr)
+			}
 		}
-	}
-	reportMedian(b, d)
+		reportMedian(b, d)
+	})
 }
 
 // BenchmarkWarmPoolCallShell is BenchmarkWarmPoolCall with a tool that costs next to nothing

@@ -168,6 +168,8 @@ type Config struct {
 
 	// idOffset skips the first slots of IDUser's ranges (tests: a few slots of their own).
 	idOffset int
+	// noUserNS runs containers as root did before uid slots (benchmarks: what they cost).
+	noUserNS bool
 }
 
 func (c Config) withDefaults() Config {

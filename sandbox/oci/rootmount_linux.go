@@ -45,8 +45,9 @@ func mountRoot(src, dir string, ns *os.File, uid, gid int) (root string, idmappe
 	if err := os.Mkdir(root, 0o700); err != nil {
 		return "", false, err
 	}
-	// AT_SYMLINK_NOFOLLOW: a rootfs that is a symlink is refused, not followed to wherever it points.
-	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+	// AT_SYMLINK_NOFOLLOW: a rootfs that is a symlink is refused, not followed to wherever it
+	// points. AT_RECURSIVE: mounts inside the rootfs come along, as with a runtime's rbind.
+	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW|unix.AT_RECURSIVE)
 	if err != nil {
 		return "", false, &os.PathError{Op: "open_tree", Path: src, Err: err}
 	}
@@ -56,14 +57,14 @@ func mountRoot(src, dir string, ns *os.File, uid, gid int) (root string, idmappe
 		idm := attr
 		idm.Attr_set |= unix.MOUNT_ATTR_IDMAP
 		idm.Userns_fd = uint64(ns.Fd())
-		err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &idm)
+		err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &idm)
 		idmapped = err == nil
 		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.ENOSYS) {
 			return "", false, fmt.Errorf("id-map %s: %w", src, err)
 		}
 	}
 	if !idmapped {
-		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
 			return "", false, fmt.Errorf("mount_setattr %s: %w", src, err)
 		}
 	}

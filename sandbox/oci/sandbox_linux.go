@@ -117,7 +117,7 @@ func New(cfg Config) (*Sandbox, error) {
 			Reason: fmt.Sprintf("the state root %s cannot be used by %s: %v", cfg.StateRoot, who, err),
 			Fix:    "set the Oci state_root to a directory this user can create and write (rootless: for example under $XDG_RUNTIME_DIR), or run as root"}
 		s.log.Warn("Oci tier unavailable", "reason", s.broken.Reason)
-	} else if !rootless {
+	} else if !rootless && !cfg.noUserNS {
 		if s.ids, err = newIDSlots(cfg.IDUser, cfg.IDSlots, cfg.idOffset, s.log); err != nil {
 			s.broken = &isolation.Availability{Backend: s.be.name(),
 				Reason: fmt.Sprintf("no user-namespace id range for the Oci tier's user %s: %v", cfg.IDUser, err),

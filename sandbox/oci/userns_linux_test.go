@@ -340,3 +340,32 @@ func shellRuntime(t *testing.T, name, script string) (rt, tool string) {
 	}
 	return rt, tool
 }
+
+// A mount inside a runtime root (here a bind mount at /extra) is part of the container's root, as
+// it was with the runtime's own recursive bind, and the tool reads it.
+func TestUserNSRootfsSubmounts(t *testing.T) {
+	needContainers(t)
+	rt, tool := shellRuntime(t, "submount", `cat /extra/data > /axocoatl/output.json`)
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "data"), []byte(`{"from":"submount"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(rt, "extra"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(src, filepath.Join(rt, "extra"), "", syscall.MS_BIND, ""); err != nil {
+		t.Skipf("bind mount: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(filepath.Join(rt, "extra"), syscall.MNT_DETACH) })
+	s := newSandbox(t, func(c *Config) { c.RuntimeRoot = rt })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := s.Run(ctx, sandbox.Call{Tool: "submount", Runtime: isolation.RequireShell, Dir: tool,
+		Entrypoint: filepath.Join(tool, "run.sh"), Input: []byte(`{}`), Limits: sandbox.Limits{}.WithDefaults()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := decode(t, out); m["from"] != "submount" {
+		t.Fatalf("output %s, stderr %q", out.Output, out.Stderr)
+	}
+}
