@@ -271,10 +271,20 @@ func New(c Config, log *slog.Logger) (*executor.Executor, error) {
 
 // Sandboxes returns one sandbox per tier that is not disabled; the isolating tiers are set up on
 // first use. The caller closes them.
+//
+// Before anything else it reaps, in every tier whether or not this process will use it, what
+// processes that died without closing their sandboxes left under c's directories (containers,
+// VMs, their processes, cgroups, mounts, state and run dirs) and their keepers could not reap.
+// When there is nothing to reap this costs a few system calls per tier.
 func Sandboxes(c Config, log *slog.Logger) []sandbox.Sandbox {
 	c = c.WithDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	for _, b := range tierBuilders {
+		if b.reap != nil {
+			b.reap(c, log)
+		}
 	}
 	disabled := map[string]bool{}
 	for _, t := range c.DisableTiers {
@@ -301,6 +311,9 @@ var tierBuilders []tierBuilder
 type tierBuilder struct {
 	tier  isolation.Tier
 	build func(Config, *slog.Logger) (sandbox.Sandbox, error)
+	// reap removes what dead processes left of the tier under c's directories; nil when the tier
+	// leaves nothing outside its process.
+	reap func(Config, *slog.Logger)
 }
 
 // brokenTier stands for a tier whose sandbox could not be set up on this host: it is unavailable

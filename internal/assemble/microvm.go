@@ -18,7 +18,9 @@ import (
 func (c Config) vmDataDir() string { return filepath.Join(c.DataDir, "vm") }
 
 func init() {
-	tierBuilders = append(tierBuilders, tierBuilder{isolation.TierMicroVM, func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
+	tierBuilders = append(tierBuilders, tierBuilder{tier: isolation.TierMicroVM, reap: func(c Config, log *slog.Logger) {
+		microvm.ReapDead(c.VM.RunDir, log.With("tier", isolation.TierMicroVM.String()))
+	}, build: func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
 		q := qemu.New()
 		switch c.VM.KVM {
 		case "on":

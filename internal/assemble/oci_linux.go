@@ -11,7 +11,10 @@ import (
 )
 
 func init() {
-	tierBuilders = append(tierBuilders, tierBuilder{isolation.TierOCI, func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
+	tierBuilders = append(tierBuilders, tierBuilder{tier: isolation.TierOCI, reap: func(c Config, log *slog.Logger) {
+		oci.ReapDead(oci.Config{StateRoot: c.Oci.StateRoot, Backend: c.Oci.Backend, RuntimeBinary: c.Oci.RuntimeBinary,
+			UseSystemd: c.Oci.UseSystemd, Logger: log.With("tier", isolation.TierOCI.String())})
+	}, build: func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
 		root := c.Oci.RuntimeRoot
 		if root == "" {
 			// The guest root of the microVM tier doubles as the runtime root here, so Python, Shell

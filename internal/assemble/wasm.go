@@ -10,7 +10,7 @@ import (
 )
 
 func init() {
-	tierBuilders = append(tierBuilders, tierBuilder{isolation.TierWasm, func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
+	tierBuilders = append(tierBuilders, tierBuilder{tier: isolation.TierWasm, build: func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
 		s, err := wasm.New(wasm.Config{CacheDir: filepath.Join(c.CacheDir, "wazero"), Logger: log})
 		if err != nil {
 			// The disk cache only saves compile time in later processes: without it, still serve.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,6 +105,16 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 	if qemus(dead) == 0 {
 		t.Fatalf("the helper reported a VM but no qemu runs under %s", dead)
 	}
+	// The helper's keeper dies with it (kill -9 of both; the helper is stopped first, since a
+	// live owner replaces a keeper that dies).
+	_ = helper.Process.Signal(syscall.SIGSTOP)
+	keepers := keepersOf(helper.Process.Pid)
+	if len(keepers) != 1 {
+		t.Errorf("the helper runs %d keepers, want 1", len(keepers))
+	}
+	for _, k := range keepers {
+		_ = syscall.Kill(k, syscall.SIGKILL)
+	}
 	if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -147,6 +158,80 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 	if _, err := os.Stat(s.RunDir()); err != nil {
 		t.Errorf("New's own run dir: %v", err)
 	}
+}
+
+// TestOwnerKilledWithPooledVM: SIGKILL of the process that owns a pooled VM leaves, 2 s later and
+// without any other process starting, no VMM and no run dir.
+func TestOwnerKilledWithPooledVM(t *testing.T) {
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+	root := filepath.Join(runRoot, "killed")
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	helper := exec.Command(os.Args[0], "-test.run=^$")
+	helper.Env = append(os.Environ(), orphanHelperEnv+"="+root)
+	helper.Stderr = os.Stderr
+	out, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	dir, ok := strings.CutPrefix(strings.TrimSpace(line), "READY ")
+	if !ok {
+		helper.Process.Kill()
+		helper.Wait()
+		t.Fatalf("helper: %q", line)
+	}
+	if qemus(dir) == 0 || len(keepersOf(helper.Process.Pid)) != 1 {
+		helper.Process.Kill()
+		helper.Wait()
+		t.Fatalf("the helper reported a pooled VM but runs %d qemu and %d keepers", qemus(dir), len(keepersOf(helper.Process.Pid)))
+	}
+	killed := time.Now()
+	if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	helper.Wait()
+	for qemus(dir) > 0 && time.Since(killed) < 2*time.Second {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if gone := time.Since(killed); gone > time.Second {
+		t.Errorf("the dead owner's VMM ran %v after its death (goal: 1 s)", gone)
+	}
+	time.Sleep(2*time.Second - time.Since(killed))
+	if n := qemus(dir); n != 0 {
+		t.Errorf("%d qemu processes still run under the dead owner's run dir", n)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the dead owner's run dir %s survived: %v", dir, err)
+	}
+}
+
+// keepersOf returns the pids of the keeper processes pid started.
+func keepersOf(pid int) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range procs {
+		st, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
+			continue
+		}
+		if cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline")); strings.Contains(string(cmd), "axocoatl-keeper") {
+			k, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // qemus counts the live qemu processes whose command line names dir.

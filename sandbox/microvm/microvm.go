@@ -17,6 +17,7 @@ import (
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/guest"
+	"github.com/axocoatl/isolation/internal/keeper"
 	"github.com/axocoatl/isolation/internal/vmimage"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
@@ -117,8 +118,12 @@ type Sandbox struct {
 	opts   Options
 	log    *slog.Logger
 	runDir string // this process's private run dir
-	seq    atomic.Int64
-	bg     sync.WaitGroup // background kills, refills, snapshots
+	// runLock holds a shared flock on runDir (nil outside Linux); keep is the keeper that reaps
+	// runDir if this process dies (nil when it could not start). See reap_linux.go.
+	runLock *os.File
+	keep    *keeper.Keeper
+	seq     atomic.Int64
+	bg      sync.WaitGroup // background kills, refills, snapshots
 
 	cold, restored, pooled atomic.Int64
 	deadPooled             atomic.Int64
@@ -154,8 +159,8 @@ type snapEntry struct {
 	err  error
 }
 
-// New returns the tier. It creates its run directory and reaps what crashed earlier processes
-// left under Options.RunDir.
+// New returns the tier. It creates its run directory, starts the keeper that reaps it if this
+// process dies without Close, and reaps what dead earlier processes left under Options.RunDir.
 func New(opts Options) (*Sandbox, error) {
 	if opts.DataDir == "" {
 		opts.DataDir = vmimage.DefaultDataDir
@@ -191,11 +196,12 @@ func New(opts Options) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeOwner(dir); err != nil {
+	lock, keep, err := claimRunDir(dir, log)
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	s := &Sandbox{opts: opts, log: log, runDir: dir, pools: map[shape]*pool{}, snaps: map[shape]*snapEntry{},
+	s := &Sandbox{opts: opts, log: log, runDir: dir, runLock: lock, keep: keep, pools: map[shape]*pool{}, snaps: map[shape]*snapEntry{},
 		used: map[shape]time.Time{}, budget: poolbudget.New(opts.PoolMaxTotal, opts.PoolMaxMemoryMB)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if opts.PoolIdle > 0 {
@@ -707,8 +713,18 @@ func (s *Sandbox) Close() error {
 	for _, p := range pools {
 		p.close(s)
 	}
-	return os.RemoveAll(s.runDir)
+	err := os.RemoveAll(s.runDir)
+	if kerr := s.keep.Stop(keeperStop); kerr != nil {
+		s.log.Warn("microVM keeper", "err", kerr)
+	}
+	if s.runLock != nil {
+		s.runLock.Close()
+	}
+	return err
 }
+
+// keeperStop bounds how long Close waits for the keeper to see its pipe closed and exit.
+const keeperStop = 10 * time.Second
 
 func randHex(n int) string {
 	b := make([]byte, n)

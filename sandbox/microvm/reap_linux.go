@@ -2,6 +2,7 @@ package microvm
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,15 +11,86 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/axocoatl/isolation/internal/keeper"
 )
 
 const noFollow = syscall.O_NOFOLLOW
+
+// A Sandbox's VMs live in its private run dir ({RunDir}/p…/, one subdirectory per VM with the
+// VMM's pidfile, sockets, copies and snapshots). The Sandbox holds a shared flock on that dir for
+// its life, and so does its keeper (package internal/keeper): when the Sandbox's process dies,
+// however it dies, the keeper kills the VMMs and removes the dir (reapRunDir). A process that
+// starts (New, and ReapDead, which assemble calls whichever tiers it will use) reaps the run dirs
+// nobody holds any more whose owner process is gone (reapOrphans), with the same reapRunDir.
+
+const keeperKind = "vm"
+
+func init() { keeper.Hook(keeperKind, keeperSetup) }
+
+type keeperParams struct {
+	Dir string `json:"dir"`
+}
+
+// keeperSetup runs in the keeper process: it holds the run dir's lock until the owner is gone,
+// then reaps the dir.
+func keeperSetup(raw []byte, log *slog.Logger) (func(), error) {
+	var p keeperParams
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(p.Dir) || filepath.Clean(p.Dir) != p.Dir {
+		return nil, fmt.Errorf("bad parameters %q", raw)
+	}
+	f, err := lockDir(p.Dir, syscall.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		if n := reapRunDir(p.Dir, log); n > 0 {
+			log.Warn("the owner of these VMs is gone: killed them", "dir", p.Dir, "vmms", n)
+		}
+		f.Close()
+	}, nil
+}
+
+// claimRunDir locks the Sandbox's new run dir, records its owner and starts its keeper.
+func claimRunDir(dir string, log *slog.Logger) (*os.File, *keeper.Keeper, error) {
+	f, err := lockDir(dir, syscall.LOCK_SH)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := writeOwner(dir); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	k, err := keeper.Start(keeperKind, keeperParams{Dir: dir}, log)
+	if err != nil {
+		// Still usable: only a crash would leave VMs behind until the next start.
+		log.Warn("no keeper for the microVM tier: if this process is killed its VMs stay until another one starts", "error", err)
+	}
+	return f, k, nil
+}
+
+// lockDir opens dir and flocks it with how.
+func lockDir(dir string, how int) (*os.File, error) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
 
 // owner identifies a process by pid and start time (pids are reused).
 func selfOwner() string {
 	return fmt.Sprintf("%d %s", os.Getpid(), startTime(os.Getpid()))
 }
 
+// startTime is the process's start time, "" when it does not exist or has exited (a zombie).
 func startTime(pid int) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -30,7 +102,7 @@ func startTime(pid int) string {
 		return ""
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
 		return ""
 	}
 	return f[19]
@@ -52,7 +124,20 @@ func alive(owner string) bool {
 	return startTime(pid) == f[1]
 }
 
-// reapOrphans kills the VMMs and removes the run dirs of processes that died without Close.
+// ReapDead kills the VMMs and removes the run dirs under root (Options.RunDir) of processes that
+// died without Close and whose keeper is gone too. It costs a directory read when there is
+// nothing to reap; New does the same.
+func ReapDead(root string, log *slog.Logger) {
+	if root == "" {
+		root = DefaultRunDir
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reapOrphans(root, log)
+}
+
+// reapOrphans reaps the run dirs under root that no live process holds.
 func reapOrphans(root string, log *slog.Logger) {
 	entries, err := os.ReadDir(root)
 	if err != nil {
@@ -63,37 +148,53 @@ func reapOrphans(root string, log *slog.Logger) {
 			continue
 		}
 		dir := filepath.Join(root, e.Name())
-		owner, err := os.ReadFile(filepath.Join(dir, "owner"))
-		if err == nil && alive(strings.TrimSpace(string(owner))) {
-			continue
+		f, err := lockDir(dir, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err != nil {
+			continue // its owner or its keeper holds it
 		}
+		owner, err := os.ReadFile(filepath.Join(dir, "owner"))
+		skip := err == nil && alive(strings.TrimSpace(string(owner))) // an owner that takes no lock
 		if err != nil {
 			// A dir without owner may be one being created right now: leave young ones.
 			if fi, serr := os.Stat(dir); serr != nil || fi.ModTime().After(timeNow().Add(-staleAfter)) {
-				continue
+				skip = true
 			}
 		}
-		vms, _ := filepath.Glob(filepath.Join(dir, "*", "vmm.pid"))
-		for _, pf := range vms {
-			b, err := os.ReadFile(pf)
-			if err != nil {
-				continue
-			}
-			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-			if err != nil || pid <= 1 {
-				continue
-			}
-			// Kill only a VMM whose command line names this run dir (the pid may be reused).
-			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			if err == nil && bytes.Contains(cmdline, []byte(filepath.Dir(pf))) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				log.Info("reaped orphan VMM", "pid", pid, "dir", filepath.Dir(pf))
+		if !skip {
+			if n := reapRunDir(dir, log); n > 0 {
+				log.Warn("killed VMs whose owning process died", "dir", dir, "vmms", n)
 			}
 		}
-		if err := os.RemoveAll(dir); err != nil {
-			log.Warn("remove orphan run dir", "dir", dir, "err", err)
+		f.Close()
+	}
+}
+
+// reapRunDir kills the VMMs a run dir's pidfiles name and removes the dir (snapshots included).
+// It returns how many VMMs it killed.
+func reapRunDir(dir string, log *slog.Logger) int {
+	n := 0
+	vms, _ := filepath.Glob(filepath.Join(dir, "*", "vmm.pid"))
+	for _, pf := range vms {
+		b, err := os.ReadFile(pf)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 1 {
+			continue
+		}
+		// Kill only a VMM whose command line names this run dir (the pid may be reused).
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && bytes.Contains(cmdline, []byte(filepath.Dir(pf))) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			n++
+			log.Info("reaped orphan VMM", "pid", pid, "dir", filepath.Dir(pf))
 		}
 	}
+	if err := os.RemoveAll(dir); err != nil {
+		log.Warn("remove orphan run dir", "dir", dir, "err", err)
+	}
+	return n
 }
 
 var timeNow = time.Now

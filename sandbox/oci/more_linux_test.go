@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -134,75 +133,6 @@ printf '{"uid":"%s","input":%s}' "$(id -u)" "$(cat /axocoatl/input.json)" > /axo
 			}
 		})
 	}
-}
-
-// TestReapAfterCrash kills a process that holds pre-created containers (a helper re-execution of
-// this test binary) and checks that the next New on the same state root removes them.
-func TestReapAfterCrash(t *testing.T) {
-	needContainers(t)
-	if os.Getenv("AXO_OCI_CRASH_HELPER") != "" {
-		t.Skip("helper")
-	}
-	stateRoot := t.TempDir()
-	parent := "axocoatl-test-crash"
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.v")
-	cmd.Env = append(os.Environ(), "AXO_OCI_CRASH_HELPER="+stateRoot, "AXO_OCI_TOOLS="+env.toolsDir, "AXO_OCI_PARENT="+parent)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	var got strings.Builder
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(got.String(), "POOL READY") {
-		if time.Now().After(deadline) {
-			cmd.Process.Kill()
-			t.Fatalf("helper output: %s", got.String())
-		}
-		n, err := stdout.Read(buf)
-		got.Write(buf[:n])
-		if err != nil {
-			cmd.Process.Kill()
-			t.Fatalf("helper ended: %v: %s", err, got.String())
-		}
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
-	left, _ := os.ReadDir(filepath.Join(stateRoot, ".libcontainer"))
-	if len(left) != 2 {
-		t.Fatalf("the crashed helper left %d containers, want 2 to reap", len(left))
-	}
-	cfg := Config{StateRoot: stateRoot, BundleRoot: env.toolsDir, CgroupParent: parent}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	assertClean(t, s.cfg)
-}
-
-// TestCrashHelper is the helper process of TestReapAfterCrash.
-func TestCrashHelper(t *testing.T) {
-	root := os.Getenv("AXO_OCI_CRASH_HELPER")
-	if root == "" {
-		t.Skip("only run by TestReapAfterCrash")
-	}
-	s, err := New(Config{StateRoot: root, BundleRoot: os.Getenv("AXO_OCI_TOOLS"), CgroupParent: os.Getenv("AXO_OCI_PARENT"), PoolSize: 2, NoSeccomp: noSeccomp()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.toolsDir = os.Getenv("AXO_OCI_TOOLS")
-	if err := s.Prepare(context.Background(), probeCall(`{}`)); err != nil {
-		t.Fatal(err)
-	}
-	fmt.Println("POOL READY")
-	time.Sleep(time.Minute)
 }
 
 // TestNewRejectsBadConfig checks config validation that needs no containers.

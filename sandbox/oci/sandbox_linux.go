@@ -10,8 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -39,6 +37,7 @@ type Sandbox struct {
 	broken   *isolation.Availability // why the state root is unusable; nil when it is usable
 	ids      *idSlots                // per-container user-namespace id slots; nil when rootless or broken
 	budget   *poolbudget.Budget      // bounds the warm containers of all pools together
+	owner    *claim                  // this Sandbox's claim on its containers and its keeper; nil when broken
 
 	mu     sync.Mutex // protects pools and closed, and orders teardown.Add before Close's Wait
 	pools  map[string]*pool
@@ -85,29 +84,15 @@ func New(cfg Config) (*Sandbox, error) {
 	s := &Sandbox{cfg: cfg, log: cfg.Logger.With("tier", "Oci"), rootless: rootless, ioRoot: cfg.StateRoot, pools: map[string]*pool{},
 		budget: poolbudget.New(cfg.PoolMaxTotal, cfg.PoolMaxMemoryMB)}
 	routeLibcontainerLogs(s.log)
-	switch cfg.Backend {
-	case BackendLibcontainer:
-		s.be = &libcontainerBackend{root: filepath.Join(cfg.StateRoot, ".libcontainer"), useSystemd: cfg.UseSystemd, rootless: s.rootless}
-	case BackendCrun, BackendRunc:
-		bin := cfg.RuntimeBinary
-		if bin == "" {
-			bin = cfg.Backend
-		}
-		p, err := exec.LookPath(bin)
-		if err != nil {
-			// Kept as a backend whose calls fail; Probe explains.
-			p = bin
-		}
-		s.be = &binaryBackend{kind: cfg.Backend, bin: p, root: filepath.Join(cfg.StateRoot, ".runtime"),
-			bundles: filepath.Join(cfg.StateRoot, ".bundles"), useSystemd: cfg.UseSystemd,
-			hybridFix: cfg.Backend == BackendCrun && hybridCgroups(), keep: cfg.Backend == BackendRunc}
-	default:
-		return nil, fmt.Errorf("oci: unknown backend %q (want libcontainer, crun or runc)", cfg.Backend)
+	be, err := newBackend(cfg, rootless)
+	if err != nil {
+		return nil, err
 	}
+	s.be = be
 	if b, ok := s.be.(*libcontainerBackend); ok {
 		b.warnIfCopying(s.log)
 	}
-	err := s.openStateRoot()
+	err = s.openStateRoot()
 	if err != nil {
 		who := "this process"
 		if rootless {
@@ -129,7 +114,30 @@ func New(cfg Config) (*Sandbox, error) {
 	return s, nil
 }
 
-// openStateRoot creates and locks the state root; with the only lock on it, it reaps.
+// newBackend returns the backend cfg (with defaults, absolute paths) selects.
+func newBackend(cfg Config, rootless bool) (backend, error) {
+	switch cfg.Backend {
+	case BackendLibcontainer:
+		return &libcontainerBackend{root: filepath.Join(cfg.StateRoot, ".libcontainer"), useSystemd: cfg.UseSystemd, rootless: rootless}, nil
+	case BackendCrun, BackendRunc:
+		bin := cfg.RuntimeBinary
+		if bin == "" {
+			bin = cfg.Backend
+		}
+		p, err := exec.LookPath(bin)
+		if err != nil {
+			// Kept as a backend whose calls fail; Probe explains.
+			p = bin
+		}
+		return &binaryBackend{kind: cfg.Backend, bin: p, root: filepath.Join(cfg.StateRoot, ".runtime"),
+			bundles: filepath.Join(cfg.StateRoot, ".bundles"), useSystemd: cfg.UseSystemd,
+			hybridFix: cfg.Backend == BackendCrun && hybridCgroups(), keep: cfg.Backend == BackendRunc}, nil
+	}
+	return nil, fmt.Errorf("oci: unknown backend %q (want libcontainer, crun or runc)", cfg.Backend)
+}
+
+// openStateRoot creates and locks the state root; with the only lock on it, it reaps everything
+// there, else what dead owners left. Then it claims an owner directory (see reap_linux.go).
 func (s *Sandbox) openStateRoot() error {
 	if err := os.MkdirAll(s.cfg.StateRoot, 0o711); err != nil {
 		return err
@@ -147,11 +155,17 @@ func (s *Sandbox) openStateRoot() error {
 	}
 	// Exclusive means no live Sandbox uses this state root: whatever is in it is debris.
 	if syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
-		s.reap()
+		s.reapAll()
+	} else {
+		reapDeadOwners(s.ioRoot, s.log)
 	}
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_SH); err != nil {
 		lock.Close()
 		return fmt.Errorf("lock %s: %w", lock.Name(), err)
+	}
+	if err := s.claimOwner(); err != nil {
+		lock.Close()
+		return fmt.Errorf("owner directory: %w", err)
 	}
 	s.lock = lock
 	return nil
@@ -513,14 +527,22 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 		}()
 		ids = &ocispec.IDMap{UID: slot.uid, GID: slot.gid, Size: idSlotSize}
 	}
+	// Claimed before anything of it exists: if this process dies from here on, its keeper (or the
+	// next process to start) reaps it.
+	if err := s.mark(id); err != nil {
+		return nil, err
+	}
 	ioDir := filepath.Join(s.ioRoot, id)
 	if err := os.Mkdir(ioDir, 0o700); err != nil {
+		s.unmark(id)
 		return nil, fmt.Errorf("oci: I/O dir: %w", err)
 	}
 	defer func() {
 		if err != nil {
 			if rerr := removeIODir(ioDir); rerr != nil {
 				s.log.Warn("remove I/O dir", "dir", ioDir, "error", rerr)
+			} else {
+				s.unmark(id)
 			}
 		}
 	}()
@@ -645,6 +667,7 @@ func (s *Sandbox) destroy(c *ctr) {
 		c.input = nil
 	}
 	destroyed := true
+	clean := true
 	if err := c.inst.destroy(); err != nil {
 		s.log.Warn("destroy container", "id", c.id, "error", err)
 		s.be.reap(c.id)
@@ -655,16 +678,19 @@ func (s *Sandbox) destroy(c *ctr) {
 		for _, d := range cgroupDirs(s.cgroupsPath(c.id)) {
 			if err := removeCgroup(d); err != nil {
 				s.log.Warn("remove cgroup", "dir", d, "error", err)
+				clean = false
 			}
 		}
 	}
 	if c.root != "" {
 		if err := unmountRoot(c.root); err != nil {
 			s.log.Warn("remove rootfs mount", "dir", c.root, "error", err)
+			clean = false
 		}
 	}
 	if err := removeIODir(c.ioDir); err != nil {
 		s.log.Warn("remove I/O dir", "dir", c.ioDir, "error", err)
+		clean = false
 	}
 	if c.slot != nil {
 		if destroyed {
@@ -674,46 +700,9 @@ func (s *Sandbox) destroy(c *ctr) {
 		}
 		c.slot = nil
 	}
-}
-
-// reap removes everything under the state root left by a previous owner: containers known to the
-// backend, their cgroups, mounts under the state root, I/O dirs.
-func (s *Sandbox) reap() {
-	defer func() {
-		if r := recover(); r != nil {
-			s.log.Error("reap panicked", "panic", r, "stack", string(debug.Stack()))
-		}
-	}()
-	ids := map[string]bool{}
-	for _, id := range s.be.ids() {
-		ids[id] = true
-	}
-	ents, _ := os.ReadDir(s.ioRoot)
-	for _, e := range ents {
-		if e.IsDir() && strings.HasPrefix(e.Name(), "axocoatl-") {
-			ids[e.Name()] = true
-		}
-	}
-	if len(ids) == 0 {
-		return
-	}
-	s.log.Info("reaping containers left by an earlier process", "state_root", s.ioRoot, "count", len(ids))
-	for id := range ids {
-		s.be.reap(id)
-		if !s.cfg.UseSystemd && s.cgroupLimits() {
-			for _, d := range cgroupDirs(s.cgroupsPath(id)) {
-				_ = removeCgroup(d)
-			}
-		}
-	}
-	// Whatever the dead owner's tools built, this is unmounts and empty directories (see
-	// removeIODir): only a plain directory left by a rootless or older owner needs removeTree.
-	unmountUnder(s.ioRoot)
-	for id := range ids {
-		if err := removeIODir(filepath.Join(s.ioRoot, id)); err != nil {
-			s.log.Warn("reap I/O dir", "id", id, "error", err)
-		}
-		_ = unmountRoot(filepath.Join(rootsDir, id))
+	if destroyed && clean {
+		// Else the claim stays, for the keeper to reap at Close or at this process's end.
+		s.unmark(c.id)
 	}
 }
 
@@ -726,55 +715,6 @@ func hostMountinfo() ([]byte, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	return os.ReadFile("/proc/thread-self/mountinfo")
-}
-
-// unmountUnder detaches every mount strictly below dir, deepest first.
-func unmountUnder(dir string) {
-	b, err := hostMountinfo()
-	if err != nil {
-		return
-	}
-	var mps []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMount(f[4])
-		if strings.HasPrefix(mp, dir+"/") {
-			mps = append(mps, mp)
-		}
-	}
-	for i := len(mps) - 1; i >= 0; i-- {
-		_ = syscall.Unmount(mps[i], syscall.MNT_DETACH)
-	}
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + byte(c-'0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func sleepBrief() { time.Sleep(5 * time.Millisecond) }
@@ -807,6 +747,7 @@ func (s *Sandbox) Close() error {
 	if s.lock == nil {
 		return nil
 	}
+	s.owner.release(s.log, s.ioRoot)
 	_ = os.Remove(filepath.Join(s.ioRoot, ".libcontainer"))
 	return s.lock.Close()
 }

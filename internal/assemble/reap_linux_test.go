@@ -1,0 +1,427 @@
+package assemble
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/vmimage"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+// Nothing outlives its owner: these tests start a real owner process (this test binary
+// re-executed, TestOwnerHelper) that builds an executor with assemble.New, fills an Oci pool for
+// a spinning busybox tool, keeps a pooled VM when QEMU and a prepared guest image are here, and
+// runs a call of the spinning tool; then they SIGKILL it mid-call.
+
+const ownerEnv = "AXO_ASSEMBLE_OWNER" // the helper's config, JSON
+
+// ownerSetup is what a test gives its owner process.
+type ownerSetup struct {
+	Config Config `json:"config"`
+	Spin   string `json:"spin"`  // the spinning ContainerImage tool
+	Shell  string `json:"shell"` // a Shell tool to pool a VM for ("": no VM)
+}
+
+// guestDataDir returns a data dir whose vm/ holds a prepared guest image, or "" with the reason.
+func guestDataDir(t *testing.T) (string, string) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		return "", "qemu-system-x86_64 is not installed"
+	}
+	for _, d := range []string{"/var/lib/axocoatl/vm", "/var/cache/axocoatl-test/microvm"} {
+		if _, err := vmimage.Load(d); err == nil {
+			data := t.TempDir()
+			if err := os.Symlink(d, filepath.Join(data, "vm")); err != nil {
+				t.Fatal(err)
+			}
+			return data, ""
+		}
+	}
+	return "", "no prepared guest image (axoiso vm prepare)"
+}
+
+// newOwnerSetup builds a tools root with a spinning busybox bundle (and a Shell tool when a VM
+// can be pooled) and a config whose state and run dirs are the test's own.
+func newOwnerSetup(t *testing.T, withVM bool) ownerSetup {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (containers)")
+	}
+	if fi, err := os.Stat("/bin/busybox"); err != nil || !fi.Mode().IsRegular() {
+		t.Skip("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	suffix := hex.EncodeToString(b)
+	tools := t.TempDir()
+	_ = os.Chmod(tools, 0o755) // container inits read bundles as other uids
+	o := ownerSetup{Spin: "spin" + suffix}
+	rootfs := filepath.Join(tools, o.Spin, "rootfs")
+	for _, d := range []string{"bin", "proc", "dev", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", "sh")); err != nil {
+		t.Fatal(err)
+	}
+	spec := `{"ociVersion":"1.2.0","root":{"path":"rootfs"},"process":{"args":["/bin/sh","-c","while :; do :; done"],"cwd":"/","user":{"uid":0,"gid":0},"env":["PATH=/bin"]}}`
+	write(t, filepath.Join(tools, o.Spin, "config.json"), spec)
+	write(t, filepath.Join(tools, o.Spin, "tool.json"), `{"runtime":"ContainerImage","timeout_ms":5000}`)
+	o.Config = Config{ToolsRoot: tools, CacheDir: t.TempDir(), DataDir: t.TempDir()}
+	o.Config.Oci.StateRoot = t.TempDir()
+	o.Config.VM.RunDir = t.TempDir()
+	if withVM {
+		data, why := guestDataDir(t)
+		if why != "" {
+			t.Logf("no pooled VM in this test: %s", why)
+		} else {
+			o.Config.DataDir = data
+			o.Config.VM.PoolSize = 1
+			o.Shell = "sh" + suffix
+			write(t, filepath.Join(tools, o.Shell, "tool.json"), `{"runtime":"Shell","entrypoint":"run.sh"}`)
+			write(t, filepath.Join(tools, o.Shell, "run.sh"), `echo '{}' > /axocoatl/output.json`)
+		}
+	}
+	return o
+}
+
+func write(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startOwner starts the owner process and returns once its call spins.
+func startOwner(t *testing.T, o ownerSetup) *exec.Cmd {
+	t.Helper()
+	b, _ := json.Marshal(o)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOwnerHelper$", "-test.v")
+	cmd.Env = append(os.Environ(), ownerEnv+"="+string(b))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	timeout := time.After(3 * time.Minute)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("the owner ended before its call ran")
+			}
+			t.Log("owner: ", l)
+			if strings.HasPrefix(l, "CALL RUNNING") {
+				go func() {
+					for range lines {
+					}
+				}()
+				return cmd
+			}
+		case <-timeout:
+			t.Fatal("the owner's call never ran")
+		}
+	}
+}
+
+// TestOwnerHelper is the owner process startOwner starts.
+func TestOwnerHelper(t *testing.T) {
+	raw := os.Getenv(ownerEnv)
+	if raw == "" {
+		t.Skip("only run by startOwner")
+	}
+	var o ownerSetup
+	if err := json.Unmarshal([]byte(raw), &o); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := New(o.Config, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := e.Prepare(ctx, o.Spin); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(t, e.Sandbox, isolation.TierOCI, 2)
+	if o.Shell != "" {
+		if err := e.Prepare(ctx, o.Shell); err != nil {
+			t.Fatal(err)
+		}
+		waitPool(t, e.Sandbox, isolation.TierMicroVM, 1)
+	}
+	go func() {
+		_, err := e.Execute(ctx, o.Spin, []byte(`{}`))
+		fmt.Println("CALL ENDED", err)
+	}()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if spinning(o.Spin) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the spinning tool never ran")
+		}
+	}
+	fmt.Println("CALL RUNNING")
+	time.Sleep(time.Minute)
+}
+
+func waitPool(t *testing.T, sb func(isolation.Tier) (sandbox.Sandbox, bool), tier isolation.Tier, n int) {
+	s, _ := sb(tier)
+	p, ok := s.(sandbox.Pooler)
+	if !ok {
+		t.Fatalf("%s keeps no pool", tier)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if ps := p.PoolStats(); len(ps) == 1 && ps[0].Ready == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the %s pool did not fill: %+v", tier, p.PoolStats())
+		}
+	}
+}
+
+// containerPids lists the processes in the cgroups of the containers of tool (every hierarchy).
+func containerPids(tool string) []int {
+	seen := map[int]bool{}
+	var pids []int
+	for _, d := range containerCgroups(tool) {
+		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err != nil || !e.IsDir() {
+				return nil
+			}
+			b, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+					seen[pid] = true
+					pids = append(pids, pid)
+				}
+			}
+			return nil
+		})
+	}
+	return pids
+}
+
+// containerCgroups lists the cgroup dirs of the containers of tool (cgroup parent "axocoatl").
+func containerCgroups(tool string) []string {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/axocoatl/axocoatl-" + tool + "-*")
+	v2, _ := filepath.Glob("/sys/fs/cgroup/axocoatl/axocoatl-" + tool + "-*")
+	return append(dirs, v2...)
+}
+
+// spinning reports whether the tool's shell loop runs.
+func spinning(tool string) bool {
+	for _, pid := range containerPids(tool) {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if strings.Contains(string(st), " (sh) R") {
+			return true
+		}
+	}
+	return false
+}
+
+// keepersOf returns the pids of the keeper processes pid started.
+func keepersOf(pid int) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range procs {
+		st, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
+			continue
+		}
+		if cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline")); strings.Contains(string(cmd), "axocoatl-keeper") {
+			k, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// qemus counts the live qemu processes whose command line names dir.
+func qemus(dir string) int {
+	n := 0
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), "qemu-system") || !strings.Contains(string(b), dir) {
+			continue
+		}
+		if st, err := os.ReadFile(filepath.Join(filepath.Dir(p), "stat")); err == nil {
+			if i := strings.LastIndexByte(string(st), ')'); i > 0 && strings.HasPrefix(string(st[i+1:]), " Z") {
+				continue
+			}
+		}
+		n++
+	}
+	return n
+}
+
+func hasEntries(dir string) bool {
+	ents, _ := os.ReadDir(dir)
+	return len(ents) > 0
+}
+
+// leftovers lists what remains of the owner's calls, containers and VMs.
+func leftovers(o ownerSetup) []string {
+	var left []string
+	for _, pid := range containerPids(o.Spin) {
+		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(st), ") Z ") {
+			left = append(left, fmt.Sprintf("process %d", pid))
+		}
+	}
+	for _, d := range containerCgroups(o.Spin) {
+		left = append(left, "cgroup "+d)
+	}
+	root := o.Config.Oci.StateRoot
+	ents, _ := os.ReadDir(root)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "axocoatl-") {
+			left = append(left, "I/O dir "+e.Name())
+		}
+	}
+	for _, sub := range []string{".libcontainer", ".owners"} {
+		ents, _ := os.ReadDir(filepath.Join(root, sub))
+		for _, e := range ents {
+			left = append(left, "state "+sub+"/"+e.Name())
+		}
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], root+"/") {
+			left = append(left, "mount "+f[4])
+		}
+	}
+	if n := qemus(o.Config.VM.RunDir); n > 0 {
+		left = append(left, fmt.Sprintf("%d qemu", n))
+	}
+	ents, _ = os.ReadDir(o.Config.VM.RunDir)
+	for _, e := range ents {
+		left = append(left, "VM run dir "+e.Name())
+	}
+	return left
+}
+
+// TestOwnerKilledMidCallLeavesNothing: SIGKILL of the owner mid-call; 2 s later, with no other
+// process started, nothing of its call, its pooled containers or its pooled VM remains.
+func TestOwnerKilledMidCallLeavesNothing(t *testing.T) {
+	o := newOwnerSetup(t, true)
+	cmd := startOwner(t, o)
+	if n := len(containerPids(o.Spin)); n < 2 {
+		t.Fatalf("%d processes in the owner's containers, want the spinning tool and pooled inits", n)
+	}
+	if o.Shell != "" && qemus(o.Config.VM.RunDir) != 1 {
+		t.Fatalf("%d qemu under %s, want the pooled VM", qemus(o.Config.VM.RunDir), o.Config.VM.RunDir)
+	}
+	killed := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	for (len(containerPids(o.Spin)) > 0 || qemus(o.Config.VM.RunDir) > 0) && time.Since(killed) < 2*time.Second {
+		time.Sleep(5 * time.Millisecond)
+	}
+	gone := time.Since(killed)
+	if gone > time.Second {
+		t.Errorf("the dead owner's sandboxes ran %v after its death (goal: 1 s)", gone)
+	}
+	t.Logf("processes gone %v after SIGKILL", gone.Round(time.Millisecond))
+	time.Sleep(2*time.Second - time.Since(killed))
+	if left := leftovers(o); len(left) > 0 {
+		t.Errorf("2 s after the owner's death: %s", strings.Join(left, ", "))
+	}
+}
+
+// TestNextStartReapsDeadOwners: when the owner's keepers die with it (kill -9 of all), what it
+// left is reaped by the next executor that starts on the same directories, before it serves and
+// although its catalog has no tool for the Oci or microVM tier (neither is set up).
+func TestNextStartReapsDeadOwners(t *testing.T) {
+	o := newOwnerSetup(t, true)
+	cmd := startOwner(t, o)
+	// Stopped first: a live owner replaces a keeper that dies.
+	_ = cmd.Process.Signal(syscall.SIGSTOP)
+	keepers := keepersOf(cmd.Process.Pid)
+	want := 1
+	if o.Shell != "" {
+		want = 2
+	}
+	if len(keepers) != want {
+		t.Errorf("the owner runs %d keepers, want %d", len(keepers), want)
+	}
+	for _, k := range keepers {
+		_ = syscall.Kill(k, syscall.SIGKILL)
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	time.Sleep(300 * time.Millisecond)
+	left := leftovers(o)
+	// The call took a pooled container: the pool's replacement may have been half made, and its
+	// init died with the owner; the spinning tool and the other pooled container live on.
+	if !spinning(o.Spin) || len(containerPids(o.Spin)) < 2 || (o.Shell != "" && qemus(o.Config.VM.RunDir) == 0 && !hasEntries(o.Config.VM.RunDir)) {
+		t.Fatalf("the dead owner left %v; want its containers and VM run dir to reap", left)
+	}
+	t.Logf("left by the dead owner: %d items", len(left))
+
+	c := o.Config
+	c.ToolsRoot = t.TempDir() // no Oci or microVM tool
+	c.VM.PoolSize = 0
+	e, err := New(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if left := leftovers(o); len(left) > 0 {
+		t.Errorf("after the next start: %s", strings.Join(left, ", "))
+	}
+	for _, tier := range []isolation.Tier{isolation.TierOCI, isolation.TierMicroVM} {
+		if s, ok := e.Sandbox(tier); ok {
+			if l, ok := s.(*lazyTier); ok && l.built() != nil {
+				t.Errorf("the %s tier was set up to reap", tier)
+			}
+		}
+	}
+}
