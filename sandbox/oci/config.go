@@ -106,8 +106,10 @@ const (
 type Config struct {
 	// StateRoot holds per-call I/O dirs ({StateRoot}/{id}/) and runtime state. Default
 	// /run/axocoatl/oci for root; $XDG_RUNTIME_DIR/axocoatl/oci (else a directory under the
-	// user's cache dir) for an unprivileged user. One live process at a time reaps it: New
-	// removes what a crashed earlier owner left there unless another live Sandbox holds it.
+	// user's cache dir) for an unprivileged user. Several sandboxes (and processes) may share
+	// it: each claims its containers under StateRoot/.owners/, and its keeper reaps them if its
+	// process dies; New and ReapDead reap what dead owners whose keepers died too left there, and
+	// everything there when no live Sandbox uses the root.
 	StateRoot string
 	// BundleRoot is the tools root: a call's Dir must be inside it. Default /var/axocoatl/bundles.
 	BundleRoot string

@@ -259,16 +259,20 @@ func (s *Sandbox) reapAll() {
 			ids[e.Name()] = true
 		}
 	}
-	if len(ids) > 0 {
-		s.log.Info("reaping containers left by an earlier process", "state_root", s.ioRoot, "count", len(ids))
+	if len(ids) == 0 {
+		// Nothing to unmount either: every mount under the state root is on an I/O dir. (Reading
+		// the mount table is the slowest step of a start with nothing to reap.)
+		if n > 0 {
+			r.tidy()
+		}
+		return
 	}
+	s.log.Info("reaping containers left by an earlier process", "state_root", s.ioRoot, "count", len(ids))
 	for id := range ids {
 		r.reapID(id)
 	}
 	unmountUnder(s.ioRoot)
-	if n+len(ids) > 0 {
-		r.tidy()
-	}
+	r.tidy()
 }
 
 // ReapDead removes what processes that died without closing their Oci sandbox left under cfg's
