@@ -152,8 +152,7 @@ func (k *Keeper) startLocked() error {
 	cmd.Dir = "/"
 	cmd.Stderr = os.Stderr
 	cmd.ExtraFiles = []*os.File{r}
-	// Setsid: no terminal signal (^C to the owner's process group) reaches the keeper.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = detached()
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		return fmt.Errorf("keeper %s: start: %w", k.kind, err)

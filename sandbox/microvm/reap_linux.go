@@ -3,6 +3,7 @@ package microvm
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -43,6 +44,9 @@ func keeperSetup(raw []byte, log *slog.Logger) (func(), error) {
 		return nil, fmt.Errorf("bad parameters %q", raw)
 	}
 	f, err := lockDir(p.Dir, syscall.LOCK_SH)
+	if errors.Is(err, os.ErrNotExist) {
+		return func() {}, nil // the owner already closed its sandbox: nothing to keep
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -132,6 +133,9 @@ func keeperSetup(raw []byte, log *slog.Logger) (func(), error) {
 	}
 	routeLibcontainerLogs(log)
 	dir, err := lockDir(filepath.Join(p.StateRoot, ownersDir, p.Owner), syscall.LOCK_SH)
+	if errors.Is(err, os.ErrNotExist) {
+		return func() {}, nil // the owner already closed its sandbox: nothing to keep
+	}
 	if err != nil {
 		return nil, err
 	}
