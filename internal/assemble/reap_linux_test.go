@@ -43,7 +43,14 @@ func guestDataDir(t *testing.T) (string, string) {
 	}
 	for _, d := range []string{"/var/lib/axocoatl/vm", "/var/cache/axocoatl-test/microvm"} {
 		if _, err := vmimage.Load(d); err == nil {
-			data := t.TempDir()
+			// VMMs run as unprivileged uids and open the image through this dir: not under
+			// t.TempDir, whose parent only root may enter.
+			data, err := os.MkdirTemp("", "axo-reap-data-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(data) })
+			_ = os.Chmod(data, 0o755)
 			if err := os.Symlink(d, filepath.Join(data, "vm")); err != nil {
 				t.Fatal(err)
 			}
