@@ -616,9 +616,6 @@ func (n *gnode) sameEdges() []int {
 	return out
 }
 
-// errTooComplex is wrapped by cost's errors.
-var errTooComplex = errors.New("too complex")
-
 // cost walks the (subschema, value) pairs the validator could visit for v, with an explicit
 // stack, and fails when its recursion depth, steps or message bytes could exceed the bounds.
 // Over-approximates: every branch, every matching-or-not pattern.

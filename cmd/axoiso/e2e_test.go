@@ -157,6 +157,7 @@ func busyboxImage(t *testing.T) string {
 		tw.WriteHeader(&tar.Header{Name: "bin/" + l, Typeflag: tar.TypeSymlink, Linkname: "busybox"})
 	}
 	tw.Close()
+	//lint:ignore SA1019 an in-memory layer: LayerFromOpener would only wrap the same bytes
 	l, err := tarball.LayerFromReader(bytes.NewReader(layer.Bytes()))
 	if err != nil {
 		t.Fatal(err)

@@ -61,7 +61,6 @@ func hard(n, target string) ent      { return ent{name: n, typ: tar.TypeLink, li
 func whiteout(n string) ent          { return ent{name: n, typ: tar.TypeReg, mode: 0o600} }
 func randBytes(n int) []byte         { b := make([]byte, n); _, _ = rand.Read(b); return b }
 func (e ent) owned(uid, gid int) ent { e.uid, e.gid = uid, gid; return e }
-func (e ent) at(d time.Duration) ent { e.mtime = t0.Add(d); return e }
 
 func tarBytes(t testing.TB, ents []ent) []byte {
 	t.Helper()

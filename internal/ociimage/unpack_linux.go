@@ -260,6 +260,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	dfd := int(d.Fd())
 
 	switch hdr.Typeflag {
+	//lint:ignore SA1019 archives written by old tools still mark regular files with TypeRegA
 	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse, tar.TypeCont:
 		fd, err := unix.Openat(dfd, file, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {

@@ -13,8 +13,9 @@ func hostile() *specs.Spec {
 		Root:     &specs.Root{Path: "rootfs"},
 		Hostname: "bundle-chosen",
 		Process:  &specs.Process{Args: []string{"/tool"}, Capabilities: &specs.LinuxCapabilities{Bounding: []string{"CAP_SYS_ADMIN"}}},
-		Hooks:    &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh"}}},
-		Mounts:   []specs.Mount{{Destination: "/host", Type: "bind", Source: "/"}},
+		//lint:ignore SA1019 a hostile bundle may use the deprecated hook too
+		Hooks:  &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh"}}},
+		Mounts: []specs.Mount{{Destination: "/host", Type: "bind", Source: "/"}},
 		Linux: &specs.Linux{
 			Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/proc/1/ns/net"}},
 			Devices:    []specs.LinuxDevice{{Path: "/dev/sda", Type: "b", Major: 8}},

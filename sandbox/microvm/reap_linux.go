@@ -16,8 +16,6 @@ import (
 	"github.com/axocoatl/isolation/internal/keeper"
 )
 
-const noFollow = syscall.O_NOFOLLOW
-
 // A Sandbox's VMs live in its private run dir ({RunDir}/p…/, one subdirectory per VM with the
 // VMM's pidfile, sockets, copies and snapshots). The Sandbox holds a shared flock on that dir for
 // its life, and so does its keeper (package internal/keeper): when the Sandbox's process dies,

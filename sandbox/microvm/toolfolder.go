@@ -22,4 +22,5 @@ func errToolFolder(dir, rel, format string, args ...any) error {
 		Message: fmt.Sprintf("tool folder %s: %s: %s", dir, rel, fmt.Sprintf(format, args...))}
 }
 
+//lint:ignore U1000 used by toolfolder_other.go
 var errNotLinux = errors.New("the microVM tier reads tool folders on Linux only")

@@ -192,13 +192,3 @@ func readNames(fd int, buf []byte) ([]string, error) {
 	}
 	return names, nil
 }
-
-// isMountPoint reports whether dir is the root of a mount (its mount id differs from its parent's
-// device, or it is a file system root).
-func isMountPoint(dir string) bool {
-	var st, pst unix.Stat_t
-	if unix.Lstat(dir, &st) != nil || unix.Lstat(dir+"/..", &pst) != nil {
-		return false
-	}
-	return st.Dev != pst.Dev || st.Ino == pst.Ino
-}

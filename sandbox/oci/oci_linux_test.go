@@ -62,6 +62,7 @@ func setup(dir string) error {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		return errors.New("needs /bin/busybox (apt-get install busybox-static)")
 	}
+	//lint:ignore SA1019 tests run where the toolchain that built them is
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	env.probeBin = filepath.Join(dir, "probetool")
 	cmd := exec.Command(goBin, "build", "-o", env.probeBin, "./testdata/probetool")

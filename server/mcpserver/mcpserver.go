@@ -104,7 +104,8 @@ func New(exec *executor.Executor, opts Options) *Server {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.mcp = mcp.NewServer(&mcp.Implementation{Name: opts.Name, Version: opts.Version}, &mcp.ServerOptions{
-		Logger:   s.log,
+		Logger: s.log,
+		//lint:ignore SA1019 Capabilities would drop the SDK's default capabilities: HasTools adds tools to them
 		HasTools: true,
 		Instructions: "Tools run in isolated sandboxes (in-process, WebAssembly, containers or microVMs). " +
 			"Each call takes a JSON object and returns JSON; failures come back as tool errors with a kind and a call id.",

@@ -20,6 +20,7 @@ import (
 func main() {}
 
 //go:wasmexport run
+//lint:ignore U1000 called by the host through go:wasmexport
 func run() {
 	raw, err := os.ReadFile("/axocoatl/input.json")
 	if err != nil {
@@ -40,6 +41,7 @@ func run() {
 	}
 }
 
+//lint:ignore U1000 used by run
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "hello-wasm:", err)
 	os.Exit(1)
