@@ -88,6 +88,10 @@ func run(n, conc int, bin, examples string, asJSON bool) error {
 		return err
 	}
 	defer os.RemoveAll(work)
+	// Tool folders are read by unprivileged ids (container roots, the microVM tool's uid).
+	if err := os.Chmod(work, 0o755); err != nil {
+		return err
+	}
 	tools, cfg, err := setUp(work, examples)
 	if err != nil {
 		return err
