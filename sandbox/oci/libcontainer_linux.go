@@ -53,8 +53,29 @@ func (b *libcontainerBackend) warnIfCopying(log *slog.Logger) {
 func (b *libcontainerBackend) name() string  { return BackendLibcontainer }
 func (b *libcontainerBackend) canPool() bool { return true }
 
+// specconvMu serialises specconv.CreateLibcontainerConfig: with a user namespace it writes the
+// container's root uid and gid into the device entries of package-level defaults that every
+// config shares (runc v1.5.2 spec_linux.go setupUserNamespace), so two containers created at once
+// raced (the race detector saw it) and could get each other's owners on their device nodes.
+// Under the lock each config gets its own copies of those entries.
+var specconvMu sync.Mutex
+
+func createLibcontainerConfig(opts *specconv.CreateOpts) (*configs.Config, error) {
+	specconvMu.Lock()
+	defer specconvMu.Unlock()
+	cfg, err := specconv.CreateLibcontainerConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range cfg.Devices {
+		own := *d
+		cfg.Devices[i] = &own
+	}
+	return cfg, nil
+}
+
 func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer, ns *slotNS) (instance, error) {
-	cfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
+	cfg, err := createLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName:       id,
 		UseSystemdCgroup: b.useSystemd,
 		Spec:             spec,
