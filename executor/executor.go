@@ -96,8 +96,10 @@ type Executor struct {
 	log       *slog.Logger
 	sandboxes map[isolation.Tier]sandbox.Sandbox
 
+	clock func() time.Time // nil: time.Now; set only by tests
+
 	probeMu sync.Mutex // protects probes
-	probes  map[isolation.Tier]isolation.Availability
+	probes  map[isolation.Tier]probeResult
 
 	closeOnce sync.Once
 	closeErr  error
@@ -111,7 +113,7 @@ func New(cfg Config) (*Executor, error) {
 	if err := cfg.ceilings(); err != nil {
 		return nil, err
 	}
-	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]isolation.Availability{}}
+	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]probeResult{}}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -133,14 +135,26 @@ func (e *Executor) Sandbox(t isolation.Tier) (sandbox.Sandbox, bool) {
 	return s, ok
 }
 
-// Availability probes a tier once and remembers the answer.
+// probeResult is a remembered probe: an available tier stays so for the executor's life; an
+// unavailable one is probed again after NegativeProbeTTL (an operator who runs `axoiso vm
+// prepare` or installs crun while a server runs need not restart it).
+type probeResult struct {
+	isolation.Availability
+	at time.Time
+}
+
+// NegativeProbeTTL is how long an unavailable tier's probe is trusted.
+const NegativeProbeTTL = 30 * time.Second
+
+// Availability probes a tier and remembers the answer (see probeResult).
 func (e *Executor) Availability(ctx context.Context, t isolation.Tier) isolation.Availability {
 	e.probeMu.Lock()
-	a, ok := e.probes[t]
+	r, ok := e.probes[t]
 	e.probeMu.Unlock()
-	if ok {
-		return a
+	if ok && (r.Available || e.now().Sub(r.at) < NegativeProbeTTL) {
+		return r.Availability
 	}
+	var a isolation.Availability
 	s, ok := e.sandboxes[t]
 	if !ok {
 		a = isolation.Availability{Reason: fmt.Sprintf("the %s tier is not configured in this executor", t), Fix: "configure a sandbox for it"}
@@ -148,9 +162,17 @@ func (e *Executor) Availability(ctx context.Context, t isolation.Tier) isolation
 		a = s.Probe(ctx)
 	}
 	e.probeMu.Lock()
-	e.probes[t] = a
+	e.probes[t] = probeResult{Availability: a, at: e.now()}
 	e.probeMu.Unlock()
 	return a
+}
+
+// now is time.Now, replaceable by this package's tests.
+func (e *Executor) now() time.Time {
+	if e.clock != nil {
+		return e.clock()
+	}
+	return time.Now()
 }
 
 // Tiers reports every tier's availability, weakest first.
