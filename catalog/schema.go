@@ -109,12 +109,13 @@ func (c *compiledSchema) validate(v any) (err error) {
 // besides one fewer dependency, the other candidate compiled its meta-schemas in a package init
 // (2.6 ms of every process start, paid again by every container's re-executed init).
 func compileSchema(name string, raw json.RawMessage) (*compiledSchema, error) {
-	if d := jsonDepth(raw); d > MaxSchemaDepth {
+	n, d := jsonShape(raw)
+	if d > MaxSchemaDepth {
 		return nil, fmt.Errorf("nested %d levels deep, the limit is %d", d, MaxSchemaDepth)
 	}
 	// Bounded before the validator's parser sees it (~75 µs a subschema here, loaded): the
 	// objects in the text bound the subschemas.
-	if n := jsonObjects(raw); n > 4*MaxSchemaNodes {
+	if n > 4*MaxSchemaNodes {
 		return nil, fmt.Errorf("%d JSON objects, over the limit of %d (subschemas are limited to %d)", n, 4*MaxSchemaNodes, MaxSchemaNodes)
 	}
 	var s jsonschema.Schema
@@ -153,34 +154,17 @@ func compileSchema(name string, raw json.RawMessage) (*compiledSchema, error) {
 	return &compiledSchema{resolved: rs, graph: g}, nil
 }
 
-// jsonObjects counts the objects in b (which need not be valid JSON), without recursion.
-func jsonObjects(b []byte) int {
-	n := 0
-	inString, escaped := false, false
-	for _, c := range b {
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-		case c == '"':
-			inString = true
-		case c == '{':
-			n++
-		}
-	}
-	return n
-}
-
 // jsonDepth returns the maximum nesting of objects and arrays in b (which need not be valid JSON),
 // without recursion.
 func jsonDepth(b []byte) int {
-	depth, max := 0, 0
+	_, depth := jsonShape(b)
+	return depth
+}
+
+// jsonShape scans b (which need not be valid JSON) once, without recursion, and returns how many
+// objects it holds and how deep objects and arrays nest.
+func jsonShape(b []byte) (objects, maxDepth int) {
+	depth := 0
 	inString, escaped := false, false
 	for _, c := range b {
 		switch {
@@ -196,15 +180,16 @@ func jsonDepth(b []byte) int {
 		case c == '"':
 			inString = true
 		case c == '{' || c == '[':
-			depth++
-			if depth > max {
-				max = depth
+			if c == '{' {
+				objects++
 			}
+			depth++
+			maxDepth = max(maxDepth, depth)
 		case c == '}' || c == ']':
 			depth--
 		}
 	}
-	return max
+	return objects, maxDepth
 }
 
 // schemaGraph is a schema's subschemas and which of them apply to what.

@@ -8,6 +8,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/axocoatl/isolation"
@@ -187,4 +188,14 @@ type BuiltinTool struct {
 // registered functions). A tool folder of the same name shadows a built-in.
 type Builtins interface {
 	Builtins() []BuiltinTool
+}
+
+// ContextError is the error of a call whose context ended, as the contract says: its deadline is
+// an isolation.ErrTimeout; a cancellation (a client that went away, a shutdown) is ctx's own
+// context.Canceled, not a slow tool. Every tier returns this rather than its own variant.
+func ContextError(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return &isolation.Error{Kind: isolation.ErrTimeout, Err: context.DeadlineExceeded}
+	}
+	return ctx.Err()
 }

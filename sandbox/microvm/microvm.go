@@ -495,7 +495,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	s.mu.Unlock()
 	defer s.calls.Done()
 	if ctx.Err() != nil {
-		return sandbox.Outcome{}, ctxError(ctx, "before the VM started")
+		return sandbox.Outcome{}, fmt.Errorf("microvm: %s: %w", "before the VM started", sandbox.ContextError(ctx))
 	}
 	if why := s.Supports(call.Runtime); why != "" {
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", why)
@@ -526,7 +526,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	v, err := s.start(ctx, sh, true)
 	if err != nil {
 		if ctx.Err() != nil {
-			return sandbox.Outcome{}, ctxError(ctx, "while the VM started")
+			return sandbox.Outcome{}, fmt.Errorf("microvm: %s: %w", "while the VM started", sandbox.ContextError(ctx))
 		}
 		return sandbox.Outcome{}, sandboxFailed(err, "VM start")
 	}
@@ -538,16 +538,6 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	s.refill(sh)
 	defer s.destroyAsync(v)
 	return s.exchange(ctx, v, call, req)
-}
-
-// ctxError is the error of a call whose context ended, as the sandbox contract says: its
-// deadline is an ErrTimeout; a cancellation (a client that went away, a shutdown) is
-// context.Canceled, not a slow tool.
-func ctxError(ctx context.Context, what string) error {
-	if errors.Is(ctx.Err(), context.Canceled) {
-		return fmt.Errorf("microvm: call cancelled %s: %w", what, ctx.Err())
-	}
-	return &isolation.Error{Kind: isolation.ErrTimeout, Message: "deadline reached " + what, Err: ctx.Err()}
 }
 
 // sandboxFailed types err as the tier's own failure (isolation.ErrSandboxFailed), unless it
@@ -601,7 +591,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	t0 := time.Now()
 	if err := guest.WriteFrame(v.conn, guest.TypeRequest, req); err != nil {
 		if ctx.Err() != nil {
-			return sandbox.Outcome{}, ctxError(ctx, "VM killed")
+			return sandbox.Outcome{}, fmt.Errorf("microvm: %s: %w", "VM killed", sandbox.ContextError(ctx))
 		}
 		if hard.Err() != nil {
 			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "VM killed at the deadline")
@@ -612,7 +602,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	var resp guest.Response
 	if err := v.fr.Expect(guest.TypeResponse, "", &resp); err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) {
-			return sandbox.Outcome{}, ctxError(ctx, "VM killed")
+			return sandbox.Outcome{}, fmt.Errorf("microvm: %s: %w", "VM killed", sandbox.ContextError(ctx))
 		}
 		if hard.Err() != nil {
 			return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTimeout, "tool did not finish within %s; VM killed", call.Limits.Timeout)

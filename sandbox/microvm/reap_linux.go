@@ -41,7 +41,7 @@ func keeperSetup(raw []byte, log *slog.Logger) (func(), error) {
 	if !filepath.IsAbs(p.Dir) || filepath.Clean(p.Dir) != p.Dir {
 		return nil, fmt.Errorf("bad parameters %q", raw)
 	}
-	f, err := lockDir(p.Dir, syscall.LOCK_SH)
+	f, err := keeper.LockDir(p.Dir, syscall.LOCK_SH)
 	if errors.Is(err, os.ErrNotExist) {
 		return func() {}, nil // the owner already closed its sandbox: nothing to keep
 	}
@@ -58,7 +58,7 @@ func keeperSetup(raw []byte, log *slog.Logger) (func(), error) {
 
 // claimRunDir locks the Sandbox's new run dir, records its owner and starts its keeper.
 func claimRunDir(dir string, log *slog.Logger) (*os.File, *keeper.Keeper, error) {
-	f, err := lockDir(dir, syscall.LOCK_SH)
+	f, err := keeper.LockDir(dir, syscall.LOCK_SH)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -72,19 +72,6 @@ func claimRunDir(dir string, log *slog.Logger) (*os.File, *keeper.Keeper, error)
 		log.Warn("no keeper for the microVM tier: if this process is killed its VMs stay until another one starts", "error", err)
 	}
 	return f, k, nil
-}
-
-// lockDir opens dir and flocks it with how.
-func lockDir(dir string, how int) (*os.File, error) {
-	f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), how); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
 }
 
 // owner identifies a process by pid and start time (pids are reused).
@@ -150,7 +137,7 @@ func reapOrphans(root string, log *slog.Logger) {
 			continue
 		}
 		dir := filepath.Join(root, e.Name())
-		f, err := lockDir(dir, syscall.LOCK_EX|syscall.LOCK_NB)
+		f, err := keeper.LockDir(dir, syscall.LOCK_EX|syscall.LOCK_NB)
 		if err != nil {
 			continue // its owner or its keeper holds it
 		}

@@ -117,7 +117,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	s.lifecycle.Unlock()
 	defer s.calls.Done()
 	if err := ctx.Err(); err != nil {
-		return sandbox.Outcome{}, ctxError(err)
+		return sandbox.Outcome{}, sandbox.ContextError(ctx)
 	}
 	s.mu.RLock()
 	t, ok := s.tools[call.Tool]
@@ -141,7 +141,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}()
 	select {
 	case <-ctx.Done():
-		return sandbox.Outcome{}, ctxError(ctx.Err())
+		return sandbox.Outcome{}, sandbox.ContextError(ctx)
 	case r := <-done:
 		o := sandbox.Outcome{Backend: "in-process"}
 		if r.err != nil {
@@ -156,15 +156,6 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		o.Output = r.out
 		return o, nil
 	}
-}
-
-// ctxError is the contract's error for a context that ended: its deadline is a timeout, a
-// cancellation stays context.Canceled.
-func ctxError(err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return isolation.ErrTimeout
-	}
-	return err
 }
 
 // Close makes later calls fail and waits for the calls in flight to return. A function that

@@ -132,7 +132,7 @@ func keeperSetup(raw []byte, log *slog.Logger) (func(), error) {
 		return nil, fmt.Errorf("bad parameters %q", raw)
 	}
 	routeLibcontainerLogs(log)
-	dir, err := lockDir(filepath.Join(p.StateRoot, ownersDir, p.Owner), syscall.LOCK_SH)
+	dir, err := keeper.LockDir(filepath.Join(p.StateRoot, ownersDir, p.Owner), syscall.LOCK_SH)
 	if errors.Is(err, os.ErrNotExist) {
 		return func() {}, nil // the owner already closed its sandbox: nothing to keep
 	}
@@ -219,7 +219,7 @@ func reapDeadOwners(stateRoot string, log *slog.Logger) int {
 			// An owner directory being set up (renamed to its tag once locked): only a stale one
 			// is debris, and it never listed a container.
 			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Minute && validOwner(tmp) {
-				if f, err := lockDir(dir, syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+				if f, err := keeper.LockDir(dir, syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
 					_ = os.RemoveAll(dir)
 					f.Close()
 				}
@@ -229,7 +229,7 @@ func reapDeadOwners(stateRoot string, log *slog.Logger) int {
 		if !validOwner(name) {
 			continue
 		}
-		f, err := lockDir(dir, syscall.LOCK_EX|syscall.LOCK_NB)
+		f, err := keeper.LockDir(dir, syscall.LOCK_EX|syscall.LOCK_NB)
 		if err != nil {
 			continue // held: its owner or its keeper lives
 		}
@@ -335,7 +335,7 @@ func (s *Sandbox) claimOwner() error {
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return err
 	}
-	f, err := lockDir(tmp, syscall.LOCK_SH)
+	f, err := keeper.LockDir(tmp, syscall.LOCK_SH)
 	if err == nil {
 		var p []byte
 		p, err = json.Marshal(s.reapParams())
@@ -394,19 +394,6 @@ func (c *claim) release(log *slog.Logger, stateRoot string) {
 	// Without a keeper (or one that failed), this process reaps its own leftovers.
 	reapOwner(stateRoot, c.tag, log)
 	c.f.Close()
-}
-
-// lockDir opens dir and flocks it with how.
-func lockDir(dir string, how int) (*os.File, error) {
-	f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), how); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
 }
 
 // validOwner accepts what claimOwner names owner directories: {pid}-{12 hex digits}.

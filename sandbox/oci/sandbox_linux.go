@@ -253,7 +253,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 		return out, err
 	}
 	if err := ctx.Err(); err != nil {
-		return out, ctxError(ctx)
+		return out, sandbox.ContextError(ctx)
 	}
 	var c *ctr
 	if p != nil {
@@ -624,7 +624,7 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 	stop := context.AfterFunc(ctx, c.inst.kill)
 	code, err := c.inst.wait()
 	if !stop() {
-		return out, ctxError(ctx)
+		return out, sandbox.ContextError(ctx)
 	}
 	if err != nil {
 		return out, fmt.Errorf("oci: wait: %w", err)
@@ -642,16 +642,6 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 	}
 	out.Output = b
 	return out, nil
-}
-
-// ctxError is the error of a call whose context ended, as the sandbox contract says: its
-// deadline is an ErrTimeout; a cancellation (a client that went away, a shutdown) is
-// context.Canceled, not a slow tool.
-func ctxError(ctx context.Context) error {
-	if errors.Is(ctx.Err(), context.Canceled) {
-		return fmt.Errorf("oci: the call was cancelled: %w", ctx.Err())
-	}
-	return &isolation.Error{Kind: isolation.ErrTimeout, Err: ctx.Err()}
 }
 
 // release destroys c and removes its I/O dir. c may be nil.

@@ -416,7 +416,7 @@ func (s *Sandbox) acquire(ctx context.Context, call sandbox.Call) (*module, erro
 	case <-m.ready:
 	case <-ctx.Done():
 		s.release(m)
-		return nil, ctxError(ctx)
+		return nil, sandbox.ContextError(ctx)
 	}
 	if m.err != nil {
 		s.release(m)
@@ -635,7 +635,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}
 	defer func() { <-s.slots }()
 	if ctx.Err() != nil {
-		return sandbox.Outcome{}, ctxError(ctx)
+		return sandbox.Outcome{}, sandbox.ContextError(ctx)
 	}
 	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
 	defer cancel()
@@ -685,13 +685,13 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	case stopped && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return out, &isolation.Error{Kind: isolation.ErrTimeout, Message: fmt.Sprintf("stopped after %s", lim.Timeout), Stderr: tail.String()}
 	case stopped:
-		return out, ctxError(ctx)
+		return out, sandbox.ContextError(ctx)
 	case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeDeadlineExceeded:
 		return out, &isolation.Error{Kind: isolation.ErrTimeout, Message: fmt.Sprintf("stopped after %s", lim.Timeout), Stderr: tail.String()}
 	case errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeContextCanceled:
-		return out, ctxError(ctx)
+		return out, sandbox.ContextError(ctx)
 	case ctx.Err() != nil:
-		return out, ctxError(ctx)
+		return out, sandbox.ContextError(ctx)
 	case errors.As(err, &exit):
 		out.ExitCode = int(exit.ExitCode())
 	default:
@@ -737,7 +737,7 @@ func (s *Sandbox) takeSlot(ctx context.Context) error {
 		return &isolation.Error{Kind: isolation.ErrBusy,
 			Message: fmt.Sprintf("waited %s for one of the %d WebAssembly instance slots", s.cfg.QueueTimeout, cap(s.slots))}
 	case <-ctx.Done():
-		return ctxError(ctx)
+		return sandbox.ContextError(ctx)
 	}
 }
 
@@ -925,14 +925,6 @@ func isZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-// ctxError is ErrTimeout for a deadline, ctx's error for a cancellation.
-func ctxError(ctx context.Context) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return &isolation.Error{Kind: isolation.ErrTimeout, Err: context.DeadlineExceeded}
-	}
-	return ctx.Err()
 }
 
 // Close waits for calls in flight, then releases compiled modules, the runtime and the memory
