@@ -222,8 +222,9 @@ func (c *Catalog) loadTool(name string) (*Tool, stamp, error) {
 	entry := filepath.Join(c.root, name)
 	fi, err := os.Lstat(entry)
 	if errors.Is(err, fs.ErrNotExist) {
-		// The common miss (a built-in's name): answered without opening the root.
-		return nil, st, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no folder %s", entry)}
+		// The common miss (a built-in's name): answered without opening the root. The message
+		// names no host path: it reaches HTTP and MCP clients.
+		return nil, st, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no tool %q in the tools root", name)}
 	}
 	st.entry = fileStampOf(fi, err)
 	root, err := os.OpenRoot(c.root)

@@ -33,18 +33,18 @@ func openFolder(root *os.Root, rootPath, name string) (*os.Root, string, error) 
 	fi, err := root.Lstat(name)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, "", &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no folder %s", filepath.Join(rootPath, name))}
+			return nil, "", &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no tool %q in the tools root", name)}
 		}
 		return nil, "", invalidTool(name, "tool folder: %v", err)
 	}
 	if !fi.IsDir() && fi.Mode()&fs.ModeSymlink == 0 {
-		return nil, "", &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("%s is not a folder", filepath.Join(rootPath, name))}
+		return nil, "", &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no tool %q in the tools root (its entry is not a folder)", name)}
 	}
 	dir, err := root.OpenRoot(name)
 	if err != nil {
 		if fi, serr := root.Stat(name); serr == nil && !fi.IsDir() {
 			// A symlink to a file inside the root: not a tool folder, like a plain file.
-			return nil, "", &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("%s is not a folder", filepath.Join(rootPath, name))}
+			return nil, "", &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no tool %q in the tools root (its entry is not a folder)", name)}
 		}
 		return nil, "", invalidTool(name, "tool folder %s is not a folder inside the tools root: %v", filepath.Join(rootPath, name), err)
 	}

@@ -290,7 +290,11 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	opts = append(opts, executor.WithCallID(callID))
-	envelope, envType := wantsEnvelope(q, r.Header.Get("Accept"))
+	envelope, err := wantsEnvelope(q, r.Header.Get("Accept"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_input", err.Error(), callID)
+		return
+	}
 
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	if err != nil {
@@ -356,7 +360,7 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 			s.writeCallError(w, r, callID, err)
 			return
 		}
-		w.Header().Set("Content-Type", envType)
+		w.Header().Set("Content-Type", EnvelopeMediaType)
 		w.Write(append(b, '\n'))
 		return
 	}
@@ -431,21 +435,25 @@ func (s *Server) callOptions(q map[string][]string) ([]executor.Option, time.Dur
 	return opts, timeout, nil
 }
 
-// wantsEnvelope reports whether the envelope was asked for, and its content type.
-func wantsEnvelope(q map[string][]string, accept string) (bool, string) {
+// wantsEnvelope reports whether the envelope was asked for (Accept or ?envelope=); however it
+// was asked for, it is served as EnvelopeMediaType, as openapi.json says. A malformed boolean is
+// an error, not a silent "no".
+func wantsEnvelope(q map[string][]string, accept string) (bool, error) {
 	if accept != "" && strings.Contains(accept, "vnd.axocoatl.envelope") {
 		for _, part := range strings.Split(accept, ",") {
 			if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == EnvelopeMediaType {
-				return true, EnvelopeMediaType
+				return true, nil
 			}
 		}
 	}
 	if v := q["envelope"]; len(v) > 0 {
-		if b, err := strconv.ParseBool(v[0]); err == nil && b {
-			return true, "application/json"
+		b, err := strconv.ParseBool(v[0])
+		if err != nil {
+			return false, fmt.Errorf("query parameter envelope: %q is not a boolean (true, false, 1, 0)", truncate(v[0], 20))
 		}
+		return b, nil
 	}
-	return false, ""
+	return false, nil
 }
 
 func truncate(s string, n int) string {

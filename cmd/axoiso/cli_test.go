@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -21,6 +23,8 @@ func TestCLIHelpers(t *testing.T) {
 		{args: []string{"servee"}, code: exitInvalid, stderr: `did you mean "serve"?`},
 		{args: []string{"zzzzzzzz"}, code: exitInvalid, stderr: "unknown command"},
 		{args: []string{"help", "run"}, code: 0, stderr: "Usage of axoiso run", notStdout: "Commands:"},
+		// serve logs at info: its help must not say warn.
+		{args: []string{"serve", "--help"}, code: 0, stderr: `log level: debug, info, warn, error (default "info")`},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -43,5 +47,27 @@ func TestCLIHelpers(t *testing.T) {
 				t.Errorf("a far-off command got a suggestion: %q", all)
 			}
 		})
+	}
+}
+
+// An unknown tool: the CLI names the tools root and the nearest tool; the library's message (what
+// HTTP and MCP clients see) names no host path.
+func TestUnknownToolSuggests(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "wordcount"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "wordcount", "tool.json"), []byte(`{"runtime":"NativeTrusted"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"run", "--tools", root, "--input", "{}", "wordcont"}, strings.NewReader(""), &out, &errb)
+	if code != 3 {
+		t.Fatalf("exit %d, want 3; stderr %q", code, errb.String())
+	}
+	for _, want := range []string{`no tool "wordcont" in the tools root`, "(tools root " + root + ")", `did you mean "wordcount"?`} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr %q lacks %q", errb.String(), want)
+		}
 	}
 }

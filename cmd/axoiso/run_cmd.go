@@ -20,6 +20,16 @@ func init() {
 	register(command{name: "run", summary: "run one tool call and print its output JSON", run: runRun})
 }
 
+// toolNames lists the catalog's tools and built-ins.
+func toolNames(e *executor.Executor) []string {
+	tools, _ := e.Tools()
+	names := make([]string, len(tools))
+	for i, t := range tools {
+		names[i] = t.Name
+	}
+	return names
+}
+
 // maxInputBytes bounds input read from stdin or a file.
 const maxInputBytes = 16 << 20
 
@@ -119,6 +129,11 @@ func runRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		var ie *isolation.Error
 		if errors.As(err, &ie) && ie.Stderr != "" {
 			fmt.Fprintf(stderr, "tool stderr (tail):\n%s\n", ie.Stderr)
+		}
+		if errors.Is(err, isolation.ErrToolNotFound) {
+			// The library's message names no host path (it reaches HTTP clients); the operator
+			// at the terminal gets the tools root and the nearest name.
+			return fmt.Errorf("%w (tools root %s)%s", err, e.Catalog().Root(), didYouMean(pos[0], toolNames(e)))
 		}
 		return err
 	}

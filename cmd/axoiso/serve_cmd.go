@@ -22,7 +22,9 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	fs := newFlagSet("serve", stderr)
 	var cf commonFlags
 	cf.add(fs)
-	fs.Set("log-level", "info") // a daemon logs its calls by default
+	// A daemon logs its calls by default; its --help says so too.
+	fs.Set("log-level", "info")
+	fs.Lookup("log-level").DefValue = "info"
 	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on; a non-loopback address requires a bearer token")
 	token := fs.String("token", "", "bearer token (prefer --token-file or $"+server.TokenEnv+")")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token (mode 0600)")
