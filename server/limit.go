@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
-	"github.com/axocoatl/isolation/server/metrics"
+	"github.com/axocoatl/isolation/server/internal/metrics"
 )
 
 // limiter bounds concurrent calls: globally (a semaphore with an optional short queue) and per

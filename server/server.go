@@ -65,8 +65,8 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/server/internal/metrics"
 	"github.com/axocoatl/isolation/server/mcpserver"
-	"github.com/axocoatl/isolation/server/metrics"
 )
 
 // Defaults for unset Config fields.

@@ -22,7 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/axocoatl/isolation"
-	"github.com/axocoatl/isolation/guest"
+	"github.com/axocoatl/isolation/internal/callio"
+	"github.com/axocoatl/isolation/internal/guest"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -585,7 +586,7 @@ func runTool(req guest.Request) guest.Response {
 	if timeout <= 0 {
 		timeout = sandbox.DefaultTimeout
 	}
-	tail := sandbox.NewTailBuffer(maxErr)
+	tail := callio.NewTailBuffer(maxErr)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -656,7 +657,7 @@ func runTool(req guest.Request) guest.Response {
 		resp.OOMKilled = true
 	}
 	resp.Stderr = tail.String()
-	out, oerr := sandbox.ReadOutputFile(sandbox.GuestOutputPath, maxOut)
+	out, oerr := callio.ReadOutputFile(sandbox.GuestOutputPath, maxOut)
 	switch {
 	case errors.Is(oerr, isolation.ErrOutputTooLarge):
 		resp.OutputTooLarge = true

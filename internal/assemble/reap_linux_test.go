@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
-	"github.com/axocoatl/isolation/internal/vmimage"
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/microvm"
 )
 
 // Nothing outlives its owner: these tests start a real owner process (this test binary
@@ -42,7 +42,7 @@ func guestDataDir(t *testing.T) (string, string) {
 		return "", "qemu-system-x86_64 is not installed"
 	}
 	for _, d := range []string{"/var/lib/axocoatl/vm", "/var/cache/axocoatl-test/microvm"} {
-		if _, err := vmimage.Load(d); err == nil {
+		if _, err := microvm.RuntimeRoot(d); err == nil {
 			// VMMs run as unprivileged uids and open the image through this dir: not under
 			// t.TempDir, whose parent only root may enter.
 			data, err := os.MkdirTemp("", "axo-reap-data-")

@@ -16,11 +16,12 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
-	"github.com/axocoatl/isolation/guest"
+	"github.com/axocoatl/isolation/internal/callio"
+	"github.com/axocoatl/isolation/internal/guest"
 	"github.com/axocoatl/isolation/internal/keeper"
-	"github.com/axocoatl/isolation/internal/vmimage"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
+	"github.com/axocoatl/isolation/sandbox/microvm/internal/vmimage"
 )
 
 // Defaults and bounds.
@@ -644,7 +645,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 
 // buildRequest reads the tool folder (see readToolFolder) into a request.
 func buildRequest(call sandbox.Call) (guest.Request, error) {
-	if err := sandbox.CheckCallPaths(call); err != nil {
+	if err := callio.CheckCallPaths(call); err != nil {
 		return guest.Request{}, err
 	}
 	rel, err := filepath.Rel(call.Dir, call.Entrypoint)

@@ -20,9 +20,9 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
-	"github.com/axocoatl/isolation/internal/vmimage"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
+	"github.com/axocoatl/isolation/sandbox/microvm/internal/vmimage"
 	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
 )
 

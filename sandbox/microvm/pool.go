@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/axocoatl/isolation/guest"
+	"github.com/axocoatl/isolation/internal/guest"
 
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"

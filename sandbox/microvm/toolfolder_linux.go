@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/axocoatl/isolation/guest"
+	"github.com/axocoatl/isolation/internal/guest"
 )
 
 // readToolFolder reads the tool folder dir into the files of a request, as the tool's uid in the

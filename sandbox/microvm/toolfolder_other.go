@@ -2,6 +2,6 @@
 
 package microvm
 
-import "github.com/axocoatl/isolation/guest"
+import "github.com/axocoatl/isolation/internal/guest"
 
 func readToolFolder(dir string) ([]guest.File, error) { return nil, errNotLinux }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/internal/callio"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -145,7 +146,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	case r := <-done:
 		o := sandbox.Outcome{Backend: "in-process"}
 		if r.err != nil {
-			tail := sandbox.NewTailBuffer(call.Limits.MaxStderrBytes)
+			tail := callio.NewTailBuffer(call.Limits.MaxStderrBytes)
 			tail.Write([]byte(r.err.Error()))
 			o.ExitCode, o.Stderr = 1, tail.String()
 			return o, nil

@@ -68,7 +68,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/axocoatl/isolation/internal/ocispec"
+	"github.com/axocoatl/isolation/sandbox/oci/internal/ocispec"
 )
 
 // Backend names.

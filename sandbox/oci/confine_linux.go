@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/axocoatl/isolation"
-	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/internal/callio"
 )
 
 // A bundle is untrusted: its rootfs/ may be a symlink to a host directory, its config.json's
@@ -123,7 +123,7 @@ func readBundleConfig(dir string) ([]byte, error) {
 	if fi.Size() > maxConfigBytes {
 		return nil, bundleError(dir, "config.json", fmt.Errorf("%d bytes, the limit is %d", fi.Size(), maxConfigBytes))
 	}
-	b, err := sandbox.ReadBounded(f, maxConfigBytes)
+	b, err := callio.ReadBounded(f, maxConfigBytes)
 	if err != nil {
 		return nil, bundleError(dir, "config.json", err)
 	}

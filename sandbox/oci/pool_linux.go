@@ -8,9 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/axocoatl/isolation/internal/ocispec"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
+	"github.com/axocoatl/isolation/sandbox/oci/internal/ocispec"
 )
 
 // poolKey identifies the containers a call can use: same tool folder and the settings baked

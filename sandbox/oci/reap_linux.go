@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/axocoatl/isolation/internal/callio"
 	"github.com/axocoatl/isolation/internal/keeper"
-	"github.com/axocoatl/isolation/sandbox"
 )
 
 // Nothing of a container may outlive the process that owns it. Each Sandbox claims its containers
@@ -173,7 +173,7 @@ func reapOwner(stateRoot, owner string, log *slog.Logger) int {
 	}
 	p := reapParams{StateRoot: stateRoot}
 	if f, err := os.OpenFile(filepath.Join(dir, paramsFile), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0); err == nil {
-		if b, err := sandbox.ReadBounded(f, 64<<10); err == nil {
+		if b, err := callio.ReadBounded(f, 64<<10); err == nil {
 			_ = json.Unmarshal(b, &p)
 		}
 		f.Close()

@@ -19,10 +19,11 @@ import (
 
 	"github.com/axocoatl/isolation"
 	// The container init hook: a binary that runs containers must act as their init.
+	"github.com/axocoatl/isolation/internal/callio"
 	_ "github.com/axocoatl/isolation/internal/containerinit"
-	"github.com/axocoatl/isolation/internal/ocispec"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
+	"github.com/axocoatl/isolation/sandbox/oci/internal/ocispec"
 )
 
 // Sandbox is the Oci tier. It implements sandbox.Sandbox, sandbox.Preparer and sandbox.Pooler.
@@ -316,7 +317,7 @@ type ctr struct {
 	slot   *idSlot // its user-namespace ids; nil when rootless
 	root   string  // the dir of the rootfs mount made for it ("" when none)
 	inst   instance
-	tail   *sandbox.TailBuffer
+	tail   *callio.TailBuffer
 	tool   string
 	// input is the pooled container's empty input.json, open for writing since creation so a
 	// call writes its input with a single write; nil once written or closed. Only the goroutine
@@ -392,7 +393,7 @@ func (s *Sandbox) memoryMB(call sandbox.Call) int {
 
 // spec builds the call's hardened spec; ids is the container's id range (nil when rootless).
 func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) (*specs.Spec, error) {
-	if err := sandbox.CheckCallPaths(call); err != nil {
+	if err := callio.CheckCallPaths(call); err != nil {
 		return nil, err
 	}
 	dir := filepath.Clean(call.Dir)
@@ -603,7 +604,7 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 			return nil, fmt.Errorf("oci: I/O dir: %w", err)
 		}
 	}
-	tail := sandbox.NewTailBuffer(call.Limits.MaxStderrBytes)
+	tail := callio.NewTailBuffer(call.Limits.MaxStderrBytes)
 	if tail.Max <= 0 {
 		tail.Max = sandbox.DefaultMaxStderrBytes
 	}
@@ -636,7 +637,7 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: code, Stderr: out.Stderr,
 			Message: fmt.Sprintf("killed by the OOM killer at the %d MB memory limit", mem)}
 	}
-	b, err := sandbox.ReadOutputFile(filepath.Join(c.ioDir, sandbox.OutputFile), call.Limits.MaxOutputBytes)
+	b, err := callio.ReadOutputFile(filepath.Join(c.ioDir, sandbox.OutputFile), call.Limits.MaxOutputBytes)
 	if err != nil {
 		return out, err
 	}

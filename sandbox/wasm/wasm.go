@@ -63,6 +63,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/callio"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/wasm/internal/wasmbin"
 )
@@ -641,7 +642,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	defer cancel()
 
 	fsys := newCallFS(call.Input, lim.MaxOutputBytes, time.Now().UnixNano())
-	tail := sandbox.NewTailBuffer(lim.MaxStderrBytes)
+	tail := callio.NewTailBuffer(lim.MaxStderrBytes)
 	mc := wazero.NewModuleConfig().
 		WithName("").
 		WithArgs(call.Tool).
@@ -855,7 +856,7 @@ func (s *Sandbox) capture(ctx context.Context, bin []byte) (*snapshot, []byte, e
 	// The deadline is _initialize's, not the compile's (which takes minutes under -race).
 	ctx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
-	tail := sandbox.NewTailBuffer(4096)
+	tail := callio.NewTailBuffer(4096)
 	var fired atomic.Bool
 	mc := wazero.NewModuleConfig().WithName("").WithStartFunctions().WithOsyield(yielder(&fired)).
 		WithStdout(tail).WithStderr(tail).

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"testing"
+
+	"github.com/axocoatl/isolation/sandbox/microvm/firecracker/internal/fcapi"
 )
 
 // BenchmarkClientPut measures one configuration request over the unix socket against the
@@ -15,12 +17,12 @@ func BenchmarkClientPut(b *testing.B) {
 		b.Fatal(err)
 	}
 	sock := startFakeB(b, newFakeFirecracker(spec, "bench"))
-	c := NewClient(sock)
+	c := fcapi.NewClient(sock)
 	defer c.CloseIdleConnections()
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := c.PutMachineConfig(ctx, MachineConfig{VcpuCount: 1, MemSizeMib: 128}); err != nil {
+		if err := c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: 1, MemSizeMib: 128}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/axocoatl/isolation/sandbox/microvm/firecracker/internal/fcapi"
 )
 
 // shortTempDir returns a temp dir short enough for unix socket paths (t.TempDir can exceed 108
@@ -103,34 +105,34 @@ func TestClientLifecycleAgainstSpec(t *testing.T) {
 
 	kernel, initrd, rootfs := guestFiles(t)
 	fc := newFakeFirecracker(spec, "vm-1")
-	c := NewClient(startFake(t, fc))
+	c := fcapi.NewClient(startFake(t, fc))
 	defer c.CloseIdleConnections()
 
 	steps := []struct {
 		name string
 		do   func() error
 	}{
-		{"logger", func() error { return c.PutLogger(ctx, Logger{LogPath: filepath.Join(dir, "log"), Level: "Info"}) }},
-		{"metrics", func() error { return c.PutMetrics(ctx, Metrics{MetricsPath: filepath.Join(dir, "metrics")}) }},
-		{"machine", func() error { return c.PutMachineConfig(ctx, MachineConfig{VcpuCount: 2, MemSizeMib: 256}) }},
+		{"logger", func() error { return c.PutLogger(ctx, fcapi.Logger{LogPath: filepath.Join(dir, "log"), Level: "Info"}) }},
+		{"metrics", func() error { return c.PutMetrics(ctx, fcapi.Metrics{MetricsPath: filepath.Join(dir, "metrics")}) }},
+		{"machine", func() error { return c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: 2, MemSizeMib: 256}) }},
 		{"boot", func() error {
-			return c.PutBootSource(ctx, BootSource{KernelImagePath: kernel, InitrdPath: initrd, BootArgs: Cmdline("axocoatl.chan=vsock:1024")})
+			return c.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: kernel, InitrdPath: initrd, BootArgs: Cmdline("axocoatl.chan=vsock:1024")})
 		}},
 		{"drive", func() error {
-			return c.PutDrive(ctx, Drive{DriveID: "root", PathOnHost: rootfs, IsReadOnly: true, CacheType: CacheUnsafe, IOEngine: "Sync"})
+			return c.PutDrive(ctx, fcapi.Drive{DriveID: "root", PathOnHost: rootfs, IsReadOnly: true, CacheType: fcapi.CacheUnsafe, IOEngine: "Sync"})
 		}},
-		{"vsock", func() error { return c.PutVsock(ctx, Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}) }},
+		{"vsock", func() error { return c.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}) }},
 		{"entropy", func() error {
-			return c.PutEntropy(ctx, EntropyDevice{RateLimiter: &RateLimiter{Bandwidth: &TokenBucket{Size: 1 << 20, RefillTime: 100}}})
+			return c.PutEntropy(ctx, fcapi.EntropyDevice{RateLimiter: &fcapi.RateLimiter{Bandwidth: &fcapi.TokenBucket{Size: 1 << 20, RefillTime: 100}}})
 		}},
-		{"start", func() error { return c.Action(ctx, ActionInstanceStart) }},
-		{"pause", func() error { return c.SetVMState(ctx, VMPaused) }},
+		{"start", func() error { return c.Action(ctx, fcapi.ActionInstanceStart) }},
+		{"pause", func() error { return c.SetVMState(ctx, fcapi.VMPaused) }},
 		{"snapshot", func() error {
-			return c.CreateSnapshot(ctx, SnapshotCreateParams{SnapshotPath: filepath.Join(dir, "state"), MemFilePath: filepath.Join(dir, "mem"), SnapshotType: SnapshotFull})
+			return c.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{SnapshotPath: filepath.Join(dir, "state"), MemFilePath: filepath.Join(dir, "mem"), SnapshotType: fcapi.SnapshotFull})
 		}},
-		{"resume", func() error { return c.SetVMState(ctx, VMResumed) }},
-		{"ctrl-alt-del", func() error { return c.Action(ctx, ActionSendCtrlAltDel) }},
-		{"flush metrics", func() error { return c.Action(ctx, ActionFlushMetrics) }},
+		{"resume", func() error { return c.SetVMState(ctx, fcapi.VMResumed) }},
+		{"ctrl-alt-del", func() error { return c.Action(ctx, fcapi.ActionSendCtrlAltDel) }},
+		{"flush metrics", func() error { return c.Action(ctx, fcapi.ActionFlushMetrics) }},
 	}
 	for _, s := range steps {
 		if err := s.do(); err != nil {
@@ -138,7 +140,7 @@ func TestClientLifecycleAgainstSpec(t *testing.T) {
 		}
 	}
 	info, err := c.DescribeInstance(ctx)
-	if err != nil || info.State != StateRunning || info.ID != "vm-1" {
+	if err != nil || info.State != fcapi.StateRunning || info.ID != "vm-1" {
 		t.Fatalf("DescribeInstance = %+v, %v; want running vm-1", info, err)
 	}
 	if v, err := c.Version(ctx); err != nil || v != "1.17.0-dev" {
@@ -169,26 +171,26 @@ func TestClientLifecycleAgainstSpec(t *testing.T) {
 	}
 
 	// Pre-boot resources are refused once started: the fault message must come through typed.
-	err = c.PutMachineConfig(ctx, MachineConfig{VcpuCount: 1, MemSizeMib: 128})
-	var apiErr *APIError
+	err = c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: 1, MemSizeMib: 128})
+	var apiErr *fcapi.APIError
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || !strings.Contains(apiErr.FaultMessage, "after starting") {
 		t.Fatalf("machine-config after start: %v", err)
 	}
 
 	// Load on a fresh process (the only state Firecracker accepts it in).
 	fresh := newFakeFirecracker(spec, "vm-2")
-	c2 := NewClient(startFake(t, fresh))
+	c2 := fcapi.NewClient(startFake(t, fresh))
 	defer c2.CloseIdleConnections()
 	newVsock := filepath.Join(dir, "v2.sock")
-	if err := c2.LoadSnapshot(ctx, SnapshotLoadParams{
+	if err := c2.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
 		SnapshotPath:  filepath.Join(dir, "state"),
-		MemBackend:    MemoryBackend{BackendType: MemoryBackendFile, BackendPath: filepath.Join(dir, "mem")},
-		VsockOverride: &VsockOverride{UDSPath: newVsock},
+		MemBackend:    fcapi.MemoryBackend{BackendType: fcapi.MemoryBackendFile, BackendPath: filepath.Join(dir, "mem")},
+		VsockOverride: &fcapi.VsockOverride{UDSPath: newVsock},
 		ResumeVM:      true,
 	}); err != nil {
 		t.Fatalf("load: %v", err)
 	}
-	if info, err := c2.DescribeInstance(ctx); err != nil || info.State != StateRunning {
+	if info, err := c2.DescribeInstance(ctx); err != nil || info.State != fcapi.StateRunning {
 		t.Fatalf("after load: %+v, %v", info, err)
 	}
 	if fresh.vsockPath != newVsock {
@@ -200,13 +202,13 @@ func TestClientLifecycleAgainstSpec(t *testing.T) {
 
 	// Load on a configured process is refused, as Firecracker does.
 	used := newFakeFirecracker(spec, "vm-3")
-	c3 := NewClient(startFake(t, used))
+	c3 := fcapi.NewClient(startFake(t, used))
 	defer c3.CloseIdleConnections()
-	if err := c3.PutMachineConfig(ctx, MachineConfig{VcpuCount: 1, MemSizeMib: 128}); err != nil {
+	if err := c3.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: 1, MemSizeMib: 128}); err != nil {
 		t.Fatal(err)
 	}
-	err = c3.LoadSnapshot(ctx, SnapshotLoadParams{SnapshotPath: filepath.Join(dir, "state"),
-		MemBackend: MemoryBackend{BackendType: MemoryBackendFile, BackendPath: filepath.Join(dir, "mem")}})
+	err = c3.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: filepath.Join(dir, "state"),
+		MemBackend: fcapi.MemoryBackend{BackendType: fcapi.MemoryBackendFile, BackendPath: filepath.Join(dir, "mem")}})
 	if !errors.As(err, &apiErr) || !strings.Contains(apiErr.FaultMessage, "not allowed") {
 		t.Fatalf("load on configured process: %v", err)
 	}
@@ -215,32 +217,32 @@ func TestClientLifecycleAgainstSpec(t *testing.T) {
 // TestClientRefusesBadArguments: bad values never become requests (no path injection via drive ids).
 func TestClientRefusesBadArguments(t *testing.T) {
 	fc := newFakeFirecracker(mustSpec(t), "x")
-	c := NewClient(startFake(t, fc))
+	c := fcapi.NewClient(startFake(t, fc))
 	defer c.CloseIdleConnections()
 	ctx := testCtx(t)
 	cases := []struct {
 		name string
 		do   func() error
 	}{
-		{"drive id traversal", func() error { return c.PutDrive(ctx, Drive{DriveID: "../vm", PathOnHost: "/r"}) }},
-		{"drive id slash", func() error { return c.PutDrive(ctx, Drive{DriveID: "a/b", PathOnHost: "/r"}) }},
-		{"drive id query", func() error { return c.PutDrive(ctx, Drive{DriveID: "a?b=c", PathOnHost: "/r"}) }},
-		{"drive id empty", func() error { return c.PutDrive(ctx, Drive{PathOnHost: "/r"}) }},
-		{"drive without path", func() error { return c.PutDrive(ctx, Drive{DriveID: "root"}) }},
-		{"zero vcpus", func() error { return c.PutMachineConfig(ctx, MachineConfig{MemSizeMib: 128}) }},
-		{"33 vcpus", func() error { return c.PutMachineConfig(ctx, MachineConfig{VcpuCount: 33, MemSizeMib: 128}) }},
-		{"no memory", func() error { return c.PutMachineConfig(ctx, MachineConfig{VcpuCount: 1}) }},
-		{"no kernel", func() error { return c.PutBootSource(ctx, BootSource{BootArgs: "x"}) }},
-		{"cid 2", func() error { return c.PutVsock(ctx, Vsock{GuestCID: 2, UDSPath: "/v"}) }},
-		{"vsock no path", func() error { return c.PutVsock(ctx, Vsock{GuestCID: 3}) }},
+		{"drive id traversal", func() error { return c.PutDrive(ctx, fcapi.Drive{DriveID: "../vm", PathOnHost: "/r"}) }},
+		{"drive id slash", func() error { return c.PutDrive(ctx, fcapi.Drive{DriveID: "a/b", PathOnHost: "/r"}) }},
+		{"drive id query", func() error { return c.PutDrive(ctx, fcapi.Drive{DriveID: "a?b=c", PathOnHost: "/r"}) }},
+		{"drive id empty", func() error { return c.PutDrive(ctx, fcapi.Drive{PathOnHost: "/r"}) }},
+		{"drive without path", func() error { return c.PutDrive(ctx, fcapi.Drive{DriveID: "root"}) }},
+		{"zero vcpus", func() error { return c.PutMachineConfig(ctx, fcapi.MachineConfig{MemSizeMib: 128}) }},
+		{"33 vcpus", func() error { return c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: 33, MemSizeMib: 128}) }},
+		{"no memory", func() error { return c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: 1}) }},
+		{"no kernel", func() error { return c.PutBootSource(ctx, fcapi.BootSource{BootArgs: "x"}) }},
+		{"cid 2", func() error { return c.PutVsock(ctx, fcapi.Vsock{GuestCID: 2, UDSPath: "/v"}) }},
+		{"vsock no path", func() error { return c.PutVsock(ctx, fcapi.Vsock{GuestCID: 3}) }},
 		{"unknown action", func() error { return c.Action(ctx, "Reboot") }},
 		{"unknown state", func() error { return c.SetVMState(ctx, "Stopped") }},
-		{"snapshot no paths", func() error { return c.CreateSnapshot(ctx, SnapshotCreateParams{SnapshotPath: "/s"}) }},
-		{"load no mem", func() error { return c.LoadSnapshot(ctx, SnapshotLoadParams{SnapshotPath: "/s"}) }},
+		{"snapshot no paths", func() error { return c.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{SnapshotPath: "/s"}) }},
+		{"load no mem", func() error { return c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: "/s"}) }},
 		{"load bad backend", func() error {
-			return c.LoadSnapshot(ctx, SnapshotLoadParams{SnapshotPath: "/s", MemBackend: MemoryBackend{BackendType: "Disk", BackendPath: "/m"}})
+			return c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: "/s", MemBackend: fcapi.MemoryBackend{BackendType: "Disk", BackendPath: "/m"}})
 		}},
-		{"metrics no path", func() error { return c.PutMetrics(ctx, Metrics{}) }},
+		{"metrics no path", func() error { return c.PutMetrics(ctx, fcapi.Metrics{}) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -280,10 +282,10 @@ func TestClientErrorResponses(t *testing.T) {
 				w.WriteHeader(tc.status)
 				w.Write([]byte(tc.body))
 			}))
-			c := NewClient(sock)
+			c := fcapi.NewClient(sock)
 			defer c.CloseIdleConnections()
-			err := c.Action(testCtx(t), ActionInstanceStart)
-			var apiErr *APIError
+			err := c.Action(testCtx(t), fcapi.ActionInstanceStart)
+			var apiErr *fcapi.APIError
 			if tc.name == "huge body" {
 				if err == nil || !strings.Contains(err.Error(), "over") {
 					t.Fatalf("huge answer: %v", err)
@@ -291,7 +293,7 @@ func TestClientErrorResponses(t *testing.T) {
 				return
 			}
 			if !errors.As(err, &apiErr) {
-				t.Fatalf("err = %v (%T), want *APIError", err, err)
+				t.Fatalf("err = %v (%T), want *fcapi.APIError", err, err)
 			}
 			if apiErr.StatusCode != tc.status || apiErr.FaultMessage != tc.wantMsg || apiErr.Path != "/actions" || apiErr.Method != "PUT" {
 				t.Fatalf("APIError = %+v, want status %d message %q", apiErr, tc.status, tc.wantMsg)
@@ -304,14 +306,14 @@ func TestClientErrorResponses(t *testing.T) {
 
 	t.Run("bad success json", func(t *testing.T) {
 		sock := startFake(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("{nope")) }))
-		c := NewClient(sock)
+		c := fcapi.NewClient(sock)
 		defer c.CloseIdleConnections()
 		if _, err := c.DescribeInstance(testCtx(t)); err == nil || !strings.Contains(err.Error(), "decode") {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("no socket", func(t *testing.T) {
-		c := NewClient(filepath.Join(shortTempDir(t), "missing.sock"))
+		c := fcapi.NewClient(filepath.Join(shortTempDir(t), "missing.sock"))
 		if _, err := c.DescribeInstance(testCtx(t)); err == nil {
 			t.Fatal("no error without a server")
 		}
@@ -320,11 +322,11 @@ func TestClientErrorResponses(t *testing.T) {
 		block := make(chan struct{})
 		sock := startFake(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }))
 		defer close(block)
-		c := NewClient(sock)
+		c := fcapi.NewClient(sock)
 		defer c.CloseIdleConnections()
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() { time.Sleep(20 * time.Millisecond); cancel() }()
-		if err := c.Action(ctx, ActionInstanceStart); !errors.Is(err, context.Canceled) {
+		if err := c.Action(ctx, fcapi.ActionInstanceStart); !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 	})

@@ -1,3 +1,8 @@
+// Package firecracker is the Firecracker backend of the microVM tier: process management with an
+// optional jailer, the vsock CONNECT/OK handshake, and a Machine that boots, snapshots, restores
+// and destroys one microVM through Firecracker's API.
+//
+// Firecracker needs /dev/kvm; Probe says why it is unavailable and how to fix it.
 package firecracker
 
 import (
@@ -15,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/axocoatl/isolation/sandbox/microvm/firecracker/internal/fcapi"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/sandbox/microvm"
@@ -280,14 +287,14 @@ func (d *Driver) Boot(ctx context.Context, spec microvm.BootSpec) (_ microvm.Mac
 		}
 	}()
 	c := p.client
-	if err := c.PutMachineConfig(ctx, MachineConfig{VcpuCount: spec.VCPUs, MemSizeMib: spec.MemoryMB}); err != nil {
+	if err := c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: spec.VCPUs, MemSizeMib: spec.MemoryMB}); err != nil {
 		return nil, err
 	}
 	kernel, err := p.importFile(spec.Kernel, "vmlinux")
 	if err != nil {
 		return nil, err
 	}
-	bs := BootSource{KernelImagePath: kernel, BootArgs: Cmdline(spec.Cmdline)}
+	bs := fcapi.BootSource{KernelImagePath: kernel, BootArgs: Cmdline(spec.Cmdline)}
 	if spec.Initrd != "" {
 		if bs.InitrdPath, err = p.importFile(spec.Initrd, "initrd"); err != nil {
 			return nil, err
@@ -301,7 +308,7 @@ func (d *Driver) Boot(ctx context.Context, spec microvm.BootSpec) (_ microvm.Mac
 		if err != nil {
 			return nil, err
 		}
-		if err := c.PutDrive(ctx, Drive{DriveID: "root", PathOnHost: path, IsReadOnly: true}); err != nil {
+		if err := c.PutDrive(ctx, fcapi.Drive{DriveID: "root", PathOnHost: path, IsReadOnly: true}); err != nil {
 			return nil, err
 		}
 	}
@@ -309,13 +316,13 @@ func (d *Driver) Boot(ctx context.Context, spec microvm.BootSpec) (_ microvm.Mac
 	if err != nil {
 		return nil, err
 	}
-	if err := c.PutVsock(ctx, Vsock{GuestCID: DefaultGuestCID, UDSPath: vsAPI}); err != nil {
+	if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: DefaultGuestCID, UDSPath: vsAPI}); err != nil {
 		return nil, err
 	}
-	if err := c.PutEntropy(ctx, EntropyDevice{}); err != nil {
+	if err := c.PutEntropy(ctx, fcapi.EntropyDevice{}); err != nil {
 		return nil, err
 	}
-	if err := c.Action(ctx, ActionInstanceStart); err != nil {
+	if err := c.Action(ctx, fcapi.ActionInstanceStart); err != nil {
 		return nil, err
 	}
 	d.opts.Logger.Debug("firecracker vm started", "id", spec.ID, "pid", p.cmd.Process.Pid)
@@ -332,7 +339,7 @@ func (d *Driver) Snapshot(ctx context.Context, mm microvm.Machine, dir string) (
 		return microvm.Snapshot{}, fmt.Errorf("firecracker: snapshot dir %q is not absolute", dir)
 	}
 	snap := microvm.Snapshot{Dir: dir, State: filepath.Join(dir, "vmstate"), Memory: filepath.Join(dir, "memory")}
-	if err := m.p.client.SetVMState(ctx, VMPaused); err != nil {
+	if err := m.p.client.SetVMState(ctx, fcapi.VMPaused); err != nil {
 		return microvm.Snapshot{}, err
 	}
 	// The host end of the channel is dead after a snapshot: close it so nobody writes into it.
@@ -341,7 +348,7 @@ func (d *Driver) Snapshot(ctx context.Context, mm microvm.Machine, dir string) (
 	if m.p.root != "" {
 		state, mem = "/vmstate", "/memory"
 	}
-	if err := m.p.client.CreateSnapshot(ctx, SnapshotCreateParams{SnapshotPath: state, MemFilePath: mem, SnapshotType: SnapshotFull}); err != nil {
+	if err := m.p.client.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{SnapshotPath: state, MemFilePath: mem, SnapshotType: fcapi.SnapshotFull}); err != nil {
 		return microvm.Snapshot{}, err
 	}
 	if m.p.root != "" {
@@ -397,10 +404,10 @@ func (d *Driver) Restore(ctx context.Context, snap microvm.Snapshot, spec microv
 	if err != nil {
 		return nil, err
 	}
-	if err := p.client.LoadSnapshot(ctx, SnapshotLoadParams{
+	if err := p.client.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{
 		SnapshotPath:  state,
-		MemBackend:    MemoryBackend{BackendType: MemoryBackendFile, BackendPath: mem},
-		VsockOverride: &VsockOverride{UDSPath: vsAPI},
+		MemBackend:    fcapi.MemoryBackend{BackendType: fcapi.MemoryBackendFile, BackendPath: mem},
+		VsockOverride: &fcapi.VsockOverride{UDSPath: vsAPI},
 		ResumeVM:      true,
 	}); err != nil {
 		return nil, err
@@ -423,9 +430,6 @@ type Machine struct {
 func newMachine(p *process, uds string, port uint32) *Machine {
 	return &Machine{p: p, uds: uds, port: port}
 }
-
-// Client returns the machine's API client (for pause/resume, metrics).
-func (m *Machine) Client() *Client { return m.p.client }
 
 // VsockPath returns the host path of the machine's vsock socket.
 func (m *Machine) VsockPath() string { return m.uds }

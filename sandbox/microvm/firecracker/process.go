@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/axocoatl/isolation/sandbox/microvm/firecracker/internal/fcapi"
+
 	"github.com/axocoatl/isolation/internal/spawn"
 )
 
@@ -23,7 +25,7 @@ import (
 const maxUnixPath = 107
 
 // validInstanceID is Firecracker's and the jailer's rule for instance ids.
-func validInstanceID(id string) bool { return validID(id, '-') }
+func validInstanceID(id string) bool { return fcapi.ValidID(id, '-') }
 
 // Jailer runs Firecracker through the jailer (chroot, uid/gid drop, cgroups). Paths must be
 // absolute and clean; ExecFile's base name must contain "firecracker" (a jailer rule).
@@ -72,7 +74,7 @@ type process struct {
 	root string
 	// jailDir is <base>/<exec>/<id> with the jailer, removed on kill.
 	jailDir string
-	client  *Client
+	client  *fcapi.Client
 	log     *slog.Logger
 
 	done    chan struct{} // closed when the process was waited for
@@ -184,7 +186,7 @@ func startProcess(ctx context.Context, o startOptions) (*process, error) {
 		p.kill()
 		return nil, fmt.Errorf("firecracker: write pidfile: %w", err)
 	}
-	p.client = NewClient(p.apiSock)
+	p.client = fcapi.NewClient(p.apiSock)
 	if err := p.waitAPI(ctx, o.SocketTimeout); err != nil {
 		p.kill()
 		return nil, err

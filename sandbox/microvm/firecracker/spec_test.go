@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/axocoatl/isolation/sandbox/microvm/firecracker/internal/fcapi"
+
 	"gopkg.in/yaml.v3"
 )
 
@@ -315,7 +317,7 @@ type fakeFirecracker struct {
 	requests   []recordedRequest
 	violations []string
 	configured map[string]bool // resources set before boot (besides logger/metrics)
-	state      string          // StateNotStarted, StateRunning, StatePaused
+	state      string          // fcapi.StateNotStarted, fcapi.StateRunning, fcapi.StatePaused
 	vsockPath  string
 	memMiB     int64
 	// root emulates the jailer's chroot: API paths are resolved under it ("" = host paths).
@@ -331,7 +333,7 @@ func (f *fakeFirecracker) hostPath(p string) string {
 }
 
 func newFakeFirecracker(spec *apiSpec, id string) *fakeFirecracker {
-	return &fakeFirecracker{spec: spec, id: id, configured: map[string]bool{}, state: StateNotStarted, memMiB: 128}
+	return &fakeFirecracker{spec: spec, id: id, configured: map[string]bool{}, state: fcapi.StateNotStarted, memMiB: 128}
 }
 
 func (f *fakeFirecracker) fault(w http.ResponseWriter, code int, format string, args ...any) {
@@ -375,7 +377,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	preBoot := func(resource string) bool {
-		if f.state != StateNotStarted {
+		if f.state != fcapi.StateNotStarted {
 			f.fault(w, 400, "The requested operation is not supported after starting the microVM.")
 			return false
 		}
@@ -384,10 +386,10 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch r.Method + " " + tmpl {
 	case "GET /":
-		json.NewEncoder(w).Encode(InstanceInfo{AppName: "Firecracker", ID: f.id, State: f.state, VMMVersion: "1.17.0-dev"})
+		json.NewEncoder(w).Encode(fcapi.InstanceInfo{AppName: "Firecracker", ID: f.id, State: f.state, VMMVersion: "1.17.0-dev"})
 		return
 	case "GET /version":
-		json.NewEncoder(w).Encode(FirecrackerVersion{FirecrackerVersion: "1.17.0-dev"})
+		json.NewEncoder(w).Encode(fcapi.FirecrackerVersion{FirecrackerVersion: "1.17.0-dev"})
 		return
 	case "PUT /logger", "PUT /metrics":
 	case "PUT /machine-config":
@@ -420,7 +422,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "PUT /actions":
 		switch obj["action_type"] {
 		case "InstanceStart":
-			if f.state != StateNotStarted {
+			if f.state != fcapi.StateNotStarted {
 				f.fault(w, 400, "The requested operation is not supported after starting the microVM.")
 				return
 			}
@@ -428,28 +430,28 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				f.fault(w, 400, "Cannot start microvm that was already started / without kernel configuration.")
 				return
 			}
-			f.state = StateRunning
+			f.state = fcapi.StateRunning
 			if f.onStart != nil && f.vsockPath != "" {
 				f.onStart(f.hostPath(f.vsockPath))
 			}
 		case "SendCtrlAltDel":
-			if f.state == StateNotStarted {
+			if f.state == fcapi.StateNotStarted {
 				f.fault(w, 400, "The requested operation is not supported before starting the microVM.")
 				return
 			}
 		}
 	case "PATCH /vm":
-		if f.state == StateNotStarted {
+		if f.state == fcapi.StateNotStarted {
 			f.fault(w, 400, "The requested operation is not supported before starting the microVM.")
 			return
 		}
 		if obj["state"] == "Paused" {
-			f.state = StatePaused
+			f.state = fcapi.StatePaused
 		} else {
-			f.state = StateRunning
+			f.state = fcapi.StateRunning
 		}
 	case "PUT /snapshot/create":
-		if f.state != StatePaused {
+		if f.state != fcapi.StatePaused {
 			f.fault(w, 400, "Cannot save microVM state: the microVM is not paused.")
 			return
 		}
@@ -463,7 +465,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case "PUT /snapshot/load":
-		if f.state != StateNotStarted || len(f.configured) > 0 {
+		if f.state != fcapi.StateNotStarted || len(f.configured) > 0 {
 			f.fault(w, 400, "Loading a microVM snapshot not allowed after configuring boot-specific resources.")
 			return
 		}
@@ -494,9 +496,9 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if vo, ok := obj["vsock_override"].(map[string]any); ok {
 			f.vsockPath = vo["uds_path"].(string)
 		}
-		f.state = StatePaused
+		f.state = fcapi.StatePaused
 		if obj["resume_vm"] == true {
-			f.state = StateRunning
+			f.state = fcapi.StateRunning
 			if f.onStart != nil && f.vsockPath != "" {
 				f.onStart(f.hostPath(f.vsockPath))
 			}

@@ -1,4 +1,7 @@
-package sandbox
+// Package callio holds what the tiers share to carry out a call's I/O protocol: reading the
+// output file and streams within bounds, and the path checks a tier runs before it builds paths.
+// Not public API: a Sandbox implemented outside this module reads its output its own way.
+package callio
 
 import (
 	"errors"
@@ -9,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
 )
 
 // ReadOutputFile reads a tool's output file, refusing more than max bytes. A missing file is
@@ -23,10 +27,10 @@ func ReadOutputFile(path string, max int64) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, isolation.Errorf(isolation.ErrOutputInvalid, "%s is not a regular file (%s)", OutputFile, fi.Mode().Type())
+		return nil, isolation.Errorf(isolation.ErrOutputInvalid, "%s is not a regular file (%s)", sandbox.OutputFile, fi.Mode().Type())
 	}
 	if fi.Size() > max {
-		return nil, isolation.Errorf(isolation.ErrOutputTooLarge, "%s is %d bytes, the limit is %d", OutputFile, fi.Size(), max)
+		return nil, isolation.Errorf(isolation.ErrOutputTooLarge, "%s is %d bytes, the limit is %d", sandbox.OutputFile, fi.Size(), max)
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|noFollow, 0)
 	if err != nil {
@@ -43,7 +47,7 @@ func ReadBounded(r io.Reader, max int64) ([]byte, error) {
 		return nil, err
 	}
 	if int64(len(b)) > max {
-		return nil, isolation.Errorf(isolation.ErrOutputTooLarge, "%s is over the limit of %d bytes", OutputFile, max)
+		return nil, isolation.Errorf(isolation.ErrOutputTooLarge, "%s is over the limit of %d bytes", sandbox.OutputFile, max)
 	}
 	return b, nil
 }
@@ -88,7 +92,7 @@ func (t *TailBuffer) String() string {
 }
 
 // CheckCallPaths is a defensive check a tier may run before it builds paths from a call.
-func CheckCallPaths(c Call) error {
+func CheckCallPaths(c sandbox.Call) error {
 	if c.Dir == "" || c.Dir[0] != '/' {
 		return fmt.Errorf("call for %q has a relative tool dir %q", c.Tool, c.Dir)
 	}

@@ -1,10 +1,7 @@
-// Package firecracker is the Firecracker backend of the microVM tier: a small typed client for
-// Firecracker's HTTP API over its unix socket (written from the v1.17 OpenAPI spec, the Go SDK not
-// being on the module proxy), process management with optional jailer, the vsock CONNECT/OK
-// handshake, and a Machine that boots, snapshots, restores and destroys one microVM.
-//
-// Firecracker needs /dev/kvm; Probe says why it is unavailable and how to fix it.
-package firecracker
+// Package fcapi is a small typed client for Firecracker's HTTP API over its unix socket, written
+// from the v1.17 OpenAPI spec (the Go SDK is not on the module proxy). Only the firecracker driver
+// uses it: the request bodies and their validation are not part of this module's API.
+package fcapi
 
 // The request and response bodies of the API, field names exactly as in the spec's definitions.
 // Optional fields are omitted when zero so that Firecracker applies its defaults.

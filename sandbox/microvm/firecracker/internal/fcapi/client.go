@@ -1,4 +1,4 @@
-package firecracker
+package fcapi
 
 import (
 	"bytes"
@@ -67,12 +67,12 @@ func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // validDriveID is what the client accepts as a drive id. Firecracker accepts alphanumerics and
 // '_'; refusing the rest also keeps the id from changing the request path.
-func validDriveID(id string) bool { return validID(id, '_') }
+func validDriveID(id string) bool { return ValidID(id, '_') }
 
-// validID reports whether id is 1–64 ASCII letters, digits and extra. Not a regexp: a compiled
+// ValidID reports whether id is 1–64 ASCII letters, digits and extra. Not a regexp: a compiled
 // {1,64} repetition costs every process that links this package ~0.2 ms of init, the container
 // init that libcontainer re-executes included.
-func validID(id string, extra byte) bool {
+func ValidID(id string, extra byte) bool {
 	if len(id) == 0 || len(id) > 64 {
 		return false
 	}
