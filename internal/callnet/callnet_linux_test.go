@@ -1,0 +1,437 @@
+package callnet
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// standIn is a gate that records what the rules send it: for each TCP connection its source,
+// original destination and first line; for each DNS packet its source.
+type standIn struct {
+	mu   sync.Mutex
+	tcp  []arrival
+	dns  []arrival
+	tcpN chan struct{}
+}
+
+type arrival struct {
+	src, dst netip.AddrPort
+	line     string
+}
+
+func newStandIn() *standIn { return &standIn{tcpN: make(chan struct{}, 100)} }
+
+func (g *standIn) ServeTCP(ctx context.Context, ln net.Listener) error {
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			dst, _ := originalDst(c.(*net.TCPConn))
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			g.mu.Lock()
+			g.tcp = append(g.tcp, arrival{src: c.RemoteAddr().(*net.TCPAddr).AddrPort(), dst: dst, line: strings.TrimSpace(line)})
+			g.mu.Unlock()
+			fmt.Fprintf(c, "seen %s\n", dst)
+			g.tcpN <- struct{}{}
+		}()
+	}
+}
+
+func (g *standIn) ServeDNS(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
+	go func() { <-ctx.Done(); pc.Close(); ln.Close() }()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			g.mu.Lock()
+			g.dns = append(g.dns, arrival{src: c.RemoteAddr().(*net.TCPAddr).AddrPort(), line: "tcp"})
+			g.mu.Unlock()
+			c.Close()
+		}
+	}()
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		g.mu.Lock()
+		g.dns = append(g.dns, arrival{src: from.(*net.UDPAddr).AddrPort(), line: "udp"})
+		g.mu.Unlock()
+		_, _ = pc.WriteTo(buf[:n], from)
+	}
+}
+
+func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var ap netip.AddrPort
+	var serr error
+	_ = raw.Control(func(fd uintptr) {
+		var mr *unix.IPv6Mreq // SO_ORIGINAL_DST returns a sockaddr_in in 16 bytes
+		mr, serr = unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, 80)
+		if serr == nil {
+			a := netip.AddrFrom4([4]byte(mr.Multiaddr[4:8]))
+			ap = netip.AddrPortFrom(a, uint16(mr.Multiaddr[2])<<8|uint16(mr.Multiaddr[3]))
+		}
+	})
+	return ap, serr
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if why := Available(); why != "" {
+		t.Skip(why)
+	}
+}
+
+func testTable() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return TablePrefix + "test-" + hex.EncodeToString(b)
+}
+
+func newTestPool(t *testing.T, g Gate, ready, max int) *Pool {
+	t.Helper()
+	needRoot(t)
+	p, err := New(Config{Table: testTable(), RunDir: t.TempDir(), Gate: g, Ready: ready, Max: max}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// inside runs f on a thread in ns: sockets f creates belong to ns.
+func inside(t *testing.T, ns *NS, f func()) {
+	t.Helper()
+	if err := inNetns(ns.Fd(), func() error { f(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func dialIn(t *testing.T, ns *NS, network, addr string) (c net.Conn, err error) {
+	t.Helper()
+	inside(t, ns, func() { c, err = net.DialTimeout(network, addr, 3*time.Second) })
+	return c, err
+}
+
+func TestRulesSendTCPAndDNSToTheGateAndRejectTheRest(t *testing.T) {
+	g := newStandIn()
+	p := newTestPool(t, g, 1, 4)
+	ctx := context.Background()
+	ns, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Put(ns)
+
+	t.Run("tcp to a public address reaches the proxy with its original destination", func(t *testing.T) {
+		c, err := dialIn(t, ns, "tcp4", "203.0.113.7:443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "hello\n")
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		reply, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.Contains(reply, "203.0.113.7:443") {
+			t.Fatalf("reply %q, %v", reply, err)
+		}
+		g.mu.Lock()
+		last := g.tcp[len(g.tcp)-1]
+		g.mu.Unlock()
+		if last.src.Addr() != ns.Addr || last.dst != netip.MustParseAddrPort("203.0.113.7:443") || last.line != "hello" {
+			t.Fatalf("the gate saw %+v; want from %s to 203.0.113.7:443", last, ns.Addr)
+		}
+	})
+	t.Run("udp and tcp 53 anywhere reach the DNS server", func(t *testing.T) {
+		c, err := dialIn(t, ns, "udp4", "198.51.100.53:53")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("query"))
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 64)
+		if n, err := c.Read(buf); err != nil || string(buf[:n]) != "query" {
+			t.Fatalf("udp 53: %q %v", buf[:n], err)
+		}
+		tc, err := dialIn(t, ns, "tcp4", "198.51.100.53:53")
+		if err != nil {
+			t.Fatalf("tcp 53: %v", err)
+		}
+		tc.Close()
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			g.mu.Lock()
+			n := len(g.dns)
+			g.mu.Unlock()
+			if n >= 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the DNS server saw %d queries, want 2", n)
+			}
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, a := range g.dns {
+			if a.src.Addr() != ns.Addr {
+				t.Fatalf("DNS from %s, want %s", a.src, ns.Addr)
+			}
+		}
+	})
+	g.mu.Lock()
+	before := len(g.tcp) + len(g.dns)
+	g.mu.Unlock()
+	t.Run("DNS over TLS is reset at once", func(t *testing.T) {
+		start := time.Now()
+		_, err := dialIn(t, ns, "tcp4", "198.51.100.53:853")
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial 853: %v, want connection refused", err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("refused after %v", d)
+		}
+	})
+	for _, dst := range []string{"198.51.100.9:443", "203.0.113.7:53000", "169.254.169.254:123", "127.0.0.2:9", "255.255.255.255:67"} {
+		t.Run("udp "+dst+" is rejected at once", func(t *testing.T) {
+			var c net.Conn
+			var err error
+			inside(t, ns, func() {
+				var la *net.UDPAddr
+				c, err = net.DialUDP("udp4", la, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(dst)))
+				if err == nil && strings.HasPrefix(dst, "255.") {
+					err = setBroadcast(c)
+				}
+			})
+			if err != nil {
+				if strings.HasPrefix(dst, "127.") {
+					return // loopback stays inside the namespace: nothing listens
+				}
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_, _ = c.Write([]byte("x"))
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, err = c.Read(make([]byte, 8))
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !strings.HasPrefix(dst, "255.") {
+				t.Fatalf("no rejection within 2 s: %v", err)
+			}
+			if err == nil {
+				t.Fatal("got an answer")
+			}
+		})
+	}
+	t.Run("ipv6 has no route", func(t *testing.T) {
+		_, err := dialIn(t, ns, "tcp6", "[2001:db8::1]:443")
+		if err == nil {
+			t.Fatal("reached an IPv6 address")
+		}
+	})
+	g.mu.Lock()
+	after := len(g.tcp) + len(g.dns)
+	g.mu.Unlock()
+	if after != before {
+		t.Fatalf("the gate saw %d arrivals from rejected traffic", after-before)
+	}
+	t.Run("the gate's ports take nothing that was not redirected", func(t *testing.T) {
+		_, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", p.ports.proxy), 2*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("direct connection to the proxy port: %v, want refused", err)
+		}
+	})
+	t.Run("root in a user namespace inside cannot change the namespace", func(t *testing.T) {
+		if _, err := exec.LookPath("unshare"); err != nil {
+			t.Skip("no unshare(1)")
+		}
+		for _, args := range [][]string{{"ip", "link", "set", "eth0", "down"}, {"ip", "addr", "add", "10.9.9.9/32", "dev", "eth0"}, {"ip", "route", "del", "default"}} {
+			cmd := exec.Command("nsenter", append([]string{"--net=" + ns.Path(), "unshare", "--user", "--map-root-user"}, args...)...)
+			out, err := cmd.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "Operation not permitted") {
+				t.Fatalf("%v: %v %s", args, err, out)
+			}
+		}
+	})
+}
+
+func setBroadcast(c net.Conn) error {
+	raw, err := c.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	_ = raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1) })
+	return serr
+}
+
+func TestRecycleAndClose(t *testing.T) {
+	p := newTestPool(t, newStandIn(), 2, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Three held: the bound; a fourth waits until one is returned.
+	var held []*NS
+	for range 3 {
+		ns, err := p.Get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, ns)
+	}
+	short, c2 := context.WithTimeout(ctx, 200*time.Millisecond)
+	if _, err := p.Get(short); err == nil {
+		t.Fatal("a fourth namespace beyond Max")
+	}
+	c2()
+	// One left a socket open (a TIME_WAIT-less close leaves none; a listener does): destroyed,
+	// not recycled. The others come back.
+	var ln net.Listener
+	inside(t, held[0], func() { ln, _ = net.Listen("tcp4", "127.0.0.1:0") })
+	addrs := map[netip.Addr]bool{}
+	for _, ns := range held {
+		addrs[ns.Addr] = true
+		p.Put(ns)
+	}
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := p.Stats()
+	if st.Recycled < 1 || st.Destroyed < 1 {
+		t.Fatalf("stats %+v: want a recycled namespace and the one with a socket destroyed", st)
+	}
+	ns, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !addrs[ns.Addr] {
+		t.Fatalf("got a new namespace %s, want a recycled one", ns.Addr)
+	}
+	ln.Close()
+	p.Put(ns)
+	prefix, table := p.LinkPrefix(), p.Table()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, prefix, table)
+}
+
+// assertGone fails if a link of prefix or the table exists.
+func assertGone(t *testing.T, prefix, table string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		links := linksWith(prefix)
+		if len(links) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("links left: %v", links)
+		}
+	}
+	ts, err := listTables(table)
+	if err != nil || len(ts) != 0 {
+		t.Fatalf("tables left: %v %v", ts, err)
+	}
+}
+
+func linksWith(prefix string) []string {
+	ls, _ := netlink.LinkList()
+	var out []string
+	for _, l := range ls {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out
+}
+
+// TestKilledOwnerLeavesOnlyTheTable: after a SIGKILL of a process holding namespaces, the kernel
+// removes them with their pairs; ReapTable removes the table.
+func TestKilledOwnerLeavesOnlyTheTable(t *testing.T) {
+	needRoot(t)
+	table := testTable()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOwnerHelper$", "-test.v")
+	cmd.Env = append(os.Environ(), "AXO_CALLNET_HELPER="+table, "AXO_CALLNET_DIR="+t.TempDir())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	prefix := ""
+	for sc.Scan() {
+		if p, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
+			prefix = p
+			break
+		}
+	}
+	if prefix == "" {
+		t.Fatal("the helper did not get ready")
+	}
+	if n := len(linksWith(prefix)); n != 3 {
+		t.Fatalf("%d links of the helper, want 3", n)
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	if ts, _ := listTables(table); len(ts) != 1 {
+		t.Fatalf("table %s: %v", table, ts)
+	}
+	if err := ReapTable(table); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, prefix, table)
+}
+
+func TestOwnerHelper(t *testing.T) {
+	table := os.Getenv("AXO_CALLNET_HELPER")
+	if table == "" {
+		t.Skip("only run by TestKilledOwnerLeavesOnlyTheTable")
+	}
+	p, err := New(Config{Table: table, RunDir: os.Getenv("AXO_CALLNET_DIR"), Gate: newStandIn(), Ready: 2, Max: 4}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Get(context.Background()); err != nil { // one in use, two ready
+		t.Fatal(err)
+	}
+	if err := p.WaitReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("READY " + p.LinkPrefix())
+	time.Sleep(time.Minute)
+}
