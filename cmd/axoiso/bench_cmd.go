@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/axoiso"
 	"github.com/axocoatl/isolation/executor"
-	"github.com/axocoatl/isolation/internal/assemble"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -77,11 +77,11 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return err
 	}
-	cfg, log, err := cf.configAndLogger(stderr)
+	cfg, _, err := cf.configAndLogger(stderr)
 	if err != nil {
 		return err
 	}
-	e, err := assemble.New(cfg, log)
+	e, err := axoiso.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -102,7 +102,7 @@ func runBench(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		}
 		// The same bundle, limits and JSON I/O, through crun instead of the embedded runtime.
 		cfg.Oci.Backend, cfg.Oci.PoolSize = "crun", -1
-		ce, err := assemble.New(cfg, log)
+		ce, err := axoiso.New(cfg)
 		if err != nil {
 			return err
 		}

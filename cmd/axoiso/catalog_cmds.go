@@ -8,8 +8,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/axoiso"
 	"github.com/axocoatl/isolation/executor"
-	"github.com/axocoatl/isolation/internal/assemble"
 )
 
 func init() {
@@ -25,11 +25,11 @@ func runTiers(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
-	cfg, log, err := cf.configAndLogger(stderr)
+	cfg, _, err := cf.configAndLogger(stderr)
 	if err != nil {
 		return err
 	}
-	sbs := assemble.Sandboxes(cfg, log)
+	sbs := axoiso.Sandboxes(cfg)
 	statuses := make([]executor.TierStatus, 0, len(isolation.Tiers()))
 	for _, t := range isolation.Tiers() {
 		st := executor.TierStatus{Tier: t, Availability: isolation.Availability{Reason: "disabled in the config or not built into this binary", Fix: "remove it from disable_tiers"}}

@@ -6,8 +6,8 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/axocoatl/isolation/axoiso"
 	"github.com/axocoatl/isolation/executor"
-	"github.com/axocoatl/isolation/internal/assemble"
 )
 
 // commonFlags are the flags every command that builds an executor takes.
@@ -17,25 +17,25 @@ type commonFlags struct {
 }
 
 func (c *commonFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&c.tools, "tools", "", "tools root (default $"+assemble.EnvTools+", the config's tools_root, or "+assemble.DefaultToolsRoot+")")
-	fs.StringVar(&c.config, "config", "", "config file (default $"+assemble.EnvConfig+" or "+assemble.DefaultConfigPath+" if present)")
+	fs.StringVar(&c.tools, "tools", "", "tools root (default $"+axoiso.EnvTools+", the config's tools_root, or "+axoiso.DefaultToolsRoot+")")
+	fs.StringVar(&c.config, "config", "", "config file (default $"+axoiso.EnvConfig+" or "+axoiso.DefaultConfigPath+" if present)")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	fs.BoolVar(&c.logJSON, "log-json", false, "log as JSON lines")
 	fs.BoolVar(&c.strict, "strict", false, "refuse a fallback to a weaker tier than the tool's ideal one")
 }
 
 // config loads the config file and lets flags win.
-func (c *commonFlags) configAndLogger(stderr io.Writer) (assemble.Config, *slog.Logger, error) {
+func (c *commonFlags) configAndLogger(stderr io.Writer) (axoiso.Config, *slog.Logger, error) {
 	log, err := newLogger(stderr, c.logLevel, c.logJSON)
 	if err != nil {
-		return assemble.Config{}, nil, err
+		return axoiso.Config{}, nil, err
 	}
-	cfg, err := assemble.LoadConfig(c.config)
+	cfg, err := axoiso.LoadConfig(c.config)
 	if err != nil {
 		return cfg, nil, err
 	}
 	// Precedence: flag, environment, config file, default.
-	if v := os.Getenv(assemble.EnvTools); v != "" {
+	if v := os.Getenv(axoiso.EnvTools); v != "" {
 		cfg.ToolsRoot = v
 	}
 	if c.tools != "" {
@@ -44,6 +44,7 @@ func (c *commonFlags) configAndLogger(stderr io.Writer) (assemble.Config, *slog.
 	if c.strict {
 		cfg.Strict = true
 	}
+	cfg.Logger = log
 	return cfg.WithDefaults(), log, nil
 }
 
@@ -52,6 +53,6 @@ func (c *commonFlags) executor(stderr io.Writer) (*executor.Executor, *slog.Logg
 	if err != nil {
 		return nil, nil, err
 	}
-	e, err := assemble.New(cfg, log)
+	e, err := axoiso.New(cfg)
 	return e, log, err
 }

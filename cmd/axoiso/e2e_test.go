@@ -35,7 +35,7 @@ func requiresRoot(t *testing.T) {
 func requiresOci(t *testing.T) {
 	t.Helper()
 	requiresRoot(t)
-	_, out, _ := axoiso(t, "", "tiers", "--json")
+	_, out, _ := runAxoiso(t, "", "tiers", "--json")
 	var tiers []struct {
 		Tier      string
 		Available bool
@@ -118,7 +118,7 @@ func TestExitCodesWithRealTools(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			args := append([]string{"run", "--tools", root, "--config", cfg, "--input", tt.input}, tt.extra...)
-			code, out, errs := axoiso(t, "", append(args, "guest")...)
+			code, out, errs := runAxoiso(t, "", append(args, "guest")...)
 			if code != tt.code {
 				t.Fatalf("exit %d, want %d; stdout %q stderr %q", code, tt.code, out, errs)
 			}
@@ -192,23 +192,23 @@ func TestBundleThenRun(t *testing.T) {
 	cfg := configFile(t, map[string]any{"cache_dir": t.TempDir(), "oci": map[string]any{"state_root": state, "pool_size": -1}})
 	archive := busyboxImage(t)
 
-	code, out, errs := axoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper")
+	code, out, errs := runAxoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper")
 	if code != 0 {
 		t.Fatalf("bundle: exit %d: %s", code, errs)
 	}
 	if strings.TrimSpace(out) != filepath.Join(root, "upper") {
 		t.Errorf("bundle printed %q", out)
 	}
-	if code, _, errs := axoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper"); code == 0 || !strings.Contains(errs, "--replace") {
+	if code, _, errs := runAxoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper"); code == 0 || !strings.Contains(errs, "--replace") {
 		t.Errorf("second bundle without --replace: exit %d, %q", code, errs)
 	}
 	for _, bad := range [][]string{{"--from", "docker-archive:" + archive, "../up"}, {"upper2"}, {"--from", "ftp://x", "upper3"}} {
-		if code, _, errs := axoiso(t, "", append([]string{"bundle", "--tools", root}, bad...)...); code != 2 {
+		if code, _, errs := runAxoiso(t, "", append([]string{"bundle", "--tools", root}, bad...)...); code != 2 {
 			t.Errorf("bundle %v: exit %d (%s), want 2", bad, code, errs)
 		}
 	}
 
-	code, out, errs = axoiso(t, "", "run", "--json", "--tools", root, "--config", cfg, "--input", `{"say":"hi"}`, "upper")
+	code, out, errs = runAxoiso(t, "", "run", "--json", "--tools", root, "--config", cfg, "--input", `{"say":"hi"}`, "upper")
 	if code != 0 {
 		t.Fatalf("run: exit %d: %s", code, errs)
 	}
@@ -260,7 +260,7 @@ func TestShellFallsBackToOci(t *testing.T) {
 		"oci": map[string]any{"state_root": t.TempDir(), "runtime_root": rt, "pool_size": -1},
 	})
 
-	code, out, errs := axoiso(t, "", "run", "--json", "--tools", root, "--config", cfg, "--input", `{"abc":1}`, "count")
+	code, out, errs := runAxoiso(t, "", "run", "--json", "--tools", root, "--config", cfg, "--input", `{"abc":1}`, "count")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -279,14 +279,14 @@ func TestShellFallsBackToOci(t *testing.T) {
 	if !strings.Contains(errs, "weaker than its ideal tier Firecracker") {
 		t.Errorf("no downgrade warning on stderr: %q", errs)
 	}
-	code, out, errs = axoiso(t, "", "run", "--strict", "--tools", root, "--config", cfg, "--input", `{}`, "count")
+	code, out, errs = runAxoiso(t, "", "run", "--strict", "--tools", root, "--config", cfg, "--input", `{}`, "count")
 	if code != 4 || out != "" || !strings.Contains(errs, "downgrade refused") {
 		t.Fatalf("--strict: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 	// Output bytes that are not UTF-8 (valid JSON to json.Valid) are printed as U+FFFD.
 	for _, extra := range [][]string{nil, {"--json"}} {
 		args := append([]string{"run", "--tools", root, "--config", cfg, "--input", `{}`}, extra...)
-		code, out, errs = axoiso(t, "", append(args, "stray")...)
+		code, out, errs = runAxoiso(t, "", append(args, "stray")...)
 		if code != 0 || !utf8.ValidString(out) || !strings.Contains(out, "a\uFFFDb") {
 			t.Errorf("run %v stray: exit %d, stdout %q, stderr %q", extra, code, out, errs)
 		}

@@ -44,7 +44,7 @@ func TestRunCapsToolLimits(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg["cache_dir"] = cache
 			tt.cfg["disable_tiers"] = []string{"Oci", "Firecracker"}
-			code, out, errs := axoiso(t, "", "run", "--json", "--tools", root, "--config", configFile(t, tt.cfg), "--input", `{"name":"x"}`, "greedy")
+			code, out, errs := runAxoiso(t, "", "run", "--json", "--tools", root, "--config", configFile(t, tt.cfg), "--input", `{"name":"x"}`, "greedy")
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, errs)
 			}
@@ -59,14 +59,14 @@ func TestRunCapsToolLimits(t *testing.T) {
 	}
 	t.Run("unknown tier in max_memory_mb", func(t *testing.T) {
 		cfg := configFile(t, map[string]any{"max_memory_mb": map[string]int{"Docker": 64}})
-		code, _, errs := axoiso(t, "", "run", "--tools", root, "--config", cfg, "--input", `{}`, "echo")
+		code, _, errs := runAxoiso(t, "", "run", "--tools", root, "--config", cfg, "--input", `{}`, "echo")
 		if code == 0 || !strings.Contains(errs, `unknown tier "Docker"`) {
 			t.Fatalf("exit %d, stderr %q: want a config error naming the tier", code, errs)
 		}
 	})
 	t.Run("ceiling over what the tier can apply", func(t *testing.T) {
 		cfg := configFile(t, map[string]any{"max_memory_mb": map[string]int{"Wasmtime": 8192}})
-		code, _, errs := axoiso(t, "", "run", "--tools", root, "--config", cfg, "--input", `{}`, "echo")
+		code, _, errs := runAxoiso(t, "", "run", "--tools", root, "--config", cfg, "--input", `{}`, "echo")
 		if code == 0 || !strings.Contains(errs, "MaxMemoryMB[Wasmtime]") {
 			t.Fatalf("exit %d, stderr %q: want a config error", code, errs)
 		}

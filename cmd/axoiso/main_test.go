@@ -14,8 +14,8 @@ import (
 	"github.com/axocoatl/isolation"
 )
 
-// axoiso runs the CLI in-process and returns its exit code, stdout and stderr.
-func axoiso(t *testing.T, stdin string, args ...string) (int, string, string) {
+// runAxoiso runs the CLI in-process and returns its exit code, stdout and stderr.
+func runAxoiso(t *testing.T, stdin string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errb)
@@ -72,7 +72,7 @@ func TestRunContract(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, out, errs := axoiso(t, tt.stdin, tt.args...)
+			code, out, errs := runAxoiso(t, tt.stdin, tt.args...)
 			if code != tt.code {
 				t.Fatalf("exit %d, want %d (stdout %q, stderr %q)", code, tt.code, out, errs)
 			}
@@ -93,7 +93,7 @@ func TestRunContract(t *testing.T) {
 }
 
 func TestRunEnvelope(t *testing.T) {
-	code, out, errs := axoiso(t, `{"k":"v"}`, "run", "--json", "--tools", toolsRoot(t), "echo")
+	code, out, errs := runAxoiso(t, `{"k":"v"}`, "run", "--json", "--tools", toolsRoot(t), "echo")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -112,7 +112,7 @@ func TestRunEnvelope(t *testing.T) {
 }
 
 func TestTiersAndToolsJSON(t *testing.T) {
-	code, out, errs := axoiso(t, "", "tiers", "--json")
+	code, out, errs := runAxoiso(t, "", "tiers", "--json")
 	if code != 0 {
 		t.Fatalf("tiers: exit %d: %s", code, errs)
 	}
@@ -134,7 +134,7 @@ func TestTiersAndToolsJSON(t *testing.T) {
 		}
 	}
 	root := toolsRoot(t)
-	code, out, errs = axoiso(t, "", "tools", "--json", "--tools", root)
+	code, out, errs = runAxoiso(t, "", "tools", "--json", "--tools", root)
 	if code != 0 {
 		t.Fatalf("tools: exit %d: %s", code, errs)
 	}
@@ -152,7 +152,7 @@ func TestTiersAndToolsJSON(t *testing.T) {
 }
 
 func TestBenchJSON(t *testing.T) {
-	code, out, errs := axoiso(t, "", "bench", "--json", "-n", "50", "-c", "2", "--tools", toolsRoot(t), "echo")
+	code, out, errs := runAxoiso(t, "", "bench", "--json", "-n", "50", "-c", "2", "--tools", toolsRoot(t), "echo")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -178,7 +178,7 @@ func TestToolsRootFromEnvAndFlagWins(t *testing.T) {
 	root := toolsRoot(t)
 	t.Setenv("AXOISO_TOOLS", root)
 	list := func(args ...string) string {
-		code, out, errs := axoiso(t, "", append([]string{"tools", "--json"}, args...)...)
+		code, out, errs := runAxoiso(t, "", append([]string{"tools", "--json"}, args...)...)
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, errs)
 		}
@@ -196,7 +196,7 @@ func TestToolsRootFromEnvAndFlagWins(t *testing.T) {
 		t.Errorf("the config's tools_root won over $AXOISO_TOOLS: %s", out)
 	}
 	os.WriteFile(cfg, []byte(`{"tools_root":`), 0o644)
-	if code, _, errs := axoiso(t, "", "tools", "--config", cfg); code == 0 || !strings.Contains(errs, "config") {
+	if code, _, errs := runAxoiso(t, "", "tools", "--config", cfg); code == 0 || !strings.Contains(errs, "config") {
 		t.Errorf("a broken config file: exit %d, %q", code, errs)
 	}
 }

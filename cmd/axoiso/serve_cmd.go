@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/axocoatl/isolation/axoiso"
 	"github.com/axocoatl/isolation/executor"
-	"github.com/axocoatl/isolation/internal/assemble"
 	"github.com/axocoatl/isolation/server"
 	"github.com/axocoatl/isolation/server/mcpserver"
 )
@@ -54,7 +54,7 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 		return err
 	}
 	if cfg.MaxTimeout == 0 || time.Duration(cfg.MaxTimeout) > *maxTimeout {
-		cfg.MaxTimeout = assemble.Duration(*maxTimeout)
+		cfg.MaxTimeout = axoiso.Duration(*maxTimeout)
 	}
 	// The config file's serve section applies where the flag was not given.
 	set := map[string]bool{}
@@ -62,7 +62,7 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	for _, d := range []struct {
 		flag string
 		v    *time.Duration
-		cfg  assemble.Duration
+		cfg  axoiso.Duration
 	}{{"read-header-timeout", headerTimeout, cfg.Serve.ReadHeaderTimeout}, {"body-timeout", bodyTimeout, cfg.Serve.BodyTimeout}, {"idle-timeout", idleTimeout, cfg.Serve.IdleTimeout}} {
 		if !set[d.flag] && d.cfg != 0 {
 			*d.v = time.Duration(d.cfg)
@@ -71,7 +71,7 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	if !set["max-mcp-sessions"] && cfg.Serve.MaxMCPSessions != 0 {
 		*maxSessions = cfg.Serve.MaxMCPSessions
 	}
-	e, err := assemble.New(cfg, log)
+	e, err := axoiso.New(cfg)
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ func TestVMPrepareThenRunPython(t *testing.T) {
 	runDir := t.TempDir()
 	cfg := configFile(t, map[string]any{"cache_dir": t.TempDir(), "data_dir": vmTestDataDir,
 		"vm": map[string]any{"run_dir": runDir}})
-	code, out, errs := axoiso(t, "", "vm", "prepare", "--config", cfg, "--agent", agent, "--json")
+	code, out, errs := runAxoiso(t, "", "vm", "prepare", "--config", cfg, "--agent", agent, "--json")
 	if code != 0 {
 		t.Skipf("vm prepare failed (no Debian mirror?): %s", errs)
 	}
@@ -39,7 +39,7 @@ func TestVMPrepareThenRunPython(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &img); err != nil || !strings.HasPrefix(img.Kernel, vmTestDataDir+"/vm/") {
 		t.Fatalf("vm prepare --json = %s (%v)", out, err)
 	}
-	if code, _, errs := axoiso(t, "", "vm", "prepare", "--config", cfg, "--agent", filepath.Join(t.TempDir(), "missing")); code == 0 || !strings.Contains(errs, "go build") {
+	if code, _, errs := runAxoiso(t, "", "vm", "prepare", "--config", cfg, "--agent", filepath.Join(t.TempDir(), "missing")); code == 0 || !strings.Contains(errs, "go build") {
 		t.Errorf("prepare with a missing agent: exit %d, %q (want the fix)", code, errs)
 	}
 
@@ -49,7 +49,7 @@ func TestVMPrepareThenRunPython(t *testing.T) {
 d = json.load(open("/axocoatl/input.json"))
 json.dump({"sum": sum(d["numbers"]), "uid": os.getuid()}, open("/axocoatl/output.json", "w"))
 `), 0o644)
-	code, out, errs = axoiso(t, "", "run", "--json", "--strict", "--tools", root, "--config", cfg, "--input", `{"numbers":[1,2,3.5]}`, "py-sum")
+	code, out, errs = runAxoiso(t, "", "run", "--json", "--strict", "--tools", root, "--config", cfg, "--input", `{"numbers":[1,2,3.5]}`, "py-sum")
 	if code != 0 {
 		t.Fatalf("run: exit %d: %s", code, errs)
 	}
@@ -69,7 +69,7 @@ json.dump({"sum": sum(d["numbers"]), "uid": os.getuid()}, open("/axocoatl/output
 	// built: a reported downgrade that really runs.
 	noVM := configFile(t, map[string]any{"cache_dir": t.TempDir(), "data_dir": vmTestDataDir, "disable_tiers": []string{"Firecracker"},
 		"oci": map[string]any{"state_root": t.TempDir(), "pool_size": -1}})
-	code, out, errs = axoiso(t, "", "run", "--json", "--tools", root, "--config", noVM, "--input", `{"numbers":[2,2]}`, "py-sum")
+	code, out, errs = runAxoiso(t, "", "run", "--json", "--tools", root, "--config", noVM, "--input", `{"numbers":[2,2]}`, "py-sum")
 	if code == 0 {
 		env.Output, env.Tier, env.Degraded = nil, "", false
 		if err := json.Unmarshal([]byte(out), &env); err != nil || env.Output["sum"] != 4 || env.Output["uid"] == 0 || env.Tier != "Oci" || !env.Degraded {

@@ -20,7 +20,7 @@ import (
 // VMM's pidfile, sockets, copies and snapshots). The Sandbox holds a shared flock on that dir for
 // its life, and so does its keeper (package internal/keeper): when the Sandbox's process dies,
 // however it dies, the keeper kills the VMMs and removes the dir (reapRunDir). A process that
-// starts (New, and ReapDead, which assemble calls whichever tiers it will use) reaps the run dirs
+// starts (New, and ReapDead, which axoiso.New calls whichever tiers it will use) reaps the run dirs
 // nobody holds any more whose owner process is gone (reapOrphans), with the same reapRunDir.
 
 const keeperKind = "vm"

@@ -25,7 +25,7 @@ import (
 // container exists, removed once all of it is gone) beside .params, how its containers were made.
 // A keeper process (package internal/keeper) holds the same lock; when the Sandbox's process dies,
 // however it dies, the keeper reaps the containers the directory lists (reapOwner) and removes it.
-// A process that starts on the state root (New, and ReapDead, which assemble calls before any
+// A process that starts on the state root (New, and ReapDead, which axoiso.New calls before any
 // tier is built) reaps the owner directories nobody holds any more, that is those whose owner and
 // keeper are both dead; and when it gets the state root's lock exclusively (no live Sandbox nor
 // keeper uses the root) it reaps every container found there, claimed or not (reapAll).

@@ -1,12 +1,13 @@
-package assemble
+package axoiso
 
 import (
-	"github.com/axocoatl/isolation"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/axocoatl/isolation"
 
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"

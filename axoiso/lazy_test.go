@@ -1,4 +1,4 @@
-package assemble
+package axoiso
 
 import (
 	"context"
@@ -13,7 +13,7 @@ func TestTiersAreSetUpOnFirstUse(t *testing.T) {
 	c := Config{ToolsRoot: t.TempDir(), CacheDir: t.TempDir(), DataDir: t.TempDir()}
 	c.Oci.StateRoot = t.TempDir()
 	c.VM.RunDir = t.TempDir()
-	sbs := Sandboxes(c, nil)
+	sbs := Sandboxes(c)
 	if len(sbs) != 4 {
 		t.Fatalf("%d sandboxes, want one per tier", len(sbs))
 	}
@@ -57,7 +57,7 @@ func TestTiersAreSetUpOnFirstUse(t *testing.T) {
 
 func TestDisabledTiersAreLeftOut(t *testing.T) {
 	c := Config{ToolsRoot: t.TempDir(), DisableTiers: []string{"Oci", "Firecracker"}}
-	for _, s := range Sandboxes(c, nil) {
+	for _, s := range Sandboxes(c) {
 		if s.Tier() == isolation.TierOCI || s.Tier() == isolation.TierMicroVM {
 			t.Fatalf("disabled tier %s is present", s.Tier())
 		}

@@ -1,4 +1,4 @@
-package assemble
+package axoiso
 
 import (
 	"bufio"
@@ -23,7 +23,7 @@ import (
 )
 
 // Nothing outlives its owner: these tests start a real owner process (this test binary
-// re-executed, TestOwnerHelper) that builds an executor with assemble.New, fills an Oci pool for
+// re-executed, TestOwnerHelper) that builds an executor with axoiso.New, fills an Oci pool for
 // a spinning busybox tool, keeps a pooled VM when QEMU and a prepared guest image are here, and
 // runs a call of the spinning tool; then they SIGKILL it mid-call.
 
@@ -194,8 +194,8 @@ func TestOwnerHelper(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &o); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	e, err := New(o.Config, log)
+	o.Config.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := New(o.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +439,7 @@ func TestNextStartReapsDeadOwners(t *testing.T) {
 	c := o.Config
 	c.ToolsRoot = t.TempDir() // no Oci or microVM tool
 	c.VM.PoolSize = 0
-	e, err := New(c, nil)
+	e, err := New(c)
 	if err != nil {
 		t.Fatal(err)
 	}

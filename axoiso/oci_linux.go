@@ -1,9 +1,10 @@
-package assemble
+package axoiso
 
 import (
-	"github.com/axocoatl/isolation"
 	"log/slog"
 	"time"
+
+	"github.com/axocoatl/isolation"
 
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
