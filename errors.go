@@ -46,8 +46,9 @@ type Error struct {
 	Message string
 	// ExitCode is the tool's exit status for ErrToolFailed (and, where known, others).
 	ExitCode int
-	// Stderr is a bounded tail of what the tool wrote on stderr.
+	// Stderr and Stdout are bounded tails of what the tool wrote on stderr and stdout.
 	Stderr string
+	Stdout string
 	// CallID identifies the call (set by the executor).
 	CallID string
 	// Err is the underlying cause, if any.

@@ -57,7 +57,10 @@ type Result struct {
 	Backend    string        `json:"backend,omitempty"`
 	Duration   time.Duration `json:"-"`
 	DurationMS float64       `json:"duration_ms"`
-	Stderr     string        `json:"stderr"`
+	// Stdout and Stderr are bounded tails of the tool's stdout and stderr (its result is
+	// output.json, not stdout).
+	Stdout string `json:"stdout"`
+	Stderr string `json:"stderr"`
 	// Limits are the limits the call ran under and what was lowered to a ceiling.
 	Limits Limits `json:"limits"`
 }
@@ -339,17 +342,17 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 	switch {
 	case out.ExitCode != 0:
 		fe := fail(isolation.ErrToolFailed, "exited with code %d", out.ExitCode)
-		fe.ExitCode, fe.Stderr = out.ExitCode, out.Stderr
+		fe.ExitCode, fe.Stderr, fe.Stdout = out.ExitCode, out.Stderr, out.Stdout
 		return nil, fe
 	case out.Output == nil:
 		fe := fail(isolation.ErrOutputMissing, "the tool exited 0 without writing %s", sandbox.GuestOutputPath)
-		fe.Stderr = out.Stderr
+		fe.Stderr, fe.Stdout = out.Stderr, out.Stdout
 		return nil, fe
 	case int64(len(out.Output)) > e.cfg.MaxOutputBytes:
 		return nil, fail(isolation.ErrOutputTooLarge, "%d bytes, the limit is %d", len(out.Output), e.cfg.MaxOutputBytes)
 	case !json.Valid(out.Output):
 		fe := fail(isolation.ErrOutputInvalid, "%s is not valid JSON", sandbox.OutputFile)
-		fe.Stderr = out.Stderr
+		fe.Stderr, fe.Stdout = out.Stderr, out.Stdout
 		return nil, fe
 	}
 	return &Result{
@@ -360,6 +363,7 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		Ideal:    sel.Ideal,
 		Degraded: sel.Degraded,
 		Backend:  out.Backend,
+		Stdout:   out.Stdout,
 		Stderr:   out.Stderr,
 		Limits:   rep,
 	}, nil

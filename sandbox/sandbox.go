@@ -53,7 +53,7 @@ type Limits struct {
 	MemoryMB int
 	// MaxOutputBytes bounds output.json; larger is isolation.ErrOutputTooLarge.
 	MaxOutputBytes int64
-	// MaxStderrBytes bounds the kept stderr tail.
+	// MaxStderrBytes bounds the kept stderr tail, and the stdout tail.
 	MaxStderrBytes int
 	// Network allows a network device where the tier supports one. Off by default.
 	Network bool
@@ -114,8 +114,10 @@ type Outcome struct {
 	ExitCode int
 	// Output is output.json's content; nil when the tool wrote none.
 	Output []byte
-	// Stderr is a bounded tail of the tool's stderr (and stdout, where a tier merges them).
+	// Stderr and Stdout are bounded tails (Limits.MaxStderrBytes each) of the tool's stderr and
+	// stdout, kept apart in every tier.
 	Stderr string
+	Stdout string
 	// Backend names the mechanism that ran the call ("wazero", "libcontainer", "qemu-microvm", ...).
 	Backend string
 }

@@ -245,6 +245,7 @@ type errorDetail struct {
 	Tier     string `json:"tier,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Stderr   string `json:"stderr,omitempty"`
+	Stdout   string `json:"stdout,omitempty"`
 	// Retryable: the same call may succeed later unchanged (isolation.Outcome.Retryable).
 	Retryable bool `json:"retryable,omitempty"`
 }
@@ -333,7 +334,7 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 			Message: fmt.Sprintf("stopped at the server's limit of %s", timeout)}
 		var ie *isolation.Error
 		if errors.As(err, &ie) {
-			te.Tier, te.HasTier, te.Stderr = ie.Tier, ie.HasTier, ie.Stderr
+			te.Tier, te.HasTier, te.Stderr, te.Stdout = ie.Tier, ie.HasTier, ie.Stderr, ie.Stdout
 		}
 		err = te
 	}
@@ -390,7 +391,7 @@ func (s *Server) writeCallError(w http.ResponseWriter, r *http.Request, callID s
 			ec := ie.ExitCode
 			d.ExitCode = &ec
 		}
-		d.Stderr = ie.Stderr
+		d.Stderr, d.Stdout = ie.Stderr, ie.Stdout
 	}
 	if code == http.StatusInternalServerError {
 		s.log.LogAttrs(r.Context(), slog.LevelError, "call failed inside the service", slog.String("call_id", callID), slog.String("error", err.Error()))

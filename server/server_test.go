@@ -187,6 +187,7 @@ func TestEnvelope(t *testing.T) {
 				Degraded   *bool           `json:"degraded"`
 				DurationMS *float64        `json:"duration_ms"`
 				Stderr     *string         `json:"stderr"`
+				Stdout     *string         `json:"stdout"`
 				CallID     string          `json:"call_id"`
 				Limits     *struct {
 					TimeoutMS int64 `json:"timeout_ms"`
@@ -199,7 +200,7 @@ func TestEnvelope(t *testing.T) {
 				t.Errorf("envelope %s lacks the call's limits", body)
 			}
 			if string(env.Output) != `{"x":1}` || env.Tier != "None" || env.Degraded == nil || *env.Degraded ||
-				env.DurationMS == nil || *env.DurationMS < 0 || env.Stderr == nil || env.CallID != resp.Header.Get("X-Call-Id") || env.CallID == "" {
+				env.DurationMS == nil || *env.DurationMS < 0 || env.Stderr == nil || env.Stdout == nil || env.CallID != resp.Header.Get("X-Call-Id") || env.CallID == "" {
 				t.Errorf("envelope %s (X-Call-Id %s)", body, resp.Header.Get("X-Call-Id"))
 			}
 		})

@@ -593,20 +593,31 @@ func runTool(req guest.Request) guest.Response {
 	cmd.Dir = toolDir
 	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"}
 	cmd.Stdin = nil
-	// Our own pipe, not an io.Writer: exec's Wait would wait for the pipe's EOF, which never
-	// comes while a process the tool left behind keeps it open. The tool's exit decides; the pipe
-	// is drained afterwards, boundedly.
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return guest.Response{Error: "pipe: " + err.Error(), ExitCode: -1}
+	// Our own pipes, not io.Writers: exec's Wait would wait for a pipe's EOF, which never comes
+	// while a process the tool left behind keeps it open. The tool's exit decides; the pipes are
+	// drained afterwards, boundedly. stdout and stderr are kept apart.
+	stdout := callio.NewTailBuffer(maxErr)
+	var pipes [2]struct{ r, w *os.File }
+	for i := range pipes {
+		var err error
+		if pipes[i].r, pipes[i].w, err = os.Pipe(); err != nil {
+			for _, p := range pipes[:i] {
+				p.r.Close()
+				p.w.Close()
+			}
+			return guest.Response{Error: "pipe: " + err.Error(), ExitCode: -1}
+		}
 	}
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
-		_, _ = io.Copy(tail, pr)
+		done := make(chan struct{})
+		go func() { _, _ = io.Copy(stdout, pipes[0].r); close(done) }()
+		_, _ = io.Copy(tail, pipes[1].r)
+		<-done
 	}()
-	cmd.Stdout = pw
-	cmd.Stderr = pw
+	cmd.Stdout = pipes[0].w
+	cmd.Stderr = pipes[1].w
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential: &syscall.Credential{Uid: toolUID, Gid: toolGID, Groups: []uint32{}},
 		Setpgid:    true,
@@ -616,8 +627,9 @@ func runTool(req guest.Request) guest.Response {
 	cmd.WaitDelay = time.Second
 	ooms := oomKills()
 	started := time.Now()
-	err = cmd.Start()
-	pw.Close()
+	err := cmd.Start()
+	pipes[0].w.Close()
+	pipes[1].w.Close()
 	if err == nil {
 		err = cmd.Wait()
 	}
@@ -634,10 +646,13 @@ func runTool(req guest.Request) guest.Response {
 	select {
 	case <-drained:
 	case <-time.After(drainGrace):
-		pr.Close() // a writer survived the kill: stop reading, keep what arrived
+		// A writer survived the kill: stop reading, keep what arrived.
+		pipes[0].r.Close()
+		pipes[1].r.Close()
 		<-drained
 	}
-	pr.Close()
+	pipes[0].r.Close()
+	pipes[1].r.Close()
 	resp := guest.Response{RunMS: ran.Milliseconds()}
 	var ee *exec.ExitError
 	switch {
@@ -656,7 +671,7 @@ func runTool(req guest.Request) guest.Response {
 	if oomKills() > ooms {
 		resp.OOMKilled = true
 	}
-	resp.Stderr = tail.String()
+	resp.Stderr, resp.Stdout = tail.String(), stdout.String()
 	out, oerr := callio.ReadOutputFile(sandbox.GuestOutputPath, maxOut)
 	switch {
 	case errors.Is(oerr, isolation.ErrOutputTooLarge):
@@ -671,7 +686,7 @@ func runTool(req guest.Request) guest.Response {
 	return resp
 }
 
-// drainGrace bounds the wait for the tool's stdout/stderr pipe to reach EOF after the tool
+// drainGrace bounds the wait for the tool's stdout and stderr pipes to reach EOF after the tool
 // exited and its processes were killed.
 const drainGrace = 500 * time.Millisecond
 

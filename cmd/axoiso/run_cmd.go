@@ -103,7 +103,7 @@ func runRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	fs := newFlagSet("run", stderr)
 	var cf callFlags
 	cf.add(fs)
-	envelope := fs.Bool("json", false, "print the envelope {output, tier, degraded, backend, duration_ms, stderr, call_id}")
+	envelope := fs.Bool("json", false, "print the envelope {output, tier, degraded, backend, duration_ms, stdout, stderr, call_id, limits}")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -127,6 +127,9 @@ func runRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	res, err := e.Execute(ctx, pos[0], input, opts...)
 	if err != nil {
 		var ie *isolation.Error
+		if errors.As(err, &ie) && ie.Stdout != "" {
+			fmt.Fprintf(stderr, "tool stdout (tail):\n%s\n", ie.Stdout)
+		}
 		if errors.As(err, &ie) && ie.Stderr != "" {
 			fmt.Fprintf(stderr, "tool stderr (tail):\n%s\n", ie.Stderr)
 		}

@@ -123,7 +123,7 @@ type Request struct {
 	TimeoutMS int64 `json:"timeout_ms"`
 	// MaxOutputBytes bounds output.json.
 	MaxOutputBytes int64 `json:"max_output_bytes"`
-	// MaxStderrBytes bounds the stderr tail.
+	// MaxStderrBytes bounds the stderr tail, and the stdout tail.
 	MaxStderrBytes int `json:"max_stderr_bytes"`
 }
 
@@ -137,8 +137,9 @@ type Response struct {
 	OutputTooLarge bool `json:"output_too_large,omitempty"`
 	// OutputInvalid says why output.json was refused (not a regular file, ...).
 	OutputInvalid string `json:"output_invalid,omitempty"`
-	// Stderr is the bounded tail of the tool's stderr and stdout.
+	// Stderr and Stdout are bounded tails (MaxStderrBytes each) of the tool's stderr and stdout.
 	Stderr string `json:"stderr"`
+	Stdout string `json:"stdout,omitempty"`
 	// OOMKilled is set when the guest's OOM killer ran during the call.
 	OOMKilled bool `json:"oom_killed,omitempty"`
 	// TimedOut is set when the agent killed the tool at TimeoutMS.

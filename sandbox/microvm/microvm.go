@@ -611,7 +611,7 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 		return sandbox.Outcome{}, lostVM(v, "read response", err)
 	}
 	exch := time.Since(t0)
-	out := sandbox.Outcome{ExitCode: resp.ExitCode, Stderr: resp.Stderr, Backend: backend}
+	out := sandbox.Outcome{ExitCode: resp.ExitCode, Stderr: resp.Stderr, Stdout: resp.Stdout, Backend: backend}
 	s.toolMS.Add(resp.RunMS)
 	s.exchangeUS.Add(exch.Microseconds())
 	if sp := resp.Spans; sp != nil {

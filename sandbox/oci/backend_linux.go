@@ -22,7 +22,7 @@ type backend interface {
 	// create makes container id from spec. out receives the process's stdout and stderr. The
 	// container must not run the process before start. On error nothing of it remains. ns, when
 	// set, is the user namespace (with the spec's mappings) to join.
-	create(id string, spec *specs.Spec, out io.Writer, ns *slotNS) (instance, error)
+	create(id string, spec *specs.Spec, stdout, stderr io.Writer, ns *slotNS) (instance, error)
 	// reap removes what a crashed earlier process left of container id (best effort).
 	reap(id string)
 	// stateDirs lists the ids this backend has state for under its root.

@@ -191,7 +191,7 @@ func BenchmarkCrunRun(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		inst, err := be.create(id, sp, os.Stderr, nil)
+		inst, err := be.create(id, sp, os.Stderr, os.Stderr, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

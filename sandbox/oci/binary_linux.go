@@ -67,7 +67,7 @@ func (b *binaryBackend) commandNofile(nofile uint64, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func (b *binaryBackend) create(id string, spec *specs.Spec, out io.Writer, ns *slotNS) (instance, error) {
+func (b *binaryBackend) create(id string, spec *specs.Spec, stdout, stderr io.Writer, ns *slotNS) (instance, error) {
 	var nofile uint64
 	if ns != nil {
 		// Join the slot's namespace. The spec keeps its mappings (the namespace's): runc 1.1
@@ -108,7 +108,7 @@ func (b *binaryBackend) create(id string, spec *specs.Spec, out io.Writer, ns *s
 		_ = os.RemoveAll(dir)
 		return nil, err
 	}
-	return &binInstance{b: b, id: id, dir: dir, out: out, cgroupsPath: spec.Linux.CgroupsPath, nofile: nofile, exited: make(chan struct{})}, nil
+	return &binInstance{b: b, id: id, dir: dir, stdout: stdout, stderr: stderr, cgroupsPath: spec.Linux.CgroupsPath, nofile: nofile, exited: make(chan struct{})}, nil
 }
 
 func (b *binaryBackend) ids() []string {
@@ -159,7 +159,8 @@ func runCtx(ctx context.Context, cmd *exec.Cmd) error {
 type binInstance struct {
 	b           *binaryBackend
 	id, dir     string
-	out         io.Writer
+	stdout      io.Writer // the container's stdout (the runtime's, in the foreground)
+	stderr      io.Writer
 	cgroupsPath string
 	nofile      uint64 // RLIMIT_NOFILE to start the runtime under (0: none)
 
@@ -180,7 +181,7 @@ func (i *binInstance) start() error {
 		args = append([]string{"run", "--keep"}, args[1:]...)
 	}
 	cmd := i.b.commandNofile(i.nofile, args...)
-	cmd.Stdout, cmd.Stderr = i.out, i.out
+	cmd.Stdout, cmd.Stderr = i.stdout, i.stderr
 	// The container's processes hold the output pipe: once the runtime exited (or kill gave up
 	// and killed it), Wait must not also wait for them to close it.
 	cmd.WaitDelay = time.Second

@@ -28,6 +28,10 @@ func TestConformance(t *testing.T) {
 		if conformanceBundles.err == nil {
 			conformanceBundles.err = makeBundleArgs(env.toolsDir, "conf-spin", env.probeBin, []string{"/bin/sh", "-c", "while :; do :; done"})
 		}
+		if conformanceBundles.err == nil {
+			conformanceBundles.err = makeBundleArgs(env.toolsDir, "conf-print", env.probeBin, []string{"/bin/sh", "-c",
+				"echo '" + sandboxtest.PrintStdout + "'; echo '" + sandboxtest.PrintStderr + "' >&2; echo '{}' > /axocoatl/output.json"})
+		}
 	})
 	if conformanceBundles.err != nil {
 		t.Fatal(conformanceBundles.err)
@@ -59,15 +63,15 @@ func TestConformance(t *testing.T) {
 						c.PoolSize = -1
 					}
 				})
-				answer, hang := call("conf-echo"), call("conf-spin")
+				answer, hang, print := call("conf-echo"), call("conf-spin"), call("conf-print")
 				if v.pooled {
-					for _, c := range []sandbox.Call{answer, hang} {
+					for _, c := range []sandbox.Call{answer, hang, print} {
 						if err := s.Prepare(context.Background(), c); err != nil {
 							t.Fatal(err)
 						}
 					}
 				}
-				return sandboxtest.Subject{Sandbox: s, Answer: answer, Hang: hang}
+				return sandboxtest.Subject{Sandbox: s, Answer: answer, Hang: hang, Print: print}
 			})
 		})
 	}

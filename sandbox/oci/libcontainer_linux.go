@@ -74,7 +74,7 @@ func createLibcontainerConfig(opts *specconv.CreateOpts) (*configs.Config, error
 	return cfg, nil
 }
 
-func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer, ns *slotNS) (instance, error) {
+func (b *libcontainerBackend) create(id string, spec *specs.Spec, stdout, stderr io.Writer, ns *slotNS) (instance, error) {
 	cfg, err := createLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName:       id,
 		UseSystemdCgroup: b.useSystemd,
@@ -107,8 +107,8 @@ func (b *libcontainerBackend) create(id string, spec *specs.Spec, out io.Writer,
 		UID:              int(p.User.UID),
 		GID:              int(p.User.GID),
 		AdditionalGroups: gids(p.User.AdditionalGids),
-		Stdout:           out,
-		Stderr:           out,
+		Stdout:           stdout,
+		Stderr:           stderr,
 		Init:             true,
 		// specconv does not convert rlimits (runc's CLI does): libcontainer applies these.
 		Rlimits: rlimits(p.Rlimits),

@@ -317,7 +317,8 @@ type ctr struct {
 	slot   *idSlot // its user-namespace ids; nil when rootless
 	root   string  // the dir of the rootfs mount made for it ("" when none)
 	inst   instance
-	tail   *callio.TailBuffer
+	tail   *callio.TailBuffer // stderr
+	stdout *callio.TailBuffer
 	tool   string
 	// input is the pooled container's empty input.json, open for writing since creation so a
 	// call writes its input with a single write; nil once written or closed. Only the goroutine
@@ -608,11 +609,12 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if tail.Max <= 0 {
 		tail.Max = sandbox.DefaultMaxStderrBytes
 	}
-	inst, err := s.be.create(id, sp, tail, userns)
+	stdout := callio.NewTailBuffer(tail.Max)
+	inst, err := s.be.create(id, sp, stdout, tail, userns)
 	if err != nil {
 		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
 	}
-	return &ctr{id: id, ioDir: ioDir, ioSize: ioSize, slot: slot, root: root, inst: inst, tail: tail, tool: call.Tool, input: in}, nil
+	return &ctr{id: id, ioDir: ioDir, ioSize: ioSize, slot: slot, root: root, inst: inst, tail: tail, stdout: stdout, tool: call.Tool, input: in}, nil
 }
 
 // execute starts c, waits for it under ctx and collects the outcome.
@@ -631,7 +633,7 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 		return out, fmt.Errorf("oci: wait: %w", err)
 	}
 	out.ExitCode = code
-	out.Stderr = c.tail.String()
+	out.Stderr, out.Stdout = c.tail.String(), c.stdout.String()
 	if code != 0 && c.inst.oomKilled() {
 		mem := s.memoryMB(call)
 		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: code, Stderr: out.Stderr,

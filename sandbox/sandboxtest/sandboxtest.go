@@ -7,7 +7,8 @@
 //     a client that went away is not a slow tool;
 //   - Close waits for the calls in flight to end; Run after Close fails (never panics); Close twice
 //     is fine;
-//   - after any of these, nothing the calls created remains (Subject.Leftovers).
+//   - after any of these, nothing the calls created remains (Subject.Leftovers);
+//   - a tool's stdout and stderr come back apart (Outcome.Stdout, Outcome.Stderr).
 //
 // A tier's test file calls Run with a Factory that builds a fresh sandbox and two calls: one that
 // answers and one that never ends on its own.
@@ -17,6 +18,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,6 +37,10 @@ type Subject struct {
 	Answer sandbox.Call
 	// Hang is a call of a tool that never ends on its own (a busy loop or a long sleep).
 	Hang sandbox.Call
+	// Print is a call of a tool that writes PrintStdout on stdout, PrintStderr on stderr and
+	// an output, and exits 0 (the suite's input has "mode":"print"). Optional: a tier without
+	// standard streams (in-process functions) leaves it zero.
+	Print sandbox.Call
 	// Leftovers lists what calls of this sandbox created that still exists on the host
 	// (processes, mounts, cgroups, files); nil when nothing. Optional.
 	Leftovers func() []string
@@ -59,6 +65,35 @@ func Run(t *testing.T, f Factory) {
 	t.Run("RunAfterCloseFails", func(t *testing.T) { testRunAfterClose(t, f(t)) })
 	t.Run("ConcurrentCalls", func(t *testing.T) { testConcurrent(t, f(t), true) })
 	t.Run("ConcurrentFirstCalls", func(t *testing.T) { testConcurrent(t, f(t), false) })
+	t.Run("StdoutApart", func(t *testing.T) { testStdoutApart(t, f(t)) })
+}
+
+// What Subject.Print's tool writes.
+const (
+	PrintStdout = "conformance: to stdout"
+	PrintStderr = "conformance: to stderr"
+)
+
+func testStdoutApart(t *testing.T, s Subject) {
+	defer s.checkClean(t)
+	defer s.close(t)
+	if s.Print.Tool == "" {
+		t.Skip("this tier's tools have no standard streams")
+	}
+	s.setUp(t, s.Print)
+	out, err := s.Sandbox.Run(context.Background(), withInput(s.Print, `{"mode":"print"}`))
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if out.ExitCode != 0 || out.Output == nil {
+		t.Fatalf("exit code %d, output %q, stderr %q", out.ExitCode, out.Output, out.Stderr)
+	}
+	if !strings.Contains(out.Stdout, PrintStdout) || strings.Contains(out.Stdout, PrintStderr) {
+		t.Errorf("Stdout %q: want %q alone", out.Stdout, PrintStdout)
+	}
+	if !strings.Contains(out.Stderr, PrintStderr) || strings.Contains(out.Stderr, PrintStdout) {
+		t.Errorf("Stderr %q: want %q alone", out.Stderr, PrintStderr)
+	}
 }
 
 func (s Subject) slack() time.Duration {

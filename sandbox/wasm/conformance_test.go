@@ -21,6 +21,7 @@ func TestConformance(t *testing.T) {
 			Sandbox: s,
 			Answer:  call(mod, map[string]any{"mode": "echo"}, sandbox.Limits{}),
 			Hang:    call(mod, map[string]any{"mode": "spin"}, sandbox.Limits{}),
+			Print:   call(mod, map[string]any{"mode": "print"}, sandbox.Limits{}),
 		}
 	})
 }

@@ -5,7 +5,7 @@
 // optional on-disk compilation cache; every call gets a fresh instance with:
 //   - /axocoatl/input.json (read-only) and /axocoatl/output.json, in memory: no other file, no
 //     host filesystem, no environment variables, no network (WASI preview 1 has no sockets);
-//   - stdout and stderr kept as one bounded tail (Outcome.Stderr);
+//   - stdout and stderr kept as bounded tails of their own (Outcome.Stdout, Outcome.Stderr);
 //   - a linear memory capped at the call's MemoryMB (default 64), from a pool of mmap-backed
 //     regions that never move and are zeroed on release;
 //   - the call's timeout: the instance is stopped within about a millisecond of the deadline.
@@ -643,10 +643,11 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 
 	fsys := newCallFS(call.Input, lim.MaxOutputBytes, time.Now().UnixNano())
 	tail := callio.NewTailBuffer(lim.MaxStderrBytes)
+	stdout := callio.NewTailBuffer(lim.MaxStderrBytes)
 	mc := wazero.NewModuleConfig().
 		WithName("").
 		WithArgs(call.Tool).
-		WithStdout(tail).
+		WithStdout(stdout).
 		WithStderr(tail).
 		WithSysWalltime().
 		WithSysNanotime().
@@ -700,7 +701,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		out.ExitCode = 1
 		fmt.Fprintf(tail, "\nwasm trap: %v", err)
 	}
-	out.Stderr = tail.String()
+	out.Stderr, out.Stdout = tail.String(), stdout.String()
 	if out.ExitCode != 0 && mem.denied.Load() {
 		return out, &isolation.Error{Kind: isolation.ErrMemoryLimit, ExitCode: out.ExitCode, Stderr: out.Stderr,
 			Message: fmt.Sprintf("the module needed more than its limit of %d MiB of linear memory", memMB)}

@@ -101,9 +101,9 @@ func TestRun(t *testing.T) {
 					t.Fatalf("stderr tail %q", out.Stderr)
 				}
 			}},
-		{name: "stdout is in the tail", input: map[string]any{"mode": "stdout"}, check: func(t *testing.T, out sandbox.Outcome) {
-			if !strings.Contains(out.Stderr, "printed on stdout") {
-				t.Fatalf("stderr %q", out.Stderr)
+		{name: "stdout has its own tail", input: map[string]any{"mode": "stdout"}, check: func(t *testing.T, out sandbox.Outcome) {
+			if !strings.Contains(out.Stdout, "printed on stdout") || strings.Contains(out.Stderr, "printed on stdout") {
+				t.Fatalf("stdout %q, stderr %q", out.Stdout, out.Stderr)
 			}
 		}},
 		{name: "host files are invisible", input: map[string]any{"mode": "readfile", "path": "/etc/passwd"}, check: func(t *testing.T, out sandbox.Outcome) {

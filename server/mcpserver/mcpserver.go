@@ -52,6 +52,9 @@ const (
 	MetaInput    = "axocoatl/input"
 	// MetaLimits is the call's executor.Limits: effective limits and what was lowered to a ceiling.
 	MetaLimits = "axocoatl/limits"
+	// MetaStdout and MetaStderr carry the bounded tails of the tool's stdout and stderr.
+	MetaStdout = "axocoatl/stdout"
+	MetaStderr = "axocoatl/stderr"
 )
 
 // Options configure a server. The zero value is usable.
@@ -286,8 +289,21 @@ func successResult(res *executor.Result) *mcp.CallToolResult {
 	return &mcp.CallToolResult{
 		Content:           []mcp.Content{&mcp.TextContent{Text: string(out)}},
 		StructuredContent: structured,
-		Meta:              mcp.Meta{MetaCallID: res.CallID, MetaTier: res.Tier.String(), MetaDegraded: res.Degraded, MetaLimits: res.Limits},
+		Meta:              successMeta(res),
 	}
+}
+
+// successMeta is a result's _meta: the call's id, tier and limits, and the tool's stdout and
+// stderr tails when it wrote any (its result is output.json, not stdout).
+func successMeta(res *executor.Result) mcp.Meta {
+	m := mcp.Meta{MetaCallID: res.CallID, MetaTier: res.Tier.String(), MetaDegraded: res.Degraded, MetaLimits: res.Limits}
+	if res.Stdout != "" {
+		m[MetaStdout] = res.Stdout
+	}
+	if res.Stderr != "" {
+		m[MetaStderr] = res.Stderr
+	}
+	return m
 }
 
 type errorBody struct {
@@ -302,6 +318,7 @@ type errorDetail struct {
 	Tier      string `json:"tier,omitempty"`
 	ExitCode  *int   `json:"exit_code,omitempty"`
 	Stderr    string `json:"stderr,omitempty"`
+	Stdout    string `json:"stdout,omitempty"`
 	Retryable bool   `json:"retryable,omitempty"`
 }
 
@@ -319,7 +336,7 @@ func errorResult(callID string, err error) *mcp.CallToolResult {
 			ec := ie.ExitCode
 			d.ExitCode = &ec
 		}
-		d.Stderr = ie.Stderr
+		d.Stderr, d.Stdout = ie.Stderr, ie.Stdout
 	}
 	text := fmt.Sprintf("%s: %s (call %s)", d.Kind, d.Message, callID)
 	if o.Retryable {
@@ -327,6 +344,9 @@ func errorResult(callID string, err error) *mcp.CallToolResult {
 	}
 	if d.Stderr != "" {
 		text += "\nstderr:\n" + d.Stderr
+	}
+	if d.Stdout != "" {
+		text += "\nstdout:\n" + d.Stdout
 	}
 	return &mcp.CallToolResult{
 		IsError:           true,

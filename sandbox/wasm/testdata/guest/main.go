@@ -57,6 +57,9 @@ func main() {
 		os.Exit(in.Code)
 	case "stdout":
 		fmt.Println("printed on stdout")
+	case "print": // sandboxtest's Print
+		fmt.Println("conformance: to stdout")
+		fmt.Fprintln(os.Stderr, "conformance: to stderr")
 	case "spin":
 		for i := 0; ; i++ {
 			if i < 0 {
