@@ -163,7 +163,25 @@ func (d *Duration) UnmarshalText(b []byte) error {
 }
 
 // LoadConfig reads the config file at path; a missing file at the default path is an empty config.
+// A key Config does not have, a value of the wrong type or a name outside its set (a tier in
+// disable_tiers) is a *ConfigError naming the key.
 func LoadConfig(path string) (Config, error) {
+	c, _, err := ReadConfig(path)
+	return c, err
+}
+
+// ConfigFile says where a config came from.
+type ConfigFile struct {
+	// Path is the file read (or looked for: the default path, absent).
+	Path string
+	// Present is false when no file was found at the default path.
+	Present bool
+	// Keys are the keys the file sets (a map or a list is one key).
+	Keys []string
+}
+
+// ReadConfig is LoadConfig, also saying which file was read and which keys it set.
+func ReadConfig(path string) (Config, ConfigFile, error) {
 	explicit := path != ""
 	if path == "" {
 		path = os.Getenv(EnvConfig)
@@ -173,17 +191,25 @@ func LoadConfig(path string) (Config, error) {
 		path = DefaultConfigPath
 	}
 	var c Config
+	src := ConfigFile{Path: path}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) && !explicit {
-		return c, nil
+		return c, src, nil
 	}
 	if err != nil {
-		return c, fmt.Errorf("config: %w", err)
+		return c, src, fmt.Errorf("config: %w", err)
 	}
+	src.Present = true
+	problems, keys := checkConfig(b)
+	if len(problems) > 0 {
+		return c, src, &ConfigError{File: path, Problems: problems}
+	}
+	src.Keys = keys
 	if err := json.Unmarshal(b, &c); err != nil {
-		return c, fmt.Errorf("config %s: %w", path, err)
+		// checkConfig accepted it: only a case the walk does not know gets here.
+		return c, src, fmt.Errorf("config %s: %w", path, err)
 	}
-	return c, nil
+	return c, src, nil
 }
 
 // WithDefaults fills what is unset: environment first, then built-in defaults.

@@ -71,3 +71,50 @@ func TestUnknownToolSuggests(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigCheck(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(bad, []byte(`{"oci":{"pool_sise":3},"disable_tiers":["Firecraker"]}`), 0o600)
+	os.WriteFile(good, []byte(`{"oci":{"pool_size":3}}`), 0o600)
+	t.Setenv("AXOISO_TOOLS", "")
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		code      int
+		stdout    []string
+		stderr    []string
+		notStderr string
+	}{
+		{"bad", []string{"config", "check", "--config", bad}, exitInvalid, nil,
+			[]string{`unknown key "oci.pool_sise"; did you mean "oci.pool_size"?`, `disable_tiers[0]: "Firecraker"`, `did you mean "Firecracker"?`}, "OciConfig"},
+		{"good", []string{"config", "check", "--config", good, "--tools", dir}, 0,
+			[]string{"oci.pool_size = 3", "# file", `tools_root = "` + dir + `"`, "# flag --tools", "oci.pids = 128", "# default"}, nil, ""},
+		{"json", []string{"config", "check", "--config", good, "--json"}, 0, []string{`{"key":"oci.pool_size","value":3,"source":"file"}`}, nil, ""},
+		// Every command refuses a wrong config, as a usage error.
+		{"run refuses", []string{"run", "--config", bad, "--input", "{}", "x"}, exitInvalid, nil, []string{`did you mean "oci.pool_size"?`}, ""},
+		{"no subcommand", []string{"config"}, exitInvalid, nil, []string{"config check"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(context.Background(), tc.args, strings.NewReader(""), &out, &errb)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tc.code, errb.String())
+			}
+			for _, w := range tc.stdout {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("stdout lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(errb.String(), w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errb.String())
+				}
+			}
+			if tc.notStderr != "" && strings.Contains(errb.String(), tc.notStderr) {
+				t.Errorf("stderr names %q:\n%s", tc.notStderr, errb.String())
+			}
+		})
+	}
+}

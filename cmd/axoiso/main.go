@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/axoiso"
 	// The container init: libcontainer re-executes this binary as each container's init.
 	_ "github.com/axocoatl/isolation/internal/containerinit"
 )
@@ -117,7 +118,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // its outcome's exit code (1 when nothing typed it).
 func exitCode(err error) int {
 	var u usageError
-	if errors.As(err, &u) {
+	var ce *axoiso.ConfigError
+	if errors.As(err, &u) || errors.As(err, &ce) {
 		return exitInvalid
 	}
 	return isolation.OutcomeOf(err).ExitCode
