@@ -13,32 +13,32 @@ import (
 // denyPrefixes are never reached, whatever a policy says, unless the operator's allow_private
 // reopens them: everything that is not the public internet. Each line says why.
 var denyPrefixes = mustPrefixes(
-	"0.0.0.0/8",          // "this network"; 0.0.0.0 reaches the host itself on Linux
-	"10.0.0.0/8",         // RFC 1918
-	"100.64.0.0/10",      // CGNAT (RFC 6598): a provider's internal network
-	"127.0.0.0/8",        // loopback
-	"169.254.0.0/16",     // link-local, where cloud metadata services live (169.254.169.254)
-	"172.16.0.0/12",      // RFC 1918
-	"192.0.0.0/24",       // IETF protocol assignments
-	"192.0.2.0/24",       // TEST-NET-1 (documentation)
-	"192.88.99.0/24",     // 6to4 relay anycast (deprecated)
-	"192.168.0.0/16",     // RFC 1918
-	"198.18.0.0/15",      // benchmarking
-	"198.51.100.0/24",    // TEST-NET-2
-	"203.0.113.0/24",     // TEST-NET-3
-	"224.0.0.0/4",        // multicast
-	"240.0.0.0/4",        // reserved, and 255.255.255.255 broadcast
-	"::/8",               // unspecified, ::1 loopback, IPv4-mapped ::ffff:0:0/96, IPv4-compatible
-	"64:ff9b::/96",       // NAT64: reaches IPv4 addresses, private ones included
-	"64:ff9b:1::/48",     // local-use NAT64
-	"100::/64",           // discard
-	"2001::/32",          // Teredo: embeds IPv4 addresses
-	"2001:db8::/32",      // documentation
-	"2002::/16",          // 6to4: embeds IPv4 addresses
-	"fc00::/7",           // unique local (ULA)
-	"fe80::/10",          // link-local
-	"fec0::/10",          // site-local (deprecated)
-	"ff00::/8",           // multicast
+	"0.0.0.0/8",       // "this network"; 0.0.0.0 reaches the host itself on Linux
+	"10.0.0.0/8",      // RFC 1918
+	"100.64.0.0/10",   // CGNAT (RFC 6598): a provider's internal network
+	"127.0.0.0/8",     // loopback
+	"169.254.0.0/16",  // link-local, where cloud metadata services live (169.254.169.254)
+	"172.16.0.0/12",   // RFC 1918
+	"192.0.0.0/24",    // IETF protocol assignments
+	"192.0.2.0/24",    // TEST-NET-1 (documentation)
+	"192.88.99.0/24",  // 6to4 relay anycast (deprecated)
+	"192.168.0.0/16",  // RFC 1918
+	"198.18.0.0/15",   // benchmarking
+	"198.51.100.0/24", // TEST-NET-2
+	"203.0.113.0/24",  // TEST-NET-3
+	"224.0.0.0/4",     // multicast
+	"240.0.0.0/4",     // reserved, and 255.255.255.255 broadcast
+	"::/8",            // unspecified, ::1 loopback, IPv4-mapped ::ffff:0:0/96, IPv4-compatible
+	"64:ff9b::/96",    // NAT64: reaches IPv4 addresses, private ones included
+	"64:ff9b:1::/48",  // local-use NAT64
+	"100::/64",        // discard
+	"2001::/32",       // Teredo: embeds IPv4 addresses
+	"2001:db8::/32",   // documentation
+	"2002::/16",       // 6to4: embeds IPv4 addresses
+	"fc00::/7",        // unique local (ULA)
+	"fe80::/10",       // link-local
+	"fec0::/10",       // site-local (deprecated)
+	"ff00::/8",        // multicast
 )
 
 // testNetPrefixes are the documentation ranges the fake-internet tests use as "public" hosts

@@ -9,8 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -57,7 +57,7 @@ func (e *DeniedError) Is(target error) bool { return target == ErrDenied }
 
 // Stats counts what a Gate did since it was made.
 type Stats struct {
-	ConnsAllowed, ConnsDenied     uint64
+	ConnsAllowed, ConnsDenied      uint64
 	QueriesAnswered, QueriesDenied uint64
 }
 
