@@ -180,15 +180,24 @@ func newTestGate(t testing.TB, cfg GateConfig) *testGate {
 // dialVia connects from src to the proxy as if the container had dialed dst.
 func (tg *testGate) dialVia(t testing.TB, src string, dst string) net.Conn {
 	t.Helper()
+	c, err := tg.dialViaErr(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// dialViaErr is dialVia returning the error (the proxy may reset before connect returns).
+func (tg *testGate) dialViaErr(src string, dst string) (net.Conn, error) {
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 	c, err := d.Dial("tcp", tg.proxyAddr)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	tg.mu.Lock()
 	tg.dst[netip.MustParseAddrPort(c.LocalAddr().String())] = netip.MustParseAddrPort(dst)
 	tg.mu.Unlock()
-	return c
+	return c, nil
 }
 
 // dnsQuery asks the gate's DNS server from src.
