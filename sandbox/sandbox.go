@@ -101,6 +101,10 @@ type Call struct {
 	// Entrypoint is the absolute path of the tool's module, script or executable ("" for
 	// ContainerImage and NativeTrusted tools).
 	Entrypoint string
+	// Base, for a Python, Shell or Arbitrary tool whose tool.json names a base image, is that
+	// image's OCI bundle (absolute, inside the tools root): the tool runs on its root instead of
+	// the tier's own (see BaseSupporter). "" otherwise.
+	Base string
 	// Input is the call's input, a valid JSON value.
 	Input []byte
 	// Limits bound the call; WithDefaults has been applied.
@@ -139,6 +143,13 @@ type Sandbox interface {
 	Supports(req isolation.RuntimeRequirement) string
 	Run(ctx context.Context, call Call) (Outcome, error)
 	Close() error
+}
+
+// BaseSupporter is implemented by sandboxes that can run script tools on a base image
+// (Call.Base). SupportsBase returns "" when they can run tools of the requirement on one, else
+// the reason; a sandbox without it cannot run any tool that names a base.
+type BaseSupporter interface {
+	SupportsBase(req isolation.RuntimeRequirement) string
 }
 
 // Preparer is implemented by sandboxes that can do per-tool work ahead of the first call

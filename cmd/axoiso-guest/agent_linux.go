@@ -52,6 +52,9 @@ func sinceBoot() int64 {
 }
 
 func run() {
+	if len(os.Args) > 1 && os.Args[1] == toolInitArg {
+		runToolInit() // a tool on the image drive: never returns
+	}
 	bootSpans.AgentUS = sinceBoot()
 	if err := mountAll(earlyMounts); err != nil {
 		logger.Error("setup", "err", err)
@@ -74,6 +77,12 @@ func run() {
 	}
 	if err := mountAll(lateMounts); err != nil {
 		logger.Error("setup", "err", err)
+	}
+	if args[guest.CmdlineImage] != "" {
+		if err := mountImage(); err != nil {
+			// Calls on the image then fail (sandbox failed), saying why.
+			logger.Error("image drive", "err", err)
+		}
 	}
 	if err := loopbackUp(); err != nil {
 		logger.Error("loopback", "err", err)
@@ -519,8 +528,10 @@ func checkRel(p string) error {
 }
 
 func writeTool(req guest.Request) error {
-	if err := os.MkdirAll(toolDir, 0o755); err != nil {
-		return err
+	if req.Runtime != guest.RuntimeImage {
+		if err := os.MkdirAll(toolDir, 0o755); err != nil {
+			return err
+		}
 	}
 	for _, f := range req.Files {
 		if err := checkRel(f.Path); err != nil {
@@ -557,8 +568,10 @@ func oomKills() int64 {
 }
 
 func runTool(req guest.Request) guest.Response {
-	if err := checkRel(req.Entrypoint); err != nil {
-		return guest.Response{Error: err.Error()}
+	if req.Runtime != guest.RuntimeImage {
+		if err := checkRel(req.Entrypoint); err != nil {
+			return guest.Response{Error: err.Error()}
+		}
 	}
 	entry := filepath.Join(toolDir, filepath.FromSlash(req.Entrypoint))
 	var argv []string
@@ -571,8 +584,18 @@ func runTool(req guest.Request) guest.Response {
 		argv = []string{"/bin/sh", entry}
 	case guest.RuntimeArbitrary:
 		argv = []string{entry}
+	case guest.RuntimeImage:
 	default:
 		return guest.Response{Error: fmt.Sprintf("unknown runtime %q", req.Runtime)}
+	}
+	if req.Image != nil {
+		// On the image drive: the tool init sets the tool up and executes Image.Args.
+		var err error
+		if argv, err = imageCommand(req); err != nil {
+			return guest.Response{Error: err.Error()}
+		}
+	} else if req.Runtime == guest.RuntimeImage {
+		return guest.Response{Error: "runtime image without an image"}
 	}
 	maxErr := req.MaxStderrBytes
 	if maxErr <= 0 {
@@ -623,6 +646,25 @@ func runTool(req guest.Request) guest.Response {
 		Setpgid:    true,
 		Pdeathsig:  syscall.SIGKILL,
 	}
+	// The tool init's error pipe (image tools): what failed before the tool started.
+	var initErr *os.File
+	if req.Image != nil {
+		cmd.Dir, cmd.Env = "/", nil
+		cmd.SysProcAttr = imageSysProcAttr()
+		var iw *os.File
+		var err error
+		if initErr, iw, err = os.Pipe(); err != nil {
+			for _, p := range pipes {
+				p.r.Close()
+				p.w.Close()
+			}
+			<-drained
+			return guest.Response{Error: "pipe: " + err.Error(), ExitCode: -1}
+		}
+		defer initErr.Close()
+		defer iw.Close()
+		cmd.ExtraFiles = []*os.File{iw}
+	}
 	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	ooms := oomKills()
@@ -630,6 +672,9 @@ func runTool(req guest.Request) guest.Response {
 	err := cmd.Start()
 	pipes[0].w.Close()
 	pipes[1].w.Close()
+	if len(cmd.ExtraFiles) > 0 {
+		cmd.ExtraFiles[0].Close()
+	}
 	if err == nil {
 		err = cmd.Wait()
 	}
@@ -654,6 +699,15 @@ func runTool(req guest.Request) guest.Response {
 	pipes[0].r.Close()
 	pipes[1].r.Close()
 	resp := guest.Response{RunMS: ran.Milliseconds()}
+	if initErr != nil {
+		// Written only when the tool init failed; the tool itself never has the pipe.
+		if b, _ := io.ReadAll(io.LimitReader(initErr, 4096)); len(b) > 0 {
+			resp.Error = "tool init: " + string(b)
+			resp.Stderr = tail.String()
+			resp.ExitCode = -1
+			return resp
+		}
+	}
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:

@@ -90,7 +90,39 @@ const (
 	RuntimePython    Runtime = "python"    // python3 ENTRYPOINT
 	RuntimeShell     Runtime = "shell"     // /bin/sh ENTRYPOINT
 	RuntimeArbitrary Runtime = "arbitrary" // the executable itself
+	// RuntimeImage runs a container image's own process (Request.Image.Args) on its root.
+	RuntimeImage Runtime = "image"
 )
+
+// ImageLabel is the ext4 label of an image drive: the agent finds the drive holding a tool's
+// root by it (the VMMs do not agree on the order of virtio drives).
+const ImageLabel = "axoimage"
+
+// CmdlineImage, on the kernel command line ("axocoatl.image=1"), has the agent mount the image
+// drive at boot, so that a pooled VM waits with it mounted.
+const CmdlineImage = "axocoatl.image"
+
+// Image says how to run a tool on the image drive's root instead of the guest's: a container
+// image's process (RuntimeImage) or a script tool on a base image. The tool runs in its own
+// mount, PID, IPC and UTS namespaces, the drive (read-only, nodev, nosuid) as its root, with
+// /proc, a small /dev, /dev/shm, /tmp and /axocoatl (its input read-only; the tool folder, for a
+// script tool, read-only at /axocoatl/tool) mounted as the Oci tier mounts them; with no
+// capabilities and no_new_privs, whatever its uid.
+type Image struct {
+	// Args is the process (RuntimeImage only; a script tool's comes from Runtime and Entrypoint).
+	// Args[0] without a '/' is looked up in Env's PATH inside the image.
+	Args []string `json:"args,omitempty"`
+	// Env is the process environment.
+	Env []string `json:"env"`
+	// Cwd is the working directory inside the image (absolute).
+	Cwd string `json:"cwd"`
+	// UID, GID and AdditionalGIDs are the process's credentials.
+	UID            uint32   `json:"uid"`
+	GID            uint32   `json:"gid"`
+	AdditionalGIDs []uint32 `json:"additional_gids,omitempty"`
+	// TmpSizeMB sizes /tmp (0: the agent's default).
+	TmpSizeMB int `json:"tmp_size_mb,omitempty"`
+}
 
 // ToolUID and ToolGID are the credentials the agent runs tools with (nobody/nogroup, no
 // supplementary groups). The host sends a tool folder with the access this uid would have to it.
@@ -125,6 +157,8 @@ type Request struct {
 	MaxOutputBytes int64 `json:"max_output_bytes"`
 	// MaxStderrBytes bounds the stderr tail, and the stdout tail.
 	MaxStderrBytes int `json:"max_stderr_bytes"`
+	// Image, when set, runs the tool on the image drive's root (see Image).
+	Image *Image `json:"image,omitempty"`
 }
 
 // Response is what the tool did.

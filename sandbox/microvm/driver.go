@@ -77,6 +77,12 @@ type BootSpec struct {
 	// mount it itself: Initrd is then the small boot initramfs whose agent loads the module and
 	// switches to the drive (see CmdlineRoot).
 	RootDrive string
+	// ImageDrive is an optional read-only ext4 image of a tool's root (a container image's or a
+	// base image's rootfs; see package rootdrive), attached as a virtio drive after RootDrive.
+	// The agent finds it by its label (guest.ImageLabel), not its position. The file is readable
+	// by root only (an image may hold files only its own root may read): drivers open it as the
+	// daemon and hand the VMM the descriptor (QEMU) or a link in its jail (Firecracker).
+	ImageDrive string
 	// Cmdline is the kernel command line the Sandbox wants (agent options such as
 	// "axocoatl.chan=..."); the driver appends its console and device arguments.
 	Cmdline string

@@ -21,6 +21,7 @@ import (
 	"github.com/axocoatl/isolation/internal/keeper"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
+	"github.com/axocoatl/isolation/sandbox/microvm/internal/rootdrive"
 	"github.com/axocoatl/isolation/sandbox/microvm/internal/vmimage"
 )
 
@@ -85,6 +86,11 @@ type Options struct {
 	// initramfs and mounts the ext4 image read-only as the root: measured under TCG, ~0.2 s less
 	// CPU per cold boot (no 35 MB to unpack), a snapshot and an idle VM ~70 MB smaller.
 	RootInInitramfs bool
+	// DriveDir caches the root drives of image tools (filepath.Join(DataDir, "drives") when "");
+	// DriveCacheBytes caps their total size (rootdrive.DefaultMaxBytes, 4 GiB, when 0; no cap
+	// when negative).
+	DriveDir        string
+	DriveCacheBytes int64
 	// ExtraCmdline is appended to the guest kernel command line (tuning; a later parameter
 	// overrides an earlier one).
 	ExtraCmdline string
@@ -134,8 +140,15 @@ type Sandbox struct {
 
 	budget *poolbudget.Budget // bounds the pooled VMs of all shapes together
 
-	mu     sync.Mutex // protects closed, pools, snaps, used, driver, img
+	// driveOnce creates driveCache (or driveErr) on the first image call.
+	driveOnce  sync.Once
+	driveCache *rootdrive.Cache
+	driveErr   error
+
+	mu     sync.Mutex // protects closed, pools, snaps, used, held, driver, img
 	closed bool
+	// held holds the drive of every shape in used that has one, by digest.
+	held   map[string]*rootdrive.Drive
 	pools  map[shape]*pool
 	snaps  map[shape]*snapEntry
 	used   map[shape]time.Time // last use of each shape with a pool or snapshot
@@ -149,9 +162,19 @@ type Sandbox struct {
 	calls sync.WaitGroup
 }
 
-type shape struct{ vcpus, memMB int }
+// shape is what VMs of a pool or snapshot share: vCPUs, memory and the image drive ("" for
+// none; else its content digest).
+type shape struct {
+	vcpus, memMB int
+	drive        string
+}
 
-func (s shape) String() string { return fmt.Sprintf("vm-%dcpu-%dmb", s.vcpus, s.memMB) }
+func (s shape) String() string {
+	if s.drive != "" {
+		return fmt.Sprintf("vm-%dcpu-%dmb-image-%.12s", s.vcpus, s.memMB, s.drive)
+	}
+	return fmt.Sprintf("vm-%dcpu-%dmb", s.vcpus, s.memMB)
+}
 
 type snapEntry struct {
 	once sync.Once
@@ -203,7 +226,7 @@ func New(opts Options) (*Sandbox, error) {
 		return nil, err
 	}
 	s := &Sandbox{opts: opts, log: log, runDir: dir, runLock: lock, keep: keep, pools: map[shape]*pool{}, snaps: map[shape]*snapEntry{},
-		used: map[shape]time.Time{}, budget: poolbudget.New(opts.PoolMaxTotal, opts.PoolMaxMemoryMB)}
+		used: map[shape]time.Time{}, held: map[string]*rootdrive.Drive{}, budget: poolbudget.New(opts.PoolMaxTotal, opts.PoolMaxMemoryMB)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if opts.PoolIdle > 0 {
 		s.bg.Add(1)
@@ -216,10 +239,10 @@ func (s *Sandbox) Tier() isolation.Tier { return isolation.TierMicroVM }
 
 func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
 	switch req {
-	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary, isolation.RequireContainerImage:
 		return ""
 	}
-	return "the microVM tier runs Python, Shell and Arbitrary tools"
+	return "the microVM tier runs Python, Shell, Arbitrary and ContainerImage tools"
 }
 
 // Probe reports the first available driver, or why none is, and whether the guest image exists.
@@ -315,6 +338,17 @@ func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) 
 		cmd += " " + CmdlineRoot + "=vda"
 		need["virtio_ring"], need["virtio"], need["virtio_mmio"], need["virtio_blk"] = true, true, true, true
 	}
+	image := ""
+	if sh.drive != "" {
+		c, err := s.drives()
+		if err != nil {
+			os.Remove(dir)
+			return BootSpec{}, err
+		}
+		image = c.Path(sh.drive)
+		cmd += " " + guest.CmdlineImage + "=1"
+		need["virtio_ring"], need["virtio"], need["virtio_mmio"], need["virtio_blk"] = true, true, true, true
+	}
 	switch ch := d.GuestChannel(); {
 	case strings.HasPrefix(ch, "vsock:"):
 		for _, m := range img.Modules {
@@ -332,7 +366,7 @@ func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) 
 	if len(mods) > 0 {
 		cmd += " " + CmdlineModules + "=" + strings.Join(mods, ",")
 	}
-	return BootSpec{ID: id, RunDir: dir, Kernel: img.Kernel, Initrd: initrd, RootDrive: root, Cmdline: cmd,
+	return BootSpec{ID: id, RunDir: dir, Kernel: img.Kernel, Initrd: initrd, RootDrive: root, ImageDrive: image, Cmdline: cmd,
 		VCPUs: sh.vcpus, MemoryMB: sh.memMB, Stderr: s.opts.Debug}, nil
 }
 
@@ -439,7 +473,7 @@ func (s *Sandbox) snapshot(ctx context.Context, sh shape, d Driver, sn Snapshott
 			// Read from the drive once what a call needs (the agent's path, sh, Python and its
 			// json imports), so that every clone finds it in its page cache instead of reading
 			// it through virtio-blk. Costs ~1 s once and makes the snapshot somewhat larger.
-			if err := s.warm(ctx, v, true); err != nil {
+			if err := s.warm(ctx, v, sh.drive == ""); err != nil {
 				e.err = err
 				return
 			}
@@ -502,12 +536,23 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", why)
 	}
 	call.Limits = call.Limits.WithDefaults()
-	req, err := buildRequest(call)
+	req, rootfs, err := buildRequest(call)
 	if err != nil {
 		return sandbox.Outcome{}, err
 	}
 	sh := s.shapeOf(call.Limits)
-	s.touch(sh)
+	if rootfs != "" {
+		d, err := s.openDrive(ctx, call.Tool, rootfs)
+		if err != nil {
+			return sandbox.Outcome{}, err
+		}
+		// Held until the VM is up (the shape holds it from touch on).
+		defer d.Close()
+		sh.drive = d.Digest
+		s.touchDrive(sh, d)
+	} else {
+		s.touch(sh)
+	}
 	if v := s.takePooled(sh); v != nil {
 		s.pooled.Add(1)
 		s.refill(sh)
@@ -643,35 +688,49 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	return out, nil
 }
 
-// buildRequest reads the tool folder (see readToolFolder) into a request.
-func buildRequest(call sandbox.Call) (guest.Request, error) {
+// buildRequest reads the tool folder (see readToolFolder) into a request. For a call on an
+// image (a ContainerImage bundle, a script tool's base) it also returns the image's rootfs.
+func buildRequest(call sandbox.Call) (guest.Request, string, error) {
 	if err := callio.CheckCallPaths(call); err != nil {
-		return guest.Request{}, err
-	}
-	rel, err := filepath.Rel(call.Dir, call.Entrypoint)
-	if err != nil || rel == "." || strings.HasPrefix(rel, "..") || filepath.IsAbs(rel) {
-		return guest.Request{}, fmt.Errorf("entrypoint %q is not inside the tool folder %q", call.Entrypoint, call.Dir)
-	}
-	var rt guest.Runtime
-	switch call.Runtime {
-	case isolation.RequirePython:
-		rt = guest.RuntimePython
-	case isolation.RequireShell:
-		rt = guest.RuntimeShell
-	case isolation.RequireArbitrary:
-		rt = guest.RuntimeArbitrary
-	}
-	files, err := readToolFolder(call.Dir)
-	if err != nil {
-		return guest.Request{}, err
+		return guest.Request{}, "", err
 	}
 	entropy := make([]byte, 64)
 	_, _ = rand.Read(entropy)
-	return guest.Request{
-		ID: call.ID, Runtime: rt, Entrypoint: filepath.ToSlash(rel), Files: files, Input: call.Input,
-		Entropy: entropy, TimeoutMS: call.Limits.Timeout.Milliseconds(),
+	req := guest.Request{
+		ID: call.ID, Input: call.Input, Entropy: entropy, TimeoutMS: call.Limits.Timeout.Milliseconds(),
 		MaxOutputBytes: call.Limits.MaxOutputBytes, MaxStderrBytes: call.Limits.MaxStderrBytes,
-	}, nil
+	}
+	rootfs, proc, err := imageRoot(call)
+	if err != nil {
+		return guest.Request{}, "", err
+	}
+	if call.Runtime == isolation.RequireContainerImage {
+		req.Runtime = guest.RuntimeImage
+		req.Image, err = imageProcess(call, proc, "")
+		return req, rootfs, err
+	}
+	rel, err := filepath.Rel(call.Dir, call.Entrypoint)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") || filepath.IsAbs(rel) {
+		return guest.Request{}, "", fmt.Errorf("entrypoint %q is not inside the tool folder %q", call.Entrypoint, call.Dir)
+	}
+	switch call.Runtime {
+	case isolation.RequirePython:
+		req.Runtime = guest.RuntimePython
+	case isolation.RequireShell:
+		req.Runtime = guest.RuntimeShell
+	case isolation.RequireArbitrary:
+		req.Runtime = guest.RuntimeArbitrary
+	}
+	req.Entrypoint = filepath.ToSlash(rel)
+	if req.Files, err = readToolFolder(call.Dir); err != nil {
+		return guest.Request{}, "", err
+	}
+	if rootfs != "" {
+		if req.Image, err = imageProcess(call, proc, rel); err != nil {
+			return guest.Request{}, "", err
+		}
+	}
+	return req, rootfs, nil
 }
 
 // Stats says how many VMs were started cold, restored and taken from the pool.
@@ -704,6 +763,12 @@ func (s *Sandbox) Close() error {
 	for _, p := range pools {
 		p.close(s)
 	}
+	s.mu.Lock()
+	for digest, d := range s.held {
+		d.Close()
+		delete(s.held, digest)
+	}
+	s.mu.Unlock()
 	err := os.RemoveAll(s.runDir)
 	if kerr := s.keep.Stop(keeperStop); kerr != nil {
 		s.log.Warn("microVM keeper", "err", kerr)

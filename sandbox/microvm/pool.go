@@ -14,6 +14,7 @@ import (
 
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
+	"github.com/axocoatl/isolation/sandbox/microvm/internal/rootdrive"
 )
 
 // pool holds booted VMs of one shape waiting at READY. Each VM serves one call. Each ready VM
@@ -208,7 +209,7 @@ func (s *Sandbox) fillPool(p *pool, sh shape) {
 			}
 			v, err := s.start(s.ctx, sh, true)
 			if err == nil {
-				if err = s.warm(s.ctx, v, s.opts.WarmPool); err != nil {
+				if err = s.warm(s.ctx, v, s.opts.WarmPool && sh.drive == ""); err != nil {
 					s.destroy(v)
 				}
 			}
@@ -300,7 +301,20 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 		return nil
 	}
 	sh := s.shapeOf(call.Limits.WithDefaults())
-	s.touch(sh)
+	rootfs, _, err := imageRoot(call)
+	if err != nil {
+		return err
+	}
+	var d *rootdrive.Drive
+	if rootfs != "" {
+		// A pool of VMs with this image's drive (built now if needed).
+		if d, err = s.openDrive(ctx, call.Tool, rootfs); err != nil {
+			return err
+		}
+		defer d.Close()
+		sh.drive = d.Digest
+	}
+	s.touchDrive(sh, d)
 	s.mu.Lock()
 	p := s.pools[sh]
 	s.mu.Unlock()

@@ -3,6 +3,8 @@ package microvm
 import (
 	"os"
 	"time"
+
+	"github.com/axocoatl/isolation/sandbox/microvm/internal/rootdrive"
 )
 
 // Bounds on the state kept per VM shape (vCPUs, memory): each shape has its own pool and
@@ -21,7 +23,10 @@ const (
 )
 
 // touch records a use of shape sh; a shape beyond MaxShapes evicts the least recently used one.
-func (s *Sandbox) touch(sh shape) {
+func (s *Sandbox) touch(sh shape) { s.touchDrive(sh, nil) }
+
+// touchDrive is touch for a shape with an image drive, d: the shape holds it while in use.
+func (s *Sandbox) touchDrive(sh shape, d *rootdrive.Drive) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -29,6 +34,7 @@ func (s *Sandbox) touch(sh shape) {
 	}
 	_, known := s.used[sh]
 	s.used[sh] = time.Now()
+	s.holdLocked(sh, d)
 	var evict []shape
 	for !known && len(s.used) > s.opts.MaxShapes {
 		var lru shape
@@ -60,6 +66,7 @@ func (s *Sandbox) drop(sh shape, why string) {
 		e = nil
 	}
 	delete(s.used, sh)
+	s.releaseUnheldLocked()
 	s.mu.Unlock()
 	if p == nil && e == nil {
 		return

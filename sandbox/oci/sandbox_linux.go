@@ -22,6 +22,7 @@ import (
 	"github.com/axocoatl/isolation/internal/callio"
 	_ "github.com/axocoatl/isolation/internal/containerinit"
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/internal/bundle"
 	"github.com/axocoatl/isolation/sandbox/internal/poolbudget"
 	"github.com/axocoatl/isolation/sandbox/oci/internal/ocispec"
 )
@@ -425,19 +426,19 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) 
 	var sp *specs.Spec
 	switch call.Runtime {
 	case isolation.RequireContainerImage:
-		raw, err := readBundleConfig(dir)
+		raw, err := bundle.ReadConfig(dir)
 		if err != nil {
 			return nil, err
 		}
 		var b specs.Spec
 		if err := json.Unmarshal(raw, &b); err != nil {
-			return nil, bundleError(dir, "config.json", err)
+			return nil, bundle.Error(dir, "config.json", err)
 		}
 		if sp, err = ocispec.Harden(&b, dir, o); err != nil {
-			return nil, bundleError(dir, "config.json", err)
+			return nil, bundle.Error(dir, "config.json", err)
 		}
 		// The root every backend gets: resolved once, no symlink, inside the bundle.
-		if sp.Root.Path, err = resolveRoot(dir, sp.Root.Path); err != nil {
+		if sp.Root.Path, err = bundle.ResolveRoot(dir, sp.Root.Path); err != nil {
 			return nil, err
 		}
 	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:

@@ -277,6 +277,11 @@ func (d *Driver) Boot(ctx context.Context, spec microvm.BootSpec) (_ microvm.Mac
 			return nil, err
 		}
 	}
+	if spec.ImageDrive != "" {
+		if err := absFile("image drive", spec.ImageDrive); err != nil {
+			return nil, err
+		}
+	}
 	p, err := d.start(ctx, spec)
 	if err != nil {
 		return nil, err
@@ -309,6 +314,16 @@ func (d *Driver) Boot(ctx context.Context, spec microvm.BootSpec) (_ microvm.Mac
 			return nil, err
 		}
 		if err := c.PutDrive(ctx, fcapi.Drive{DriveID: "root", PathOnHost: path, IsReadOnly: true}); err != nil {
+			return nil, err
+		}
+	}
+	if spec.ImageDrive != "" {
+		// A tool's root: read-only, found by the agent by its ext4 label.
+		path, err := p.importPrivateFile(spec.ImageDrive, "image.ext4")
+		if err != nil {
+			return nil, err
+		}
+		if err := c.PutDrive(ctx, fcapi.Drive{DriveID: "image", PathOnHost: path, IsReadOnly: true}); err != nil {
 			return nil, err
 		}
 	}
@@ -399,6 +414,17 @@ func (d *Driver) Restore(ctx context.Context, snap microvm.Snapshot, spec microv
 	mem, err := p.importFile(snap.Memory, "memory")
 	if err != nil {
 		return nil, err
+	}
+	// The snapshot names its drives by the paths Boot gave them: in a jail, the same names.
+	if spec.RootDrive != "" {
+		if _, err := p.importFile(spec.RootDrive, "root.ext4"); err != nil {
+			return nil, err
+		}
+	}
+	if spec.ImageDrive != "" {
+		if _, err := p.importPrivateFile(spec.ImageDrive, "image.ext4"); err != nil {
+			return nil, err
+		}
 	}
 	vsAPI, vsHost, err := vsockPaths(p, spec.RunDir)
 	if err != nil {

@@ -74,8 +74,10 @@ type process struct {
 	root string
 	// jailDir is <base>/<exec>/<id> with the jailer, removed on kill.
 	jailDir string
-	client  *fcapi.Client
-	log     *slog.Logger
+	// jailUID and jailGID are the ids the jailed VMM runs as (with the jailer).
+	jailUID, jailGID int
+	client           *fcapi.Client
+	log              *slog.Logger
 
 	done    chan struct{} // closed when the process was waited for
 	waitErr error         // set before done is closed
@@ -128,6 +130,9 @@ func startProcess(ctx context.Context, o startOptions) (*process, error) {
 		return nil, fmt.Errorf("firecracker: run dir %q is not absolute", o.RunDir)
 	}
 	p := &process{id: o.ID, done: make(chan struct{}), log: o.Log}
+	if o.Jailer != nil {
+		p.jailUID, p.jailGID = o.Jailer.UID, o.Jailer.GID
+	}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -244,6 +249,26 @@ func (p *process) importFile(src, name string) (string, error) {
 		if err := copyFile(src, dst); err != nil {
 			return "", fmt.Errorf("firecracker: import %s into the jail: %w", src, err)
 		}
+	}
+	return "/" + name, nil
+}
+
+// importPrivateFile is importFile for a file only root may read (an image drive): with the jailer,
+// a copy inside the jail that only the VMM's uid may read (a hard link would have to change the
+// cached file's owner).
+func (p *process) importPrivateFile(src, name string) (string, error) {
+	if p.root == "" {
+		return src, nil
+	}
+	dst := filepath.Join(p.root, name)
+	if err := copyFile(src, dst); err != nil {
+		return "", fmt.Errorf("firecracker: import %s into the jail: %w", src, err)
+	}
+	if err := os.Chown(dst, p.jailUID, p.jailGID); err != nil {
+		return "", fmt.Errorf("firecracker: import %s into the jail: %w", src, err)
+	}
+	if err := os.Chmod(dst, 0o400); err != nil {
+		return "", fmt.Errorf("firecracker: import %s into the jail: %w", src, err)
 	}
 	return "/" + name, nil
 }

@@ -144,7 +144,11 @@ const (
 	stateFD = 5 // the snapshot being restored
 )
 
-func (d *Driver) args(spec microvm.BootSpec) []string {
+// imageFDSet is the -add-fd set of the image drive's descriptor.
+const imageFDSet = 1
+
+// args are QEMU's arguments; imageFD is the descriptor QEMU inherits for spec.ImageDrive.
+func (d *Driver) args(spec microvm.BootSpec, imageFD int) []string {
 	accel := "tcg,tb-size=" + strconv.Itoa(tcgCacheMB)
 	cpu := "qemu64"
 	if d.KVM {
@@ -195,6 +199,14 @@ func (d *Driver) args(spec microvm.BootSpec) []string {
 		args = append(args,
 			"-drive", "id=root,file="+spec.RootDrive+",format=raw,if=none,readonly=on",
 			"-device", "virtio-blk-device,drive=root")
+	}
+	if spec.ImageDrive != "" {
+		// A tool's root, by descriptor: the file is root's only and QEMU runs as a uid of its
+		// own. The agent finds it by its ext4 label.
+		args = append(args,
+			"-add-fd", fmt.Sprintf("fd=%d,set=%d", imageFD, imageFDSet),
+			"-drive", fmt.Sprintf("id=image,file=/dev/fdset/%d,format=raw,if=none,readonly=on", imageFDSet),
+			"-device", "virtio-blk-device,drive=image")
 	}
 	return args
 }
@@ -258,7 +270,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 	if spec.Initrd == "" {
 		return nil, errors.New("qemu: the microvm backend boots an initramfs; BootSpec.Initrd is empty")
 	}
-	if strings.ContainsAny(spec.RunDir+spec.Kernel+spec.Initrd+spec.RootDrive, ",\n") {
+	if strings.ContainsAny(spec.RunDir+spec.Kernel+spec.Initrd+spec.RootDrive+spec.ImageDrive, ",\n") {
 		return nil, fmt.Errorf("qemu: a path contains ',' or a newline")
 	}
 	m := &Machine{done: make(chan struct{}), runDir: spec.RunDir}
@@ -281,11 +293,24 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 		m.release()
 		return nil, err
 	}
-	args := d.args(spec)
-	cmd := exec.Command(d.Binary, args...)
-	cmd.ExtraFiles = []*os.File{agentVMM, qmpVMM}
+	extra := []*os.File{agentVMM, qmpVMM}
 	if incoming != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, incoming)
+		extra = append(extra, incoming)
+	}
+	imageFD := -1
+	if spec.ImageDrive != "" {
+		f, err := os.OpenFile(spec.ImageDrive, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			return fail(fmt.Errorf("qemu: image drive: %w", err))
+		}
+		defer f.Close()
+		imageFD = 3 + len(extra)
+		extra = append(extra, f)
+	}
+	args := d.args(spec, imageFD)
+	cmd := exec.Command(d.Binary, args...)
+	cmd.ExtraFiles = extra
+	if incoming != nil {
 		cmd.Args = append(cmd.Args, "-incoming", "fd:"+strconv.Itoa(stateFD))
 	}
 	cmd.Stdin = nil

@@ -1,4 +1,4 @@
-package oci
+package bundle
 
 import (
 	"errors"
@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/internal/callio"
 )
 
@@ -24,15 +23,15 @@ import (
 // what every backend gets. The tool folder itself (call.Dir) is confined inside the tools root by
 // the catalog and taken as given here.
 
-// maxConfigBytes bounds a bundle's config.json.
-const maxConfigBytes = 1 << 20
+// MaxConfigBytes bounds a bundle's config.json.
+const MaxConfigBytes = 1 << 20
 
 // resolveFlags is the confinement: beneath the folder, no symlinks (magic links included).
 const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
-// openBeneath opens rel (a local path) below dir, refusing symlinks in any component and any
+// OpenBeneath opens rel (a local path) below dir, refusing symlinks in any component and any
 // escape. flags are open(2) flags (O_NOFOLLOW and O_CLOEXEC are added).
-func openBeneath(dir, rel string, flags int) (*os.File, error) {
+func OpenBeneath(dir, rel string, flags int) (*os.File, error) {
 	rel = filepath.Clean(rel)
 	if !filepath.IsLocal(rel) {
 		return nil, fmt.Errorf("%q is not inside the tool folder", rel)
@@ -99,59 +98,69 @@ func walkBeneath(dfd int, rel string, flags int) (int, error) {
 	return fd, nil
 }
 
-// bundleError is the error of a bundle whose files cannot be used: the tool is broken.
-func bundleError(dir, what string, err error) error {
-	return &isolation.Error{Kind: isolation.ErrInvalidTool, Message: fmt.Sprintf("bundle %s: %s: %v", dir, what, err), Err: err}
-}
-
-// readBundleConfig reads dir/config.json: a regular file (not a symlink, FIFO or device), at
-// most maxConfigBytes.
-func readBundleConfig(dir string) ([]byte, error) {
+// ReadConfig reads dir/config.json: a regular file (not a symlink, FIFO or device), at
+// most MaxConfigBytes.
+func ReadConfig(dir string) ([]byte, error) {
 	// O_NONBLOCK: opening a FIFO must not wait for a writer.
-	f, err := openBeneath(dir, "config.json", unix.O_RDONLY|unix.O_NONBLOCK)
+	f, err := OpenBeneath(dir, "config.json", unix.O_RDONLY|unix.O_NONBLOCK)
 	if err != nil {
-		return nil, bundleError(dir, "config.json", err)
+		return nil, Error(dir, "config.json", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, bundleError(dir, "config.json", err)
+		return nil, Error(dir, "config.json", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, bundleError(dir, "config.json", fmt.Errorf("not a regular file (%s)", fi.Mode().Type()))
+		return nil, Error(dir, "config.json", fmt.Errorf("not a regular file (%s)", fi.Mode().Type()))
 	}
-	if fi.Size() > maxConfigBytes {
-		return nil, bundleError(dir, "config.json", fmt.Errorf("%d bytes, the limit is %d", fi.Size(), maxConfigBytes))
+	if fi.Size() > MaxConfigBytes {
+		return nil, Error(dir, "config.json", fmt.Errorf("%d bytes, the limit is %d", fi.Size(), MaxConfigBytes))
 	}
-	b, err := callio.ReadBounded(f, maxConfigBytes)
+	b, err := callio.ReadBounded(f, MaxConfigBytes)
 	if err != nil {
-		return nil, bundleError(dir, "config.json", err)
+		return nil, Error(dir, "config.json", err)
 	}
 	return b, nil
 }
 
-// resolveRoot resolves a bundle's root (an absolute path textually inside dir, as ocispec.Harden
+// ResolveRoot resolves a bundle's root (an absolute path textually inside dir, as ocispec.Harden
 // returns it) against dir with the confinement above and returns the directory's real path: no
 // symlink in any of its components, so every backend that is handed it reaches the same
 // directory.
-func resolveRoot(dir, root string) (string, error) {
+func ResolveRoot(dir, root string) (string, error) {
 	rel, err := filepath.Rel(dir, root)
 	if err != nil || !filepath.IsLocal(rel) {
-		return "", bundleError(dir, "root.path", fmt.Errorf("%q is outside the bundle", root))
+		return "", Error(dir, "root.path", fmt.Errorf("%q is outside the bundle", root))
 	}
-	f, err := openBeneath(dir, rel, unix.O_PATH|unix.O_DIRECTORY)
+	f, err := OpenBeneath(dir, rel, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
-		return "", bundleError(dir, "root.path", err)
+		return "", Error(dir, "root.path", err)
 	}
 	defer f.Close()
 	real, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
 	if err != nil {
-		return "", bundleError(dir, "root.path", err)
+		return "", Error(dir, "root.path", err)
 	}
 	if !filepath.IsAbs(real) {
 		// "/proc/self/fd/N" names something the kernel cannot print as a path (a deleted
 		// directory, another mount namespace's).
-		return "", bundleError(dir, "root.path", fmt.Errorf("%q resolves to %q", root, real))
+		return "", Error(dir, "root.path", fmt.Errorf("%q resolves to %q", root, real))
 	}
 	return real, nil
+}
+
+// Read reads the bundle in dir (absolute): config.json (a regular file, bounded) and its process,
+// and the root resolved beneath dir without symlinks. Errors match isolation.ErrInvalidTool.
+func Read(dir string) (root string, p Process, err error) {
+	raw, err := ReadConfig(dir)
+	if err != nil {
+		return "", p, err
+	}
+	root, p, err = ParseConfig(raw, dir)
+	if err != nil {
+		return "", p, Error(dir, "config.json", err)
+	}
+	root, err = ResolveRoot(dir, root)
+	return root, p, err
 }
