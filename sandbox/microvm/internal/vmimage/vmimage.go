@@ -29,9 +29,9 @@ import (
 // DefaultDataDir is where Prepare keeps the image when run as root.
 const DefaultDataDir = "/var/lib/axocoatl/vm"
 
-// formatVersion changes whenever the layout or contents Prepare produces change; a data dir of
+// FormatVersion changes whenever the layout or contents Prepare produces change; a data dir of
 // another version is rebuilt.
-const formatVersion = 5
+const FormatVersion = 5
 
 // DefaultKernelPackage is the Debian meta package whose dependency is the guest kernel.
 const DefaultKernelPackage = "linux-image-cloud-amd64"
@@ -112,7 +112,7 @@ func Load(dataDir string) (Image, error) {
 		return Image{}, fmt.Errorf("%w: %s has no manifest", ErrNotPrepared, dataDir)
 	}
 	var img Image
-	if err := json.Unmarshal(b, &img); err != nil || img.Version != formatVersion {
+	if err := json.Unmarshal(b, &img); err != nil || img.Version != FormatVersion {
 		return Image{}, fmt.Errorf("%w: %s holds an image of another format", ErrNotPrepared, dataDir)
 	}
 	img.Dir = dataDir
@@ -190,7 +190,7 @@ func Prepare(ctx context.Context, cfg Config) (Image, error) {
 	}
 
 	// Kernel.
-	img := Image{Version: formatVersion, AgentSHA256: agentSum, Kernel: "vmlinux", Initrd: "initramfs.cpio", RootFS: "rootfs"}
+	img := Image{Version: FormatVersion, AgentSHA256: agentSum, Kernel: "vmlinux", Initrd: "initramfs.cpio", RootFS: "rootfs"}
 	kernelFile, modulesDir := cfg.Kernel, cfg.ModulesDir
 	pkgs := append([]string(nil), DefaultRootPackages...)
 	var kpkg string

@@ -27,6 +27,7 @@ const (
 	opIf          = 0x04
 	opUnreachable = 0x00
 	opGlobalGet   = 0x23
+	opI32LtS      = 0x48
 	blockEmpty    = 0x40
 )
 
@@ -39,14 +40,18 @@ var errUnsupported = errors.New("unsupported instruction")
 // budget, exported as StopExport and initially YieldBudget, and at the head of every loop (and
 // at the entry of every function that makes tail calls) it inserts
 //
-//	if budget == 0 { sched_yield(); budget = YieldBudget }
+//	if budget < 1 { sched_yield(); budget = YieldBudget }
 //	budget--
 //
 // calling the module's own import of wasi_snapshot_preview1.sched_yield. Every unbounded
 // execution passes through a loop header, a tail call or recursion (which overflows the stack),
 // so the guest calls into the host at least every YieldBudget iterations, and at once after the
-// host set the budget to 0 (a racing decrement by the guest can only delay that by one budget).
-// The host's sched_yield then traps the guest when its call must stop.
+// host set the budget to 0. The host's store races with the guest's two loads of the budget: a
+// guest that read 1 for the test and then the host's 0 for the decrement stores -1. The test is
+// therefore signed (< 1, not == 0): with "== 0" that -1 counted down through 2^32 iterations, a
+// guest ran on for a minute past its deadline and, never calling into Go, stalled the garbage
+// collector's stop-the-world for the whole process. A racing decrement can now only delay the
+// stop by one budget. The host's sched_yield then traps the guest when its call must stop.
 //
 // It returns mod unchanged (and false) when the module does not import sched_yield (as
 // () -> i32), when it meets an instruction it does not know, when the module already exports
@@ -95,7 +100,7 @@ func InstrumentLoops(mod []byte) ([]byte, bool, error) {
 	get := appendU32([]byte{opGlobalGet}, stop)
 	set := appendU32([]byte{0x24}, stop)
 	check := append([]byte(nil), get...)
-	check = append(check, 0x45, opIf, blockEmpty, 0x10) // i32.eqz if call
+	check = append(check, opI32Const, 1, opI32LtS, opIf, blockEmpty, 0x10) // i32.const 1 i32.lt_s if call
 	check = appendU32(check, yield)
 	check = append(check, 0x1a, opI32Const) // drop i32.const
 	check = appendS32(check, YieldBudget)

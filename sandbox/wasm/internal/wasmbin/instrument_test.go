@@ -6,6 +6,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/tetratelabs/wazero/api"
+
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 )
@@ -98,7 +100,7 @@ func TestInstrumentLoops(t *testing.T) {
 			if _, err := rt.CompileModule(ctx, out); err != nil {
 				t.Fatalf("instrumented module is invalid: %v", err)
 			}
-			check := []byte{opGlobalGet, 0, 0x45, opIf, blockEmpty, 0x10, 0x00, 0x1a}
+			check := []byte{opGlobalGet, 0, opI32Const, 1, opI32LtS, opIf, blockEmpty, 0x10, 0x00, 0x1a}
 			if got := bytes.Count(out, check); got != tt.loops {
 				t.Fatalf("%d stop checks, want %d", got, tt.loops)
 			}
@@ -127,7 +129,7 @@ func TestInstrumentGlobalIndex(t *testing.T) {
 			t.Fatalf("%+v: %v %v", tt, ok, err)
 		}
 		want := uint32(tt.imported + tt.defined)
-		if !bytes.Contains(out, append(appendU32([]byte{opGlobalGet}, want), 0x45, opIf)) {
+		if !bytes.Contains(out, append(appendU32([]byte{opGlobalGet}, want), opI32Const, 1, opI32LtS, opIf)) {
 			t.Errorf("%+v: no check of global %d", tt, want)
 		}
 		if bytes.Contains(out, []byte(".debug_info")) || !bytes.Contains(out, []byte("name")) {
@@ -163,4 +165,57 @@ func TestInstrumentUnsupportedAndMalformed(t *testing.T) {
 	if _, _, err := InstrumentLoops([]byte("garbage")); !errors.Is(err, ErrFormat) {
 		t.Fatalf("garbage: %v", err)
 	}
+}
+
+// TestStopSurvivesRacingDecrement: the host's store of 0 into the budget races with the guest's
+// two loads of it (one for the test, one for the decrement), so the guest can store -1. Such a
+// budget must still make the guest call sched_yield at once and then every YieldBudget
+// iterations. With the old "== 0" test a -1 counted down through 2^32 iterations before the next
+// sched_yield: a stopped guest ran on for up to a minute, stalling the garbage collector of the
+// whole process (seen with spinning Go guests under GC pressure).
+func TestStopSurvivesRacingDecrement(t *testing.T) {
+	const iterations = 100_000
+	// loop: g0++; br_if 0 (g0 < iterations)
+	code := cat([]byte{opLoop, blockEmpty, opGlobalGet, 0, opI32Const, 1, 0x6a, 0x24, 0},
+		[]byte{opGlobalGet, 0}, appendS32([]byte{opI32Const}, iterations), []byte{opI32LtS, 0x0d, 0, opEnd})
+	out, ok, err := InstrumentLoops(testModule(0, 1, code))
+	if err != nil || !ok {
+		t.Fatalf("instrument: %v %v", ok, err)
+	}
+	ctx := context.Background()
+	rt := wazero.NewRuntime(ctx)
+	defer rt.Close(ctx)
+	yields := 0
+	if _, err := rt.NewHostModuleBuilder("wasi_snapshot_preview1").NewFunctionBuilder().
+		WithFunc(func() int32 { yields++; return 0 }).Export("sched_yield").Instantiate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, start := range []int32{-1, -5, 0, YieldBudget} {
+		yields = 0
+		mod, err := rt.InstantiateModule(ctx, mustCompile(t, rt, out), wazero.NewModuleConfig().WithName("").WithStartFunctions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		mod.ExportedGlobal(StopExport).(api.MutableGlobal).Set(api.EncodeI32(start))
+		if _, err := mod.ExportedFunction("_start").Call(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want := iterations / YieldBudget
+		if start < 1 {
+			want++ // the first loop header yields at once
+		}
+		if yields < want {
+			t.Errorf("budget %d: %d calls of sched_yield in %d iterations, want at least %d", start, yields, iterations, want)
+		}
+		mod.Close(ctx)
+	}
+}
+
+func mustCompile(t *testing.T, rt wazero.Runtime, bin []byte) wazero.CompiledModule {
+	t.Helper()
+	c, err := rt.CompileModule(context.Background(), bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
