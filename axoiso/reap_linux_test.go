@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
@@ -64,34 +65,15 @@ func guestDataDir(t *testing.T) (string, string) {
 // can be pooled) and a config whose state and run dirs are the test's own.
 func newOwnerSetup(t *testing.T, withVM bool) ownerSetup {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (containers)")
-	}
-	if fi, err := os.Stat("/bin/busybox"); err != nil || !fi.Mode().IsRegular() {
-		t.Skip("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
-	}
+	testutil.RequiresRoot(t, "containers")
+	testutil.RequiresBusybox(t)
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	suffix := hex.EncodeToString(b)
 	tools := t.TempDir()
 	_ = os.Chmod(tools, 0o755) // container inits read bundles as other uids
 	o := ownerSetup{Spin: "spin" + suffix}
-	rootfs := filepath.Join(tools, o.Spin, "rootfs")
-	for _, d := range []string{"bin", "proc", "dev", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), bb, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", "sh")); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BusyboxTree(t, filepath.Join(tools, o.Spin, "rootfs"), "sh")
 	spec := `{"ociVersion":"1.2.0","root":{"path":"rootfs"},"process":{"args":["/bin/sh","-c","while :; do :; done"],"cwd":"/","user":{"uid":0,"gid":0},"env":["PATH=/bin"]}}`
 	write(t, filepath.Join(tools, o.Spin, "config.json"), spec)
 	write(t, filepath.Join(tools, o.Spin, "tool.json"), `{"runtime":"ContainerImage","timeout_ms":5000}`)

@@ -13,6 +13,7 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/native"
 	"github.com/axocoatl/isolation/sandbox/oci"
@@ -23,22 +24,10 @@ import (
 // configured) is a real downgrade: reported in the envelope and counted, and refused with 409
 // under ?strict=1.
 func TestRealContainersPoolsAndDowngrades(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (containers)")
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
-	}
+	testutil.RequiresRoot(t, "containers")
 	// A runtime root of busybox, and a Shell tool that upper-cases its input.
 	rt := t.TempDir()
-	for _, d := range []string{"bin", "axocoatl", "tmp"} {
-		os.MkdirAll(filepath.Join(rt, d), 0o755)
-	}
-	bb, _ := os.ReadFile("/bin/busybox")
-	os.WriteFile(filepath.Join(rt, "bin/busybox"), bb, 0o755)
-	for _, l := range []string{"sh", "tr"} {
-		os.Symlink("busybox", filepath.Join(rt, "bin", l))
-	}
+	testutil.BusyboxTree(t, rt, "sh", "tr")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "upper"), 0o755)
 	os.WriteFile(filepath.Join(root, "upper/tool.json"), []byte(`{"runtime":"Shell","entrypoint":"run.sh"}`), 0o644)
@@ -53,9 +42,7 @@ func TestRealContainersPoolsAndDowngrades(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := ctr.Probe(context.Background()); !a.Available {
-		t.Skip("the Oci tier is unavailable here: " + a.Reason)
-	}
+	testutil.RequiresAvailable(t, ctr)
 	exec, err := executor.New(executor.Config{Catalog: cat, Sandboxes: []sandbox.Sandbox{native.New(), ctr}})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/native"
 	"github.com/axocoatl/isolation/sandbox/oci"
@@ -22,21 +22,9 @@ import (
 // call; that is the tier's failure, not the tool's and not the service's: 503 sandbox_failed
 // naming the tier, retryable (it was 500 internal without a tier).
 func TestFullStateRootIsSandboxFailed(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (containers, a tmpfs)")
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
-	}
+	testutil.RequiresRoot(t, "containers, a tmpfs")
 	rt := t.TempDir()
-	for _, d := range []string{"bin", "axocoatl", "tmp"} {
-		os.MkdirAll(filepath.Join(rt, d), 0o755)
-	}
-	bb, _ := os.ReadFile("/bin/busybox")
-	os.WriteFile(filepath.Join(rt, "bin/busybox"), bb, 0o755)
-	for _, l := range []string{"sh", "cat"} {
-		os.Symlink("busybox", filepath.Join(rt, "bin", l))
-	}
+	testutil.BusyboxTree(t, rt, "sh", "cat")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "copy"), 0o755)
 	os.WriteFile(filepath.Join(root, "copy/tool.json"), []byte(`{"runtime":"Shell","entrypoint":"run.sh"}`), 0o644)
@@ -51,9 +39,7 @@ func TestFullStateRootIsSandboxFailed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := ctr.Probe(context.Background()); !a.Available {
-		t.Skip("the Oci tier is unavailable here: " + a.Reason)
-	}
+	testutil.RequiresAvailable(t, ctr)
 	cat, err := catalog.Open(root)
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/internal/wasmbuild"
 )
 
@@ -53,9 +54,7 @@ const busybox = "/bin/busybox"
 
 func requiresBusybox(t *testing.T) {
 	t.Helper()
-	if fi, err := os.Stat(busybox); err != nil || !fi.Mode().IsRegular() {
-		t.Skip("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
-	}
+	testutil.RequiresBusybox(t)
 }
 
 // wasmGuest builds the Wasm tier's test guest (one module, its behaviour picked by input.mode).

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -21,19 +22,7 @@ import (
 func busyboxRuntimeRoot(t testing.TB) string {
 	t.Helper()
 	rt := filepath.Join(t.TempDir(), "rootfs")
-	for _, d := range []string{"bin", "tmp", "proc", "dev"} {
-		if err := os.MkdirAll(filepath.Join(rt, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := copyFile("/bin/busybox", filepath.Join(rt, "bin", "busybox")); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range []string{"sh", "cat"} {
-		if err := os.Symlink("busybox", filepath.Join(rt, "bin", l)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testutil.BusyboxTree(t, rt, "sh", "cat")
 	return rt
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -60,19 +61,7 @@ func TestBinaryBackends(t *testing.T) {
 func TestRuntimeRoot(t *testing.T) {
 	needContainers(t)
 	rt := filepath.Join(t.TempDir(), "rootfs")
-	for _, d := range []string{"bin", "tmp", "proc", "sys", "dev"} {
-		if err := os.MkdirAll(filepath.Join(rt, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := copyFile("/bin/busybox", filepath.Join(rt, "bin", "busybox")); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range []string{"sh", "cat", "id", "echo"} {
-		if err := os.Symlink("busybox", filepath.Join(rt, "bin", l)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testutil.BusyboxTree(t, rt, "sh", "cat", "id", "echo")
 	tool := filepath.Join(env.toolsDir, "shtool")
 	if err := os.MkdirAll(tool, 0o755); err != nil {
 		t.Fatal(err)

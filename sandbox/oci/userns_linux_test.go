@@ -16,6 +16,7 @@ import (
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/internal/subid"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -317,19 +318,7 @@ func TestUserNSSlotsReleased(t *testing.T) {
 func shellRuntime(t *testing.T, name, script string) (rt, tool string) {
 	t.Helper()
 	rt = filepath.Join(t.TempDir(), "rootfs")
-	for _, d := range []string{"bin", "tmp", "proc", "dev"} {
-		if err := os.MkdirAll(filepath.Join(rt, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := copyFile("/bin/busybox", filepath.Join(rt, "bin", "busybox")); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range []string{"sh", "cat", "sleep", "tr", "sed", "printf"} {
-		if err := os.Symlink("busybox", filepath.Join(rt, "bin", l)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testutil.BusyboxTree(t, rt, "sh", "cat", "sleep", "tr", "sed", "printf")
 	tool = filepath.Join(env.toolsDir, name)
 	if err := os.MkdirAll(tool, 0o755); err != nil {
 		t.Fatal(err)
