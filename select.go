@@ -11,6 +11,11 @@ type Policy struct {
 	Strict bool
 	// Force, when set, runs only in this tier (no fallback).
 	Force *Tier
+	// Prefer, when set, replaces the requirement's ideal tier: the operator's choice of
+	// isolation for the tool (for example ContainerImage tools in Firecracker). Selection starts
+	// there and follows its fallback chain; it is the Selection's Ideal, so a weaker tier is a
+	// downgrade.
+	Prefer *Tier
 }
 
 // Candidate is what selection needs to know about one tier on this host.
@@ -35,6 +40,9 @@ type Selection struct {
 // ErrTierUnavailable or ErrDowngradeRefused naming every tier tried and why it was passed over.
 func Select(req RuntimeRequirement, policy Policy, candidate func(Tier) Candidate) (Selection, error) {
 	ideal := req.IdealTier()
+	if policy.Prefer != nil {
+		ideal = *policy.Prefer
+	}
 	chain := FallbackChain(ideal)
 	if policy.Force != nil {
 		chain = []Tier{*policy.Force}

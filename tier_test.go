@@ -332,3 +332,37 @@ func TestOutcomeTable(t *testing.T) {
 		t.Error("Outcomes or Tiers returned shared storage")
 	}
 }
+
+// The operator's isolation choice (Policy.Prefer) is where selection starts and the ideal the
+// envelope reports: ContainerImage tools in Firecracker run there, and fall back to Oci as a
+// downgrade, which strict refuses.
+func TestSelectPrefer(t *testing.T) {
+	fc := isolation.TierMicroVM
+	all := hostWith(isolation.TierNone, isolation.TierWasm, isolation.TierOCI, isolation.TierMicroVM)
+	noVM := hostWith(isolation.TierNone, isolation.TierWasm, isolation.TierOCI)
+	for _, tc := range []struct {
+		name     string
+		host     func(isolation.Tier) isolation.Candidate
+		strict   bool
+		want     isolation.Tier
+		degraded bool
+		err      error
+	}{
+		{"both tiers", all, false, isolation.TierMicroVM, false, nil},
+		{"no VMM", noVM, false, isolation.TierOCI, true, nil},
+		{"no VMM, strict", noVM, true, 0, false, isolation.ErrDowngradeRefused},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sel, err := isolation.Select(isolation.RequireContainerImage, isolation.Policy{Strict: tc.strict, Prefer: &fc}, tc.host)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err = %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil || sel.Tier != tc.want || sel.Degraded != tc.degraded || sel.Ideal != isolation.TierMicroVM {
+				t.Fatalf("got %+v, %v; want tier %s degraded=%v ideal Firecracker", sel, err, tc.want, tc.degraded)
+			}
+		})
+	}
+}

@@ -61,6 +61,10 @@ type Manifest struct {
 	InputSchema json.RawMessage              `json:"input_schema,omitempty"`
 	// Network asks for a network device (honoured only where policy allows).
 	Network bool `json:"network,omitempty"`
+	// Base names an OCI bundle in the tools root (a folder name, never a path) whose root a
+	// Python, Shell or Arbitrary tool runs on instead of the tier's own root: an image with the
+	// tool's dependencies.
+	Base string `json:"base,omitempty"`
 }
 
 // Tool is one catalog entry. Tools are immutable once loaded.
@@ -71,6 +75,8 @@ type Tool struct {
 	Manifest
 	// EntrypointPath is Entrypoint resolved inside Dir ("" when there is none).
 	EntrypointPath string `json:"-"`
+	// BasePath is Base's bundle folder, resolved inside the tools root ("" without a base).
+	BasePath string `json:"-"`
 
 	schema *compiledSchema
 }
@@ -145,7 +151,7 @@ func (c *Catalog) load(name string) (*Tool, error) {
 
 // stamp identifies the versions of a tool's folder entry in the root (a symlink's own identity
 // when it is one), its resolved folder, manifest and entrypoint.
-type stamp struct{ entry, dir, manifest, entrypoint fileStamp }
+type stamp struct{ entry, dir, manifest, entrypoint, base fileStamp }
 
 type fileStamp struct {
 	ok        bool
@@ -165,6 +171,9 @@ func (c *Catalog) stampOf(name string, t *Tool) stamp {
 	}
 	if t.EntrypointPath != "" {
 		st.entrypoint = fileStampOf(os.Stat(t.EntrypointPath))
+	}
+	if t.Base != "" {
+		st.base = fileStampOf(os.Lstat(filepath.Join(c.root, t.Base)))
 	}
 	return st
 }
@@ -276,6 +285,12 @@ func (c *Catalog) loadTool(name string) (*Tool, stamp, error) {
 		}
 		t.EntrypointPath, st.entrypoint = filepath.Join(dirPath, rel), est
 	}
+	if t.Base != "" {
+		st.base = fileStampOf(os.Lstat(filepath.Join(c.root, t.Base)))
+		if t.BasePath, err = resolveBase(root, c.root, name, t.Manifest); err != nil {
+			return nil, st, err
+		}
+	}
 	if len(t.InputSchema) > 0 && string(t.InputSchema) != "null" {
 		s, err := compileSchema(name, t.InputSchema)
 		if err != nil {
@@ -284,6 +299,28 @@ func (c *Catalog) loadTool(name string) (*Tool, stamp, error) {
 		t.schema = s
 	}
 	return t, st, nil
+}
+
+// resolveBase checks a manifest's base (a name of a bundle folder in the tools root, for a
+// script tool) and returns the bundle's resolved folder.
+func resolveBase(root *os.Root, rootPath, name string, m Manifest) (string, error) {
+	switch m.Runtime {
+	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+	default:
+		return "", invalidTool(name, "%s: \"base\" is for Python, Shell and Arbitrary tools, not %s", ManifestFile, m.Runtime)
+	}
+	if !validName(m.Base) {
+		return "", invalidTool(name, "%s: base %q is not a name: it names an OCI bundle folder in the tools root (a-z, 0-9, '.', '_', '-'; no path)", ManifestFile, truncate(m.Base, 80))
+	}
+	dir, dirPath, err := openFolder(root, rootPath, m.Base)
+	if err != nil {
+		return "", invalidTool(name, "base %q: %v", m.Base, oneLine(err.Error()))
+	}
+	defer dir.Close()
+	if !isBundleIn(dir) {
+		return "", invalidTool(name, "base %q is not an OCI bundle (config.json + rootfs/); build one with `axoiso bundle %s --from IMAGE`", m.Base, m.Base)
+	}
+	return dirPath, nil
 }
 
 // parseManifest decodes tool.json strictly: one object, no unknown fields, nothing after it, a

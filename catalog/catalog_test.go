@@ -201,3 +201,62 @@ func TestChangesOnDiskAreSeen(t *testing.T) {
 		t.Fatalf("after removing the folder: %v", err)
 	}
 }
+
+// A script tool's "base" names a bundle folder of the tools root: a name, never a path, for
+// Python, Shell and Arbitrary tools only; anything else is a typed invalid_tool naming what is
+// wrong.
+func TestBase(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "pybase/config.json"), `{}`)
+	if err := os.MkdirAll(filepath.Join(root, "pybase/rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(root, "notbundle/tool.json"), `{"runtime":"Shell","entrypoint":"x.sh"}`)
+	write(t, filepath.Join(root, "notbundle/x.sh"), "exit 0")
+	outside := t.TempDir()
+	write(t, filepath.Join(outside, "config.json"), `{}`)
+	os.MkdirAll(filepath.Join(outside, "rootfs"), 0o755)
+	if err := os.Symlink(outside, filepath.Join(root, "escapes")); err != nil {
+		t.Fatal(err)
+	}
+	tool := func(name, manifest string) {
+		write(t, filepath.Join(root, name, "tool.json"), manifest)
+		write(t, filepath.Join(root, name, "main.py"), "print(1)")
+	}
+	tool("good", `{"runtime":"Python","entrypoint":"main.py","base":"pybase"}`)
+	tool("dotdot", `{"runtime":"Python","entrypoint":"main.py","base":"../pybase"}`)
+	tool("abs", `{"runtime":"Python","entrypoint":"main.py","base":"/var/axocoatl/bundles/pybase"}`)
+	tool("slash", `{"runtime":"Python","entrypoint":"main.py","base":"pybase/rootfs"}`)
+	tool("missing", `{"runtime":"Python","entrypoint":"main.py","base":"nosuch"}`)
+	tool("notabundle", `{"runtime":"Python","entrypoint":"main.py","base":"notbundle"}`)
+	tool("escaping", `{"runtime":"Python","entrypoint":"main.py","base":"escapes"}`)
+	tool("wasm", `{"runtime":"WasmCompiled","entrypoint":"main.py","base":"pybase"}`)
+	tool("typed", `{"runtime":"Python","entrypoint":"main.py","base":7}`)
+	c, err := catalog.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := c.Get("good")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Base != "pybase" || g.BasePath != filepath.Join(root, "pybase") {
+		t.Errorf("base %q at %q", g.Base, g.BasePath)
+	}
+	for name, want := range map[string]string{
+		"dotdot": "not a name", "abs": "not a name", "slash": "not a name", "missing": "nosuch",
+		"notabundle": "not an OCI bundle", "escaping": "escapes", "wasm": "not WasmCompiled", "typed": "base",
+	} {
+		_, err := c.Get(name)
+		if !errors.Is(err, isolation.ErrInvalidTool) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want invalid_tool mentioning %q", name, err, want)
+		}
+	}
+	// Replacing the base's folder is seen at the next lookup.
+	if err := os.Rename(filepath.Join(root, "pybase"), filepath.Join(root, "pybase-old")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get("good"); !errors.Is(err, isolation.ErrInvalidTool) {
+		t.Errorf("base removed: err = %v, want invalid_tool", err)
+	}
+}

@@ -40,6 +40,13 @@ type Config struct {
 	// named get DefaultMaxMemoryMB's. Requests above a ceiling are lowered, never refused (also
 	// under Strict, which is about tiers), and the Result's Limits say so.
 	MaxMemoryMB map[isolation.Tier]int
+	// Isolation is the operator's choice of tier per runtime requirement (for example
+	// ContainerImage → Firecracker to run image tools in microVMs), ToolIsolation per tool name
+	// (it wins). A chosen tier is where selection starts and the call's ideal tier: falling back
+	// to a weaker one is a downgrade. Requirements and tools not named keep the requirement's
+	// ideal tier (ContainerImage → Oci). A call's WithTier still forces a tier.
+	Isolation     map[isolation.RuntimeRequirement]isolation.Tier
+	ToolIsolation map[string]isolation.Tier
 	// Logger receives one record per call; nil logs nowhere.
 	Logger *slog.Logger
 }
@@ -248,10 +255,15 @@ func (e *Executor) options(opts []Option) callOptions {
 
 func (e *Executor) selectTier(ctx context.Context, t *catalog.Tool, o callOptions) (isolation.Selection, error) {
 	policy := isolation.Policy{Strict: e.cfg.Strict || o.strict, Force: o.tier}
+	if tier, ok := e.cfg.ToolIsolation[t.Name]; ok {
+		policy.Prefer = &tier
+	} else if tier, ok := e.cfg.Isolation[t.Runtime]; ok {
+		policy.Prefer = &tier
+	}
 	sel, err := isolation.Select(t.Runtime, policy, func(tier isolation.Tier) isolation.Candidate {
 		c := isolation.Candidate{Availability: e.Availability(ctx, tier)}
 		if s, ok := e.sandboxes[tier]; ok && c.Available {
-			c.Unsupported = s.Supports(t.Runtime)
+			c.Unsupported = supports(s, t)
 		}
 		return c
 	})
@@ -262,6 +274,18 @@ func (e *Executor) selectTier(ctx context.Context, t *catalog.Tool, o callOption
 		}
 	}
 	return sel, err
+}
+
+// supports says why s cannot run t ("" when it can): its requirement, or on its base image when
+// it names one (a tier's own root does not matter then).
+func supports(s sandbox.Sandbox, t *catalog.Tool) string {
+	if t.Base == "" {
+		return s.Supports(t.Runtime)
+	}
+	if b, ok := s.(sandbox.BaseSupporter); ok {
+		return b.SupportsBase(t.Runtime)
+	}
+	return fmt.Sprintf("the %s tier cannot run a tool on a base image (%q)", s.Tier(), t.Base)
 }
 
 // Execute runs tool name with input (a JSON value) and returns its validated output. Errors are
@@ -406,6 +430,7 @@ func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o ca
 		Runtime:    tool.Runtime,
 		Dir:        tool.Dir,
 		Entrypoint: tool.EntrypointPath,
+		Base:       tool.BasePath,
 		Input:      input,
 		Limits:     lim,
 	}, rep

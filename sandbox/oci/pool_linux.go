@@ -16,7 +16,7 @@ import (
 // poolKey identifies the containers a call can use: same tool folder and the settings baked
 // into a container at creation (the timeout is per call, applied at start).
 func poolKey(c sandbox.Call) string {
-	return fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d\x00%t", c.Tool, c.Dir, c.Entrypoint, c.Runtime, c.Limits.MemoryMB, c.Limits.Network)
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d\x00%t\x00%s", c.Tool, c.Dir, c.Entrypoint, c.Runtime, c.Limits.MemoryMB, c.Limits.Network, c.Base)
 }
 
 // pool keeps up to size pre-created single-use containers of one tool, within the sandbox's

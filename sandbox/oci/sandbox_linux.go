@@ -230,6 +230,16 @@ func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
 	return fmt.Sprintf("the Oci tier does not run %s tools", req)
 }
 
+// SupportsBase implements sandbox.BaseSupporter: script tools run on their base image's root
+// (a bundle's rootfs, with its environment) as they run on the runtime root.
+func (s *Sandbox) SupportsBase(req isolation.RuntimeRequirement) string {
+	switch req {
+	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+		return ""
+	}
+	return fmt.Sprintf("the Oci tier runs %s tools on a base image only as Python, Shell or Arbitrary", req)
+}
+
 func hasFile(root string, rels ...string) bool {
 	for _, r := range rels {
 		// Lstat: a symlink inside the root (bin/sh -> busybox) resolves inside the container.
@@ -442,19 +452,36 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) 
 			return nil, err
 		}
 	case isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
-		if why := s.Supports(call.Runtime); why != "" {
+		root := s.cfg.RuntimeRoot
+		var env []string
+		if call.Base != "" {
+			// The tool's base image: its root (resolved beneath its bundle) and environment.
+			base := filepath.Clean(call.Base)
+			if rel, err := filepath.Rel(s.cfg.BundleRoot, base); err != nil || !filepath.IsLocal(rel) {
+				return nil, fmt.Errorf("oci: base %s is not inside the bundle root %s", base, s.cfg.BundleRoot)
+			}
+			var p bundle.Process
+			var err error
+			if root, p, err = bundle.Read(base); err != nil {
+				return nil, err
+			}
+			env = bundle.ScriptEnv(p.Env)
+		} else if why := s.Supports(call.Runtime); why != "" {
 			return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: why}
 		}
 		rel, err := filepath.Rel(dir, filepath.Clean(call.Entrypoint))
 		if err != nil || call.Entrypoint == "" {
 			return nil, fmt.Errorf("oci: entrypoint %q is not inside %s", call.Entrypoint, dir)
 		}
-		args, err := ocispec.ToolArgs(call.Runtime.String(), rel)
+		args, err := bundle.ScriptArgs(call.Runtime.String(), rel)
 		if err != nil {
 			return nil, fmt.Errorf("oci: %w", err)
 		}
-		if sp, err = ocispec.Generate(s.cfg.RuntimeRoot, dir, args, o); err != nil {
+		if sp, err = ocispec.Generate(root, dir, args, o); err != nil {
 			return nil, fmt.Errorf("oci: %w", err)
+		}
+		if env != nil {
+			sp.Process.Env = env
 		}
 	default:
 		return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: s.Supports(call.Runtime)}

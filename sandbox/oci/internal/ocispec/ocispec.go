@@ -160,24 +160,6 @@ func Generate(runtimeRoot, toolDir string, args []string, o Options) (*specs.Spe
 	return build(runtimeRoot, extra, args, env, guestToolDir, user, o), nil
 }
 
-// ToolArgs is the process of a script or executable tool whose entrypoint is rel (relative to the
-// tool folder) for runtime "Python", "Shell" or "Arbitrary".
-func ToolArgs(runtime, rel string) ([]string, error) {
-	if !filepath.IsLocal(rel) {
-		return nil, fmt.Errorf("entrypoint %q is not inside the tool folder", rel)
-	}
-	p := guestToolDir + "/" + filepath.ToSlash(filepath.Clean(rel))
-	switch runtime {
-	case "Python":
-		return []string{"python3", p}, nil
-	case "Shell":
-		return []string{"/bin/sh", p}, nil
-	case "Arbitrary":
-		return []string{p}, nil
-	}
-	return nil, fmt.Errorf("runtime %q has no generated bundle", runtime)
-}
-
 func checkArgs(args, env []string) error {
 	n := 0
 	for _, s := range append(append([]string(nil), args...), env...) {
