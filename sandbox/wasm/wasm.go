@@ -104,6 +104,10 @@ type Config struct {
 	// CacheDir holds wazero's on-disk compilation cache, so a new process skips compiling modules
 	// it has seen ("" keeps compiled code in memory only). It is created if missing.
 	CacheDir string
+	// MaxCacheDirBytes bounds CacheDir (default 2 GiB; negative: no bound): at start and at most
+	// every 30 s after a compile, the least recently used compiled modules are removed until it
+	// holds at most this much.
+	MaxCacheDirBytes int64
 	// MaxConcurrency caps instances running at once (default GOMAXPROCS); other calls queue.
 	MaxConcurrency int
 	// MaxQueued caps the calls waiting for an instance slot (default 64 × MaxConcurrency; negative:
@@ -161,7 +165,9 @@ type Sandbox struct {
 	rt        wazero.Runtime
 	rtChecked wazero.Runtime
 	cache     wazero.CompilationCache // nil without CacheDir
-	pool      *memPool
+	// lastTrim is when trimCache last ran (UnixNano).
+	lastTrim atomic.Int64
+	pool     *memPool
 	// slots holds one token per instance allowed to run; queued counts the calls waiting for one.
 	slots  chan struct{}
 	queued atomic.Int64
@@ -250,6 +256,9 @@ func New(cfg Config) (*Sandbox, error) {
 	if cfg.DefaultMemoryMB <= 0 {
 		cfg.DefaultMemoryMB = DefaultMemoryMB
 	}
+	if cfg.MaxCacheDirBytes == 0 {
+		cfg.MaxCacheDirBytes = defaultMaxCacheDirBytes
+	}
 	cfg.DefaultMemoryMB = min(cfg.DefaultMemoryMB, MaxMemoryMB)
 	s := &Sandbox{
 		cfg:     cfg,
@@ -267,6 +276,7 @@ func New(cfg Config) (*Sandbox, error) {
 		if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
 			return nil, fmt.Errorf("wasm: compilation cache: %w", err)
 		}
+		s.trimCache()
 		c, err := wazero.NewCompilationCacheWithDir(cfg.CacheDir)
 		if err != nil {
 			return nil, fmt.Errorf("wasm: compilation cache: %w", err)
@@ -286,6 +296,22 @@ func New(cfg Config) (*Sandbox, error) {
 		}
 	}
 	return s, nil
+}
+
+// trimCache bounds the on-disk compilation cache (see trimCacheDir); a failure is logged, never
+// the call's.
+func (s *Sandbox) trimCache() {
+	s.lastTrim.Store(time.Now().UnixNano())
+	if s.cfg.MaxCacheDirBytes < 0 {
+		return
+	}
+	removed, err := trimCacheDir(s.cfg.CacheDir, s.cfg.MaxCacheDirBytes, time.Now())
+	if err != nil {
+		s.log.Warn("wasm: trimming the compilation cache", "dir", s.cfg.CacheDir, "err", err)
+	}
+	if removed > 0 {
+		s.log.Info("wasm: compilation cache trimmed", "dir", s.cfg.CacheDir, "removed_bytes", removed, "max_bytes", s.cfg.MaxCacheDirBytes)
+	}
 }
 
 func (s *Sandbox) closeRuntimes(ctx context.Context) error {
@@ -595,6 +621,9 @@ func (s *Sandbox) compile(ctx context.Context, path string, bin []byte, m *modul
 		return
 	}
 	m.compiled, m.wasmSize = c, int64(len(bin))
+	if s.cache != nil && time.Since(time.Unix(0, s.lastTrim.Load())) > cacheTrimInterval {
+		s.trimCache()
+	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "wasm module compiled", slog.String("path", path),
 		slog.Int("data_segments", info.DataSegments), slog.Bool("merged", m.merged), slog.Bool("stop_flag", m.stoppable),
 		slog.Bool("snapshot", m.snap != nil),
