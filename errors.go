@@ -34,6 +34,10 @@ var (
 	// ErrBusy: the call was not started because a queue or concurrency limit was full, or it
 	// waited past its queue deadline; retrying later may succeed.
 	ErrBusy = errors.New("busy")
+	// ErrWorkerLost: a fleet worker accepted the call, then went silent (its process died, its
+	// host or link went down) before answering. The tool may have run, wholly or in part: the
+	// call is not run again unless its tool declares "idempotent": true.
+	ErrWorkerLost = errors.New("worker lost")
 )
 
 // Error is the error a call returns. Kind is one of the class sentinels above.
@@ -141,6 +145,12 @@ var outcomes = [...]Outcome{
 	// tool's own failures (502); another try may land on a healthy sandbox.
 	{"sandbox_failed", ErrSandboxFailed, 503, 8, true},
 	{"busy", ErrBusy, 429, 9, true},
+	// A gateway lost the worker running the call: 502, the status of a gateway whose upstream
+	// failed to answer. Not retryable, unlike sandbox_failed: the tool may have run (a side
+	// effect done, a message sent), so only the caller knows whether to run it again; a
+	// Retry-After would invite the blind retry at-most-once exists to avoid. Exit 10 keeps the
+	// existing codes.
+	{"worker_lost", ErrWorkerLost, 502, 10, false},
 	// The caller's context ended: for HTTP the server shut down (a client that left reads nothing);
 	// for the CLI a SIGINT or SIGTERM, 128+2 as a shell reports an interrupted command.
 	{KindCanceled, nil, 503, 130, true},

@@ -278,6 +278,7 @@ func TestOutcomeTable(t *testing.T) {
 		"memory_limit":      {isolation.ErrMemoryLimit, 507, 7, false},
 		"sandbox_failed":    {isolation.ErrSandboxFailed, 503, 8, true},
 		"busy":              {isolation.ErrBusy, 429, 9, true},
+		"worker_lost":       {isolation.ErrWorkerLost, 502, 10, false},
 		"canceled":          {nil, 503, 130, true},
 		"internal":          {nil, 500, 1, false},
 	}

@@ -65,6 +65,10 @@ type Manifest struct {
 	// Python, Shell or Arbitrary tool runs on instead of the tier's own root: an image with the
 	// tool's dependencies.
 	Base string `json:"base,omitempty"`
+	// Idempotent declares that running the tool twice on the same input does no harm: a fleet
+	// gateway that lost the worker running a call may then run it again elsewhere. Calls of other
+	// tools run at most once.
+	Idempotent bool `json:"idempotent,omitempty"`
 }
 
 // Tool is one catalog entry. Tools are immutable once loaded.

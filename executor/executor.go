@@ -49,6 +49,30 @@ type Config struct {
 	ToolIsolation map[string]isolation.Tier
 	// Logger receives one record per call; nil logs nowhere.
 	Logger *slog.Logger
+	// Remote, when set, runs calls on other hosts (package fleet's gateway): Execute checks the
+	// name and the input here, against this executor's catalog, then hands the call to Remote
+	// instead of a local sandbox. Tiers without a local sandbox report Remote's availability.
+	Remote Remote
+}
+
+// Remote runs calls elsewhere. It applies the selection policy itself (isolation.Select over
+// what the other hosts offer), so a fallback is reported as a downgrade exactly as here.
+type Remote interface {
+	Run(ctx context.Context, c RemoteCall) (*Result, error)
+	// Availability says whether some other host runs tier t now.
+	Availability(ctx context.Context, t isolation.Tier) isolation.Availability
+}
+
+// RemoteCall is a call handed to a Remote: its input is valid for the tool's schema.
+type RemoteCall struct {
+	ID    string
+	Tool  *catalog.Tool
+	Input []byte
+	// Policy is the call's selection policy (the executor's Strict, the call's WithStrict and
+	// WithTier).
+	Policy isolation.Policy
+	// Timeout is the call's WithTimeout (0: the tool's own, as the running host resolves it).
+	Timeout time.Duration
 }
 
 // Result is a successful call.
@@ -80,6 +104,7 @@ type callOptions struct {
 	strict  bool
 	timeout time.Duration
 	callID  string
+	tool    *catalog.Tool
 }
 
 // WithTier runs the call only in tier t (no fallback).
@@ -90,6 +115,11 @@ func WithStrict() Option { return func(o *callOptions) { o.strict = true } }
 
 // WithTimeout overrides the tool's timeout (still lowered to Config.MaxTimeout).
 func WithTimeout(d time.Duration) Option { return func(o *callOptions) { o.timeout = d } }
+
+// WithTool runs t, a tool already loaded (from another catalog, e.g. one version of a tool a
+// fleet worker holds by digest), instead of looking the name up in the executor's catalog. The
+// call's name must be t.Name.
+func WithTool(t *catalog.Tool) Option { return func(o *callOptions) { o.tool = t } }
 
 // WithCallID sets the call id (default: a random UUID).
 func WithCallID(id string) Option { return func(o *callOptions) { o.callID = id } }
@@ -166,6 +196,10 @@ func (e *Executor) Availability(ctx context.Context, t isolation.Tier) isolation
 	}
 	var a isolation.Availability
 	s, ok := e.sandboxes[t]
+	if !ok && e.cfg.Remote != nil {
+		// Not remembered: the fleet changes as hosts come and go, and Remote caches its view.
+		return e.cfg.Remote.Availability(ctx, t)
+	}
 	if !ok {
 		a = isolation.Availability{Reason: fmt.Sprintf("the %s tier is not configured in this executor", t), Fix: "configure a sandbox for it"}
 	} else {
@@ -322,7 +356,7 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 	if err := catalog.ValidateName(name); err != nil {
 		return nil, err
 	}
-	tool, err := e.Tool(name)
+	tool, err := e.toolFor(name, o)
 	if err != nil {
 		return nil, err
 	}
@@ -331,6 +365,10 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 	}
 	if err := tool.ValidateInput(input); err != nil {
 		return nil, err
+	}
+	if e.cfg.Remote != nil {
+		return e.cfg.Remote.Run(ctx, RemoteCall{ID: callID, Tool: tool, Input: input,
+			Policy: isolation.Policy{Strict: e.cfg.Strict || o.strict, Force: o.tier}, Timeout: o.timeout})
 	}
 	sel, err := e.selectTier(ctx, tool, o)
 	if err != nil {
@@ -440,11 +478,11 @@ func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o ca
 // module, fill its warm pool), so that its first call is not cold. Tiers without such work do
 // nothing.
 func (e *Executor) Prepare(ctx context.Context, name string, opts ...Option) error {
-	tool, err := e.Tool(name)
+	o := e.options(opts)
+	tool, err := e.toolFor(name, o)
 	if err != nil {
 		return err
 	}
-	o := e.options(opts)
 	sel, err := e.selectTier(ctx, tool, o)
 	if err != nil {
 		return err
@@ -454,6 +492,17 @@ func (e *Executor) Prepare(ctx context.Context, name string, opts ...Option) err
 		return p.Prepare(ctx, call)
 	}
 	return nil
+}
+
+// toolFor is the call's WithTool, or name looked up in the catalog.
+func (e *Executor) toolFor(name string, o callOptions) (*catalog.Tool, error) {
+	if o.tool == nil {
+		return e.Tool(name)
+	}
+	if o.tool.Name != name {
+		return nil, fmt.Errorf("executor: WithTool(%q) for a call of %q", o.tool.Name, name)
+	}
+	return o.tool, nil
 }
 
 // Close closes every sandbox. Idempotent.

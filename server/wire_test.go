@@ -74,6 +74,7 @@ func TestEveryClassOnEveryWire(t *testing.T) {
 		"memory_limit":      {507, false},
 		"sandbox_failed":    {503, true},
 		"busy":              {429, true},
+		"worker_lost":       {502, false},
 	}
 	root := t.TempDir()
 	testtools.WriteTool(t, root, "fault", `{"runtime":"WasmCompiled","entrypoint":"tool.wasm"}`)

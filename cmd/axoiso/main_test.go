@@ -208,7 +208,7 @@ func TestExitCodes(t *testing.T) {
 		"ok": 0, "invalid_tool_name": 2, "invalid_input": 2, "tool_not_found": 3, "invalid_tool": 3,
 		"downgrade_refused": 4, "tier_unavailable": 4, "tool_failed": 5, "output_missing": 5,
 		"output_invalid": 5, "output_too_large": 5, "timeout": 6, "memory_limit": 7,
-		"sandbox_failed": 8, "busy": 9, "canceled": 130, "internal": 1,
+		"sandbox_failed": 8, "busy": 9, "worker_lost": 10, "canceled": 130, "internal": 1,
 	}
 	for _, o := range isolation.Outcomes() {
 		w, ok := want[o.Kind]
