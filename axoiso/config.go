@@ -54,10 +54,38 @@ type Config struct {
 	DisableTiers []string `json:"disable_tiers,omitempty"`
 	// Serve configures axoiso serve's connections; its flags win.
 	Serve ServeConfig `json:"serve"`
+	// Fleet configures serve --nats, worker, fleet and tool (package fleet); their flags win.
+	Fleet FleetConfig `json:"fleet"`
 
 	// Logger receives the executor's and the tiers' logs (nothing is logged when nil). Not part
 	// of the config file.
 	Logger *slog.Logger `json:"-"`
+}
+
+// FleetConfig is the fleet's part of the config file.
+type FleetConfig struct {
+	// NATS is the NATS server URL(s), comma-separated, or "embedded": an in-process nats-server
+	// with no port, a gateway and a worker in one process. Empty: serve runs calls here, without
+	// NATS.
+	NATS string `json:"nats,omitempty"`
+	// NKeySeedFile holds this process's nkey user seed; CredsFile a JWT user credentials file;
+	// TLSCA, TLSCert and TLSKey the TLS trust and client certificate.
+	NKeySeedFile string `json:"nkey_seed_file,omitempty"`
+	CredsFile    string `json:"creds_file,omitempty"`
+	TLSCA        string `json:"tls_ca,omitempty"`
+	TLSCert      string `json:"tls_cert,omitempty"`
+	TLSKey       string `json:"tls_key,omitempty"`
+	// Slots bounds a worker's calls at once per tier (wire names).
+	Slots map[isolation.Tier]int `json:"slots,omitempty"`
+	// StoreDir holds the published tool versions a worker or gateway unpacked (default
+	// {data_dir}/fleet).
+	StoreDir string `json:"store_dir,omitempty"`
+	// Replicas of the buckets `axoiso tool publish` creates (default 1).
+	Replicas int `json:"replicas,omitempty"`
+	// AcceptWindow, HeartbeatTimeout and Heartbeat tune at-most-once (defaults 300ms, 1s, 200ms).
+	AcceptWindow     Duration `json:"accept_window,omitempty"`
+	HeartbeatTimeout Duration `json:"heartbeat_timeout,omitempty"`
+	Heartbeat        Duration `json:"heartbeat,omitempty"`
 }
 
 // ServeConfig bounds what clients of axoiso serve may hold (0: the server's default; negative:

@@ -94,6 +94,8 @@ type Result struct {
 	Stderr string `json:"stderr"`
 	// Limits are the limits the call ran under and what was lowered to a ceiling.
 	Limits Limits `json:"limits"`
+	// ToolDigest is the SHA-256 of the tool version that ran, when a fleet routed the call.
+	ToolDigest string `json:"tool_digest,omitempty"`
 }
 
 // Option changes one call.

@@ -1,6 +1,8 @@
 package fleet
 
 import (
+	"bytes"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
@@ -8,7 +10,7 @@ import (
 // NKeySeedOption authenticates a connection with an nkey user seed (the "SU…" text of a seed
 // file): the server knows only the public key, and the seed never leaves this host.
 func NKeySeedOption(seed []byte) (nats.Option, error) {
-	kp, err := nkeys.FromSeed(seed)
+	kp, err := nkeys.FromSeed(bytes.TrimSpace(seed))
 	if err != nil {
 		return nil, err
 	}

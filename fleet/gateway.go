@@ -164,6 +164,14 @@ func (g *Gateway) Run(ctx context.Context, rc executor.RemoteCall) (*executor.Re
 			first = &t
 		}
 		res, err := g.runTier(ctx, rc, sel, digest)
+		for _, older := range g.cfg.Store.fallbackDigests(tool.Name, digest) {
+			if !errors.Is(err, errNoResponders) {
+				break
+			}
+			// Just published: workers still taking the new version serve the previous one,
+			// whole, rather than the call dropping to a weaker tier.
+			res, err = g.runTier(ctx, rc, sel, older)
+		}
 		if errors.Is(err, errNoResponders) {
 			gone[sel.Tier] = fmt.Sprintf("no worker in the fleet runs %s@%.12s in it", tool.Name, digest)
 			continue
@@ -257,6 +265,7 @@ func (g *Gateway) decode(rc executor.RemoteCall, sel isolation.Selection, r atte
 		return nil, &isolation.Error{Kind: isolation.ErrSandboxFailed, Tool: rc.Tool.Name, Tier: sel.Tier, HasTier: true, CallID: rc.ID, Message: fmt.Sprintf("fleet: worker %s sent an unreadable result", r.worker), Err: err}
 	}
 	res.Tier, res.Ideal, res.Degraded = sel.Tier, sel.Ideal, sel.Degraded
+	res.ToolDigest = r.digest
 	res.Duration = time.Duration(res.DurationMS * float64(time.Millisecond))
 	return &res, nil
 }
@@ -276,6 +285,7 @@ type attemptResult struct {
 	kind   outcomeKind
 	msg    *nats.Msg
 	worker string
+	digest string
 }
 
 // attempt sends the call once and follows it: accepted within the window, then heartbeats until
@@ -348,7 +358,7 @@ func (g *Gateway) attempt(ctx context.Context, subj string, rc executor.RemoteCa
 				}
 			case wire.ReplyDone:
 				g.cfg.Metrics.phase("run", time.Since(sent))
-				return attemptResult{kind: outDone, msg: r, worker: r.Header.Get(wire.HWorker)}
+				return attemptResult{kind: outDone, msg: r, worker: r.Header.Get(wire.HWorker), digest: subjDigest(subj)}
 			}
 			if accepted {
 				timer.Reset(g.cfg.HeartbeatTimeout)

@@ -19,8 +19,9 @@ type Metrics struct {
 	lost      prometheus.Counter
 }
 
-// NewMetrics makes the metrics and registers them on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics makes the metrics; *Metrics is a prometheus.Collector (register it, or pass it in
+// server.Config.Collectors).
+func NewMetrics() *Metrics {
 	m := &Metrics{
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "axoiso_fleet_call_phase_seconds",
 			Help:    "Routed calls by phase: accept (request sent → a worker accepted), run (sent → answer), total (the gateway's whole routing, fallbacks and retries included).",
@@ -36,8 +37,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		lost: prometheus.NewCounter(prometheus.CounterOpts{Name: "axoiso_fleet_worker_lost_total",
 			Help: "Attempts whose worker went silent after accepting."}),
 	}
-	reg.MustRegister(m.phases, m.calls, m.fallbacks, m.busy, m.noAcc, m.lost)
 	return m
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.phases, m.calls, m.fallbacks, m.busy, m.noAcc, m.lost}
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.collectors() {
+		c.Collect(ch)
+	}
 }
 
 func (m *Metrics) phase(name string, d time.Duration) {

@@ -228,6 +228,10 @@ func (w *Worker) artifacts() []artifact {
 		w.log.Debug("tool not offered", "error", err)
 	}
 	for _, t := range tools {
+		if d, ok := w.cfg.Store.DigestOf(t); ok {
+			out = append(out, artifact{t, d}) // a published version (the tools root is the store's)
+			continue
+		}
 		d, err := w.cfg.Digests.Of(t)
 		if err != nil {
 			w.log.Warn("tool not offered: no digest", "tool", t.Name, "error", err)

@@ -64,6 +64,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/server/internal/metrics"
 	"github.com/axocoatl/isolation/server/mcpserver"
@@ -141,6 +143,8 @@ type Config struct {
 	Version string
 	// Logger receives request and lifecycle records; nil logs nowhere. See NewLogger.
 	Logger *slog.Logger
+	// Collectors are more metrics served at /metrics (a fleet gateway's routed calls).
+	Collectors []prometheus.Collector
 }
 
 // Server serves the API. Handler is safe for concurrent use; Close is idempotent.
@@ -220,6 +224,11 @@ func New(cfg Config) (*Server, error) {
 	s.shutdown, s.cancelShutdown = context.WithCancel(context.Background())
 	s.stopCalls, s.cancelStopCalls = context.WithCancel(context.Background())
 	s.metrics = metrics.New(cfg.Executor)
+	for _, c := range cfg.Collectors {
+		if err := s.metrics.Registry().Register(c); err != nil {
+			return nil, fmt.Errorf("server: metrics: %w", err)
+		}
+	}
 	s.limits = newLimiter(cfg.MaxConcurrent, cfg.QueueWait, cfg.MaxConcurrentPerTool, cfg.ToolConcurrency, s.metrics)
 	if !cfg.DisableMCP {
 		s.mcp = mcpserver.New(cfg.Executor, mcpserver.Options{

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/axocoatl/isolation/axoiso"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/server"
@@ -30,6 +32,8 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	tokenFile := fs.String("token-file", "", "file holding the bearer token (mode 0600)")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file (with --tls-key: serve HTTPS)")
 	tlsKey := fs.String("tls-key", "", "TLS key file")
+	var ff fleetFlags
+	ff.add(fs, "route calls to a fleet's workers over NATS (URLs, comma-separated), or \"embedded\": an in-process nats-server without a port and a worker in this process (config fleet.nats); unset: run calls here, no NATS")
 	maxBody := fs.Int64("max-body", 1<<20, "request body limit in bytes (larger: 413)")
 	maxTimeout := fs.Duration("max-timeout", 60*time.Second, "cap on every call's timeout")
 	maxConc := fs.Int("max-concurrent", 64, "calls running at once, HTTP and MCP together (over it: 429)")
@@ -71,11 +75,21 @@ func runServe(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writ
 	if !set["max-mcp-sessions"] && cfg.Serve.MaxMCPSessions != 0 {
 		*maxSessions = cfg.Serve.MaxMCPSessions
 	}
-	e, err := axoiso.New(cfg)
-	if err != nil {
+	ff.resolve(&cfg.Fleet)
+	var e *executor.Executor
+	var collectors []prometheus.Collector
+	if cfg.Fleet.NATS != "" {
+		gs, err := newGatewayStack(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		defer gs.Close() // after srv.Close (deferred later, so run first)
+		e, collectors = gs.exec, []prometheus.Collector{gs.metrics}
+		*prewarm = false // the workers prepare their tools
+	} else if e, err = axoiso.New(cfg); err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{
+	srv, err := server.New(server.Config{Collectors: collectors,
 		ReadHeaderTimeout: *headerTimeout, BodyTimeout: *bodyTimeout, IdleTimeout: *idleTimeout, MaxMCPSessions: *maxSessions,
 		Executor: e, Addr: *listen, Token: tok, TLSCertFile: *tlsCert, TLSKeyFile: *tlsKey,
 		MaxBodyBytes: *maxBody, MaxTimeout: *maxTimeout, MaxConcurrent: *maxConc, QueueWait: *queueWait,

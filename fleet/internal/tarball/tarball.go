@@ -63,7 +63,7 @@ func invalid(format string, args ...any) error {
 var epoch = time.Unix(0, 0).UTC()
 
 // Write writes dir as a deterministic tar to w: entries in lexical order, uid/gid 0, no names,
-// mtime 0, modes reduced to their permission bits (no setuid, setgid or sticky bit). Directories,
+// mtime 0, modes reduced to their read and execute bits (no write, setuid, setgid or sticky bit). Directories,
 // regular files and symlinks only (a hard-linked file is written as a file).
 func Write(w io.Writer, dir string, lim Limits) error {
 	lim = lim.withDefaults()
@@ -92,7 +92,8 @@ func Write(w io.Writer, dir string, lim Limits) error {
 		if err != nil {
 			return err
 		}
-		hdr := &tar.Header{Name: name, Mode: int64(fi.Mode().Perm()), ModTime: epoch, Format: tar.FormatPAX}
+		// No write bits either: the folder is unpacked read-only, and its digest must not change.
+		hdr := &tar.Header{Name: name, Mode: int64(fi.Mode().Perm() &^ 0o222), ModTime: epoch, Format: tar.FormatPAX}
 		switch {
 		case fi.IsDir():
 			hdr.Typeflag, hdr.Name = tar.TypeDir, name+"/"
