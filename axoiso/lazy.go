@@ -3,11 +3,23 @@ package axoiso
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/sandbox"
+)
+
+// A lazyTier stands for any tier, so it has every optional interface of package sandbox, each
+// forwarding to the built sandbox or answering as a sandbox without it would.
+var (
+	_ sandbox.Setupper        = (*lazyTier)(nil)
+	_ sandbox.Preparer        = (*lazyTier)(nil)
+	_ sandbox.MemoryDefaulter = (*lazyTier)(nil)
+	_ sandbox.Pooler          = (*lazyTier)(nil)
+	_ sandbox.BaseSupporter   = (*lazyTier)(nil)
+	_ sandbox.Queuer          = (*lazyTier)(nil)
 )
 
 // lazyTier builds its sandbox on first use, so a process pays only for the tiers its calls touch
@@ -75,6 +87,22 @@ func (l *lazyTier) Prepare(ctx context.Context, c sandbox.Call) error {
 		return p.Prepare(ctx, c)
 	}
 	return nil
+}
+
+// SupportsBase forwards sandbox.BaseSupporter; a tier without it cannot run tools on a base
+// image. Without this, no tool with "base" could run through New's executor.
+func (l *lazyTier) SupportsBase(req isolation.RuntimeRequirement) string {
+	if b, ok := l.get().(sandbox.BaseSupporter); ok {
+		return b.SupportsBase(req)
+	}
+	return fmt.Sprintf("the %s tier cannot run a tool on a base image", l.tier)
+}
+
+// QueuesCalls forwards sandbox.Queuer (false when the tier does not queue). Without this, the
+// time a Wasm call waited for an instance slot counted against its own timeout.
+func (l *lazyTier) QueuesCalls() bool {
+	q, ok := l.get().(sandbox.Queuer)
+	return ok && q.QueuesCalls()
 }
 
 // DefaultMemoryMB forwards sandbox.MemoryDefaulter (0: the tier has no default of its own).

@@ -65,3 +65,47 @@ func TestDisabledTiersAreLeftOut(t *testing.T) {
 }
 
 func sandboxCall() sandbox.Call { return sandbox.Call{Tool: "x", Dir: "/nonexistent"} }
+
+// TestLazyTierForwardsOptionalInterfaces: the executor sees every tier through a lazyTier, so
+// an optional interface it does not forward is lost in every program built on New: a Wasm call's
+// queueing counted against its timeout, and no tool with a base image could run. The test looks
+// at the tiers as the executor does, through type assertions on sandbox.Sandbox.
+func TestLazyTierForwardsOptionalInterfaces(t *testing.T) {
+	c := Config{ToolsRoot: t.TempDir(), CacheDir: t.TempDir(), DataDir: t.TempDir()}
+	c.Oci.StateRoot = t.TempDir()
+	c.VM.RunDir = t.TempDir()
+	sbs := Sandboxes(c)
+	defer func() {
+		for _, s := range sbs {
+			s.Close()
+		}
+	}()
+	for _, s := range sbs {
+		l, ok := s.(*lazyTier)
+		if !ok {
+			continue
+		}
+		q, queuer := s.(sandbox.Queuer)
+		b, baser := s.(sandbox.BaseSupporter)
+		switch l.tier {
+		case isolation.TierWasm:
+			if !queuer || !q.QueuesCalls() {
+				t.Error("Wasmtime queues its calls; through the lazy tier it does not say so")
+			}
+			if baser && b.SupportsBase(isolation.RequireShell) == "" {
+				t.Error("Wasmtime cannot run a tool on a base image; the lazy tier says it can")
+			}
+		case isolation.TierOCI:
+			if queuer && q.QueuesCalls() {
+				t.Error("Oci does not queue calls")
+			}
+			inner, ok := l.get().(sandbox.BaseSupporter)
+			if !ok {
+				t.Fatal("the Oci tier runs tools on base images (sandbox.BaseSupporter)")
+			}
+			if !baser || b.SupportsBase(isolation.RequireShell) != inner.SupportsBase(isolation.RequireShell) {
+				t.Error("Oci's SupportsBase is not forwarded by the lazy tier")
+			}
+		}
+	}
+}
