@@ -1,12 +1,14 @@
-// Package axoiso builds an executor with every tier this build knows from one Config: the
-// composition root shared by the CLI, the HTTP server and the MCP server, and the entry point of
-// programs that embed the layer.
+// Package axoiso builds an executor with every tier this build knows from one Config, the way the
+// axoiso command does: the entry point for a Go program that runs tools (an agent daemon). The
+// isolating tiers are set up on first use, so a program that only runs Wasm tools never sets up
+// containers or VMs. LoadConfig reads the config file the axoiso command reads.
 package axoiso
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/axocoatl/isolation"
@@ -14,17 +16,33 @@ import (
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/native"
+	"github.com/axocoatl/isolation/sandbox/wasm"
 )
 
-// New builds the executor. The tools root must exist.
+// New builds an executor from c (defaults filled in by WithDefaults): the None tier with the
+// built-ins and c.NativeTools, and the Wasmtime, Oci and Firecracker tiers unless disabled, each
+// set up on its first use (the Wasmtime tier at once when c.WasmTools registers tools in it).
+// The tools root must exist (see Config.WasmTools for the exception). The caller closes the
+// executor: Close waits for the calls in flight and removes every container and VM it made.
+//
+// Before anything else New reaps, in every tier whether or not this process will use it, what
+// processes that died without closing their sandboxes left under c's directories (containers,
+// VMs, their processes, cgroups, mounts, state and run dirs) and their keepers could not reap.
+// When there is nothing to reap this costs a few system calls per tier.
 func New(c Config) (*executor.Executor, error) {
+	rootGiven := c.ToolsRoot != "" || c.Oci.BundleRoot != "" || os.Getenv(EnvTools) != ""
+	registers := len(c.NativeTools)+len(c.WasmTools) > 0
 	c = c.WithDefaults()
-	log := c.Logger
-	cat, err := catalog.Open(c.ToolsRoot)
-	if err != nil {
-		return nil, fmt.Errorf("%w (set --tools, %s or tools_root in the config)", err, EnvTools)
+	var cat *catalog.Catalog
+	if _, err := os.Stat(c.ToolsRoot); err == nil || rootGiven || !registers {
+		if cat, err = catalog.Open(c.ToolsRoot); err != nil {
+			return nil, fmt.Errorf("%w (set --tools, %s or tools_root in the config)", err, EnvTools)
+		}
 	}
-	sbs := Sandboxes(c)
+	sbs, err := sandboxes(c)
+	if err != nil {
+		return nil, err
+	}
 	e, err := executor.New(executor.Config{
 		Catalog:        cat,
 		Sandboxes:      sbs,
@@ -33,25 +51,37 @@ func New(c Config) (*executor.Executor, error) {
 		DefaultTimeout: time.Duration(c.DefaultTimeout),
 		MaxTimeout:     time.Duration(c.MaxTimeout),
 		MaxMemoryMB:    c.MaxMemoryMB,
-		Logger:         log,
+		Logger:         c.Logger,
 	})
 	if err != nil {
-		for _, s := range sbs {
-			s.Close()
-		}
+		closeAll(sbs)
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return e, nil
 }
 
-// Sandboxes returns one sandbox per tier that is not disabled; the isolating tiers are set up on
-// first use. The caller closes them.
-//
-// Before anything else it reaps, in every tier whether or not this process will use it, what
-// processes that died without closing their sandboxes left under c's directories (containers,
-// VMs, their processes, cgroups, mounts, state and run dirs) and their keepers could not reap.
-// When there is nothing to reap this costs a few system calls per tier.
-func Sandboxes(c Config) []sandbox.Sandbox {
+// Tiers probes every tier as New would set it up from c, without a tools root: what `axoiso
+// tiers` prints. A disabled tier is unavailable and says so.
+func Tiers(ctx context.Context, c Config) []executor.TierStatus {
+	c.NativeTools, c.WasmTools = nil, nil
+	sbs, _ := sandboxes(c) // without tools to register, nothing fails
+	defer closeAll(sbs)
+	out := make([]executor.TierStatus, 0, len(isolation.Tiers()))
+	for _, t := range isolation.Tiers() {
+		st := executor.TierStatus{Tier: t, Availability: isolation.Availability{Reason: "disabled in the config or not built into this binary", Fix: "remove it from disable_tiers"}}
+		for _, s := range sbs {
+			if s.Tier() == t {
+				st.Availability = s.Probe(ctx)
+			}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// sandboxes returns one sandbox per tier that is not disabled, with c's tools registered, after
+// reaping what dead owners left (see New). The caller closes them.
+func sandboxes(c Config) ([]sandbox.Sandbox, error) {
 	c = c.WithDefaults()
 	log := c.Logger
 	if log == nil {
@@ -67,18 +97,73 @@ func Sandboxes(c Config) []sandbox.Sandbox {
 		disabled[t] = true
 	}
 	var sbs []sandbox.Sandbox
-	add := func(s sandbox.Sandbox) {
-		if disabled[s.Tier().String()] {
-			s.Close()
-			return
+	fail := func(err error) ([]sandbox.Sandbox, error) {
+		closeAll(sbs)
+		return nil, err
+	}
+	// Every name once, across both tiers and the built-ins: which one would run is otherwise
+	// a matter of registration order.
+	names := map[string]bool{}
+	twice := func(name string) error {
+		if names[name] {
+			return &isolation.Error{Kind: isolation.ErrInvalidTool, Tool: name, Message: "registered twice (the built-ins echo and json-stats included)"}
 		}
-		sbs = append(sbs, s)
+		names[name] = true
+		return nil
 	}
-	add(native.NewWithBuiltins())
+	nat := native.NewWithBuiltins()
+	for _, t := range nat.Builtins() {
+		names[t.Name] = true
+	}
+	for _, t := range c.NativeTools {
+		if err := twice(t.Name); err != nil {
+			return fail(err)
+		}
+		if err := nat.Register(t); err != nil {
+			return fail(err)
+		}
+	}
+	if disabled[isolation.TierNone.String()] {
+		if len(c.NativeTools) > 0 {
+			return fail(fmt.Errorf("config: NativeTools registered with the None tier in disable_tiers"))
+		}
+		nat.Close()
+	} else {
+		sbs = append(sbs, nat)
+	}
 	for _, b := range tierBuilders {
-		add(&lazyTier{tier: b.tier, build: func() (sandbox.Sandbox, error) { return b.build(c, log) }, log: log})
+		if disabled[b.tier.String()] {
+			if b.tier == isolation.TierWasm && len(c.WasmTools) > 0 {
+				return fail(fmt.Errorf("config: WasmTools registered with the Wasmtime tier in disable_tiers"))
+			}
+			continue
+		}
+		if b.tier == isolation.TierWasm && len(c.WasmTools) > 0 {
+			s, err := b.build(c, log)
+			if err != nil {
+				return fail(err)
+			}
+			sbs = append(sbs, s)
+			ws := s.(*wasm.Sandbox)
+			for _, t := range c.WasmTools {
+				if err := twice(t.Name); err != nil {
+					return fail(err)
+				}
+				if err := ws.Register(t); err != nil {
+					return fail(err)
+				}
+			}
+			continue
+		}
+		sbs = append(sbs, &lazyTier{tier: b.tier, build: func() (sandbox.Sandbox, error) { return b.build(c, log) }, log: log})
 	}
-	return sbs
+	return sbs, nil
+}
+
+func closeAll(sbs []sandbox.Sandbox) {
+	for _, s := range sbs {
+		s.Close()
+	}
 }
 
 // tierBuilders construct the isolating tiers; each tier's file adds itself.

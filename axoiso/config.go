@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox/native"
+	"github.com/axocoatl/isolation/sandbox/wasm"
 )
 
 // Defaults. The tools root is also the Oci tier's bundle_root: a folder of tool folders, each a
@@ -22,6 +24,9 @@ const (
 	EnvTools          = "AXOISO_TOOLS"
 	EnvConfig         = "AXOISO_CONFIG"
 )
+
+// defaultToolsRoot is DefaultToolsRoot; tests change it.
+var defaultToolsRoot = DefaultToolsRoot
 
 // Config is the whole configuration. JSON field names are the config file's.
 type Config struct {
@@ -57,9 +62,19 @@ type Config struct {
 	// Fleet configures serve --nats, worker, fleet and tool (package fleet); their flags win.
 	Fleet FleetConfig `json:"fleet"`
 
-	// Logger receives the executor's and the tiers' logs (nothing is logged when nil). Not part
-	// of the config file.
+	// The fields below are for programs that embed the executor (New); they are not part of the
+	// config file.
+	//
+	// Logger receives the executor's and the tiers' logs (nothing is logged when nil).
 	Logger *slog.Logger `json:"-"`
+	// NativeTools are Go functions run in this process (the None tier: no isolation, for code
+	// you trust), besides the built-ins echo and json-stats.
+	NativeTools []native.Tool `json:"-"`
+	// WasmTools are Wasm tools whose modules are in memory: they need no tool folder. With
+	// either list set and no tools root given (ToolsRoot, oci.bundle_root, $AXOISO_TOOLS), a
+	// missing default root is no error: the executor then has no tool folders. A tool folder
+	// of the same name as a registered tool shadows it; a name registered twice is an error.
+	WasmTools []wasm.Tool `json:"-"`
 }
 
 // FleetConfig is the fleet's part of the config file.
@@ -249,7 +264,7 @@ func (c Config) WithDefaults() Config {
 		c.ToolsRoot = c.Oci.BundleRoot
 	}
 	if c.ToolsRoot == "" {
-		c.ToolsRoot = DefaultToolsRoot
+		c.ToolsRoot = defaultToolsRoot
 	}
 	c.Oci.BundleRoot = c.ToolsRoot
 	if c.Oci.StateRoot == "" {

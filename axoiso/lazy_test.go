@@ -13,7 +13,10 @@ func TestTiersAreSetUpOnFirstUse(t *testing.T) {
 	c := Config{ToolsRoot: t.TempDir(), CacheDir: t.TempDir(), DataDir: t.TempDir()}
 	c.Oci.StateRoot = t.TempDir()
 	c.VM.RunDir = t.TempDir()
-	sbs := Sandboxes(c)
+	sbs, err := sandboxes(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(sbs) != 4 {
 		t.Fatalf("%d sandboxes, want one per tier", len(sbs))
 	}
@@ -49,7 +52,7 @@ func TestTiersAreSetUpOnFirstUse(t *testing.T) {
 	if a := lazy[isolation.TierOCI].Probe(context.Background()); a.Available {
 		t.Fatalf("Oci after Close: %+v", a)
 	}
-	_, err := lazy[isolation.TierOCI].Run(context.Background(), sandboxCall())
+	_, err = lazy[isolation.TierOCI].Run(context.Background(), sandboxCall())
 	if !errors.Is(err, isolation.ErrTierUnavailable) {
 		t.Fatalf("Run after Close: %v", err)
 	}
@@ -57,7 +60,11 @@ func TestTiersAreSetUpOnFirstUse(t *testing.T) {
 
 func TestDisabledTiersAreLeftOut(t *testing.T) {
 	c := Config{ToolsRoot: t.TempDir(), DisableTiers: []string{"Oci", "Firecracker"}}
-	for _, s := range Sandboxes(c) {
+	sbs, err := sandboxes(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sbs {
 		if s.Tier() == isolation.TierOCI || s.Tier() == isolation.TierMicroVM {
 			t.Fatalf("disabled tier %s is present", s.Tier())
 		}

@@ -29,7 +29,7 @@ func BenchmarkValidateInput(b *testing.B) {
 		{"anyOf64-x-1000-objects", `{"type":"array","items":{"anyOf":[` + strings.Join(anyOfWide, ",") + `]}}`,
 			"[" + strings.TrimSuffix(strings.Repeat(`{"k63":1},`, 1000), ",") + "]"},
 	} {
-		tl, err := catalog.NewBuiltin("b", isolation.RequireNativeTrusted, "", []byte(bc.schema))
+		tl, err := catalog.NewBuiltin("b", catalog.Manifest{Runtime: isolation.RequireNativeTrusted, InputSchema: []byte(bc.schema)})
 		if err != nil {
 			b.Fatal(err)
 		}

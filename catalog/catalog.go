@@ -346,13 +346,21 @@ func parseManifest(raw []byte) (*Manifest, error) {
 		return nil, errors.New("\"runtime\" is required")
 	}
 	m.Manifest.Runtime = *m.Runtime
-	if m.TimeoutMS < 0 || m.TimeoutMS > MaxTimeoutMS {
-		return nil, fmt.Errorf("timeout_ms %d is out of range: 1..%d (0 or absent: the default)", m.TimeoutMS, MaxTimeoutMS)
-	}
-	if m.MemoryMB < 0 || m.MemoryMB > MaxMemoryMB {
-		return nil, fmt.Errorf("memory_mb %d is out of range: 1..%d (0 or absent: the default)", m.MemoryMB, MaxMemoryMB)
+	if err := m.checkLimits(); err != nil {
+		return nil, err
 	}
 	return &m.Manifest, nil
+}
+
+// checkLimits refuses timeout_ms and memory_mb out of range.
+func (m *Manifest) checkLimits() error {
+	if m.TimeoutMS < 0 || m.TimeoutMS > MaxTimeoutMS {
+		return fmt.Errorf("timeout_ms %d is out of range: 1..%d (0 or absent: the default)", m.TimeoutMS, MaxTimeoutMS)
+	}
+	if m.MemoryMB < 0 || m.MemoryMB > MaxMemoryMB {
+		return fmt.Errorf("memory_mb %d is out of range: 1..%d (0 or absent: the default)", m.MemoryMB, MaxMemoryMB)
+	}
+	return nil
 }
 
 // resolveEntrypoint finds rel inside the tool folder: a relative, local path, opened through the
@@ -378,28 +386,33 @@ func truncate(s string, n int) string {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// NewBuiltin returns a catalog entry for a tool that has no folder (a registered in-process
-// function), or an error matching isolation.ErrInvalidToolName or isolation.ErrInvalidTool.
-func NewBuiltin(name string, runtime isolation.RuntimeRequirement, description string, inputSchema []byte) (*Tool, error) {
+// NewBuiltin returns the catalog entry of a tool that has no folder (a registered in-process
+// function, a Wasm module held in memory), checked by the rules tool.json is checked by: a valid
+// name, a runtime that needs no folder (not ContainerImage), no entrypoint or base, timeout_ms and
+// memory_mb in range, an input schema that compiles. Errors match isolation.ErrInvalidToolName or
+// isolation.ErrInvalidTool.
+func NewBuiltin(name string, m Manifest) (*Tool, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	t := &Tool{Name: name, Manifest: Manifest{Runtime: runtime, Description: description, InputSchema: inputSchema}}
-	if len(inputSchema) > 0 && string(inputSchema) != "null" {
-		s, err := compileSchema(name, inputSchema)
+	switch {
+	case m.Runtime == isolation.RequireContainerImage:
+		return nil, invalidTool(name, "runtime ContainerImage needs a tool folder (an OCI bundle)")
+	case m.Entrypoint != "":
+		return nil, invalidTool(name, "a tool without a folder has no entrypoint (%q)", truncate(m.Entrypoint, 80))
+	case m.Base != "":
+		return nil, invalidTool(name, "a tool without a folder has no base (%q)", truncate(m.Base, 80))
+	}
+	if err := m.checkLimits(); err != nil {
+		return nil, invalidTool(name, "%v", err)
+	}
+	t := &Tool{Name: name, Manifest: m}
+	if len(m.InputSchema) > 0 && string(m.InputSchema) != "null" {
+		s, err := compileSchema(name, m.InputSchema)
 		if err != nil {
 			return nil, invalidTool(name, "input_schema: %v", err)
 		}
 		t.schema = s
 	}
 	return t, nil
-}
-
-// Builtin is NewBuiltin for built-ins fixed at build time: it panics on an invalid name or schema.
-func Builtin(name string, runtime isolation.RuntimeRequirement, description string, inputSchema []byte) *Tool {
-	t, err := NewBuiltin(name, runtime, description, inputSchema)
-	if err != nil {
-		panic(fmt.Sprintf("built-in %q: %v", name, err))
-	}
-	return t
 }

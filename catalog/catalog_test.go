@@ -260,3 +260,37 @@ func TestBase(t *testing.T) {
 		t.Errorf("base removed: err = %v, want invalid_tool", err)
 	}
 }
+
+// TestNewBuiltinRules: a tool registered without a folder is checked by tool.json's rules.
+func TestNewBuiltinRules(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tool string
+		m    catalog.Manifest
+		want error // nil: accepted
+	}{
+		{"native", "f", catalog.Manifest{Runtime: isolation.RequireNativeTrusted, InputSchema: []byte(`{"type":"object"}`)}, nil},
+		{"wasm with limits", "w", catalog.Manifest{Runtime: isolation.RequireWasm, TimeoutMS: 1, MemoryMB: 1}, nil},
+		{"bad name", "a/b", catalog.Manifest{Runtime: isolation.RequireNativeTrusted}, isolation.ErrInvalidToolName},
+		{"container image", "c", catalog.Manifest{Runtime: isolation.RequireContainerImage}, isolation.ErrInvalidTool},
+		{"entrypoint", "e", catalog.Manifest{Runtime: isolation.RequireWasm, Entrypoint: "m.wasm"}, isolation.ErrInvalidTool},
+		{"base", "b", catalog.Manifest{Runtime: isolation.RequireShell, Base: "pybase"}, isolation.ErrInvalidTool},
+		{"negative timeout", "t", catalog.Manifest{Runtime: isolation.RequireWasm, TimeoutMS: -1}, isolation.ErrInvalidTool},
+		{"timeout over a day", "t", catalog.Manifest{Runtime: isolation.RequireWasm, TimeoutMS: catalog.MaxTimeoutMS + 1}, isolation.ErrInvalidTool},
+		{"memory over 1 TiB", "m", catalog.Manifest{Runtime: isolation.RequireWasm, MemoryMB: catalog.MaxMemoryMB + 1}, isolation.ErrInvalidTool},
+		{"schema cycle", "s", catalog.Manifest{Runtime: isolation.RequireNativeTrusted, InputSchema: []byte(`{"$ref":"#"}`)}, isolation.ErrInvalidTool},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tl, err := catalog.NewBuiltin(tc.tool, tc.m)
+			if tc.want == nil {
+				if err != nil || tl.Name != tc.tool || tl.Runtime != tc.m.Runtime || tl.TimeoutMS != tc.m.TimeoutMS || tl.Dir != "" {
+					t.Fatalf("NewBuiltin = %+v, %v", tl, err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("NewBuiltin = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

@@ -133,7 +133,7 @@ func FuzzSchemaValidate(f *testing.F) {
 	f.Add([]byte(schemaSeeds[4]), []byte(strings.Repeat("[", 30)+strings.Repeat("]", 30)))
 	f.Add([]byte(schemaSeeds[3]), []byte(strings.Repeat(`{"children":[`, 200)+strings.Repeat("]}", 200)))
 	f.Fuzz(func(t *testing.T, schema, input []byte) {
-		tl, err := catalog.NewBuiltin("f", isolation.RequireNativeTrusted, "", schema)
+		tl, err := catalog.NewBuiltin("f", catalog.Manifest{Runtime: isolation.RequireNativeTrusted, InputSchema: schema})
 		if err != nil {
 			if !errors.Is(err, isolation.ErrInvalidTool) && !errors.Is(err, isolation.ErrInvalidToolName) {
 				t.Fatalf("NewBuiltin: untyped error %v", err)
@@ -288,7 +288,7 @@ func FuzzSchemaGraph(f *testing.F) {
 			parts[i] = fmt.Sprintf(`"d%d":{"$id":"d%d.json","$anchor":"a%d","$dynamicAnchor":"dyn%d",%s}`, i, i, i, i, body())
 		}
 		schema := `{"$defs":{` + strings.Join(parts, ",") + `},` + body() + `}`
-		tl, err := catalog.NewBuiltin("g", isolation.RequireNativeTrusted, "", []byte(schema))
+		tl, err := catalog.NewBuiltin("g", catalog.Manifest{Runtime: isolation.RequireNativeTrusted, InputSchema: []byte(schema)})
 		if err != nil {
 			if !errors.Is(err, isolation.ErrInvalidTool) {
 				t.Fatalf("untyped error %v", err)

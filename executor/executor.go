@@ -21,7 +21,7 @@ import (
 
 // Config configures an Executor. It is copied by New; later changes have no effect.
 type Config struct {
-	// Catalog is the tools root. Required.
+	// Catalog is the tools root (nil: no tool folders, only the sandboxes' built-in tools).
 	Catalog *catalog.Catalog
 	// Sandboxes are the tiers this executor may use, at most one per tier. Tiers without a sandbox
 	// are reported unavailable.
@@ -149,9 +149,6 @@ type Executor struct {
 
 // New returns an Executor.
 func New(cfg Config) (*Executor, error) {
-	if cfg.Catalog == nil {
-		return nil, errors.New("executor: Config.Catalog is required")
-	}
 	if err := cfg.ceilings(); err != nil {
 		return nil, err
 	}
@@ -168,7 +165,7 @@ func New(cfg Config) (*Executor, error) {
 	return e, nil
 }
 
-// Catalog returns the executor's catalog.
+// Catalog returns the executor's catalog (nil when it has none).
 func (e *Executor) Catalog() *catalog.Catalog { return e.cfg.Catalog }
 
 // Sandbox returns the sandbox of a tier, if configured.
@@ -232,6 +229,15 @@ func (e *Executor) Tiers(ctx context.Context) []TierStatus {
 
 // Tool loads a tool from the catalog, or a built-in of a sandbox that offers built-ins.
 func (e *Executor) Tool(name string) (*catalog.Tool, error) {
+	if e.cfg.Catalog == nil {
+		if err := catalog.ValidateName(name); err != nil {
+			return nil, err
+		}
+		if b, ok := e.builtin(name); ok {
+			return b, nil
+		}
+		return nil, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: name, Message: fmt.Sprintf("no tool %q is registered", name)}
+	}
 	t, err := e.cfg.Catalog.Get(name)
 	if errors.Is(err, isolation.ErrToolNotFound) {
 		if b, ok := e.builtin(name); ok {
@@ -244,17 +250,20 @@ func (e *Executor) Tool(name string) (*catalog.Tool, error) {
 // Tools lists the catalog's tools and the built-ins, sorted by name; a catalog tool shadows a
 // built-in of the same name.
 func (e *Executor) Tools() ([]*catalog.Tool, []error) {
-	tools, errs := e.cfg.Catalog.List()
+	var tools []*catalog.Tool
+	var errs []error
+	if e.cfg.Catalog != nil {
+		tools, errs = e.cfg.Catalog.List()
+	}
 	seen := map[string]bool{}
 	for _, t := range tools {
 		seen[t.Name] = true
 	}
-	for _, s := range e.sandboxes {
-		if b, ok := s.(sandbox.Builtins); ok {
-			for _, bt := range b.Builtins() {
-				if !seen[bt.Name] {
-					tools = append(tools, builtinTool(bt))
-				}
+	for _, b := range e.builtins() {
+		for _, bt := range b.Builtins() {
+			if !seen[bt.Name] {
+				seen[bt.Name] = true
+				tools = append(tools, bt)
 			}
 		}
 	}
@@ -263,16 +272,26 @@ func (e *Executor) Tools() ([]*catalog.Tool, []error) {
 }
 
 func (e *Executor) builtin(name string) (*catalog.Tool, bool) {
-	for _, s := range e.sandboxes {
-		if b, ok := s.(sandbox.Builtins); ok {
-			for _, bt := range b.Builtins() {
-				if bt.Name == name {
-					return builtinTool(bt), true
-				}
+	for _, b := range e.builtins() {
+		for _, bt := range b.Builtins() {
+			if bt.Name == name {
+				return bt, true
 			}
 		}
 	}
 	return nil, false
+}
+
+// builtins are the sandboxes that provide tools of their own, weakest tier first: when two offer
+// the same name, the weaker tier's wins, every time.
+func (e *Executor) builtins() []sandbox.Builtins {
+	var out []sandbox.Builtins
+	for _, t := range isolation.Tiers() {
+		if b, ok := e.sandboxes[t].(sandbox.Builtins); ok {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // Select chooses the tier for a tool under the executor's policy and opts.

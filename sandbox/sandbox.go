@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/catalog"
 )
 
 // The tool I/O protocol, in every tier that has a filesystem.
@@ -190,17 +191,14 @@ type Pooler interface {
 	PoolStats() []PoolStats
 }
 
-// BuiltinTool describes a tool a sandbox provides without a tool folder.
-type BuiltinTool struct {
-	Name        string
-	Description string
-	InputSchema []byte
-}
-
-// Builtins is implemented by sandboxes that provide tools of their own (the in-process tier's
-// registered functions). A tool folder of the same name shadows a built-in.
+// Builtins is implemented by sandboxes that provide tools of their own, without a tool folder
+// (the in-process tier's registered functions, Wasm modules registered from memory). Their
+// entries come from catalog.NewBuiltin, so they obey tool.json's rules; the executor runs them
+// like catalog tools, with Call.Dir and Call.Entrypoint empty. A tool folder of the same name
+// shadows a built-in.
 type Builtins interface {
-	Builtins() []BuiltinTool
+	// Builtins lists the tools, sorted by name.
+	Builtins() []*catalog.Tool
 }
 
 // ContextError is the error of a call whose context ended, as the contract says: its deadline is

@@ -7,9 +7,7 @@ import (
 	"io"
 	"text/tabwriter"
 
-	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/axoiso"
-	"github.com/axocoatl/isolation/executor"
 )
 
 func init() {
@@ -29,20 +27,7 @@ func runTiers(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	sbs := axoiso.Sandboxes(cfg)
-	statuses := make([]executor.TierStatus, 0, len(isolation.Tiers()))
-	for _, t := range isolation.Tiers() {
-		st := executor.TierStatus{Tier: t, Availability: isolation.Availability{Reason: "disabled in the config or not built into this binary", Fix: "remove it from disable_tiers"}}
-		for _, s := range sbs {
-			if s.Tier() == t {
-				st.Availability = s.Probe(ctx)
-			}
-		}
-		statuses = append(statuses, st)
-	}
-	for _, s := range sbs {
-		s.Close()
-	}
+	statuses := axoiso.Tiers(ctx, cfg)
 	if *asJSON {
 		return writeJSON(stdout, statuses)
 	}

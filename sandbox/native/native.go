@@ -32,11 +32,17 @@ type Tool struct {
 // Sandbox runs registered functions. Safe for concurrent use; Close is idempotent.
 type Sandbox struct {
 	mu    sync.RWMutex // protects tools
-	tools map[string]Tool
+	tools map[string]registered
 
 	lifecycle sync.Mutex     // protects closed and the Add side of calls
 	closed    bool           // set by Close; Run fails from then on
 	calls     sync.WaitGroup // calls in flight; Close waits for them
+}
+
+// registered is a Tool and its catalog entry (checked, its schema compiled, at Register).
+type registered struct {
+	Tool
+	entry *catalog.Tool
 }
 
 // ErrClosed is returned by Run after Close.
@@ -45,7 +51,7 @@ var ErrClosed = errors.New("native: sandbox closed")
 // New returns a sandbox with the given tools registered. It panics on a tool Register refuses:
 // its callers pass tools fixed at build time.
 func New(tools ...Tool) *Sandbox {
-	s := &Sandbox{tools: map[string]Tool{}}
+	s := &Sandbox{tools: map[string]registered{}}
 	for _, t := range tools {
 		s.MustRegister(t)
 	}
@@ -65,11 +71,12 @@ func (s *Sandbox) Register(t Tool) error {
 	if t.Func == nil {
 		return &isolation.Error{Kind: isolation.ErrInvalidTool, Tool: t.Name, Message: "no Func"}
 	}
-	if _, err := catalog.NewBuiltin(t.Name, isolation.RequireNativeTrusted, t.Description, t.InputSchema); err != nil {
+	entry, err := catalog.NewBuiltin(t.Name, catalog.Manifest{Runtime: isolation.RequireNativeTrusted, Description: t.Description, InputSchema: t.InputSchema})
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.tools[t.Name] = t
+	s.tools[t.Name] = registered{Tool: t, entry: entry}
 	s.mu.Unlock()
 	return nil
 }
@@ -94,13 +101,13 @@ func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
 	return ""
 }
 
-// Builtins lists the registered tools.
-func (s *Sandbox) Builtins() []sandbox.BuiltinTool {
+// Builtins lists the registered tools (sandbox.Builtins).
+func (s *Sandbox) Builtins() []*catalog.Tool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]sandbox.BuiltinTool, 0, len(s.tools))
+	out := make([]*catalog.Tool, 0, len(s.tools))
 	for _, t := range s.tools {
-		out = append(out, sandbox.BuiltinTool{Name: t.Name, Description: t.Description, InputSchema: t.InputSchema})
+		out = append(out, t.entry)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

@@ -172,10 +172,12 @@ type Sandbox struct {
 	slots  chan struct{}
 	queued atomic.Int64
 
-	mu sync.Mutex // protects files, modules, lru, moduleBytes, closed and every module's refs, elem, evicted, size
+	mu sync.Mutex // protects files, registered, modules, lru, moduleBytes, closed and every module's refs, elem, evicted, size
 	// files remembers each entrypoint's identity (stat) and content hash, so a call costs one stat
 	// unless the file changed. Every entry's hash is a key of modules.
 	files map[string]fileID
+	// registered holds the tools registered from memory (Register), by name.
+	registered map[string]registeredTool
 	// modules holds the compiled modules (and the failed ones: a module that does not compile
 	// fails again at once) by content hash; lru orders them, most recently used first, and
 	// moduleBytes is the sum of their sizes.
@@ -261,12 +263,13 @@ func New(cfg Config) (*Sandbox, error) {
 	}
 	cfg.DefaultMemoryMB = min(cfg.DefaultMemoryMB, MaxMemoryMB)
 	s := &Sandbox{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		pool:    newMemPool(cfg.MaxConcurrency, cfg.heapMemory),
-		slots:   make(chan struct{}, cfg.MaxConcurrency),
-		files:   map[string]fileID{},
-		modules: map[[32]byte]*module{},
+		cfg:        cfg,
+		log:        cfg.Logger,
+		pool:       newMemPool(cfg.MaxConcurrency, cfg.heapMemory),
+		slots:      make(chan struct{}, cfg.MaxConcurrency),
+		files:      map[string]fileID{},
+		registered: map[string]registeredTool{},
+		modules:    map[[32]byte]*module{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -394,49 +397,62 @@ func (s *Sandbox) enter() bool {
 	return true
 }
 
-// acquire returns the compiled module of call's entrypoint, compiling it when its content is
-// new, with a reference the caller gives back with release. A module that does not compile is an
-// isolation.ErrInvalidTool error naming the tool and the compile error.
+// acquire returns the compiled module of call's entrypoint (or, without one, of the module
+// registered as call.Tool), compiling it when its content is new, with a reference the caller
+// gives back with release. A module that does not compile is an isolation.ErrInvalidTool error
+// naming the tool and the compile error.
 func (s *Sandbox) acquire(ctx context.Context, call sandbox.Call) (*module, error) {
 	path := call.Entrypoint
 	invalid := func(format string, args ...any) error {
 		return &isolation.Error{Kind: isolation.ErrInvalidTool, Tool: call.Tool, Message: fmt.Sprintf(format, args...)}
 	}
-	if path == "" || !filepath.IsAbs(path) {
+	var m *module
+	switch {
+	case path == "":
+		s.mu.Lock()
+		r, ok := s.registered[call.Tool]
+		var fresh bool
+		if ok {
+			m, fresh = s.cached(r.hash)
+		}
+		s.mu.Unlock()
+		if !ok {
+			return nil, &isolation.Error{Kind: isolation.ErrToolNotFound, Tool: call.Tool, Message: "no Wasm module is registered under this name"}
+		}
+		if fresh {
+			s.compile(ctx, "registered module "+call.Tool, r.module, m)
+			s.compiled(m)
+		}
+	case !filepath.IsAbs(path):
 		return nil, fmt.Errorf("wasm: entrypoint %q is not an absolute path", path)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, invalid("module: %v", err)
-	}
-	id, err := fileIdentity(path, fi)
-	if err != nil {
-		return nil, invalid("%v", err)
-	}
-	s.mu.Lock()
-	m := s.known(path, id)
-	s.mu.Unlock()
-	if m == nil {
-		bin, err := readModule(path)
+	default:
+		fi, err := os.Stat(path)
+		if err != nil {
+			return nil, invalid("module: %v", err)
+		}
+		id, err := fileIdentity(path, fi)
 		if err != nil {
 			return nil, invalid("%v", err)
 		}
-		id.hash = sha256.Sum256(bin)
-		var fresh bool
 		s.mu.Lock()
-		if m = s.modules[id.hash]; m == nil {
-			m = &module{hash: id.hash, paths: map[string]struct{}{}, ready: make(chan struct{})}
-			m.elem = s.lru.PushFront(m)
-			s.modules[id.hash] = m
-			fresh = true
-		}
-		s.files[path] = id
-		m.paths[path] = struct{}{}
-		s.use(m)
+		m = s.known(path, id)
 		s.mu.Unlock()
-		if fresh {
-			s.compile(ctx, path, bin, m)
-			s.compiled(m)
+		if m == nil {
+			bin, err := readModule(path)
+			if err != nil {
+				return nil, invalid("%v", err)
+			}
+			id.hash = sha256.Sum256(bin)
+			s.mu.Lock()
+			var fresh bool
+			m, fresh = s.cached(id.hash)
+			s.files[path] = id
+			m.paths[path] = struct{}{}
+			s.mu.Unlock()
+			if fresh {
+				s.compile(ctx, path, bin, m)
+				s.compiled(m)
+			}
 		}
 	}
 	select {
@@ -450,6 +466,19 @@ func (s *Sandbox) acquire(ctx context.Context, call sandbox.Call) (*module, erro
 		return nil, invalid("%v", m.err)
 	}
 	return m, nil
+}
+
+// cached returns the module of content hash with a reference taken, adding an entry when there
+// is none (fresh: the caller compiles it, then calls compiled). s.mu is held.
+func (s *Sandbox) cached(hash [32]byte) (m *module, fresh bool) {
+	if m = s.modules[hash]; m == nil {
+		m = &module{hash: hash, paths: map[string]struct{}{}, ready: make(chan struct{})}
+		m.elem = s.lru.PushFront(m)
+		s.modules[hash] = m
+		fresh = true
+	}
+	s.use(m)
+	return m, fresh
 }
 
 // fileIdentity is what tells a changed file from the one already compiled.
