@@ -81,7 +81,10 @@ func TestLazyTierForwardsOptionalInterfaces(t *testing.T) {
 	c := Config{ToolsRoot: t.TempDir(), CacheDir: t.TempDir(), DataDir: t.TempDir()}
 	c.Oci.StateRoot = t.TempDir()
 	c.VM.RunDir = t.TempDir()
-	sbs := Sandboxes(c)
+	sbs, err := sandboxes(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer func() {
 		for _, s := range sbs {
 			s.Close()
