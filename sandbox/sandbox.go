@@ -161,7 +161,10 @@ type Preparer interface {
 
 // Setupper is implemented by sandboxes with per-tool work that is the platform's cost, not the
 // tool's (compiling a module the first time it is seen). The executor calls Setup before every
-// call, before the call's timeout starts; Setup must be cheap once the work is done.
+// call, before the call's timeout starts; Setup must be cheap once the work is done. Both exist
+// because they run at different times for different reasons: Prepare ahead of any call, by
+// choice (`serve --prepare`, a pool to fill), Setup on every call's path, so that a first call's
+// timeout does not pay the platform's one-time cost.
 type Setupper interface {
 	Setup(ctx context.Context, call Call) error
 }

@@ -25,6 +25,15 @@ import (
 	"github.com/axocoatl/isolation/sandbox/microvm/internal/vmimage"
 )
 
+// The optional interfaces of package sandbox this tier has.
+var (
+	_ sandbox.Setupper        = (*Sandbox)(nil)
+	_ sandbox.Preparer        = (*Sandbox)(nil)
+	_ sandbox.MemoryDefaulter = (*Sandbox)(nil)
+	_ sandbox.Pooler          = (*Sandbox)(nil)
+	_ sandbox.BaseSupporter   = (*Sandbox)(nil)
+)
+
 // Defaults and bounds.
 const (
 	DefaultMemoryMB = 256

@@ -17,6 +17,9 @@ import (
 	"github.com/axocoatl/isolation/sandbox"
 )
 
+// The optional interface of package sandbox this tier has.
+var _ sandbox.Builtins = (*Sandbox)(nil)
+
 // Func is a trusted tool. It must honour ctx: the sandbox returns at the deadline, but cannot stop
 // a function that ignores it.
 type Func func(ctx context.Context, input json.RawMessage) (json.RawMessage, error)

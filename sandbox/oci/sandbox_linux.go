@@ -53,10 +53,13 @@ type Sandbox struct {
 	calls sync.WaitGroup
 }
 
+// The optional interfaces of package sandbox this tier has.
 var (
-	_ sandbox.Sandbox  = (*Sandbox)(nil)
-	_ sandbox.Preparer = (*Sandbox)(nil)
-	_ sandbox.Pooler   = (*Sandbox)(nil)
+	_ sandbox.Sandbox         = (*Sandbox)(nil)
+	_ sandbox.Preparer        = (*Sandbox)(nil)
+	_ sandbox.Pooler          = (*Sandbox)(nil)
+	_ sandbox.MemoryDefaulter = (*Sandbox)(nil)
+	_ sandbox.BaseSupporter   = (*Sandbox)(nil)
 )
 
 // New returns the Oci sandbox for cfg. It creates StateRoot and, unless another live Sandbox

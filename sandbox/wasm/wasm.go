@@ -68,6 +68,14 @@ import (
 	"github.com/axocoatl/isolation/sandbox/wasm/internal/wasmbin"
 )
 
+// The optional interfaces of package sandbox this tier has.
+var (
+	_ sandbox.Setupper        = (*Sandbox)(nil)
+	_ sandbox.Preparer        = (*Sandbox)(nil)
+	_ sandbox.MemoryDefaulter = (*Sandbox)(nil)
+	_ sandbox.Queuer          = (*Sandbox)(nil)
+)
+
 // Backend is the Outcome.Backend of this tier.
 const Backend = "wazero"
 
