@@ -39,6 +39,9 @@ func New(c Config) (*executor.Executor, error) {
 			return nil, fmt.Errorf("%w (set --tools, %s or tools_root in the config)", err, EnvTools)
 		}
 	}
+	if err := c.isolationChoice(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	sbs, err := sandboxes(c)
 	if err != nil {
 		return nil, err
@@ -51,6 +54,8 @@ func New(c Config) (*executor.Executor, error) {
 		DefaultTimeout: time.Duration(c.DefaultTimeout),
 		MaxTimeout:     time.Duration(c.MaxTimeout),
 		MaxMemoryMB:    c.MaxMemoryMB,
+		Isolation:      c.Isolation,
+		ToolIsolation:  c.ToolIsolation,
 		Logger:         c.Logger,
 	})
 	if err != nil {

@@ -67,13 +67,14 @@ func TestConfigAcceptsTheDocumentedExample(t *testing.T) {
   "default_timeout": "10s", "max_timeout": "60s",
   "max_memory_mb": {"Wasmtime": 256, "Oci": 1024, "Firecracker": 1024},
   "cache_dir": "/var/cache/axocoatl", "data_dir": "/var/lib/axocoatl", "disable_tiers": ["Firecracker"],
+  "isolation": {"ContainerImage": "Oci"}, "tool_isolation": {},
   "oci": {"state_root": "/run/axocoatl/oci", "use_systemd": false, "backend": "libcontainer",
           "runtime_root": "", "pool_size": 2, "pool_idle": "5m", "pool_max_total": 32,
           "pool_max_memory_mb": 2048, "memory_mb": 256, "pids": 128, "cpus": 1,
           "io_size_mb": 4, "id_user": "axocoatl", "id_slots": 1024},
   "vm": {"pool_size": 0, "snapshot": false, "pool_idle": "5m", "max_shapes": 4,
          "pool_max_total": 4, "pool_max_memory_mb": 2048, "kvm": "off",
-         "vcpus": 1, "firecracker": "", "jailer": {"mode": "auto"}, "kernel_args": ""},
+         "vcpus": 1, "firecracker": "", "jailer": {"mode": "auto"}, "kernel_args": "", "drive_cache_mb": 4096},
   "serve": {"read_header_timeout": "10s", "body_timeout": "10s", "idle_timeout": "60s", "max_mcp_sessions": 256}
 }`
 	c, src, err := ReadConfig(writeConfig(t, body))
@@ -83,7 +84,7 @@ func TestConfigAcceptsTheDocumentedExample(t *testing.T) {
 	if c.Oci.PoolSize != 2 || len(c.DisableTiers) != 1 || !src.Present {
 		t.Errorf("decoded %+v, %+v", c, src)
 	}
-	for _, k := range []string{"oci.pool_size", "vm.jailer.mode", "disable_tiers", "max_memory_mb", "serve.max_mcp_sessions"} {
+	for _, k := range []string{"oci.pool_size", "vm.jailer.mode", "disable_tiers", "max_memory_mb", "serve.max_mcp_sessions", "isolation", "vm.drive_cache_mb"} {
 		if !contains(src.Keys, k) {
 			t.Errorf("keys %v lack %s", src.Keys, k)
 		}

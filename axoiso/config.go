@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/sandbox/native"
 	"github.com/axocoatl/isolation/sandbox/wasm"
 )
@@ -57,6 +58,13 @@ type Config struct {
 	VM VMConfig `json:"vm"`
 	// DisableTiers lists tiers (wire names) not to use at all.
 	DisableTiers []string `json:"disable_tiers,omitempty"`
+	// Isolation chooses the tier a runtime requirement's tools start in, instead of its ideal
+	// one: {"ContainerImage": "Firecracker"} runs container images in microVMs (Oci and
+	// Firecracker are the choices for ContainerImage, Python, Shell and Arbitrary). The chosen
+	// tier is the call's ideal tier: falling back to a weaker one is a downgrade. ToolIsolation
+	// does the same per tool name, and wins.
+	Isolation     map[isolation.RuntimeRequirement]isolation.Tier `json:"isolation,omitempty"`
+	ToolIsolation map[string]isolation.Tier                       `json:"tool_isolation,omitempty"`
 	// Serve configures axoiso serve's connections; its flags win.
 	Serve ServeConfig `json:"serve"`
 	// Fleet configures serve --nats, worker, fleet and tool (package fleet); their flags win.
@@ -179,6 +187,10 @@ type VMConfig struct {
 	// Jailer runs Firecracker through its jailer (chroot, an unprivileged uid/gid, cgroup
 	// limits).
 	Jailer JailerConfig `json:"jailer,omitzero"`
+	// DriveCacheMB caps the root drives of image tools (a container image's or a base image's
+	// rootfs as a read-only ext4 image, kept under data_dir/vm/drives by content digest; default
+	// 4096; negative: no cap). Least recently used drives go first; drives in use stay.
+	DriveCacheMB int `json:"drive_cache_mb,omitempty"`
 }
 
 // JailerConfig configures Firecracker's jailer.
@@ -193,6 +205,33 @@ type JailerConfig struct {
 	GID int `json:"gid,omitempty"`
 	// ChrootBaseDir is where the jails are built (default /srv/jailer).
 	ChrootBaseDir string `json:"chroot_base_dir,omitempty"`
+}
+
+// isolationChoice checks Isolation and ToolIsolation: a tier that can run the requirement (Oci or
+// Firecracker for ContainerImage and the script runtimes, the ideal tier for the others), tool
+// names that are names.
+func (c Config) isolationChoice() error {
+	ok := func(req isolation.RuntimeRequirement, t isolation.Tier) bool {
+		switch req {
+		case isolation.RequireContainerImage, isolation.RequirePython, isolation.RequireShell, isolation.RequireArbitrary:
+			return t == isolation.TierOCI || t == isolation.TierMicroVM
+		}
+		return t == req.IdealTier()
+	}
+	for req, t := range c.Isolation {
+		if !ok(req, t) {
+			return fmt.Errorf("isolation: %s tools cannot run in %s", req, t)
+		}
+	}
+	for name, t := range c.ToolIsolation {
+		if err := catalog.ValidateName(name); err != nil {
+			return fmt.Errorf("tool_isolation: %w", err)
+		}
+		if t != isolation.TierOCI && t != isolation.TierMicroVM {
+			return fmt.Errorf("tool_isolation: %s: choose Oci or Firecracker (a tool's own requirement decides the other tiers)", name)
+		}
+	}
+	return nil
 }
 
 // Duration is a time.Duration written as "10s" in JSON.

@@ -45,6 +45,7 @@ func init() {
 			MaxShapes:       c.VM.MaxShapes,
 			PoolMaxTotal:    c.VM.PoolMaxTotal,
 			PoolMaxMemoryMB: c.VM.PoolMaxMemoryMB,
+			DriveCacheBytes: int64(c.VM.DriveCacheMB) << 20,
 			// The command line is one line, and the agent's own axocoatl.* arguments come first.
 			ExtraCmdline: strings.Join(strings.Fields(c.VM.KernelArgs), " "),
 			Logger:       log,
