@@ -22,20 +22,14 @@ func init() {
 	tierBuilders = append(tierBuilders, tierBuilder{tier: isolation.TierMicroVM, reap: func(c Config, log *slog.Logger) {
 		microvm.ReapDead(c.VM.RunDir, log.With("tier", isolation.TierMicroVM.String()))
 	}, build: func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
-		q := qemu.New()
-		switch c.VM.KVM {
-		case "on":
-			q.KVM = true
-		case "auto":
-			q = qemu.NewKVM()
-		}
+		q := qemu.New(qemu.Config{KVM: c.VM.KVM == "on" || c.VM.KVM == "auto" && qemu.KVMUsable()})
 		jailer, err := c.VM.jailer(hostLookPath, os.Geteuid())
 		if err != nil {
 			return nil, err
 		}
-		return microvm.New(microvm.Options{
+		return microvm.New(microvm.Config{
 			// Firecracker where it probes available (KVM + binary), QEMU microvm otherwise.
-			Drivers:         []microvm.Driver{firecracker.New(firecracker.Options{Binary: c.VM.Firecracker, Jailer: jailer}), q},
+			Drivers:         []microvm.Driver{firecracker.New(firecracker.Config{Binary: c.VM.Firecracker, Jailer: jailer}), q},
 			DataDir:         c.vmDataDir(),
 			RunDir:          c.VM.RunDir,
 			VCPUs:           c.VM.VCPUs,

@@ -65,7 +65,7 @@ func (s *Server) routes() *http.ServeMux {
 // nothing. So an MCP request's context outlives the HTTP server's by up to drainTimeout, enough
 // for the answer; a client that leaves still ends it at once.
 func (s *Server) mcpHandler() http.Handler {
-	h := s.mcp.HTTPHandler(mcpserver.HTTPOptions{MaxBodyBytes: s.cfg.MaxBodyBytes, MaxSessions: s.cfg.MaxMCPSessions, Shutdown: s.shutdown})
+	h := s.mcp.HTTPHandler(mcpserver.HTTPConfig{MaxBodyBytes: s.cfg.MaxBodyBytes, MaxSessions: s.cfg.MaxMCPSessions, Shutdown: s.shutdown})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 		defer cancel()

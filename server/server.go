@@ -231,7 +231,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.limits = newLimiter(cfg.MaxConcurrent, cfg.QueueWait, cfg.MaxConcurrentPerTool, cfg.ToolConcurrency, s.metrics)
 	if !cfg.DisableMCP {
-		s.mcp = mcpserver.New(cfg.Executor, mcpserver.Options{
+		s.mcp = mcpserver.New(cfg.Executor, mcpserver.Config{
 			Name:    "axoiso",
 			Version: cfg.Version,
 			Logger:  s.log.With(slog.String("component", "mcp")),

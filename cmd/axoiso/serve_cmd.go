@@ -119,7 +119,7 @@ func runMCP(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer
 		return err
 	}
 	defer e.Close()
-	return mcpserver.ServeStdio(ctx, e, mcpserver.Options{Version: versionString(), Logger: log, Timeout: *timeout})
+	return mcpserver.ServeStdio(ctx, e, mcpserver.Config{Version: versionString(), Logger: log, Timeout: *timeout})
 }
 
 // prepareAll prepares every tool (compiles Wasm modules, fills warm pools) so first calls are not

@@ -41,7 +41,7 @@ var (
 	benchPython = benchTool{"python", "main.py", pyTrivial, isolation.RequirePython}
 )
 
-func benchCalls(b *testing.B, bt benchTool, opts microvm.Options, beforeEach func(*microvm.Sandbox)) {
+func benchCalls(b *testing.B, bt benchTool, opts microvm.Config, beforeEach func(*microvm.Sandbox)) {
 	s := newSandbox(b, opts)
 	dir, entry := tool(b, bt.file, bt.content, 0o644)
 	c := call("bench", bt.req, dir, entry, `{}`, 20*time.Second)
@@ -120,22 +120,22 @@ func median(d []time.Duration) time.Duration {
 
 func BenchmarkColdCall(b *testing.B) {
 	for _, bt := range []benchTool{benchShell, benchPython} {
-		b.Run(bt.name, func(b *testing.B) { benchCalls(b, bt, microvm.Options{}, nil) })
+		b.Run(bt.name, func(b *testing.B) { benchCalls(b, bt, microvm.Config{}, nil) })
 	}
 	// The guest kernel's CPU side-channel mitigations back on (BaseCmdline turns them off; a
 	// later mitigations= wins): what they cost a cold call. -count interleaves the two.
 	b.Run("shell-mitigations-on", func(b *testing.B) {
-		benchCalls(b, benchShell, microvm.Options{ExtraCmdline: "mitigations=auto"}, nil)
+		benchCalls(b, benchShell, microvm.Config{ExtraCmdline: "mitigations=auto"}, nil)
 	})
 	// The whole root unpacked from the initramfs (what an image without a root drive boots).
 	b.Run("shell-initramfs-root", func(b *testing.B) {
-		benchCalls(b, benchShell, microvm.Options{RootInInitramfs: true}, nil)
+		benchCalls(b, benchShell, microvm.Config{RootInInitramfs: true}, nil)
 	})
 }
 
 func BenchmarkRestoreCall(b *testing.B) {
 	for _, bt := range []benchTool{benchShell, benchPython} {
-		b.Run(bt.name, func(b *testing.B) { benchCalls(b, bt, microvm.Options{Snapshots: true}, nil) })
+		b.Run(bt.name, func(b *testing.B) { benchCalls(b, bt, microvm.Config{Snapshots: true}, nil) })
 	}
 }
 
@@ -148,7 +148,7 @@ func BenchmarkPooledCall(b *testing.B) {
 
 func benchPooled(b *testing.B, bt benchTool, warm bool) {
 	var rss []int64
-	benchCalls(b, bt, microvm.Options{PoolSize: 1, Snapshots: true, WarmPool: warm}, func(s *microvm.Sandbox) {
+	benchCalls(b, bt, microvm.Config{PoolSize: 1, Snapshots: true, WarmPool: warm}, func(s *microvm.Sandbox) {
 		waitPool(b, s, 1)
 		time.Sleep(300 * time.Millisecond) // let the clone settle to idle
 		rss = append(rss, vmmRSS()...)

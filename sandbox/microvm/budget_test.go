@@ -16,7 +16,7 @@ import (
 // 2 VMs never run more than 2 VMMs, and the least recently used shape's pool gives its VMs up
 // first.
 func TestPoolBudget(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 2, PoolMaxTotal: 2, PoolMaxMemoryMB: -1, MaxShapes: 4})
+	s := newSandbox(t, microvm.Config{PoolSize: 2, PoolMaxTotal: 2, PoolMaxMemoryMB: -1, MaxShapes: 4})
 	dir, entry := tool(t, "main.sh", shEcho, 0o644)
 	shapeCall := func(mb int) sandbox.Call {
 		c := call("p", isolation.RequireShell, dir, entry, `{}`, 20*time.Second)

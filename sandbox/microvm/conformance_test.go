@@ -16,7 +16,7 @@ func TestConformance(t *testing.T) {
 		t.Skip("boots a dozen VMs")
 	}
 	sandboxtest.Run(t, func(t *testing.T) sandboxtest.Subject {
-		s := newSandbox(t, microvm.Options{})
+		s := newSandbox(t, microvm.Config{})
 		adir, aentry := tool(t, "answer.sh", "#!/bin/sh\ncat /axocoatl/input.json > /axocoatl/output.json\n", 0o755)
 		hdir, hentry := tool(t, "hang.sh", "#!/bin/sh\nwhile :; do :; done\n", 0o755)
 		pdir, pentry := tool(t, "print.sh", "#!/bin/sh\necho '"+sandboxtest.PrintStdout+"'\necho '"+sandboxtest.PrintStderr+"' >&2\necho '{}' > /axocoatl/output.json\n", 0o755)

@@ -183,7 +183,7 @@ func TestConformanceFakeDriver(t *testing.T) {
 			sandboxtest.Run(t, func(t *testing.T) sandboxtest.Subject {
 				d := &fakeDriver{}
 				runDir := t.TempDir()
-				s, err := microvm.New(microvm.Options{Drivers: []microvm.Driver{d}, DataDir: fakeImage(t), RunDir: runDir, PoolSize: poolSize})
+				s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{d}, DataDir: fakeImage(t), RunDir: runDir, PoolSize: poolSize})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -211,7 +211,7 @@ func TestConformanceFakeDriver(t *testing.T) {
 // fake's boot count runs ahead of the calls) and a closed Sandbox leaves no VMM behind.
 func TestFakeDriverPoolServesCalls(t *testing.T) {
 	d := &fakeDriver{}
-	s, err := microvm.New(microvm.Options{Drivers: []microvm.Driver{d}, DataDir: fakeImage(t), RunDir: t.TempDir(), PoolSize: 2})
+	s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{d}, DataDir: fakeImage(t), RunDir: t.TempDir(), PoolSize: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

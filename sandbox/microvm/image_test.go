@@ -85,7 +85,7 @@ echo image-stderr >&2`
 // A ContainerImage bundle boots in the microVM tier: its rootfs becomes a read-only drive the
 // agent runs the bundle's process on, with its args, env, cwd and user, the same I/O protocol.
 func TestImageTool(t *testing.T) {
-	s := newSandbox(t, microvm.Options{DriveDir: filepath.Join(t.TempDir(), "drives")})
+	s := newSandbox(t, microvm.Config{DriveDir: filepath.Join(t.TempDir(), "drives")})
 	if why := s.Supports(isolation.RequireContainerImage); why != "" {
 		t.Fatalf("Supports(ContainerImage) = %q", why)
 	}
@@ -175,7 +175,7 @@ func hostileExtra(t testing.TB) func(rootfs string) {
 // itself is never written (read-only in the VMM and in the guest).
 func TestImageHostileContents(t *testing.T) {
 	drives := filepath.Join(t.TempDir(), "drives")
-	s := newSandbox(t, microvm.Options{DriveDir: drives})
+	s := newSandbox(t, microvm.Config{DriveDir: drives})
 	dir := busyboxBundle(t, hostileScript, 0, 0, []string{"PATH=/bin"}, "/", hostileExtra(t))
 	o, err := s.Run(context.Background(), imageCall("hostile", dir, `{}`))
 	if err != nil {

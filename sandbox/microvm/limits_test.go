@@ -30,7 +30,7 @@ json.dump({"survived": len(hoard)}, open("/axocoatl/output.json", "w"))
 // A tool that allocates without bound in a VM of the smallest size is stopped by the guest
 // kernel, and the call fails with the memory-limit class, not as a crash or a timeout.
 func TestMemoryBombIsMemoryLimit(t *testing.T) {
-	s := newSandbox(t, microvm.Options{})
+	s := newSandbox(t, microvm.Config{})
 	dir, entry := tool(t, "bomb.py", pyBomb, 0o644)
 	c := call("bomb", isolation.RequirePython, dir, entry, `{}`, 60*time.Second)
 	c.Limits.MemoryMB = microvm.MinMemoryMB
@@ -55,7 +55,7 @@ const orphanHelperEnv = "AXO_VM_ORPHAN_HELPER"
 // orphanHelper runs in the helper process: it keeps one pooled VM at READY and prints
 // "READY <its run dir>" once the VM is up, then blocks until SIGKILLed.
 func orphanHelper(root string) {
-	s, err := microvm.New(microvm.Options{Drivers: []microvm.Driver{qemu.New()}, DataDir: testDataDir, RunDir: root, PoolSize: 1})
+	s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{qemu.New(qemu.Config{})}, DataDir: testDataDir, RunDir: root, PoolSize: 1})
 	if err != nil {
 		fmt.Println("ERROR", err)
 		os.Exit(1)
@@ -129,7 +129,7 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 	if err := os.Mkdir(live, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	m, err := qemu.New().Boot(context.Background(), microvm.BootSpec{ID: "axo-live", RunDir: live,
+	m, err := qemu.New(qemu.Config{}).Boot(context.Background(), microvm.BootSpec{ID: "axo-live", RunDir: live,
 		Kernel: image.Kernel, Initrd: image.Initrd, Cmdline: microvm.BaseCmdline, VCPUs: 1, MemoryMB: microvm.MinMemoryMB})
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +139,7 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 		t.Fatalf("the orphan VMM under %s is not running", live)
 	}
 
-	s, err := microvm.New(microvm.Options{Drivers: []microvm.Driver{qemu.New()}, DataDir: testDataDir, RunDir: root})
+	s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{qemu.New(qemu.Config{})}, DataDir: testDataDir, RunDir: root})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,8 +55,8 @@ const (
 	responseGrace = 3 * time.Second
 )
 
-// Options configure a Sandbox.
-type Options struct {
+// Config configures a Sandbox.
+type Config struct {
 	// Drivers are the VMM backends in order of preference (Firecracker first, then QEMU); the
 	// first whose Probe says Available is used.
 	Drivers []Driver
@@ -131,7 +131,7 @@ type Stats struct {
 
 // Sandbox is the microVM tier. Safe for concurrent use; Close is idempotent.
 type Sandbox struct {
-	opts   Options
+	opts   Config
 	log    *slog.Logger
 	runDir string // this process's private run dir
 	// runLock holds a shared flock on runDir (nil outside Linux); keep is the keeper that reaps
@@ -193,8 +193,8 @@ type snapEntry struct {
 }
 
 // New returns the tier. It creates its run directory, starts the keeper that reaps it if this
-// process dies without Close, and reaps what dead earlier processes left under Options.RunDir.
-func New(opts Options) (*Sandbox, error) {
+// process dies without Close, and reaps what dead earlier processes left under Config.RunDir.
+func New(opts Config) (*Sandbox, error) {
 	if opts.DataDir == "" {
 		opts.DataDir = vmimage.DefaultDataDir
 	}

@@ -144,14 +144,14 @@ func leftovers() string {
 	return strings.Join(out, ", ")
 }
 
-func newSandbox(t testing.TB, opts microvm.Options) *microvm.Sandbox {
+func newSandbox(t testing.TB, opts microvm.Config) *microvm.Sandbox {
 	t.Helper()
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
 	// AXO_QEMU_VIRTIO=1 puts the agent on a virtio-console port (the suite then tests that
 	// channel; A/B measurements).
-	opts.Drivers = []microvm.Driver{&qemu.Driver{Binary: "qemu-system-x86_64", VirtioConsole: os.Getenv("AXO_QEMU_VIRTIO") != ""}}
+	opts.Drivers = []microvm.Driver{qemu.New(qemu.Config{VirtioConsole: os.Getenv("AXO_QEMU_VIRTIO") != ""})}
 	opts.DataDir = testDataDir
 	opts.ExtraCmdline = strings.TrimSpace(opts.ExtraCmdline + " " + os.Getenv("AXO_VM_CMDLINE"))
 	opts.RunDir = runRoot
@@ -214,7 +214,7 @@ echo shell-stderr >&2
 `
 
 func TestRunTools(t *testing.T) {
-	s := newSandbox(t, microvm.Options{})
+	s := newSandbox(t, microvm.Config{})
 	cases := []struct {
 		name    string
 		req     isolation.RuntimeRequirement
@@ -269,7 +269,7 @@ func TestRunTools(t *testing.T) {
 }
 
 func TestSpinningToolTimesOut(t *testing.T) {
-	s := newSandbox(t, microvm.Options{})
+	s := newSandbox(t, microvm.Config{})
 	dir, entry := tool(t, "spin", "#!/bin/sh\nwhile :; do :; done\n", 0o755)
 	start := time.Now()
 	_, err := s.Run(context.Background(), call("spin", isolation.RequireArbitrary, dir, entry, `{}`, 1500*time.Millisecond))
@@ -280,7 +280,7 @@ func TestSpinningToolTimesOut(t *testing.T) {
 }
 
 func TestContextCancelKillsVM(t *testing.T) {
-	s := newSandbox(t, microvm.Options{})
+	s := newSandbox(t, microvm.Config{})
 	dir, entry := tool(t, "main.sh", "sleep 60\n", 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
@@ -303,7 +303,7 @@ func TestContextCancelKillsVM(t *testing.T) {
 // The tool tries to read a host file, write a host path and dial a host loopback port; all three
 // must fail, and the host must see no trace.
 func TestToolCannotReachHost(t *testing.T) {
-	s := newSandbox(t, microvm.Options{})
+	s := newSandbox(t, microvm.Config{})
 	hostDir := t.TempDir()
 	secret := filepath.Join(hostDir, "secret")
 	if err := os.WriteFile(secret, []byte("host-secret"), 0o644); err != nil {
@@ -385,7 +385,7 @@ json.dump({"rand": os.urandom(16).hex(), "host": socket.gethostname()}, open("/a
 
 // Pooled VMs refilled from one snapshot must not share random state or identity.
 func TestPoolFromSnapshotClonesDiffer(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 1, Snapshots: true, WarmPool: true})
+	s := newSandbox(t, microvm.Config{PoolSize: 1, Snapshots: true, WarmPool: true})
 	dir, entry := tool(t, "rand.py", pyRandom, 0o644)
 	seen := map[string]string{}
 	for i := 0; i < 3; i++ {
@@ -436,13 +436,13 @@ printf '{"rootfs":"%s","mem_mb":%s}' "$t" "$m" > /axocoatl/output.json
 func TestRootDriveAndInitramfsRoot(t *testing.T) {
 	cases := []struct {
 		name   string
-		opts   microvm.Options
+		opts   microvm.Config
 		memMB  int
 		want   string
 		maxMem int // the guest's MemTotal must be at most this (MiB): the shape's floor applied
 	}{
-		{"drive-128mb", microvm.Options{}, 128, "ext4", 128},
-		{"initramfs", microvm.Options{RootInInitramfs: true}, 128, "rootfs", microvm.MinMemoryMB},
+		{"drive-128mb", microvm.Config{}, 128, "ext4", 128},
+		{"initramfs", microvm.Config{RootInInitramfs: true}, 128, "rootfs", microvm.MinMemoryMB},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -484,7 +484,7 @@ printf '{"pre":"%s","files":"%s","top":"%s","host":"%s"}' "$pre" "$files" "$top"
 // A pooled VM rehearsed a throw-away call before it waited (guest.Hello.Rehearse): the real call
 // must find no trace of it, and the agent must report where its time went.
 func TestPooledCallAfterRehearsalIsPristine(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 1, Snapshots: true})
+	s := newSandbox(t, microvm.Config{PoolSize: 1, Snapshots: true})
 	dir, entry := tool(t, "probe.sh", shPristine, 0o644)
 	for i := 0; i < 2; i++ {
 		if i > 0 {
@@ -532,7 +532,7 @@ func TestProbeWithoutImage(t *testing.T) {
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
-	s, err := microvm.New(microvm.Options{Drivers: []microvm.Driver{qemu.New()}, DataDir: t.TempDir(), RunDir: runRoot})
+	s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{qemu.New(qemu.Config{})}, DataDir: t.TempDir(), RunDir: runRoot})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -568,7 +568,7 @@ func (l *lockedBuffer) String() string {
 // the steps are in order and the kernel's part (before the agent) is not zero.
 func TestColdBootReportsGuestSpans(t *testing.T) {
 	var logs lockedBuffer
-	s := newSandbox(t, microvm.Options{Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	s := newSandbox(t, microvm.Config{Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	dir, entry := tool(t, "main.sh", shEcho, 0o755)
 	if _, err := s.Run(context.Background(), call("spans", isolation.RequireShell, dir, entry, `1`, 20*time.Second)); err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 
 // pool holds booted VMs of one shape waiting at READY. Each VM serves one call. Each ready VM
 // (and each being booted for the pool) holds a reservation of its guest memory from the tier's
-// pool budget (Options.PoolMaxTotal, PoolMaxMemoryMB) until it leaves the ready list.
+// pool budget (Config.PoolMaxTotal, PoolMaxMemoryMB) until it leaves the ready list.
 type pool struct {
 	bp *poolbudget.Pool // its budget membership; set at creation
 	mb int              // the guest memory of its VMs: what each reserves

@@ -68,7 +68,7 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // filter, in a cgroup of its own whose memory limit is guest RAM plus the VMM's margin; pooled
 // VMs and snapshot restores (which pass the migration stream by descriptor) still serve calls.
 func TestVMMRunsWithLeastPrivilege(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 1, Snapshots: true})
+	s := newSandbox(t, microvm.Config{PoolSize: 1, Snapshots: true})
 	dir, entry := tool(t, "main.sh", shEcho, 0o644)
 	c := call("priv", isolation.RequireShell, dir, entry, `{"k":2}`, 30*time.Second)
 	if err := s.Prepare(context.Background(), c); err != nil {

@@ -113,7 +113,7 @@ func alive(owner string) bool {
 	return startTime(pid) == f[1]
 }
 
-// ReapDead kills the VMMs and removes the run dirs under root (Options.RunDir) of processes that
+// ReapDead kills the VMMs and removes the run dirs under root (Config.RunDir) of processes that
 // died without Close and whose keeper is gone too. It costs a directory read when there is
 // nothing to reap; New does the same.
 func ReapDead(root string, log *slog.Logger) {

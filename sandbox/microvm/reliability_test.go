@@ -48,7 +48,7 @@ func TestVMMOutlivesTheBootingThread(t *testing.T) {
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
-	d := qemu.New()
+	d := qemu.New(qemu.Config{})
 	spec := microvm.BootSpec{ID: "thread", RunDir: t.TempDir(), Kernel: image.Kernel, Initrd: image.Initrd,
 		Cmdline: microvm.BaseCmdline + " " + microvm.CmdlineChannel + "=" + d.GuestChannel(), VCPUs: 1, MemoryMB: 256}
 	type res struct {
@@ -77,7 +77,7 @@ func TestVMMOutlivesTheBootingThread(t *testing.T) {
 // notices, replaces it, and the next call runs correctly, even one that arrives right after the
 // kill.
 func TestPooledVMKilledWhileIdle(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 1})
+	s := newSandbox(t, microvm.Config{PoolSize: 1})
 	dir, entry := tool(t, "main.sh", shEcho, 0o644)
 	run := func(id string) {
 		t.Helper()
@@ -126,7 +126,7 @@ func TestPooledVMKilledWhileIdle(t *testing.T) {
 // A VMM killed in the middle of a call is the tier's failure, typed and naming the tier, and the
 // call is not run a second time.
 func TestVMMKilledMidCallIsSandboxFailed(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 1})
+	s := newSandbox(t, microvm.Config{PoolSize: 1})
 	dir, entry := tool(t, "main.sh", "sleep 30\n", 0o644)
 	c := call("midcall", isolation.RequireShell, dir, entry, `{}`, 60*time.Second)
 	if err := s.Prepare(context.Background(), c); err != nil {
@@ -162,7 +162,7 @@ sys.exit(code)
 // A process the tool leaves behind holding its stdout must not change the call's outcome: the
 // tool's exit status decides (0 with its output, 3 as the tool's failure), not the agent.
 func TestGrandchildHoldingStdout(t *testing.T) {
-	s := newSandbox(t, microvm.Options{})
+	s := newSandbox(t, microvm.Config{})
 	dir, entry := tool(t, "main.py", pyLeaver, 0o644)
 	for _, code := range []int{0, 3} {
 		o, err := s.Run(context.Background(), call("leaver", isolation.RequirePython, dir, entry, `{"code":`+strconv.Itoa(code)+`}`, 30*time.Second))
@@ -178,7 +178,7 @@ func TestGrandchildHoldingStdout(t *testing.T) {
 // The per-shape state is bounded: a second shape beyond MaxShapes drops the first one's pool at
 // once, and a shape unused for PoolIdle loses its pool (and its VMs) too.
 func TestShapesAreBounded(t *testing.T) {
-	s := newSandbox(t, microvm.Options{PoolSize: 1, PoolIdle: 2 * time.Second, MaxShapes: 1})
+	s := newSandbox(t, microvm.Config{PoolSize: 1, PoolIdle: 2 * time.Second, MaxShapes: 1})
 	dir, entry := tool(t, "main.sh", shEcho, 0o644)
 	a := call("a", isolation.RequireShell, dir, entry, `{}`, 20*time.Second)
 	b := a

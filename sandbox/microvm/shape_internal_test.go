@@ -10,7 +10,7 @@ import (
 // A VM's memory is bounded whatever a library caller passes: the VMM never gets a size that
 // wrapped around or that no machine has.
 func TestShapeBoundsMemory(t *testing.T) {
-	s, err := New(Options{DataDir: t.TempDir(), RunDir: t.TempDir()})
+	s, err := New(Config{DataDir: t.TempDir(), RunDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

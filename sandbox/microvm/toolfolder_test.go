@@ -56,7 +56,7 @@ func TestToolFolderRefusals(t *testing.T) {
 			}
 		}},
 	}
-	s, err := microvm.New(microvm.Options{RunDir: t.TempDir(), DataDir: t.TempDir()})
+	s, err := microvm.New(microvm.Config{RunDir: t.TempDir(), DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func write(t *testing.T, p string, mode os.FileMode) {
 // In the VM the tool finds its files with the access it has on the host (read-only): 0644 → 0444,
 // 0755 → 0555, and a file only its owner may run (0744) is not executable for it.
 func TestToolFolderModesInVM(t *testing.T) {
-	s := newSandbox(t, microvm.Options{})
+	s := newSandbox(t, microvm.Config{})
 	dir, entry := tool(t, "main.py", `import json, os
 json.dump({f: "%o" % (os.stat(p).st_mode & 0o777) for f, p in (("main", "main.py"), ("run", "lib/run"), ("own", "own"))},
           open("/axocoatl/output.json", "w"))

@@ -57,8 +57,8 @@ const (
 	MetaStderr = "axocoatl/stderr"
 )
 
-// Options configure a server. The zero value is usable.
-type Options struct {
+// Config configures a server. The zero value is usable.
+type Config struct {
 	// Name and Version identify the server to clients (default "axoiso", "dev").
 	Name, Version string
 	// Logger receives the server's records (tool list changes, failures); nil logs nowhere. For
@@ -80,7 +80,7 @@ type Options struct {
 // Server is an MCP server over one executor. Safe for concurrent use.
 type Server struct {
 	exec *executor.Executor
-	opts Options
+	opts Config
 	log  *slog.Logger
 	mcp  *mcp.Server
 
@@ -95,7 +95,7 @@ type entry struct {
 }
 
 // New returns a server offering exec's tools.
-func New(exec *executor.Executor, opts Options) *Server {
+func New(exec *executor.Executor, opts Config) *Server {
 	if opts.Name == "" {
 		opts.Name = "axoiso"
 	}
@@ -125,8 +125,8 @@ func (s *Server) MCP() *mcp.Server { return s.mcp }
 func (s *Server) Run(ctx context.Context, t mcp.Transport) error { return s.mcp.Run(ctx, t) }
 
 // HTTPHandler returns the streamable HTTP transport for this server: stateful sessions, JSON
-// responses, sessions closed when idle and held to a bound (see HTTPOptions).
-func (s *Server) HTTPHandler(o HTTPOptions) http.Handler {
+// responses, sessions closed when idle and held to a bound (see HTTPConfig).
+func (s *Server) HTTPHandler(o HTTPConfig) http.Handler {
 	if o.SessionTimeout <= 0 {
 		o.SessionTimeout = DefaultSessionTimeout
 	}
@@ -144,7 +144,7 @@ func (s *Server) HTTPHandler(o HTTPOptions) http.Handler {
 
 // ServeStdio serves exec's tools over stdin/stdout until ctx ends or stdin closes. Logs must go
 // elsewhere than stdout (opts.Logger on stderr).
-func ServeStdio(ctx context.Context, exec *executor.Executor, opts Options) error {
+func ServeStdio(ctx context.Context, exec *executor.Executor, opts Config) error {
 	err := New(exec, opts).Run(ctx, &mcp.StdioTransport{})
 	if ctx.Err() != nil {
 		return nil

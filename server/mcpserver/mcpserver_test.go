@@ -45,7 +45,7 @@ func stdioChild(root string) int {
 	}
 	defer exec.Close()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := ServeStdio(context.Background(), exec, Options{Logger: log}); err != nil {
+	if err := ServeStdio(context.Background(), exec, Config{Logger: log}); err != nil {
 		log.Error("serve", "error", err)
 		return 1
 	}
@@ -84,7 +84,7 @@ func text(r *mcp.CallToolResult) string {
 
 func TestListTools(t *testing.T) {
 	f := testtools.New(t)
-	cs := connect(t, New(f.Exec, Options{}))
+	cs := connect(t, New(f.Exec, Config{}))
 	res, err := cs.ListTools(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestListTools(t *testing.T) {
 
 func TestCallTool(t *testing.T) {
 	f := testtools.New(t)
-	cs := connect(t, New(f.Exec, Options{}))
+	cs := connect(t, New(f.Exec, Config{}))
 	cases := []struct {
 		name       string
 		tool       string
@@ -210,7 +210,7 @@ func TestNonObjectOutput(t *testing.T) {
 	f.Native.Register(native.Tool{Name: "answer", Func: func(context.Context, json.RawMessage) (json.RawMessage, error) {
 		return json.RawMessage(`[42]`), nil
 	}})
-	cs := connect(t, New(f.Exec, Options{}))
+	cs := connect(t, New(f.Exec, Config{}))
 	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "answer"})
 	if err != nil || res.IsError {
 		t.Fatal(err, res)
@@ -223,7 +223,7 @@ func TestNonObjectOutput(t *testing.T) {
 
 func TestToolListFollowsCatalog(t *testing.T) {
 	f := testtools.New(t)
-	cs := connect(t, New(f.Exec, Options{}))
+	cs := connect(t, New(f.Exec, Config{}))
 	names := func() map[string]string {
 		res, err := cs.ListTools(context.Background(), nil)
 		if err != nil {
@@ -269,7 +269,7 @@ func TestToolListFollowsCatalog(t *testing.T) {
 func TestGateAndObserve(t *testing.T) {
 	f := testtools.New(t)
 	var observed []string
-	s := New(f.Exec, Options{
+	s := New(f.Exec, Config{
 		Gate: func(ctx context.Context, tool string) (func(), error) {
 			if tool == "fail" {
 				return nil, &isolation.Error{Kind: isolation.ErrBusy, Tool: tool, Message: "over the limit"}

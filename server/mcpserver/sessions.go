@@ -20,8 +20,8 @@ const (
 // sessionHeader carries the session id on every request after initialize.
 const sessionHeader = "Mcp-Session-Id"
 
-// HTTPOptions configure the streamable HTTP transport.
-type HTTPOptions struct {
+// HTTPConfig configures the streamable HTTP transport.
+type HTTPConfig struct {
 	// MaxBodyBytes bounds request bodies (0: the SDK's 4 MiB default).
 	MaxBodyBytes int64
 	// MaxSessions bounds open sessions (0: DefaultMaxSessions; <0: no bound). A new session beyond

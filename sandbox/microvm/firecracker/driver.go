@@ -45,8 +45,8 @@ const (
 // measured speed-ups of microvm.BaseCmdline that are not QEMU-specific.
 const baseCmdline = "quiet console=ttyS0 reboot=k panic=-1 pci=off cryptomgr.notests nokaslr mitigations=off audit=0 rdinit=/init"
 
-// Options configure a Driver. The zero value uses "firecracker" from PATH without the jailer.
-type Options struct {
+// Config configures a Driver. The zero value uses "firecracker" from PATH without the jailer.
+type Config struct {
 	// Binary is the firecracker executable; "" looks it up in PATH at Probe/Boot time.
 	Binary string
 	// Jailer, when set, runs every VMM through the jailer (its ExecFile replaces Binary).
@@ -63,7 +63,7 @@ type Options struct {
 
 // Driver is the Firecracker microvm.Driver and microvm.Snapshotter. Safe for concurrent use.
 type Driver struct {
-	opts Options
+	opts Config
 }
 
 var (
@@ -72,7 +72,7 @@ var (
 )
 
 // New returns a Driver. It does not touch the host: Probe does.
-func New(opts Options) *Driver {
+func New(opts Config) *Driver {
 	if opts.AgentPort == 0 {
 		opts.AgentPort = DefaultAgentPort
 	}

@@ -116,7 +116,7 @@ func TestDriverLifecycle(t *testing.T) {
 	bin := fakeBinary(t, "firecracker")
 	t.Setenv("FAKEFC_REFUSE_FIRST", "2") // the agent is "still booting" for two dials
 	kernel, initrd, root := guestFiles(t)
-	d := New(Options{Binary: bin})
+	d := New(Config{Binary: bin})
 	ctx := testCtx(t)
 
 	runA := shortTempDir(t)
@@ -259,7 +259,7 @@ func TestDriverBootFailuresCleanUp(t *testing.T) {
 			if tc.mutate != nil {
 				tc.mutate(&spec)
 			}
-			d := New(Options{Binary: tc.binary, SocketTimeout: 5 * time.Second})
+			d := New(Config{Binary: tc.binary, SocketTimeout: 5 * time.Second})
 			ctx := testCtx(t)
 			if tc.timeout > 0 {
 				var cancel context.CancelFunc
@@ -311,19 +311,19 @@ func TestProbe(t *testing.T) {
 	}
 	cases := []struct {
 		name      string
-		opts      Options
+		opts      Config
 		available bool
 		reason    string
 	}{
-		{"all present", Options{KVMDevice: realKVM, Binary: fc}, true, ""},
-		{"not a kvm device", Options{KVMDevice: kvm, Binary: fc}, false, "not a working KVM"},
-		{"no kvm", Options{KVMDevice: filepath.Join(dir, "nokvm"), Binary: fc}, false, "does not exist"},
-		{"kvm not openable", Options{KVMDevice: dir, Binary: fc}, false, "cannot open"},
-		{"missing binary", Options{KVMDevice: realKVM, Binary: filepath.Join(dir, "nope")}, false, "firecracker binary"},
-		{"binary not executable", Options{KVMDevice: realKVM, Binary: noexec}, false, "not an executable"},
-		{"jailer exec file name", Options{KVMDevice: realKVM, Jailer: &Jailer{Binary: fc, ExecFile: filepath.Join(dir, "kvm"), ChrootBaseDir: dir}}, false, "must contain"},
-		{"jailer relative base", Options{KVMDevice: realKVM, Jailer: &Jailer{Binary: fc, ExecFile: fc, ChrootBaseDir: "srv"}}, false, "absolute"},
-		{"jailer ok", Options{KVMDevice: realKVM, Jailer: &Jailer{Binary: fc, ExecFile: fc, ChrootBaseDir: dir}}, true, ""},
+		{"all present", Config{KVMDevice: realKVM, Binary: fc}, true, ""},
+		{"not a kvm device", Config{KVMDevice: kvm, Binary: fc}, false, "not a working KVM"},
+		{"no kvm", Config{KVMDevice: filepath.Join(dir, "nokvm"), Binary: fc}, false, "does not exist"},
+		{"kvm not openable", Config{KVMDevice: dir, Binary: fc}, false, "cannot open"},
+		{"missing binary", Config{KVMDevice: realKVM, Binary: filepath.Join(dir, "nope")}, false, "firecracker binary"},
+		{"binary not executable", Config{KVMDevice: realKVM, Binary: noexec}, false, "not an executable"},
+		{"jailer exec file name", Config{KVMDevice: realKVM, Jailer: &Jailer{Binary: fc, ExecFile: filepath.Join(dir, "kvm"), ChrootBaseDir: dir}}, false, "must contain"},
+		{"jailer relative base", Config{KVMDevice: realKVM, Jailer: &Jailer{Binary: fc, ExecFile: fc, ChrootBaseDir: "srv"}}, false, "absolute"},
+		{"jailer ok", Config{KVMDevice: realKVM, Jailer: &Jailer{Binary: fc, ExecFile: fc, ChrootBaseDir: dir}}, true, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -341,7 +341,7 @@ func TestProbe(t *testing.T) {
 	}
 	// The real host: here (no /dev/kvm) it must say so.
 	if _, err := os.Stat(KVMDevice); os.IsNotExist(err) {
-		if a := New(Options{}).Probe(context.Background()); a.Available || !strings.Contains(a.Reason, "/dev/kvm") {
+		if a := New(Config{}).Probe(context.Background()); a.Available || !strings.Contains(a.Reason, "/dev/kvm") {
 			t.Fatalf("Probe on a host without KVM = %+v", a)
 		}
 	}
@@ -351,7 +351,7 @@ func TestProbe(t *testing.T) {
 // in PATH and a guest (AXOISO_FC_KERNEL: vmlinux, AXOISO_FC_INITRD: initramfs whose /init is the
 // axocoatl agent listening on vsock port 1024).
 func TestRealBoot(t *testing.T) {
-	d := New(Options{})
+	d := New(Config{})
 	if a := d.Probe(context.Background()); !a.Available {
 		t.Skipf("firecracker unavailable on this host: %s (fix: %s)", a.Reason, a.Fix)
 	}
@@ -401,7 +401,7 @@ func TestDriverJailer(t *testing.T) {
 	jailerBin := fakeBinary(t, "jailer")
 	base := shortTempDir(t)
 	kernel, initrd, root := guestFiles(t)
-	d := New(Options{Jailer: &Jailer{Binary: jailerBin, ExecFile: fc, UID: os.Getuid(), GID: os.Getgid(), ChrootBaseDir: base}})
+	d := New(Config{Jailer: &Jailer{Binary: jailerBin, ExecFile: fc, UID: os.Getuid(), GID: os.Getgid(), ChrootBaseDir: base}})
 	ctx := testCtx(t)
 
 	var out syncBuffer

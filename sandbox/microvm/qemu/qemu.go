@@ -26,11 +26,11 @@ import (
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
 
-// Driver boots VMs with qemu-system-x86_64. The zero value is not usable: use New.
-type Driver struct {
-	// Binary is the QEMU executable.
+// Config configures a Driver.
+type Config struct {
+	// Binary is the QEMU executable (default: qemu-system-x86_64 from PATH).
 	Binary string
-	// KVM selects hardware acceleration.
+	// KVM selects hardware acceleration (see KVMUsable); off, QEMU emulates the CPU (TCG).
 	KVM bool
 	// VirtioConsole puts the agent's channel on a virtio-console port (the agent loads
 	// virtio_mmio and virtio_console) instead of the second 16550 UART. Measured under TCG with
@@ -57,6 +57,11 @@ type Driver struct {
 	// VMMOverheadMB is the memory the VMM may use beyond guest RAM (DefaultTCGOverheadMB or
 	// DefaultKVMOverheadMB when 0).
 	VMMOverheadMB int
+}
+
+// Driver boots VMs with qemu-system-x86_64. Make one with New.
+type Driver struct {
+	cfg Config
 
 	mu        sync.Mutex      // protects usedSlots, nextSlot
 	usedSlots map[uint32]bool // uid slots of live VMMs
@@ -84,21 +89,25 @@ const (
 	sandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 )
 
-// New returns a TCG driver for the QEMU binary found in PATH.
-//
-// KVM is opt-in (NewKVM, or KVM: true): on the machines this was built on /dev/kvm exists and opens
-// but is unusable (QEMU aborts setting MSR 0x10a with -cpu host and hangs with -cpu qemu64), so its
-// mere presence proves nothing.
-func New() *Driver { return &Driver{Binary: "qemu-system-x86_64"} }
-
-// NewKVM returns a KVM driver when /dev/kvm opens read-write, else a TCG one.
-func NewKVM() *Driver {
-	d := New()
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-		f.Close()
-		d.KVM = true
+// New returns a driver. KVM is opt-in (cfg.KVM): on the machines this was built on /dev/kvm
+// exists and opens but is unusable (QEMU aborts setting MSR 0x10a with -cpu host and hangs with
+// -cpu qemu64), so its mere presence proves nothing.
+func New(cfg Config) *Driver {
+	if cfg.Binary == "" {
+		cfg.Binary = "qemu-system-x86_64"
 	}
-	return d
+	return &Driver{cfg: cfg}
+}
+
+// KVMUsable reports whether /dev/kvm opens read-write: what the config's "kvm": "auto" asks of
+// a host before it sets Config.KVM.
+func KVMUsable() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
 }
 
 var (
@@ -107,7 +116,7 @@ var (
 )
 
 func (d *Driver) Name() string {
-	if d.KVM {
+	if d.cfg.KVM {
 		return "qemu-microvm-kvm"
 	}
 	return "qemu-microvm-tcg"
@@ -120,7 +129,7 @@ const virtioPort = "vport0p1"
 
 // GuestChannel implements microvm.Driver: "ttyS1", or "vport0p1" with VirtioConsole.
 func (d *Driver) GuestChannel() string {
-	if d.VirtioConsole {
+	if d.cfg.VirtioConsole {
 		return virtioPort
 	}
 	return "ttyS1"
@@ -128,8 +137,8 @@ func (d *Driver) GuestChannel() string {
 
 func (d *Driver) Probe(ctx context.Context) isolation.Availability {
 	a := isolation.Availability{Backend: d.Name()}
-	if _, err := exec.LookPath(d.Binary); err != nil {
-		a.Reason = d.Binary + " not found"
+	if _, err := exec.LookPath(d.cfg.Binary); err != nil {
+		a.Reason = d.cfg.Binary + " not found"
 		a.Fix = "apt-get install qemu-system-x86"
 		return a
 	}
@@ -151,7 +160,7 @@ const imageFDSet = 1
 func (d *Driver) args(spec microvm.BootSpec, imageFD int) []string {
 	accel := "tcg,tb-size=" + strconv.Itoa(tcgCacheMB)
 	cpu := "qemu64"
-	if d.KVM {
+	if d.cfg.KVM {
 		accel, cpu = "kvm", "host"
 	}
 	console := "null"
@@ -165,7 +174,7 @@ func (d *Driver) args(spec microvm.BootSpec, imageFD int) []string {
 	// found: see VirtioConsole.)
 	machine := "microvm,x-option-roms=off,rtc=on,isa-serial=on"
 	var agent []string
-	if d.VirtioConsole {
+	if d.cfg.VirtioConsole {
 		cmdline += " 8250.nr_uarts=1"
 		agent = []string{
 			"-device", "virtio-serial-device,max_ports=2",
@@ -175,7 +184,7 @@ func (d *Driver) args(spec microvm.BootSpec, imageFD int) []string {
 		cmdline += " 8250.nr_uarts=2"
 		agent = []string{"-device", "isa-serial,iobase=0x2f8,irq=3,chardev=agent"}
 	}
-	if !d.KVM {
+	if !d.cfg.KVM {
 		cmdline += tcgCmdline()
 	}
 	args := []string{
@@ -308,7 +317,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 		extra = append(extra, f)
 	}
 	args := d.args(spec, imageFD)
-	cmd := exec.Command(d.Binary, args...)
+	cmd := exec.Command(d.cfg.Binary, args...)
 	cmd.ExtraFiles = extra
 	if incoming != nil {
 		cmd.Args = append(cmd.Args, "-incoming", "fd:"+strconv.Itoa(stateFD))
@@ -322,25 +331,25 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 	// process changes its own uid, which is why QEMU starts as its uid (Credential) instead of
 	// dropping root itself with -runas.
 	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if os.Geteuid() == 0 && !d.RunAsRoot {
+	if os.Geteuid() == 0 && !d.cfg.RunAsRoot {
 		uid, release, err := d.takeSlot()
 		if err != nil {
 			return fail(err)
 		}
 		m.releaseSlot = release
 		attr.Credential = &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}
-		if d.KVM {
+		if d.cfg.KVM {
 			if gid, ok := kvmGroup(); ok {
 				attr.Credential.Groups = []uint32{gid}
 			}
 		}
 		m.uid = int(uid)
 	}
-	if os.Geteuid() == 0 && !d.NoCgroup {
-		over := d.VMMOverheadMB
+	if os.Geteuid() == 0 && !d.cfg.NoCgroup {
+		over := d.cfg.VMMOverheadMB
 		if over <= 0 {
 			over = DefaultTCGOverheadMB
-			if d.KVM {
+			if d.cfg.KVM {
 				over = DefaultKVMOverheadMB
 			}
 		}
@@ -404,7 +413,7 @@ func socketPair() (net.Conn, *os.File, error) {
 
 // takeSlot reserves a uid no live VMM of this driver runs as.
 func (d *Driver) takeSlot() (uint32, func(), error) {
-	base := d.UIDBase
+	base := d.cfg.UIDBase
 	if base == 0 {
 		base = DefaultUIDBase
 	}
