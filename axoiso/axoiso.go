@@ -42,11 +42,16 @@ func New(c Config) (*executor.Executor, error) {
 	if err := c.isolationChoice(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	secrets, err := c.secretValues()
+	if err != nil {
+		return nil, err
+	}
 	sbs, err := sandboxes(c)
 	if err != nil {
 		return nil, err
 	}
 	e, err := executor.New(executor.Config{
+		Secrets:        secrets,
 		Catalog:        cat,
 		Sandboxes:      sbs,
 		Strict:         c.Strict,

@@ -39,6 +39,11 @@ func TestConfigRejectsMistakes(t *testing.T) {
 		{"Go name", `{"Oci":{"PoolSize":1}}`, []string{`unknown key "Oci"; did you mean "oci"?`}},
 		{"several", `{"oci":{"pool_sise":3},"strict":"yes"}`, []string{`"oci.pool_sise"`, `strict: want true or false, got a string`}},
 		{"trailing", `{} {}`, []string{"trailing data"}},
+		{"secret without source", `{"secrets":{"fetcher":{"API_KEY":{}}}}`, []string{`secrets.fetcher.API_KEY: give exactly one of "file" and "env"`}},
+		{"secret source typo", `{"secrets":{"fetcher":{"API_KEY":{"fiel":"/k"}}}}`, []string{`unknown key "secrets.fetcher.API_KEY.fiel"; did you mean "secrets.fetcher.API_KEY.file"?`}},
+		{"secret bad tool", `{"secrets":{"Bad Name":{"K":{"env":"X"}}}}`, []string{`secrets.Bad Name: `}},
+		{"secret bad var", `{"secrets":{"t":{"1K":{"env":"X"}}}}`, []string{`secrets.t: "1K" is not a variable name`}},
+		{"secret relative file", `{"secrets":{"t":{"K":{"file":"k"}}}}`, []string{`secrets.t.K.file: "k" is not an absolute path`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := LoadConfig(writeConfig(t, tc.body))

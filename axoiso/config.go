@@ -69,6 +69,11 @@ type Config struct {
 	Serve ServeConfig `json:"serve"`
 	// Fleet configures serve --nats, worker, fleet and tool (package fleet); their flags win.
 	Fleet FleetConfig `json:"fleet"`
+	// Secrets grants environment variables to tools by name, with values from files or the
+	// daemon's environment: {"fetcher": {"API_KEY": {"file": "/etc/axocoatl/k"}}}. A secret
+	// reaches only the tools it is granted to, in every tier, and is hidden in their stdout and
+	// stderr tails and error text (see executor.Config.Secrets).
+	Secrets map[string]map[string]SecretSource `json:"secrets,omitempty"`
 
 	// The fields below are for programs that embed the executor (New); they are not part of the
 	// config file.
@@ -283,6 +288,14 @@ func ReadConfig(path string) (Config, ConfigFile, error) {
 	}
 	src.Present = true
 	problems, keys := checkConfig(b)
+	if len(problems) == 0 {
+		var sc struct {
+			Secrets map[string]map[string]SecretSource `json:"secrets"`
+		}
+		if json.Unmarshal(b, &sc) == nil {
+			problems = (Config{Secrets: sc.Secrets}).checkSecrets()
+		}
+	}
 	if len(problems) > 0 {
 		return c, src, &ConfigError{File: path, Problems: problems}
 	}

@@ -59,6 +59,9 @@ type Manifest struct {
 	MemoryMB    int                          `json:"memory_mb,omitempty"`
 	Description string                       `json:"description,omitempty"`
 	InputSchema json.RawMessage              `json:"input_schema,omitempty"`
+	// Env are environment variables the tool gets (plain values: secrets come from the
+	// operator's config, never from tool.json).
+	Env map[string]string `json:"env,omitempty"`
 	// Network asks for a network device (honoured only where policy allows).
 	Network bool `json:"network,omitempty"`
 	// Base names an OCI bundle in the tools root (a folder name, never a path) whose root a
@@ -272,6 +275,9 @@ func (c *Catalog) loadTool(name string) (*Tool, stamp, error) {
 		return nil, st, invalidTool(name, "%s: %v", ManifestFile, err)
 	}
 	t.Manifest = *m
+	if err := checkEnv(t.Env); err != nil {
+		return nil, st, invalidTool(name, "%s: %v", ManifestFile, err)
+	}
 	switch t.Runtime {
 	case isolation.RequireContainerImage:
 		if !isBundleIn(dir) {

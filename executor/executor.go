@@ -49,6 +49,10 @@ type Config struct {
 	ToolIsolation map[string]isolation.Tier
 	// Logger receives one record per call; nil logs nowhere.
 	Logger *slog.Logger
+	// Secrets maps a tool's name to environment variables only that tool gets, in every tier,
+	// over its tool.json env. Their values are hidden (Redacted) in the call's stdout and stderr
+	// tails and error text, and are never logged.
+	Secrets map[string]map[string]string
 	// Remote, when set, runs calls on other hosts (package fleet's gateway): Execute checks the
 	// name and the input here, against this executor's catalog, then hands the call to Remote
 	// instead of a local sandbox. Tiers without a local sandbox report Remote's availability.
@@ -150,6 +154,9 @@ type Executor struct {
 // New returns an Executor.
 func New(cfg Config) (*Executor, error) {
 	if err := cfg.ceilings(); err != nil {
+		return nil, err
+	}
+	if err := checkSecrets(cfg.Secrets); err != nil {
 		return nil, err
 	}
 	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]probeResult{}}
@@ -417,6 +424,7 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 	}
 	defer cancel()
 	out, err := sb.Run(runCtx, call)
+	redactOutcome(e.redactor(name), &out, err)
 	if err != nil {
 		err = sandboxError(ctx, runCtx, err, name, sel.Tier, timeout)
 		explainTimeout(err, rep)
@@ -491,6 +499,7 @@ func (e *Executor) newCall(callID string, tool *catalog.Tool, input []byte, o ca
 		Entrypoint: tool.EntrypointPath,
 		Base:       tool.BasePath,
 		Input:      input,
+		Env:        e.env(tool),
 		Limits:     lim,
 	}, rep
 }

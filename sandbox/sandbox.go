@@ -108,6 +108,9 @@ type Call struct {
 	Base string
 	// Input is the call's input, a valid JSON value.
 	Input []byte
+	// Env is the tool's environment beyond the tier's own, NAME=value with unique names: its
+	// tool.json env and the secrets the operator granted it. It holds secrets: never log it.
+	Env []string
 	// Limits bound the call; WithDefaults has been applied.
 	Limits Limits
 }

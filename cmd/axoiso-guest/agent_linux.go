@@ -614,7 +614,7 @@ func runTool(req guest.Request) guest.Response {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = toolDir
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"}
+	cmd.Env = sandbox.MergeEnv([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"}, checkedEnv(req.Env))
 	cmd.Stdin = nil
 	// Our own pipes, not io.Writers: exec's Wait would wait for a pipe's EOF, which never comes
 	// while a process the tool left behind keeps it open. The tool's exit decides; the pipes are
@@ -777,4 +777,17 @@ func powerOff() {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// checkedEnv keeps the NAME=value entries of a request's env that exec can pass (a name, no NUL):
+// the host checked them; this keeps a bad frame from failing the tool's start.
+func checkedEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		k, _, ok := strings.Cut(kv, "=")
+		if ok && k != "" && !strings.ContainsRune(kv, 0) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }

@@ -148,6 +148,9 @@ type Request struct {
 	Files      []File `json:"files"`
 	// Input is written to /axocoatl/input.json.
 	Input []byte `json:"input"`
+	// Env is the tool's environment beyond the agent's own (NAME=value): tool.json env and the
+	// secrets granted to the tool.
+	Env []string `json:"env,omitempty"`
 	// Entropy is fresh host randomness the agent mixes into the guest RNG and reseeds from
 	// before it runs the tool (snapshot clones would otherwise share random state).
 	Entropy []byte `json:"entropy"`

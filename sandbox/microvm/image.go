@@ -66,13 +66,13 @@ func imageRoot(call sandbox.Call) (string, bundle.Process, error) {
 // script tool (entrypoint rel) as it runs on a base image in the Oci tier.
 func imageProcess(call sandbox.Call, p bundle.Process, rel string) (*guest.Image, error) {
 	if call.Runtime == isolation.RequireContainerImage {
-		return &guest.Image{Args: p.Args, Env: p.Env, Cwd: p.Cwd, UID: p.UID, GID: p.GID, AdditionalGIDs: p.AdditionalGids}, nil
+		return &guest.Image{Args: p.Args, Env: sandbox.MergeEnv(p.Env, call.Env), Cwd: p.Cwd, UID: p.UID, GID: p.GID, AdditionalGIDs: p.AdditionalGids}, nil
 	}
 	args, err := bundle.ScriptArgs(call.Runtime.String(), rel)
 	if err != nil {
 		return nil, err
 	}
-	return &guest.Image{Args: args, Env: bundle.ScriptEnv(p.Env), Cwd: bundle.ToolDir, UID: guest.ToolUID, GID: guest.ToolGID}, nil
+	return &guest.Image{Args: args, Env: sandbox.MergeEnv(bundle.ScriptEnv(p.Env), call.Env), Cwd: bundle.ToolDir, UID: guest.ToolUID, GID: guest.ToolGID}, nil
 }
 
 // openDrive returns the drive of rootfs, building it when needed. A tree that cannot become a

@@ -706,7 +706,7 @@ func buildRequest(call sandbox.Call) (guest.Request, string, error) {
 	entropy := make([]byte, 64)
 	_, _ = rand.Read(entropy)
 	req := guest.Request{
-		ID: call.ID, Input: call.Input, Entropy: entropy, TimeoutMS: call.Limits.Timeout.Milliseconds(),
+		ID: call.ID, Input: call.Input, Env: call.Env, Entropy: entropy, TimeoutMS: call.Limits.Timeout.Milliseconds(),
 		MaxOutputBytes: call.Limits.MaxOutputBytes, MaxStderrBytes: call.Limits.MaxStderrBytes,
 	}
 	rootfs, proc, err := imageRoot(call)

@@ -492,6 +492,8 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) 
 	if s.cfg.NoSeccomp {
 		sp.Linux.Seccomp = nil
 	}
+	// The tool's env and secrets, over the bundle's or runtime root's own.
+	sp.Process.Env = sandbox.MergeEnv(sp.Process.Env, call.Env)
 	if s.rootless || ids != nil {
 		// Rootless, or with a user namespace (the rootfs is then mounted read-only before the
 		// init starts): the init cannot create the mount points itself.

@@ -719,6 +719,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		WithSysNanotime().
 		WithRandSource(rand.Reader).
 		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(fsys, sandbox.GuestDir))
+	mc = withEnv(mc, call.Env)
 	mem := &callMemory{pool: s.pool, limit: limit, snap: m.snap}
 	// wake interrupts the guest's sleeps (poll_oneoff) when ctx ends, so that it reaches a loop
 	// check; the guest has no other blocking host call (stdin is empty, files are in memory).

@@ -2,6 +2,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -19,6 +20,8 @@ type input struct {
 	Size  int    `json:"size"`
 	Path  string `json:"path"`
 	Lines int    `json:"lines"`
+	// Names are the environment variables mode "secrets" reports.
+	Names []string `json:"names"`
 }
 
 var sink [][]byte
@@ -57,6 +60,24 @@ func main() {
 		os.Exit(in.Code)
 	case "stdout":
 		fmt.Println("printed on stdout")
+	case "secrets":
+		// Each variable's SHA-256 (never its value) in the output, and NAME=value on stdout and
+		// stderr, where the host must hide secrets; then exit with code.
+		sums := map[string]string{}
+		for _, n := range in.Names {
+			v, ok := os.LookupEnv(n)
+			if ok {
+				sums[n] = fmt.Sprintf("%x", sha256.Sum256([]byte(v)))
+			}
+			fmt.Printf("%s=%s\n", n, v)
+			fmt.Fprintf(os.Stderr, "%s=%s\n", n, v)
+		}
+		out["sha256"] = sums
+		if in.Code != 0 {
+			b, _ := json.Marshal(out)
+			write(b)
+			os.Exit(in.Code)
+		}
 	case "print": // sandboxtest's Print
 		fmt.Println("conformance: to stdout")
 		fmt.Fprintln(os.Stderr, "conformance: to stderr")
