@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/internal/ociimage"
@@ -37,6 +39,9 @@ func runBundle(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 	if err := catalog.ValidateName(name); err != nil {
 		return err
 	}
+	if err := localPathRef(*from); err != nil {
+		return err
+	}
 	cfg, log, err := cf.configAndLogger(stderr)
 	if err != nil {
 		return err
@@ -52,5 +57,31 @@ func runBundle(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 		return err
 	}
 	fmt.Fprintf(stdout, "%s\n", dest)
+	// The tool as the catalog will see it: a label's schema that does not compile is said now.
+	if cat, err := catalog.Open(cfg.ToolsRoot); err == nil {
+		if _, err := cat.Get(name); err != nil {
+			return fmt.Errorf("the bundle was built, but the tool does not load: %w", err)
+		}
+	}
+	return nil
+}
+
+// localPathRef refuses a --from that names a local file or directory without a transport: it
+// would be taken as a docker.io reference and fail on a registry lookup.
+func localPathRef(from string) error {
+	for _, p := range []string{"docker://", "oci:", "docker-archive:"} {
+		if strings.HasPrefix(from, p) {
+			return nil
+		}
+	}
+	fi, err := os.Stat(from)
+	looksLocal := strings.HasPrefix(from, "/") || strings.HasPrefix(from, "./") || strings.HasPrefix(from, "../") ||
+		strings.HasSuffix(from, ".tar") || strings.HasSuffix(from, ".tar.gz")
+	switch {
+	case err == nil && fi.IsDir():
+		return usagef("--from %q is a local directory, not a registry reference: did you mean oci:%s (an OCI layout)?", from, from)
+	case err == nil || looksLocal:
+		return usagef("--from %q is a local path, not a registry reference: did you mean docker-archive:%s (a docker save tarball) or oci:%s (an OCI layout directory)?", from, from, from)
+	}
 	return nil
 }

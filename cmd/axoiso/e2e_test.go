@@ -141,6 +141,12 @@ func TestExitCodesWithRealTools(t *testing.T) {
 // whose command copies its input to its output in upper case.
 func busyboxImage(t *testing.T) string {
 	t.Helper()
+	return busyboxImageLabels(t, nil)
+}
+
+// busyboxImageLabels is busyboxImage with image labels.
+func busyboxImageLabels(t *testing.T, labels map[string]string) string {
+	t.Helper()
 	bb, err := os.ReadFile(busybox)
 	if err != nil {
 		t.Fatal(err)
@@ -169,6 +175,7 @@ func busyboxImage(t *testing.T) string {
 		Entrypoint: []string{"/bin/sh", "-c"},
 		Cmd:        []string{"tr a-z A-Z < /axocoatl/input.json > /axocoatl/output.json"},
 		Env:        []string{"PATH=/bin"},
+		Labels:     labels,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -289,5 +296,58 @@ func TestShellFallsBackToOci(t *testing.T) {
 		if code != 0 || !utf8.ValidString(out) || !strings.Contains(out, "a\uFFFDb") {
 			t.Errorf("run %v stray: exit %d, stdout %q, stderr %q", extra, code, out, errs)
 		}
+	}
+}
+
+// TestBundleFixes: a bare path as --from says which transport was meant; the reference is checked
+// before the destination; "--replace" is hinted once; --replace keeps a hand-written tool.json;
+// a bundle-only tool takes its description and input schema from the image's labels.
+func TestBundleFixes(t *testing.T) {
+	requiresBusybox(t)
+	root := t.TempDir()
+	archive := busyboxImageLabels(t, map[string]string{
+		"org.opencontainers.image.description": "Upper-cases its input",
+		"io.axocoatl.input-schema":             `{"type":"object","properties":{"say":{"type":"string"}},"required":["say"]}`,
+	})
+	// A bare path: the file, and a directory.
+	for _, from := range []string{archive, filepath.Dir(archive)} {
+		code, _, errs := runAxoiso(t, "", "bundle", "--tools", root, "--from", from, "upper")
+		if code != 2 || !strings.Contains(errs, "did you mean") || !strings.Contains(errs, "oci:"+from) {
+			t.Errorf("bundle --from %s: exit %d, %q", from, code, errs)
+		}
+	}
+	if code, _, errs := runAxoiso(t, "", "bundle", "--tools", root, "--from", archive[:len(archive)-4]+"-missing.tar", "upper"); code != 2 || !strings.Contains(errs, "docker-archive:") {
+		t.Errorf("a missing .tar path: exit %d, %q", code, errs)
+	}
+
+	code, _, errs := runAxoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper")
+	if code != 0 {
+		t.Fatalf("bundle: exit %d: %s", code, errs)
+	}
+	// The labels made the tool's description and schema.
+	code, out, errs := runAxoiso(t, "", "tools", "--json", "--tools", root)
+	if code != 0 || !strings.Contains(out, "Upper-cases its input") || !strings.Contains(out, `"required"`) {
+		t.Errorf("tools after a labelled bundle: exit %d, %s %s", code, out, errs)
+	}
+	// The destination exists, but a wrong reference is what is reported; the hint comes once.
+	code, _, errs = runAxoiso(t, "", "bundle", "--tools", root, "--from", "oci:"+filepath.Join(t.TempDir(), "nothing"), "upper")
+	if code == 0 || strings.Contains(errs, "exists") {
+		t.Errorf("bad reference onto an existing bundle: exit %d, %q (want the reference's error)", code, errs)
+	}
+	code, _, errs = runAxoiso(t, "", "bundle", "--tools", root, "--from", "docker-archive:"+archive, "upper")
+	if code == 0 || strings.Count(errs, "replace") != 1 {
+		t.Errorf("existing bundle: exit %d, %q (want one --replace hint)", code, errs)
+	}
+	// A hand-written tool.json survives --replace.
+	hand := `{"runtime":"ContainerImage","description":"written by hand","timeout_ms":1234}`
+	writeFile(t, filepath.Join(root, "upper", "tool.json"), []byte(hand), 0o644)
+	if code, _, errs := runAxoiso(t, "", "bundle", "--replace", "--tools", root, "--from", "docker-archive:"+archive, "upper"); code != 0 {
+		t.Fatalf("bundle --replace: exit %d: %s", code, errs)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "upper", "tool.json")); err != nil || string(b) != hand {
+		t.Errorf("tool.json after --replace = %q, %v; want the hand-written one", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "upper", "rootfs", "bin", "busybox")); err != nil {
+		t.Errorf("the replaced bundle has no rootfs: %v", err)
 	}
 }

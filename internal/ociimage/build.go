@@ -69,19 +69,20 @@ func Build(ctx context.Context, ref string, dest string, opts Options) (err erro
 	if err != nil {
 		return err
 	}
-	if !opts.Replace {
-		if _, err := os.Lstat(dest); err == nil {
-			return fmt.Errorf("%w: %s (use replace to overwrite)", ErrExists, dest)
-		}
-	}
 	platform, err := parsePlatform(opts.Platform)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
+	// The reference first: a wrong one is the error to report, whatever the destination holds.
 	img, err := openImage(ctx, r, platform, opts)
 	if err != nil {
 		return err
+	}
+	if !opts.Replace {
+		if _, err := os.Lstat(dest); err == nil {
+			return fmt.Errorf("%w: %s", ErrExists, dest)
+		}
 	}
 
 	parent := filepath.Dir(dest)
@@ -113,6 +114,9 @@ func Build(ctx context.Context, ref string, dest string, opts Options) (err erro
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "config.json"), append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := writeManifest(tmp, dest, cfg, opts.Replace); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
