@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/egress"
 )
 
 // ManifestFile is the tool manifest's file name inside a tool folder.
@@ -62,8 +63,8 @@ type Manifest struct {
 	// Env are environment variables the tool gets (plain values: secrets come from the
 	// operator's config, never from tool.json).
 	Env map[string]string `json:"env,omitempty"`
-	// Network asks for a network device (honoured only where policy allows).
-	Network bool `json:"network,omitempty"`
+	// Network is what the tool asks to reach; absent or false: nothing.
+	Network Network `json:"network,omitzero"`
 	// Base names an OCI bundle in the tools root (a folder name, never a path) whose root a
 	// Python, Shell or Arbitrary tool runs on instead of the tier's own root: an image with the
 	// tool's dependencies.
@@ -72,6 +73,54 @@ type Manifest struct {
 	// gateway that lost the worker running a call may then run it again elsewhere. Calls of other
 	// tools run at most once.
 	Idempotent bool `json:"idempotent,omitempty"`
+}
+
+// MaxEgressPatterns bounds tool.json's "network": {"egress": [...]}.
+const MaxEgressPatterns = 256
+
+// Network is tool.json's "network": {"egress": ["api.example.com:443", "*.pypi.org:443",
+// "203.0.113.0/24:5432/tcp"]} (patterns: see package egress). false, null or absent asks for
+// nothing. The tool only asks: the operator's grants decide what a call gets (the executor's
+// effective policy).
+type Network struct {
+	Egress []egress.Pattern `json:"egress,omitempty"`
+}
+
+// UnmarshalJSON accepts false, null or {"egress": [patterns]}; true is refused, saying what to
+// write instead (it used to share the host's network).
+func (n *Network) UnmarshalJSON(b []byte) error {
+	switch string(bytes.TrimSpace(b)) {
+	case "false", "null":
+		*n = Network{}
+		return nil
+	case "true":
+		return errors.New(`"network": true is no longer a grant: list what the tool must reach, e.g. "network": {"egress": ["api.example.com:443"]} (names need a port; see the README's egress patterns)`)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var v struct {
+		Egress []json.RawMessage `json:"egress"`
+	}
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf(`"network": want false or {"egress": ["host:port", ...]}: %w`, err)
+	}
+	if len(v.Egress) > MaxEgressPatterns {
+		return fmt.Errorf(`"network": %d egress patterns, at most %d`, len(v.Egress), MaxEgressPatterns)
+	}
+	out := Network{Egress: make([]egress.Pattern, 0, len(v.Egress))}
+	for i, raw := range v.Egress {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return fmt.Errorf(`"network": egress[%d] is not a string`, i)
+		}
+		p, err := egress.ParsePattern(s)
+		if err != nil {
+			return fmt.Errorf(`"network": egress[%d]: %w`, i, err)
+		}
+		out.Egress = append(out.Egress, p)
+	}
+	*n = out
+	return nil
 }
 
 // Tool is one catalog entry. Tools are immutable once loaded.

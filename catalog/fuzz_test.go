@@ -72,6 +72,7 @@ func FuzzLoadManifest(f *testing.F) {
 		`{"runtime":"NativeTrusted"}`,
 		`{"runtime":"WasmCompiled","entrypoint":"tool.wasm","timeout_ms":500,"memory_mb":32,"description":"d"}`,
 		`{"runtime":"Python","entrypoint":"main.py","network":true}`,
+		`{"runtime":"Python","entrypoint":"main.py","network":{"egress":["a.b.com:443","*.c.d:1","10.0.0.0/8:5/udp"]}}`,
 		`{"runtime":"Shell","entrypoint":"../x"}`,
 		`{"runtime":"Shell","entrypoint":"link"}`,
 		`{"runtime":"Java"}`,

@@ -47,6 +47,8 @@ type Config struct {
 	// ideal tier (ContainerImage → Oci). A call's WithTier still forces a tier.
 	Isolation     map[isolation.RuntimeRequirement]isolation.Tier
 	ToolIsolation map[string]isolation.Tier
+	// Egress are the operator's network grants (see EgressGrants); zero: no tool gets a network.
+	Egress EgressGrants
 	// Logger receives one record per call; nil logs nowhere.
 	Logger *slog.Logger
 	// Secrets maps a tool's name to environment variables only that tool gets, in every tier,

@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -43,6 +46,10 @@ type Limits struct {
 	// Clamped lists what was asked for above a ceiling (by tool.json or the call's options):
 	// the call got the ceiling instead. Empty when nothing was lowered.
 	Clamped []Clamp `json:"clamped,omitempty"`
+	// Egress is the call's effective network policy (patterns; absent: no network), and
+	// EgressNotGranted what tool.json asked for that the operator's grants did not give, and why.
+	Egress           []string            `json:"egress,omitempty"`
+	EgressNotGranted []egress.NotGranted `json:"egress_not_granted,omitempty"`
 }
 
 // Clamp is one request lowered to its ceiling.
@@ -62,6 +69,16 @@ func (l Limits) logAttrs() []slog.Attr {
 	a := []slog.Attr{slog.Int64("timeout_ms", l.TimeoutMS), slog.Int("memory_mb", l.MemoryMB)}
 	if len(l.Clamped) > 0 {
 		a = append(a, slog.String("clamped", l.clampedString()))
+	}
+	if len(l.Egress) > 0 {
+		a = append(a, slog.String("egress", strings.Join(l.Egress, " ")))
+	}
+	if len(l.EgressNotGranted) > 0 {
+		ng := make([]string, len(l.EgressNotGranted))
+		for i, n := range l.EgressNotGranted {
+			ng[i] = n.Pattern + " (" + n.Reason + ")"
+		}
+		a = append(a, slog.String("egress_not_granted", strings.Join(ng, "; ")))
 	}
 	return a
 }
@@ -174,8 +191,12 @@ func (e *Executor) limits(tool *catalog.Tool, o callOptions, tier isolation.Tier
 		Timeout:        timeout,
 		MemoryMB:       mem,
 		MaxOutputBytes: e.cfg.MaxOutputBytes,
-		Network:        tool.Network,
 	}.WithDefaults()
+	lim.Egress, rep.EgressNotGranted = e.Egress(tool)
+	rep.Egress = lim.Egress.Strings()
+	if len(rep.Egress) == 0 {
+		rep.Egress = nil
+	}
 	rep.TimeoutMS = lim.Timeout.Milliseconds()
 	rep.MemoryMB = lim.MemoryMB
 	rep.MaxOutputBytes = lim.MaxOutputBytes
@@ -193,4 +214,29 @@ func explainTimeout(err error, rep Limits) {
 	if errors.As(err, &ie) && ie.Kind == isolation.ErrTimeout {
 		ie.Message += fmt.Sprintf(" (the ceiling; %d ms were asked for)", c.Asked)
 	}
+}
+
+// EgressGrants are the operator's network grants: what tools may reach, of what they ask for in
+// tool.json ("network": {"egress": [...]}). A call's policy is egress.Effective(asked, AllTools ∪
+// Tools[tool], AllowPrivate): never more than asked, never more than granted, never the deny set
+// unless AllowPrivate reopens part of it.
+type EgressGrants struct {
+	// AllTools are granted to every tool.
+	AllTools []egress.Pattern
+	// Tools are granted to the named tool only.
+	Tools map[string][]egress.Pattern
+	// AllowPrivate reopens these ranges of the deny set (the operator's allow_private).
+	AllowPrivate []netip.Prefix
+}
+
+// Egress returns the effective network policy of a tool's calls and what of its request was not
+// granted (the executor's configuration decides; the zero Policy: no network).
+func (e *Executor) Egress(tool *catalog.Tool) (egress.Policy, []egress.NotGranted) {
+	asked := tool.Network.Egress
+	if len(asked) == 0 {
+		return egress.Policy{}, nil
+	}
+	g := e.cfg.Egress
+	granted := append(slices.Clip(g.AllTools), g.Tools[tool.Name]...)
+	return egress.Effective(asked, granted, g.AllowPrivate)
 }

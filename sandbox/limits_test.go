@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"math"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -21,7 +22,7 @@ func TestWithDefaultsBoundsLimits(t *testing.T) {
 			Limits{Timeout: time.Second, MaxOutputBytes: DefaultMaxOutputBytes, MaxStderrBytes: DefaultMaxStderrBytes}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.in.WithDefaults(); got != tt.want {
+			if got := tt.in.WithDefaults(); !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("WithDefaults() = %+v, want %+v", got, tt.want)
 			}
 		})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/egress"
 )
 
 // The tool I/O protocol, in every tier that has a filesystem.
@@ -58,6 +59,10 @@ type Limits struct {
 	MaxStderrBytes int
 	// Network allows a network device where the tier supports one. Off by default.
 	Network bool
+	// Egress is the call's effective network policy; the zero Policy (the default) gives the
+	// call no network at all: loopback only, no device. A tier that cannot enforce a non-zero
+	// policy refuses the call (isolation.ErrTierUnavailable) rather than run it without.
+	Egress egress.Policy
 }
 
 // WithDefaults fills unset fields and lowers values over the Max…Limit bounds to them.

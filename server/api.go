@@ -466,13 +466,14 @@ func truncate(s string, n int) string {
 
 // toolView is a tool as the API shows it (no host paths).
 type toolView struct {
-	Name        string          `json:"name"`
-	Description string          `json:"description,omitempty"`
-	Runtime     string          `json:"runtime"`
-	IdealTier   string          `json:"ideal_tier"`
-	TimeoutMS   int64           `json:"timeout_ms,omitempty"`
-	MemoryMB    int             `json:"memory_mb,omitempty"`
-	Network     bool            `json:"network,omitempty"`
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	Runtime     string `json:"runtime"`
+	IdealTier   string `json:"ideal_tier"`
+	TimeoutMS   int64  `json:"timeout_ms,omitempty"`
+	MemoryMB    int    `json:"memory_mb,omitempty"`
+	// Egress is the tool's effective network policy (patterns; absent: no network).
+	Egress      []string        `json:"egress,omitempty"`
 	InputSchema json.RawMessage `json:"input_schema,omitempty"`
 	// Tier is the tier a call would run in now, under the server's policy.
 	Tier      string `json:"tier,omitempty"`
@@ -480,9 +481,14 @@ type toolView struct {
 	TierError string `json:"tier_error,omitempty"`
 }
 
-func view(t *catalog.Tool) toolView {
-	return toolView{Name: t.Name, Description: t.Description, Runtime: t.Runtime.String(), IdealTier: t.Runtime.IdealTier().String(),
-		TimeoutMS: t.TimeoutMS, MemoryMB: t.MemoryMB, Network: t.Network}
+func (s *Server) view(t *catalog.Tool) toolView {
+	pol, _ := s.exec.Egress(t)
+	v := toolView{Name: t.Name, Description: t.Description, Runtime: t.Runtime.String(), IdealTier: t.Runtime.IdealTier().String(),
+		TimeoutMS: t.TimeoutMS, MemoryMB: t.MemoryMB}
+	if !pol.IsZero() {
+		v.Egress = pol.Strings()
+	}
+	return v
 }
 
 func (s *Server) listTools(w http.ResponseWriter, r *http.Request) {
@@ -492,7 +498,7 @@ func (s *Server) listTools(w http.ResponseWriter, r *http.Request) {
 		Errors []string   `json:"errors,omitempty"`
 	}{Tools: make([]toolView, 0, len(tools))}
 	for _, t := range tools {
-		out.Tools = append(out.Tools, view(t))
+		out.Tools = append(out.Tools, s.view(t))
 	}
 	for _, e := range errs {
 		out.Errors = append(out.Errors, e.Error())
@@ -507,7 +513,7 @@ func (s *Server) getTool(w http.ResponseWriter, r *http.Request) {
 		writeErrorDetail(w, Status(err), errorDetail{Kind: kind(err), Message: err.Error()})
 		return
 	}
-	v := view(t)
+	v := s.view(t)
 	v.InputSchema = t.InputSchema
 	if len(v.InputSchema) == 0 {
 		v.InputSchema = json.RawMessage(`{"type":"object"}`)

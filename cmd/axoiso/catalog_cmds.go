@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/axocoatl/isolation/axoiso"
+	"github.com/axocoatl/isolation/egress"
 )
 
 func init() {
@@ -66,11 +68,19 @@ func runTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		InputSchema json.RawMessage `json:"input_schema,omitempty"`
 		TimeoutMS   int64           `json:"timeout_ms,omitempty"`
 		MemoryMB    int             `json:"memory_mb,omitempty"`
-		Error       string          `json:"error,omitempty"`
+		// Egress is the effective network policy; EgressNotGranted what was asked and not granted.
+		Egress           []string            `json:"egress,omitempty"`
+		EgressNotGranted []egress.NotGranted `json:"egress_not_granted,omitempty"`
+		Error            string              `json:"error,omitempty"`
 	}
 	rows := make([]row, 0, len(tools))
 	for _, t := range tools {
 		r := row{Name: t.Name, Runtime: t.Runtime.String(), Description: t.Description, Dir: t.Dir, InputSchema: t.InputSchema, TimeoutMS: t.TimeoutMS, MemoryMB: t.MemoryMB}
+		pol, ng := e.Egress(t)
+		r.Egress, r.EgressNotGranted = pol.Strings(), ng
+		if len(r.Egress) == 0 {
+			r.Egress = nil
+		}
 		if sel, err := e.Select(ctx, t); err != nil {
 			r.Tier, r.Error = "-", err.Error()
 		} else {
@@ -82,13 +92,17 @@ func runTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 		return writeJSON(stdout, rows)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tRUNTIME\tTIER\tDESCRIPTION")
+	fmt.Fprintln(tw, "NAME\tRUNTIME\tTIER\tEGRESS\tDESCRIPTION")
 	for _, r := range rows {
 		tier := r.Tier
 		if r.Degraded {
 			tier += " (downgrade)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.Runtime, tier, dash(r.Description))
+		net := strings.Join(r.Egress, ",")
+		if len(r.EgressNotGranted) > 0 {
+			net += fmt.Sprintf(" (%d not granted)", len(r.EgressNotGranted))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Runtime, tier, dash(strings.TrimSpace(net)), dash(r.Description))
 	}
 	return tw.Flush()
 }
