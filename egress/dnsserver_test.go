@@ -50,7 +50,7 @@ func answers(m *dns.Msg) []string {
 func TestDNSServer(t *testing.T) {
 	defer egresstest.MarkTestNetPublic()()
 	up := startFakeDNS(t, bigZone()...)
-	tg := newTestGate(t, GateConfig{Resolver: up.addr, AllowPrivate: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}})
+	tg := newTestGate(t, GateConfig{Resolver: up.Addr, AllowPrivate: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}})
 	release := tg.Bind(netip.MustParseAddr("127.0.0.2"), NewPolicy(mustPatterns(t, "**.allowed.test:443")...), "call-1")
 	defer release()
 
@@ -97,14 +97,14 @@ func TestDNSServer(t *testing.T) {
 		})
 	}
 	// Upstream saw no refused name and no refused type.
-	for _, q := range up.queries() {
+	for _, q := range up.Queries() {
 		if !dns.IsSubDomain("allowed.test.", q[:len(q)-len(" A")]) && !dns.IsSubDomain("allowed.test.", q[:len(q)-len(" AAAA")]) {
 			t.Errorf("upstream saw %q", q)
 		}
 	}
 	for _, s := range []string{"evil", "TXT", "ANY", "MX"} {
-		if up.sawName(s) {
-			t.Errorf("upstream saw a query containing %q: %v", s, up.queries())
+		if up.Saw(s) {
+			t.Errorf("upstream saw a query containing %q: %v", s, up.Queries())
 		}
 	}
 
@@ -132,7 +132,7 @@ func TestDNSServer(t *testing.T) {
 
 func TestDNSServerTestNetDeniedByDefault(t *testing.T) {
 	up := startFakeDNS(t, fakeZone...)
-	tg := newTestGate(t, GateConfig{Resolver: up.addr})
+	tg := newTestGate(t, GateConfig{Resolver: up.Addr})
 	defer tg.Bind(netip.MustParseAddr("127.0.0.2"), NewPolicy(mustPatterns(t, "api.allowed.test:443")...), "c")()
 	r := tg.dnsQuery(t, "127.0.0.2", "api.allowed.test.", dns.TypeA, false)
 	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 {

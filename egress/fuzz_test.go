@@ -33,7 +33,7 @@ func FuzzDNSRequest(f *testing.F) {
 	restore := egresstest.MarkTestNetPublic()
 	f.Cleanup(restore)
 	up := startFakeDNS(f, fakeZone...)
-	g, err := NewGate(GateConfig{Resolver: up.addr, Logger: discardLogger()})
+	g, err := NewGate(GateConfig{Resolver: up.Addr, Logger: discardLogger()})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func FuzzDNSRequest(f *testing.F) {
 		if !ok && m.Rcode != dns.RcodeRefused {
 			t.Fatalf("answered %s to %v", dns.RcodeToString[m.Rcode], r.Question)
 		}
-		for _, q := range up.queries() {
+		for _, q := range up.Queries() {
 			if !dns.IsSubDomain("allowed.test.", q[:len(q)-len(" A")]) && !dns.IsSubDomain("allowed.test.", q[:len(q)-len(" AAAA")]) && !dns.IsSubDomain("allowed.test.", q[:len(q)-len(" CNAME")]) {
 				t.Fatalf("upstream saw %q", q)
 			}

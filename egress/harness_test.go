@@ -11,94 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/axocoatl/isolation/internal/egresstest/testnet"
 	"github.com/miekg/dns"
 )
 
-// fakeDNS is an upstream DNS server that logs every question it receives.
-type fakeDNS struct {
-	addr string
-	mu   sync.Mutex
-	log  []string // "name type"
-	zone map[string][]dns.RR
-}
-
-func (f *fakeDNS) queries() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.log...)
-}
-
-// sawName reports whether any query mentioned s.
-func (f *fakeDNS) sawName(s string) bool {
-	for _, q := range f.queries() {
-		if strings.Contains(strings.ToLower(q), strings.ToLower(s)) {
-			return true
-		}
-	}
-	return false
-}
-
-func startFakeDNS(t testing.TB, records ...string) *fakeDNS {
-	t.Helper()
-	f := &fakeDNS{zone: map[string][]dns.RR{}}
-	for _, r := range records {
-		rr, err := dns.NewRR(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := strings.ToLower(rr.Header().Name)
-		f.zone[n] = append(f.zone[n], rr)
-	}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		if len(r.Question) == 1 {
-			q := r.Question[0]
-			f.mu.Lock()
-			f.log = append(f.log, q.Name+" "+dns.TypeToString[q.Qtype])
-			f.mu.Unlock()
-			name := strings.ToLower(q.Name)
-			rrs, ok := f.zone[name]
-			if !ok {
-				m.Rcode = dns.RcodeNameError
-			}
-			for _, rr := range rrs {
-				if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == dns.TypeCNAME {
-					m.Answer = append(m.Answer, rr)
-					if c, ok := rr.(*dns.CNAME); ok && q.Qtype != dns.TypeCNAME {
-						for _, rr2 := range f.zone[strings.ToLower(c.Target)] {
-							if rr2.Header().Rrtype == q.Qtype {
-								m.Answer = append(m.Answer, rr2)
-							}
-						}
-					}
-				}
-			}
-		}
-		if _, ok := w.RemoteAddr().(*net.UDPAddr); ok {
-			size := 512
-			if o := r.IsEdns0(); o != nil {
-				size = int(o.UDPSize())
-			}
-			m.Truncate(size)
-		}
-		w.WriteMsg(m)
-	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	us := &dns.Server{PacketConn: pc, Handler: h}
-	ts := &dns.Server{Listener: ln, Handler: h}
-	go us.ActivateAndServe()
-	go ts.ActivateAndServe()
-	t.Cleanup(func() { us.Shutdown(); ts.Shutdown() })
-	f.addr = pc.LocalAddr().String()
-	return f
+// startFakeDNS is the fake upstream DNS server that logs every question it receives.
+func startFakeDNS(t testing.TB, records ...string) *testnet.DNS {
+	return testnet.StartDNS(t, records...)
 }
 
 // testGate is a Gate with its DNS server on 127.0.0.1 (UDP and TCP) and its proxy listening on

@@ -3,16 +3,11 @@ package egress
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -22,30 +17,8 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation/internal/egresstest"
+	"github.com/axocoatl/isolation/internal/egresstest/testnet"
 )
-
-// testCert returns a self-signed certificate for names, and a pool trusting it.
-func testCert(t testing.TB, names ...string) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
 
 // server is a loopback TCP server counting its connections; serve runs per connection.
 type server struct {
@@ -84,7 +57,7 @@ func startServer(t testing.TB, addr string, serve func(net.Conn)) *server {
 // names to them, and the container is the source address 127.0.0.2.
 type proxyWorld struct {
 	*testGate
-	up       *fakeDNS
+	up       *testnet.DNS
 	api      *server // TLS for api.allowed.test and HTTP, on 127.0.0.1:port
 	canary   *server // 127.0.0.6:port
 	banner   *server // server-first, 127.0.0.8
@@ -97,7 +70,7 @@ type proxyWorld struct {
 func newProxyWorld(t *testing.T) *proxyWorld {
 	t.Helper()
 	t.Cleanup(egresstest.MarkTestNetPublic())
-	cert, pool := testCert(t, "api.allowed.test")
+	cert, pool := testnet.Cert(t, "api.allowed.test")
 	w := &proxyWorld{pool: pool}
 	w.api = startServer(t, "127.0.0.1:0", func(c net.Conn) {
 		br := bufio.NewReader(c)
@@ -129,7 +102,7 @@ func newProxyWorld(t *testing.T) *proxyWorld {
 		"canary.allowed.test. 300 IN A 127.0.0.6",
 		"v6.allowed.test. 300 IN AAAA ::1",
 	)
-	w.testGate = newTestGate(t, GateConfig{Resolver: w.up.addr, FirstBytesTimeout: 300 * time.Millisecond,
+	w.testGate = newTestGate(t, GateConfig{Resolver: w.up.Addr, FirstBytesTimeout: 300 * time.Millisecond,
 		AllowPrivate: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("127.0.0.8/32")}})
 	w.policy = NewPolicy(mustPatterns(t,
 		fmt.Sprintf("api.allowed.test:%d", w.port), fmt.Sprintf("*.allowed.test:%d", w.port),
@@ -246,8 +219,8 @@ func TestProxyHTTPHost(t *testing.T) {
 			t.Errorf("Host %s: got %q", tc.host, b)
 		}
 	}
-	if w.canary.hits.Load() != 0 || w.up.sawName("evil") || w.up.sawName("127.0.0.1") {
-		t.Fatalf("canary hits %d; upstream DNS saw %v", w.canary.hits.Load(), w.up.queries())
+	if w.canary.hits.Load() != 0 || w.up.Saw("evil") || w.up.Saw("127.0.0.1") {
+		t.Fatalf("canary hits %d; upstream DNS saw %v", w.canary.hits.Load(), w.up.Queries())
 	}
 }
 
@@ -283,8 +256,8 @@ func TestProxyDenied(t *testing.T) {
 	if n := w.api.hits.Load(); n != apiHits {
 		t.Errorf("the allowed server was reached %d times by denied connections", n-apiHits)
 	}
-	if w.up.sawName("evil") {
-		t.Errorf("upstream DNS saw a denied name: %v", w.up.queries())
+	if w.up.Saw("evil") {
+		t.Errorf("upstream DNS saw a denied name: %v", w.up.Queries())
 	}
 	logs := w.logs.String()
 	for _, s := range []string{"call_id=call-7", "name=evil.test", "deny set", "no policy bound"} {

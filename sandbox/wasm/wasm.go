@@ -4,7 +4,8 @@
 // Each module is compiled once, keyed by its content (so a changed file recompiles), with an
 // optional on-disk compilation cache; every call gets a fresh instance with:
 //   - /axocoatl/input.json (read-only) and /axocoatl/output.json, in memory: no other file, no
-//     host filesystem, no environment variables, no network (WASI preview 1 has no sockets);
+//     host filesystem, no environment variables, no sockets (WASI preview 1 has none); the only
+//     way out is the http_request host function (http.go), under the call's egress policy;
 //   - stdout and stderr kept as bounded tails of their own (Outcome.Stdout, Outcome.Stderr);
 //   - a linear memory capped at the call's MemoryMB (default 64), from a pool of mmap-backed
 //     regions that never move and are zeroed on release;
@@ -63,6 +64,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/internal/callio"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/wasm/internal/wasmbin"
@@ -136,6 +138,11 @@ type Config struct {
 	DefaultMemoryMB int
 	// Logger receives compile events; nil logs nowhere.
 	Logger *slog.Logger
+	// Gate dials for the http_request host function (see http.go) under each call's policy
+	// (Limits.Egress); nil: calls with a policy are refused (isolation.ErrTierUnavailable).
+	Gate *egress.Gate
+	// HTTP bounds http_request.
+	HTTP HTTPConfig
 
 	// The fields below are not configuration: tests and benchmarks of this package set them.
 	// keepDataSegments, heapMemory and engineDeadlineChecks switch off the optimisations (merged
@@ -270,6 +277,7 @@ func New(cfg Config) (*Sandbox, error) {
 		cfg.MaxCacheDirBytes = defaultMaxCacheDirBytes
 	}
 	cfg.DefaultMemoryMB = min(cfg.DefaultMemoryMB, MaxMemoryMB)
+	cfg.HTTP = cfg.HTTP.withDefaults()
 	s := &Sandbox{
 		cfg:        cfg,
 		log:        cfg.Logger,
@@ -304,6 +312,10 @@ func New(cfg Config) (*Sandbox, error) {
 		if _, err := wasi_snapshot_preview1.Instantiate(ctx, *r.rt); err != nil {
 			s.closeRuntimes(ctx)
 			return nil, fmt.Errorf("wasm: WASI: %w", err)
+		}
+		if err := instantiateHostModule(ctx, *r.rt); err != nil {
+			s.closeRuntimes(ctx)
+			return nil, fmt.Errorf("wasm: host module: %w", err)
 		}
 	}
 	return s, nil
@@ -672,6 +684,9 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	if reason := s.Supports(call.Runtime); reason != "" {
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", reason)
 	}
+	if !call.Limits.Egress.IsZero() && s.cfg.Gate == nil {
+		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "the call has a network policy and this Wasm sandbox has no egress gate to enforce it")
+	}
 	if !s.enter() {
 		return sandbox.Outcome{}, errClosed
 	}
@@ -706,6 +721,9 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, lim.Timeout)
 	defer cancel()
+	hc := newHTTPCall(s.cfg.Gate, s.cfg.HTTP, lim.Egress, call.ID)
+	defer hc.close()
+	ctx = context.WithValue(ctx, httpCallKey{}, hc)
 
 	fsys := newCallFS(call.Input, lim.MaxOutputBytes, time.Now().UnixNano())
 	tail := callio.NewTailBuffer(lim.MaxStderrBytes)
