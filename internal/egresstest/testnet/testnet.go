@@ -55,8 +55,8 @@ func StartDNS(t testing.TB, records ...string) *DNS {
 	}
 	us := &dns.Server{PacketConn: pc, Handler: h}
 	ts := &dns.Server{Listener: ln, Handler: h}
-	go us.ActivateAndServe() //nolint:errcheck
-	go ts.ActivateAndServe() //nolint:errcheck
+	go us.ActivateAndServe()                           //nolint:errcheck
+	go ts.ActivateAndServe()                           //nolint:errcheck
 	t.Cleanup(func() { us.Shutdown(); ts.Shutdown() }) //nolint:errcheck
 	f.Addr = pc.LocalAddr().String()
 	return f
