@@ -342,6 +342,11 @@ func serve(ch string) error {
 					logger.Warn("rehearsal", "err", err)
 				}
 			}
+			if h.RehearseImage && imageMounted {
+				if err := rehearseImage(); err != nil {
+					logger.Warn("image rehearsal", "err", err)
+				}
+			}
 			if h.Warm {
 				warm()
 			}

@@ -461,3 +461,30 @@ func dropPrivileges(uid, gid uint32, groups []uint32, lastCap int) error {
 	}
 	return nil
 }
+
+// rehearsalMissing is what the image rehearsal asks the tool init to execute: a path no image
+// is expected to have, so that nothing of the image runs.
+const rehearsalMissing = "/.axocoatl-rehearsal-does-not-exist"
+
+// rehearseImage runs the tool init once as a real call on the image would (namespaces, mounts,
+// pivot, credentials) up to the exec of a path that does not exist, then removes what the call
+// wrote, so that the real call finds the state a fresh VM has.
+func rehearseImage() error {
+	req := guest.Request{ID: "rehearsal", Runtime: guest.RuntimeImage, Input: []byte(`{}`),
+		Image:     &guest.Image{Args: []string{rehearsalMissing}, Env: []string{"PATH=/bin"}, Cwd: "/", UID: toolUID, GID: toolGID},
+		TimeoutMS: 10000, MaxOutputBytes: 1 << 20, MaxStderrBytes: 4096}
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	defer unix.Sethostname([]byte(unix.ByteSliceToString(u.Nodename[:])))
+	resp := handle(req)
+	var errs []error
+	for _, p := range []string{sandbox.GuestInputPath, sandbox.GuestOutputPath} {
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !strings.Contains(resp.Error, rehearsalMissing) {
+		errs = append(errs, fmt.Errorf("image rehearsal: want the exec to fail, got %q (exit %d, %q)", resp.Error, resp.ExitCode, resp.Stderr))
+	}
+	return errors.Join(errs...)
+}

@@ -81,6 +81,11 @@ type Hello struct {
 	// code on first use and a restored VMM starts with nothing translated: a pooled VM that
 	// rehearsed serves its real call without paying for that translation.
 	Rehearse bool `json:"rehearse,omitempty"`
+	// RehearseImage, in a VM with an image drive, also rehearses a call on the image up to its
+	// last step: the tool init sets up the tool's namespaces and root, drops its privileges and
+	// fails to execute a path that does not exist (nothing of the image runs), so that the real
+	// call finds that code translated.
+	RehearseImage bool `json:"rehearse_image,omitempty"`
 }
 
 // Runtime says how the agent starts the entrypoint.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
 
@@ -44,7 +45,11 @@ var (
 func benchCalls(b *testing.B, bt benchTool, opts microvm.Config, beforeEach func(*microvm.Sandbox)) {
 	s := newSandbox(b, opts)
 	dir, entry := tool(b, bt.file, bt.content, 0o644)
-	c := call("bench", bt.req, dir, entry, `{}`, 20*time.Second)
+	benchRun(b, s, call("bench", bt.req, dir, entry, `{}`, 20*time.Second), beforeEach)
+}
+
+// benchRun measures b.N calls of c in s (closed at the end) after one unmeasured call.
+func benchRun(b *testing.B, s *microvm.Sandbox, c sandbox.Call, beforeEach func(*microvm.Sandbox)) {
 	if _, err := s.Run(context.Background(), c); err != nil { // warm caches, take the snapshot
 		b.Fatal(err)
 	}
@@ -131,6 +136,36 @@ func BenchmarkColdCall(b *testing.B) {
 	b.Run("shell-initramfs-root", func(b *testing.B) {
 		benchCalls(b, benchShell, microvm.Config{RootInInitramfs: true}, nil)
 	})
+}
+
+// BenchmarkImageCall: a ContainerImage tool (a static busybox bundle writing its output) in the
+// microVM tier: cold (boot with the image drive, tool init, the bundle's process; the drive built
+// once before), and from a pool of VMs keyed by the drive's digest.
+//
+//	go test -run '^$' -bench ImageCall -benchtime 10x ./sandbox/microvm/
+func BenchmarkImageCall(b *testing.B) {
+	for _, mode := range []string{"cold", "pooled"} {
+		b.Run(mode, func(b *testing.B) {
+			opts := microvm.Config{DriveDir: filepath.Join(b.TempDir(), "drives")}
+			if mode == "pooled" {
+				opts.PoolSize, opts.Snapshots = 1, true
+			}
+			s := newSandbox(b, opts)
+			dir := busyboxBundle(b, shTrivial, 0, 0, []string{"PATH=/bin"}, "/", nil)
+			c := imageCall("bench", dir, `{}`)
+			var before func(*microvm.Sandbox)
+			if mode == "pooled" {
+				if err := s.Prepare(context.Background(), c); err != nil {
+					b.Fatal(err)
+				}
+				before = func(s *microvm.Sandbox) {
+					waitPool(b, s, 1)
+					time.Sleep(300 * time.Millisecond) // let the clone settle to idle
+				}
+			}
+			benchRun(b, s, c, before)
+		})
+	}
 }
 
 func BenchmarkRestoreCall(b *testing.B) {

@@ -211,3 +211,31 @@ func TestImageHostileContents(t *testing.T) {
 		t.Error("the drive changed under a call")
 	}
 }
+
+// A pooled VM for an image tool is keyed by its drive: it waits with the drive mounted and the
+// image path rehearsed, serves the call with the right output, and leaves nothing of the
+// rehearsal behind (no output.json, a fresh /tmp).
+func TestPooledImageCall(t *testing.T) {
+	s := newSandbox(t, microvm.Config{PoolSize: 1, DriveDir: filepath.Join(t.TempDir(), "drives")})
+	script := `if [ -e /axocoatl/output.json ] || [ -n "$(ls /tmp)" ]; then echo dirty >&2; exit 9; fi
+read -r l < /axocoatl/input.json; printf '{"in":%s}' "$l" > /axocoatl/output.json`
+	dir := busyboxBundle(t, script, 0, 0, []string{"PATH=/bin"}, "/", nil)
+	c := imageCall("pooled-img", dir, `{"p":1}`)
+	if err := s.Prepare(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(t, s, 1)
+	if ps := s.PoolStats(); !strings.Contains(ps[0].Tool, "image-") {
+		t.Errorf("pool %+v is not an image shape", ps)
+	}
+	o, err := s.Run(context.Background(), c)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if string(o.Output) != `{"in":{"p":1}}` || o.ExitCode != 0 {
+		t.Fatalf("exit %d output %q stderr %q", o.ExitCode, o.Output, o.Stderr)
+	}
+	if st := s.Stats(); st.Pooled != 1 {
+		t.Errorf("stats %+v: the call did not take the pooled VM", st)
+	}
+}

@@ -68,8 +68,8 @@ func walk(root *os.Root, h hash.Hash, content bool) (treeStats, error) {
 			return st, fmt.Errorf("%w: %v", ErrTree, err)
 		}
 		names, err := f.Readdirnames(-1)
-		f.Close()
 		if err != nil {
+			f.Close()
 			return st, fmt.Errorf("%w: %s: %v", ErrTree, d.rel, err)
 		}
 		slices.Sort(names)
@@ -80,8 +80,9 @@ func walk(root *os.Root, h hash.Hash, content bool) (treeStats, error) {
 			if st.entries > MaxEntries {
 				return st, fmt.Errorf("%w: more than %d entries", ErrTree, MaxEntries)
 			}
-			fi, err := root.Lstat(rel)
+			fi, err := lstatIn(root, f, rel, n)
 			if err != nil {
+				f.Close()
 				return st, fmt.Errorf("%w: %s: %v", ErrTree, rel, err)
 			}
 			sys, ok := fi.Sys().(*syscall.Stat_t)
@@ -107,6 +108,7 @@ func walk(root *os.Root, h hash.Hash, content bool) (treeStats, error) {
 			switch {
 			case fi.IsDir():
 				if d.depth+1 > MaxDepth {
+					f.Close()
 					return st, fmt.Errorf("%w: %s: more than %d levels", ErrTree, rel, MaxDepth)
 				}
 				sub = append(sub, dir{rel, d.depth + 1})
@@ -114,11 +116,13 @@ func walk(root *os.Root, h hash.Hash, content bool) (treeStats, error) {
 			case fi.Mode().IsRegular():
 				st.bytes += fi.Size()
 				if st.bytes > MaxBytes {
+					f.Close()
 					return st, fmt.Errorf("%w: more than %d bytes", ErrTree, int64(MaxBytes))
 				}
 				st.blocks += (fi.Size() + 4095) / 4096
 				if content {
 					if err := hashFile(root, rel, h); err != nil {
+						f.Close()
 						return st, err
 					}
 				}
@@ -126,6 +130,7 @@ func walk(root *os.Root, h hash.Hash, content bool) (treeStats, error) {
 				if content {
 					t, err := root.Readlink(rel)
 					if err != nil {
+						f.Close()
 						return st, fmt.Errorf("%w: %s: %v", ErrTree, rel, err)
 					}
 					io.WriteString(h, t)
@@ -136,6 +141,7 @@ func walk(root *os.Root, h hash.Hash, content bool) (treeStats, error) {
 				}
 			}
 		}
+		f.Close()
 		// Directory entries cost ~(8 + name) bytes each.
 		st.blocks += int64(len(names)) * 40 / 4096
 		for i := len(sub) - 1; i >= 0; i-- {
