@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -459,4 +460,64 @@ func TestDriverJailer(t *testing.T) {
 	if s := out.String() + outB.String(); strings.Contains(s, "VIOLATION") {
 		t.Fatalf("spec violations:\n%s", s)
 	}
+}
+
+// An image drive (a tool's root) goes through the drives API after the root drive, read-only,
+// against the spec-checked fake; in a jail it is a copy only the jailed uid may read.
+func TestDriverImageDrive(t *testing.T) {
+	kernel, initrd, root := guestFiles(t)
+	image := filepath.Join(t.TempDir(), "image.ext4")
+	if err := os.WriteFile(image, []byte("ext4 image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	t.Run("plain", func(t *testing.T) {
+		d := New(Config{Binary: fakeBinary(t, "firecracker")})
+		var out syncBuffer
+		m, err := d.Boot(ctx, microvm.BootSpec{ID: "img-a", RunDir: shortTempDir(t), Kernel: kernel, Initrd: initrd, RootDrive: root,
+			ImageDrive: image, VCPUs: 1, MemoryMB: 128, Stderr: &out})
+		if err != nil {
+			t.Fatalf("Boot: %v\n%s", err, out.String())
+		}
+		m.Kill()
+		reqs, bodies := fakeRequests(out.String())
+		i := slices.Index(reqs, "PUT /drives/image")
+		if i < 0 || i < slices.Index(reqs, "PUT /drives/root") || slices.Index(reqs, "PUT /actions") < i {
+			t.Fatalf("requests %v: want the image drive after the root drive, before the start", reqs)
+		}
+		for _, w := range []string{`"drive_id":"image"`, `"is_read_only":true`, `"is_root_device":false`, `"path_on_host":"` + image} {
+			if !strings.Contains(bodies[i], w) {
+				t.Errorf("image drive body %s lacks %s", bodies[i], w)
+			}
+		}
+		if strings.Contains(out.String(), "VIOLATION") {
+			t.Fatalf("spec violations:\n%s", out.String())
+		}
+	})
+	t.Run("jailed", func(t *testing.T) {
+		fc := fakeBinary(t, "firecracker")
+		base := shortTempDir(t)
+		d := New(Config{Jailer: &Jailer{Binary: fakeBinary(t, "jailer"), ExecFile: fc, UID: os.Getuid(), GID: os.Getgid(), ChrootBaseDir: base}})
+		var out syncBuffer
+		m, err := d.Boot(ctx, microvm.BootSpec{ID: "img-j", RunDir: shortTempDir(t), Kernel: kernel, Initrd: initrd, RootDrive: root,
+			ImageDrive: image, VCPUs: 1, MemoryMB: 128, Stderr: &out})
+		if err != nil {
+			t.Fatalf("Boot: %v\n%s", err, out.String())
+		}
+		defer m.Kill()
+		fi, err := os.Stat(filepath.Join(base, "firecracker", "img-j", "root", "image.ext4"))
+		if err != nil || fi.Mode().Perm() != 0o400 {
+			t.Fatalf("jailed image: %v, mode %v; want a 0400 copy", err, fi.Mode())
+		}
+		if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != os.Getuid() {
+			t.Errorf("jailed image owned by %d, want the jail uid %d", st.Uid, os.Getuid())
+		}
+		_, bodies := fakeRequests(out.String())
+		if !strings.Contains(strings.Join(bodies, "\n"), `"path_on_host":"/image.ext4"`) {
+			t.Errorf("jailed requests lack the jail's image path: %v", bodies)
+		}
+		if strings.Contains(out.String(), "VIOLATION") {
+			t.Fatalf("spec violations:\n%s", out.String())
+		}
+	})
 }
