@@ -154,4 +154,8 @@ type Availability struct {
 	Fix       string `json:"fix,omitempty"`
 	// Backend names the mechanism that would be used ("wazero", "libcontainer", "qemu-microvm", ...).
 	Backend string `json:"backend,omitempty"`
+	// Network says whether tools with a network policy can run in this tier here: how, or
+	// "unavailable: " and why (such tools are then refused, never run without their policy).
+	// Empty for a tier that never gives a tool a network.
+	Network string `json:"network,omitempty"`
 }

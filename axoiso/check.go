@@ -60,6 +60,11 @@ func enumValues(spec string) []string {
 
 // checkConfig walks the file's JSON against Config and returns its problems and the keys it sets
 // (leaves: a map or list counts as one key).
+// removedKeys are keys of earlier versions that a config may still set, with what replaced them.
+var removedKeys = map[string]string{
+	"oci.allow_network": "it shared the host's network with tools; a tool now declares the hosts it needs (tool.json \"network\": {\"egress\": [...]}) and the operator grants them (README: Network)",
+}
+
 func checkConfig(b []byte) (problems, keys []string) {
 	w := walker{}
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -123,6 +128,10 @@ func (w *walker) value(path, pattern string, raw json.RawMessage, t reflect.Type
 			f, ok := fields[k]
 			if !ok {
 				full := join(path, k)
+				if why, ok := removedKeys[full]; ok {
+					w.problems = append(w.problems, fmt.Sprintf("%q was removed: %s", full, why))
+					continue
+				}
 				msg := fmt.Sprintf("unknown key %q", full)
 				if s := nearest(k, names); s != "" {
 					msg += fmt.Sprintf("; did you mean %q?", join(path, s))

@@ -44,6 +44,8 @@ func TestConfigRejectsMistakes(t *testing.T) {
 		{"secret bad tool", `{"secrets":{"Bad Name":{"K":{"env":"X"}}}}`, []string{`secrets.Bad Name: `}},
 		{"secret bad var", `{"secrets":{"t":{"1K":{"env":"X"}}}}`, []string{`secrets.t: "1K" is not a variable name`}},
 		{"secret relative file", `{"secrets":{"t":{"K":{"file":"k"}}}}`, []string{`secrets.t.K.file: "k" is not an absolute path`}},
+		{"removed host network", `{"oci":{"allow_network":true}}`, []string{`"oci.allow_network" was removed`, `"network": {"egress"`}},
+		{"bad net prefix type", `{"egress":{"net_prefix":3}}`, []string{`egress.net_prefix: want a string`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := LoadConfig(writeConfig(t, tc.body))

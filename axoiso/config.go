@@ -74,6 +74,8 @@ type Config struct {
 	// reaches only the tools it is granted to, in every tier, and is hidden in their stdout and
 	// stderr tails and error text (see executor.Config.Secrets).
 	Secrets map[string]map[string]SecretSource `json:"secrets,omitempty"`
+	// Egress configures the gate of tools with a network policy.
+	Egress EgressConfig `json:"egress"`
 
 	// The fields below are for programs that embed the executor (New); they are not part of the
 	// config file.
@@ -150,8 +152,6 @@ type OciConfig struct {
 	MemoryMB int     `json:"memory_mb,omitempty"`
 	Pids     int64   `json:"pids,omitempty"`
 	CPUs     float64 `json:"cpus,omitempty"`
-	// AllowNetwork lets tools that ask for the network (tool.json "network": true) have it.
-	AllowNetwork bool `json:"allow_network,omitempty"`
 	// IOSizeMB caps each call's I/O dir (/axocoatl, a tmpfs of its own) beyond the input
 	// (default 4; at least twice the output cap).
 	IOSizeMB int `json:"io_size_mb,omitempty"`

@@ -22,6 +22,16 @@ func init() {
 			// and Arbitrary tools still run, in a container, on a host without a VMM.
 			root, _ = microvm.RuntimeRoot(c.vmDataDir())
 		}
+		prefix, err := netPrefix(c)
+		if err != nil {
+			return nil, err
+		}
+		gate, err := egressGate(c, log)
+		if err != nil {
+			// Tools without a network policy still run; those with one are refused, saying why.
+			log.Warn("no egress gate: tools with a network policy are refused", "error", err)
+			gate = nil
+		}
 		return oci.New(oci.Config{
 			StateRoot:       c.Oci.StateRoot,
 			BundleRoot:      c.ToolsRoot,
@@ -32,7 +42,8 @@ func init() {
 			MemoryMB:        c.Oci.MemoryMB,
 			Pids:            c.Oci.Pids,
 			CPUs:            c.Oci.CPUs,
-			AllowNetwork:    c.Oci.AllowNetwork,
+			Gate:            gate,
+			NetPrefix:       prefix,
 			IOSizeMB:        c.Oci.IOSizeMB,
 			PoolSize:        c.Oci.PoolSize,
 			PoolIdle:        time.Duration(c.Oci.PoolIdle),

@@ -57,8 +57,6 @@ type Limits struct {
 	MaxOutputBytes int64
 	// MaxStderrBytes bounds the kept stderr tail, and the stdout tail.
 	MaxStderrBytes int
-	// Network allows a network device where the tier supports one. Off by default.
-	Network bool
 	// Egress is the call's effective network policy; the zero Policy (the default) gives the
 	// call no network at all: loopback only, no device. A tier that cannot enforce a non-zero
 	// policy refuses the call (isolation.ErrTierUnavailable) rather than run it without.

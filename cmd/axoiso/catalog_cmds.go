@@ -38,7 +38,15 @@ func runTiers(ctx context.Context, args []string, _ io.Reader, stdout, stderr io
 	for _, s := range statuses {
 		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\n", s.Tier, s.Available, dash(s.Backend), dash(s.Reason), dash(s.Fix))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, s := range statuses {
+		if s.Network != "" {
+			fmt.Fprintf(stdout, "%s network policies: %s\n", s.Tier, s.Network)
+		}
+	}
+	return nil
 }
 
 func runTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {

@@ -655,3 +655,16 @@ func ReapTable(name string) error {
 }
 
 func nsHandle(fd int) netns.NsHandle { return netns.NsHandle(fd) }
+
+// Discard destroys a namespace without recycling it: its call's processes may still be inside
+// (a container that could not be destroyed). Its pair goes at once, so nothing inside reaches
+// anything any more; the namespace itself goes with its last process.
+func (p *Pool) Discard(ns *NS) {
+	if ns == nil {
+		return
+	}
+	p.mu.Lock()
+	p.stats.InUse--
+	p.mu.Unlock()
+	p.destroy(ns)
+}

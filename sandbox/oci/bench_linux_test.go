@@ -187,7 +187,7 @@ func BenchmarkCrunRun(b *testing.B) {
 		if err := os.WriteFile(filepath.Join(ioDir, "input.json"), []byte(`{"op":"echo"}`), 0o644); err != nil {
 			b.Fatal(err)
 		}
-		sp, err := s.spec(probeCall(""), id, ioDir, nil)
+		sp, err := s.spec(probeCall(""), id, ioDir, nil, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -13,9 +13,11 @@
 // seccomp allowlist with a socket family filter (see internal/ocispec), masked and read-only
 // /proc paths, cgroup limits on memory, pids and CPU, and RLIMIT_NOFILE; as root, a user
 // namespace with a 65536-id slot of host ids of its own (see idslots_linux.go for the uid
-// model). Only the network is loosenable: a tool that asks for it (tool.json
-// "network": true) shares the host's network namespace when Config.AllowNetwork is set, and gets
-// loopback only otherwise. The container's mounts are only what a JSON-in/JSON-out tool uses:
+// model). Nothing is loosenable, the network included: a call whose tool has a network policy
+// (sandbox.Limits.Egress) joins a prepared network namespace of its own whose traffic goes only
+// to Config.Gate (TCP through its proxy, DNS to its resolver; the rest is refused), with its
+// /etc/resolv.conf naming the gate; every other call gets loopback only. The host's network
+// namespace is never shared. The container's mounts are only what a JSON-in/JSON-out tool uses:
 // /proc (with the masked and read-only paths), /dev (a small tmpfs with the standard device
 // nodes), /dev/shm (POSIX semaphores: Python's multiprocessing), /tmp and /axocoatl (as root a
 // size-capped tmpfs of its own per call, so a tool cannot fill the state root and teardown is an
@@ -66,7 +68,10 @@ package oci
 
 import (
 	"log/slog"
+	"net/netip"
 	"time"
+
+	"github.com/axocoatl/isolation/egress"
 
 	"github.com/axocoatl/isolation/sandbox/oci/internal/ocispec"
 )
@@ -139,8 +144,18 @@ type Config struct {
 	// what the tool can write there, output.json included. Default 4; never less than twice the
 	// call's output cap. Rootless sandboxes cannot mount it: their I/O dir has no cap.
 	IOSizeMB int
-	// AllowNetwork lets tools that ask for the network share the host's network namespace.
-	AllowNetwork bool
+	// Gate is the egress gate of calls with a network policy (sandbox.Limits.Egress): each such
+	// call runs in a network namespace of its own (pooled; see internal/callnet) whose only way
+	// out is the gate, which applies the policy. nil, rootless, or a host without nftables or
+	// veth: calls with a policy are refused (isolation.ErrTierUnavailable, saying why). Calls
+	// without one get loopback only. The host's network is never shared.
+	Gate *egress.Gate
+	// NetPrefix is the IPv4 range of the per-call namespaces, a /31 each (default
+	// callnet.DefaultPrefix, link-local, which the gate never dials). NetReady namespaces are
+	// kept prepared (default 2), at most NetMax exist at once (default 256).
+	NetPrefix netip.Prefix
+	NetReady  int
+	NetMax    int
 	// NoSeccomp runs containers without the seccomp profile. Only for binaries built without
 	// `-tags seccomp`; without it such a binary reports the tier unavailable.
 	NoSeccomp bool

@@ -32,6 +32,12 @@ var env struct {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(netHelperEnv) != "" {
+		// A network test re-executed in a namespace of its own (and its crash helper): its
+		// parent's bundles.
+		env.toolsDir = os.Getenv("AXO_OCI_TOOLS")
+		os.Exit(m.Run())
+	}
 	if os.Getenv("AXO_OCI_CRASH_HELPER") != "" || os.Getenv("AXO_OCI_ROOTLESS_HELPER") != "" {
 		// A helper re-execution uses its parent's bundles: building its own would leave them
 		// behind when the parent kills it.

@@ -16,7 +16,7 @@ import (
 // poolKey identifies the containers a call can use: same tool folder and the settings baked
 // into a container at creation (the timeout is per call, applied at start).
 func poolKey(c sandbox.Call) string {
-	return fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d\x00%t\x00%s", c.Tool, c.Dir, c.Entrypoint, c.Runtime, c.Limits.MemoryMB, c.Limits.Network, c.Base)
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d\x00%s\x00%s", c.Tool, c.Dir, c.Entrypoint, c.Runtime, c.Limits.MemoryMB, c.Limits.Egress, c.Base)
 }
 
 // pool keeps up to size pre-created single-use containers of one tool, within the sandbox's
@@ -203,7 +203,7 @@ func (p *pool) createSome(bp *poolbudget.Pool, n int) error {
 			// Taken before creating: a change made meanwhile makes the container stale rather
 			// than unnoticed.
 			stamp := stampOf(p.tmpl)
-			c, err := p.s.create(p.tmpl, nil)
+			c, err := p.s.create(context.Background(), p.tmpl, nil)
 			p.lock()
 			if err == nil {
 				c.stamp = stamp
@@ -361,8 +361,13 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 	if !s.rootless {
 		ids = &ocispec.IDMap{Size: idSlotSize} // checks the bundle's user against the range
 	}
-	if _, err := s.spec(call, "axocoatl-prepare", s.ioRoot, ids); err != nil {
+	if _, err := s.spec(call, "axocoatl-prepare", s.ioRoot, ids, nil); err != nil {
 		return err
+	}
+	if !call.Limits.Egress.IsZero() {
+		if _, err := s.network(); err != nil {
+			return err
+		}
 	}
 	if !s.be.canPool() || s.cfg.PoolSize < 0 {
 		return nil

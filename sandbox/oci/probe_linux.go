@@ -82,6 +82,11 @@ func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
 		}
 	}
 	a.Available = true
+	if why := s.netUnavailable(); why != "" {
+		a.Network = "unavailable: " + why
+	} else {
+		a.Network = "per-call network namespaces whose only way out is the egress gate"
+	}
 	return a
 }
 

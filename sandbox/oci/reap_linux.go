@@ -199,6 +199,9 @@ func reapOwner(stateRoot, owner string, log *slog.Logger) int {
 	if n > 0 {
 		r.tidy()
 	}
+	if err := reapNet(stateRoot, owner); err != nil {
+		log.Warn("reap: per-call networks", "owner", owner, "error", err)
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		log.Warn("reap: remove owner dir", "dir", dir, "error", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/callnet"
 	// The container init hook: a binary that runs containers must act as their init.
 	"github.com/axocoatl/isolation/internal/callio"
 	_ "github.com/axocoatl/isolation/internal/containerinit"
@@ -51,6 +53,10 @@ type Sandbox struct {
 	// calls counts Runs in flight; Close waits for them before it tears anything down, so no
 	// container is created after Close began. Add only under mu while !closed.
 	calls sync.WaitGroup
+
+	netMu     sync.Mutex    // guards net and netClosed
+	net       *callnet.Pool // per-call network namespaces (net_linux.go); nil until a call has a policy
+	netClosed bool
 }
 
 // The optional interfaces of package sandbox this tier has.
@@ -275,7 +281,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 		c = p.take(stampOf(call))
 	}
 	if c == nil {
-		if c, err = s.create(call, call.Input); err != nil {
+		if c, err = s.create(ctx, call, call.Input); err != nil {
 			return out, err
 		}
 	} else if err := c.writeInput(s.ioSize(call.Limits.MaxOutputBytes, len(call.Input)), call.Input); err != nil {
@@ -288,7 +294,15 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 			panic(r)
 		}
 	}()
+	var unbind func()
+	if c.ns != nil {
+		// The call's policy holds for the container's address from its start to its end.
+		unbind = s.cfg.Gate.Bind(c.ns.Addr, call.Limits.Egress, call.ID)
+	}
 	out, err = s.execute(ctx, c, call)
+	if unbind != nil {
+		unbind()
+	}
 	// The call's outcome is complete once the process exited and output.json was read: tearing
 	// the container down (cgroups, state, I/O dir) happens after Run returns. With a pool, the
 	// used container goes to its filler, which also creates the replacement; without one it is
@@ -334,6 +348,8 @@ type ctr struct {
 	tail   *callio.TailBuffer // stderr
 	stdout *callio.TailBuffer
 	tool   string
+	// ns is the network namespace of a call with a network policy (nil: loopback only).
+	ns *callnet.NS
 	// input is the pooled container's empty input.json, open for writing since creation so a
 	// call writes its input with a single write; nil once written or closed. Only the goroutine
 	// owning the container uses it.
@@ -406,8 +422,9 @@ func (s *Sandbox) memoryMB(call sandbox.Call) int {
 	return s.cfg.MemoryMB
 }
 
-// spec builds the call's hardened spec; ids is the container's id range (nil when rootless).
-func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) (*specs.Spec, error) {
+// spec builds the call's hardened spec; ids is the container's id range (nil when rootless), ns
+// the network namespace to join (nil: loopback only).
+func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap, ns *callnet.NS) (*specs.Spec, error) {
 	if err := callio.CheckCallPaths(call); err != nil {
 		return nil, err
 	}
@@ -426,15 +443,14 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) 
 		Nofile:      s.cfg.Nofile,
 		TmpSizeMB:   s.cfg.TmpSizeMB,
 		Swap:        swapAccounting(),
-		HostNetwork: call.Limits.Network && s.cfg.AllowNetwork,
 		Rootless:    s.rootless,
 		NoCgroup:    !s.cgroupLimits(),
 		HostUID:     uint32(os.Geteuid()),
 		HostGID:     uint32(os.Getegid()),
 		UserNS:      ids,
 	}
-	if call.Limits.Network && !s.cfg.AllowNetwork {
-		s.log.Warn("tool asks for the network; Config.AllowNetwork is off, so it gets loopback only", "tool", call.Tool)
+	if ns != nil {
+		o.NetNS, o.ResolvConf = ns.Path(), ns.ResolvConf
 	}
 	var sp *specs.Spec
 	switch call.Runtime {
@@ -494,6 +510,11 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap) 
 	}
 	// The tool's env and secrets, over the bundle's or runtime root's own.
 	sp.Process.Env = sandbox.MergeEnv(sp.Process.Env, call.Env)
+	if ns != nil && !hasResolvConf(sp.Root.Path) {
+		// Names will not resolve; addresses granted by CIDR still work.
+		s.log.Warn("the tool has a network policy but its root filesystem has no regular /etc/resolv.conf to mount the gate's resolver over: add an empty one", "tool", call.Tool)
+		sp.Mounts = slices.DeleteFunc(sp.Mounts, func(m specs.Mount) bool { return m.Destination == "/etc/resolv.conf" })
+	}
 	if s.rootless || ids != nil {
 		// Rootless, or with a user namespace (the rootfs is then mounted read-only before the
 		// init starts): the init cannot create the mount points itself.
@@ -541,8 +562,9 @@ func swapAccounting() bool {
 	return err == nil
 }
 
-// create makes the I/O dir and a container waiting to start. On error nothing remains.
-func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
+// create makes the I/O dir and a container waiting to start, in a network namespace of its own
+// when the call has a network policy. On error nothing remains.
+func (s *Sandbox) create(ctx context.Context, call sandbox.Call, input []byte) (c *ctr, err error) {
 	if s.cgroupLimits() {
 		// The init's cgroup migration first waits for an RCU grace period; start that wait now so
 		// it overlaps with the spec, the I/O dir and the init's exec (see PrimeCgroups).
@@ -581,7 +603,18 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 			}
 		}
 	}()
-	sp, err := s.spec(call, id, ioDir, ids)
+	nctx, cancel := context.WithTimeout(ctx, netWait)
+	ns, err := s.takeNetns(nctx, call)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && ns != nil {
+			s.returnNetns(&ctr{ns: ns}, true) // the container never started: nothing ran in it
+		}
+	}()
+	sp, err := s.spec(call, id, ioDir, ids, ns)
 	if err != nil {
 		return nil, err
 	}
@@ -647,7 +680,7 @@ func (s *Sandbox) create(call sandbox.Call, input []byte) (c *ctr, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci: create container (%s): %w", s.be.name(), err)
 	}
-	return &ctr{id: id, ioDir: ioDir, ioSize: ioSize, slot: slot, root: root, inst: inst, tail: tail, stdout: stdout, tool: call.Tool, input: in}, nil
+	return &ctr{id: id, ioDir: ioDir, ioSize: ioSize, slot: slot, root: root, inst: inst, tail: tail, stdout: stdout, tool: call.Tool, input: in, ns: ns}, nil
 }
 
 // execute starts c, waits for it under ctx and collects the outcome.
@@ -718,6 +751,7 @@ func (s *Sandbox) destroy(c *ctr) {
 		s.log.Warn("remove I/O dir", "dir", c.ioDir, "error", err)
 		clean = false
 	}
+	s.returnNetns(c, destroyed)
 	if c.slot != nil {
 		if destroyed {
 			c.slot.release()
@@ -762,6 +796,7 @@ func (s *Sandbox) Close() error {
 		p.close()
 	}
 	s.teardown.Wait()
+	s.closeNet()
 	if s.ids != nil {
 		s.ids.close()
 	}

@@ -7,7 +7,7 @@
 // isolation or reach the host — hooks, mounts, devices, namespace paths, id mappings, sysctls,
 // capabilities, seccomp, AppArmor/SELinux labels, resources, the hostname — is ignored and
 // replaced by the defaults below (the hostname is Options.Hostname: the sandbox uses the same
-// constant for every container, which tells a tool nothing about the host, the bundle or the call). The only loosenable setting is the network (Options.HostNetwork).
+// constant for every container, which tells a tool nothing about the host, the bundle or the call). Nothing is loosenable: a call with a network policy joins a prepared namespace (Options.NetNS) instead of a fresh one.
 package ocispec
 
 import (
@@ -61,10 +61,13 @@ type Options struct {
 	// Swap is true when the host accounts swap (cgroup v1 memory.memsw.*, v2 memory.swap.max):
 	// swap is then limited to nothing beyond the memory limit.
 	Swap bool
-	// HostNetwork shares the host's network namespace instead of a private one with loopback
-	// only. It is the one isolation setting a tool may loosen, and only where the sandbox's
-	// configuration allows it.
-	HostNetwork bool
+	// NetNS, when set, is the network namespace to join (a per-call namespace whose only way
+	// out is the daemon's egress gate, see internal/callnet) instead of a fresh one with
+	// loopback only. The host's network namespace is never shared.
+	NetNS string
+	// ResolvConf, with NetNS, is a host file bound read-only over the rootfs's /etc/resolv.conf
+	// (which must exist as a regular file: the rootfs is read-only).
+	ResolvConf string
 	// Rootless adds a user namespace mapping container id 0 to HostUID/HostGID (the caller's
 	// euid/egid) and runs the process as that id 0; cgroup limits then apply only where the
 	// cgroup is delegated to the user.
@@ -246,7 +249,9 @@ func build(root string, extraMounts []specs.Mount, args, env []string, cwd strin
 
 func namespaces(o Options) []specs.LinuxNamespace {
 	ns := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.CgroupNamespace}}
-	if !o.HostNetwork {
+	if o.NetNS != "" {
+		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: o.NetNS})
+	} else {
 		// A fresh network namespace: libcontainer brings up loopback only, so there is no route out.
 		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace})
 	}
@@ -272,6 +277,10 @@ func mounts(o Options, extra []specs.Mount) []specs.Mount {
 			specs.Mount{Destination: guestDir, Type: "bind", Source: o.IODir, Options: []string{"bind", "rw", "nosuid", "nodev", "noexec"}},
 			specs.Mount{Destination: guestInput, Type: "bind", Source: filepath.Join(o.IODir, "input.json"), Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}},
 		)
+	}
+	if o.NetNS != "" && o.ResolvConf != "" {
+		m = append(m, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: o.ResolvConf,
+			Options: []string{"bind", "ro", "nosuid", "nodev", "noexec"}})
 	}
 	return append(m, extra...)
 }

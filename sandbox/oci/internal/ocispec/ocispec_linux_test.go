@@ -85,19 +85,23 @@ func TestHardenRejects(t *testing.T) {
 	}
 }
 
-func TestGenerateAndHostNetwork(t *testing.T) {
+func TestGenerateAndNetNS(t *testing.T) {
 	args := []string{"python3", "/axocoatl/tool/src/main.py"}
-	s, err := Generate("/rt", "/tools/t", args, Options{HostNetwork: true})
+	s, err := Generate("/rt", "/tools/t", args, Options{NetNS: "/proc/1/fd/9", ResolvConf: "/run/r.conf"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.Process.User.UID != UnprivilegedID {
 		t.Errorf("uid %d", s.Process.User.UID)
 	}
-	for _, ns := range s.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			t.Error("HostNetwork still has a network namespace")
-		}
+	// The prepared namespace is joined: never the host's (no network entry) nor a fresh one.
+	if n := slices.IndexFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace }); n < 0 || s.Linux.Namespaces[n].Path != "/proc/1/fd/9" {
+		t.Errorf("namespaces %+v: want the network namespace /proc/1/fd/9", s.Linux.Namespaces)
+	}
+	if !slices.ContainsFunc(s.Mounts, func(m specs.Mount) bool {
+		return m.Destination == "/etc/resolv.conf" && m.Source == "/run/r.conf" && slices.Contains(m.Options, "ro")
+	}) {
+		t.Error("resolv.conf not bound read-only")
 	}
 	found := false
 	for _, m := range s.Mounts {
@@ -182,7 +186,7 @@ func TestMounts(t *testing.T) {
 		o    Options
 	}{
 		{"root", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io"}},
-		{"host network", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io", HostNetwork: true}},
+		{"network namespace", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io", NetNS: "/proc/1/fd/9"}},
 		{"rootless", Options{IODir: "/run/io", Rootless: true, NoCgroup: true, HostUID: 1000, HostGID: 1000}},
 	}
 	for _, tc := range tests {

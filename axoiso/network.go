@@ -1,0 +1,69 @@
+package axoiso
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/axocoatl/isolation/egress"
+)
+
+// EgressConfig configures the egress gate every call with a network policy goes through (see
+// the README's Network section).
+type EgressConfig struct {
+	// Resolver is the upstream DNS server of allowed names, "host:port" (default: the first
+	// nameserver of /etc/resolv.conf).
+	Resolver string `json:"resolver,omitempty"`
+	// AllowPrivate reopens these ranges (CIDRs) of the deny set (loopback, RFC 1918, CGNAT,
+	// link-local, ...): the only way anything in them can be granted.
+	AllowPrivate []string `json:"allow_private,omitempty"`
+	// NetPrefix is the IPv4 range Oci calls' network namespaces take a /31 each from (default
+	// 169.254.64.0/18).
+	NetPrefix string `json:"net_prefix,omitempty"`
+}
+
+// gates holds one egress gate per configuration for the process: the tiers of one executor share it.
+var gates struct {
+	sync.Mutex
+	m map[string]*egress.Gate
+}
+
+// egressGate returns the process's gate for c (made on first use).
+func egressGate(c Config, log *slog.Logger) (*egress.Gate, error) {
+	var allow []netip.Prefix
+	for _, s := range c.Egress.AllowPrivate {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("config egress.allow_private %q: %w", s, err)
+		}
+		allow = append(allow, p)
+	}
+	key := fmt.Sprint(c.Egress.Resolver, allow)
+	gates.Lock()
+	defer gates.Unlock()
+	if g := gates.m[key]; g != nil {
+		return g, nil
+	}
+	g, err := egress.NewGate(egress.GateConfig{Resolver: c.Egress.Resolver, AllowPrivate: allow, Logger: log.With("component", "egress")})
+	if err != nil {
+		return nil, err
+	}
+	if gates.m == nil {
+		gates.m = map[string]*egress.Gate{}
+	}
+	gates.m[key] = g
+	return g, nil
+}
+
+// netPrefix is c's per-call network range (the zero Prefix: the default).
+func netPrefix(c Config) (netip.Prefix, error) {
+	if c.Egress.NetPrefix == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(c.Egress.NetPrefix)
+	if err != nil {
+		return p, fmt.Errorf("config egress.net_prefix %q: %w", c.Egress.NetPrefix, err)
+	}
+	return p, nil
+}

@@ -1,0 +1,502 @@
+package oci
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/vishvananda/netlink"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/egress"
+	"github.com/axocoatl/isolation/internal/callnet"
+	"github.com/axocoatl/isolation/internal/egresstest"
+	"github.com/axocoatl/isolation/internal/fakenet"
+	"github.com/axocoatl/isolation/sandbox"
+)
+
+const netHelperEnv = "AXO_OCI_NET_HELPER"
+
+// buildNetprobe builds the network probe tool into a bundle "netprobe" (with an empty
+// /etc/resolv.conf to mount the gate's resolver over) under env.toolsDir, once.
+var netprobeOnce struct {
+	sync.Once
+	err error
+}
+
+func needNetprobe(t testing.TB) {
+	t.Helper()
+	needContainers(t)
+	if why := callnet.Available(); why != "" {
+		t.Skip(why)
+	}
+	netprobeOnce.Do(func() {
+		dir := filepath.Dir(env.toolsDir)
+		bin := filepath.Join(dir, "netprobe")
+		//lint:ignore SA1019 tests run where the toolchain that built them is
+		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "../../internal/fakenet/netprobe")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			netprobeOnce.err = fmt.Errorf("build netprobe: %v: %s", err, out)
+			return
+		}
+		if err := makeBundle(env.toolsDir, "netprobe", bin); err != nil {
+			netprobeOnce.err = err
+			return
+		}
+		netprobeOnce.err = os.WriteFile(filepath.Join(env.toolsDir, "netprobe", "rootfs", "etc", "resolv.conf"), nil, 0o644)
+	})
+	if netprobeOnce.err != nil {
+		t.Fatal(netprobeOnce.err)
+	}
+}
+
+// runInNetns runs the test named child in a fresh network namespace (see fakenet) and fails with
+// its output if it fails.
+func runInNetns(t *testing.T, child string) {
+	t.Helper()
+	needNetprobe(t)
+	out, err := fakenet.RunInNetns(child, netHelperEnv+"=1", "AXO_OCI_TOOLS="+env.toolsDir)
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+child) {
+		t.Fatalf("%s: %v\n%s", child, err, out)
+	}
+	t.Logf("%s", out)
+}
+
+type probeOp = map[string]string
+
+type probeResult struct {
+	OK    bool     `json:"ok"`
+	Err   string   `json:"err"`
+	Body  string   `json:"body"`
+	Addrs []string `json:"addrs"`
+	MS    int64    `json:"ms"`
+}
+
+func netCall(pol egress.Policy, ops ...probeOp) sandbox.Call {
+	in, _ := json.Marshal(map[string]any{"ops": ops})
+	return sandbox.Call{ID: uuid.NewString(), Tool: "netprobe", Runtime: isolation.RequireContainerImage,
+		Dir: filepath.Join(env.toolsDir, "netprobe"), Input: in,
+		Limits: sandbox.Limits{Timeout: 30 * time.Second, Egress: pol}.WithDefaults()}
+}
+
+func runProbe(t testing.TB, s *Sandbox, call sandbox.Call) []probeResult {
+	t.Helper()
+	out, err := s.Run(context.Background(), call)
+	if err != nil {
+		t.Fatalf("run: %v (stderr %s)", err, out.Stderr)
+	}
+	if out.ExitCode != 0 {
+		t.Fatalf("netprobe exited %d: %s", out.ExitCode, out.Stderr)
+	}
+	var r struct {
+		Results []probeResult `json:"results"`
+	}
+	if err := json.Unmarshal(out.Output, &r); err != nil {
+		t.Fatalf("output %s: %v", out.Output, err)
+	}
+	return r.Results
+}
+
+func policy(t testing.TB, patterns ...string) egress.Policy {
+	t.Helper()
+	ps, err := egress.ParsePatterns(patterns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return egress.NewPolicy(ps...)
+}
+
+// fakeInternet starts the fake internet and a gate resolving through its DNS server, with the
+// documentation ranges public. Only in a child of runInNetns.
+func fakeInternet(t *testing.T) (*fakenet.Internet, *egress.Gate) {
+	t.Helper()
+	if os.Getenv(netHelperEnv) == "" {
+		t.Skip("only run in a network namespace of its own, by its parent test")
+	}
+	in, err := fakenet.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.Close)
+	t.Cleanup(egresstest.MarkTestNetPublic())
+	g, err := egress.NewGate(egress.GateConfig{Resolver: in.Resolver,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in, g
+}
+
+func TestEgressFakeInternet(t *testing.T) { runInNetns(t, "TestEgressFakeInternetChild") }
+
+// TestEgressFakeInternetChild: a tool allowed **.allowed.test on 80 and 443 reaches
+// api.allowed.test over HTTP and TLS and nothing else: every other way out is refused, fast, and
+// the canaries and the DNS server see nothing of it.
+func TestEgressFakeInternetChild(t *testing.T) {
+	in, gate := fakeInternet(t)
+	s := newSandbox(t, func(c *Config) { c.Gate = gate; c.PoolSize = -1 })
+	pol := policy(t, "**.allowed.test:80", "**.allowed.test:443")
+	other := "other.test"
+	cases := []struct {
+		name string
+		op   probeOp
+		ok   bool
+	}{
+		{"allowed name over http", probeOp{"op": "http", "url": "http://api.allowed.test/"}, true},
+		{"allowed name over https", probeOp{"op": "http", "url": "https://api.allowed.test/", "ca": in.CA}, true},
+		{"non-allowed name", probeOp{"op": "http", "url": "http://" + other + "/"}, false},
+		{"non-allowed name by its address, Host header", probeOp{"op": "tcp", "addr": fakenet.OtherIP + ":80", "host": other}, false},
+		{"bare IP literal", probeOp{"op": "http", "url": "http://" + fakenet.OtherIP + "/"}, false},
+		{"bare IP literal, allowed address", probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80", "host": fakenet.AllowedIP}, false},
+		{"suffix trick evilallowed.test", probeOp{"op": "http", "url": "http://evilallowed.test/"}, false},
+		{"suffix trick allowed.test.evil.test", probeOp{"op": "http", "url": "http://allowed.test.evil.test/"}, false},
+		{"suffix trick by Host header", probeOp{"op": "tcp", "addr": fakenet.OtherIP + ":80", "host": "evilallowed.test"}, false},
+		{"redirect to a denied host", probeOp{"op": "http", "url": "http://api.allowed.test/redirect"}, false},
+		{"allowed name resolving to the metadata address", probeOp{"op": "http", "url": "http://meta.allowed.test/"}, false},
+		{"allowed name resolving to loopback", probeOp{"op": "http", "url": "http://local.allowed.test/"}, false},
+		{"allowed name resolving to 10.x", probeOp{"op": "http", "url": "http://ten.allowed.test/"}, false},
+		{"metadata address directly", probeOp{"op": "tcp", "addr": fakenet.MetadataIP + ":80", "host": fakenet.MetadataIP}, false},
+		{"10.x directly", probeOp{"op": "tcp", "addr": fakenet.TenIP + ":80", "host": fakenet.TenIP}, false},
+		// An allowed Host header sent to another address reaches the allowed host (the proxy
+		// dials the name), never the address.
+		{"metadata address with an allowed Host", probeOp{"op": "tcp", "addr": fakenet.MetadataIP + ":80", "host": "api.allowed.test"}, true},
+		{"10.x with an allowed Host", probeOp{"op": "tcp", "addr": fakenet.TenIP + ":80", "host": "api.allowed.test"}, true},
+		{"allowed name on a port not granted", probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":8080", "host": "api.allowed.test"}, false},
+		{"ipv6", probeOp{"op": "tcp", "addr": "[2001:db8::10]:443"}, false},
+		{"udp/quic to the allowed host", probeOp{"op": "udp", "addr": fakenet.AllowedIP + ":443"}, false},
+		{"udp to a canary", probeOp{"op": "udp", "addr": fakenet.TenIP + ":53000"}, false},
+		{"dns exfiltration by name", probeOp{"op": "dns", "name": "c2VjcmV0.evil.test"}, false},
+		{"dns TXT of an allowed name", probeOp{"op": "dns", "name": "api.allowed.test", "type": "TXT"}, false},
+		{"dns straight to the DNS server over udp", probeOp{"op": "dnsat", "addr": fakenet.DNSIP + ":53", "name": "c2VjcmV0Mg.evil.test"}, false},
+		{"dns over tls to the DNS server", probeOp{"op": "tcp", "addr": fakenet.DNSIP + ":853"}, false},
+	}
+	var ops []probeOp
+	for _, c := range cases {
+		ops = append(ops, c.op)
+	}
+	// SNI that disagrees with the destination: the proxy dials the name, not the address the
+	// tool chose, so the handshake reaches api.allowed.test and the other host sees nothing.
+	ops = append(ops, probeOp{"op": "tls", "addr": fakenet.OtherIP + ":443", "sni": "api.allowed.test", "ca": in.CA})
+	res := runProbe(t, s, netCall(pol, ops...))
+	if len(res) != len(ops) {
+		t.Fatalf("%d results for %d ops", len(res), len(ops))
+	}
+	for i, c := range cases {
+		r := res[i]
+		if r.OK != c.ok {
+			t.Errorf("%s: ok=%v (err %q, body %q), want ok=%v", c.name, r.OK, r.Err, r.Body, c.ok)
+		}
+		if c.ok && !strings.HasSuffix(r.Body, fakenet.AllowedBody) {
+			t.Errorf("%s: body %q", c.name, r.Body)
+		}
+		if !c.ok && r.MS > 2500 {
+			t.Errorf("%s: refused only after %d ms (%s)", c.name, r.MS, r.Err)
+		}
+	}
+	if sni := res[len(res)-1]; sni.OK && strings.Contains(sni.Body, "canary") {
+		t.Errorf("SNI/destination mismatch reached the destination: %q", sni.Body)
+	}
+	if h := in.Hits(); len(h) != 0 {
+		t.Errorf("canaries hit: %v", h)
+	}
+	if q := in.QueriedOutside("api.allowed.test", "meta.allowed.test", "local.allowed.test", "ten.allowed.test"); len(q) != 0 {
+		t.Errorf("the DNS server was asked %v", q)
+	}
+	for _, q := range in.Queries() {
+		if strings.HasSuffix(q, " TXT") {
+			t.Errorf("a TXT query reached the DNS server: %s", q)
+		}
+	}
+	if in.AllowedServed() < 4 {
+		t.Errorf("api.allowed.test served %d requests, want 4", in.AllowedServed())
+	}
+
+	// A tool without a policy has loopback only, in the same sandbox.
+	res = runProbe(t, s, netCall(egress.Policy{}, probeOp{"op": "http", "url": "http://api.allowed.test/"}, probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
+	for _, r := range res {
+		if r.OK {
+			t.Errorf("a tool without a policy reached the network: %+v", r)
+		}
+	}
+}
+
+// TestEgressConcurrentPolicies: calls with different policies at once, on namespaces recycled
+// between them, each reach what theirs allows and nothing else; after many calls and Close,
+// nothing is left (no namespace pair, no table, no resolv.conf).
+func TestEgressConcurrentPolicies(t *testing.T) { runInNetns(t, "TestEgressConcurrentPoliciesChild") }
+
+func TestEgressConcurrentPoliciesChild(t *testing.T) {
+	in, gate := fakeInternet(t)
+	cfg := Config{StateRoot: t.TempDir(), BundleRoot: env.toolsDir, CgroupParent: "axocoatl-test-" + uuid.NewString()[:8],
+		NoSeccomp: noSeccomp(), PoolIdle: time.Minute, Gate: gate, NetReady: 1, NetMax: 8}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow := policy(t, "api.allowed.test:80")
+	deny := policy(t, "other.allowed.test:80")
+	calls := 24
+	if n := os.Getenv("AXO_OCI_NET_CALLS"); n != "" {
+		fmt.Sscan(n, &calls)
+	}
+	// Warm pools for both policies (pooled calls) and cold calls with both, interleaved.
+	if err := s.Prepare(context.Background(), netCall(allow)); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, calls)
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pol, want := allow, true
+			if i%2 == 1 {
+				pol, want = deny, false
+			}
+			call := netCall(pol, probeOp{"op": "http", "url": "http://api.allowed.test/"})
+			if i%3 == 2 {
+				call.Limits.MemoryMB = 200 // another pool key: a cold call
+			}
+			res := runProbe(t, s, call)
+			if res[0].OK != want {
+				errs <- fmt.Sprintf("call %d (%s): ok=%v err=%q", i, pol, res[0].OK, res[0].Err)
+			}
+		}()
+		if i%2 == 1 {
+			wg.Wait() // two at a time: the machine is shared
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	st := s.net.Stats()
+	if st.Recycled == 0 {
+		t.Errorf("no namespace was recycled: %+v", st)
+	}
+	prefix, table := s.net.LinkPrefix(), s.net.Table()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, cfg)
+	assertNetGone(t, prefix, table, cfg.StateRoot)
+	if h := in.Hits(); len(h) != 0 {
+		t.Errorf("canaries hit: %v", h)
+	}
+	t.Logf("%d calls, namespaces: %+v", calls, st)
+}
+
+// assertNetGone fails if a link of the pool, its table or its resolv.conf files remain.
+func assertNetGone(t testing.TB, prefix, table, stateRoot string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		left := linksWith(prefix)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("links left: %v", left)
+		}
+	}
+	if out, err := exec.Command("nft", "list", "table", "inet", table).CombinedOutput(); err == nil {
+		t.Fatalf("table %s left:\n%s", table, out)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(stateRoot, netDir)); len(ents) != 0 {
+		t.Fatalf("resolv.conf dirs left: %v", ents)
+	}
+}
+
+// TestEgressReapAfterKill: a daemon SIGKILLed with pooled containers in per-call namespaces and a
+// call running in one leaves nothing: its keeper removes the containers (their namespaces and
+// veth pairs go with them) and the table; when the keeper is killed too, the next start's reap
+// removes the table.
+func TestEgressReapAfterKill(t *testing.T) { runInNetns(t, "TestEgressReapAfterKillChild") }
+
+func TestEgressReapAfterKillChild(t *testing.T) {
+	if os.Getenv(netHelperEnv) == "" || os.Getenv("AXO_OCI_NET_CRASH") != "" {
+		t.Skip("only run in a network namespace of its own, by its parent test")
+	}
+	for _, keeperToo := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keeper killed too=%v", keeperToo), func(t *testing.T) {
+			root := t.TempDir()
+			cmd := exec.Command(os.Args[0], "-test.run=^TestEgressCrashHelper$", "-test.v")
+			cmd.Env = append(os.Environ(), "AXO_OCI_NET_CRASH="+root)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+			var prefix, table string
+			var keeper int
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if _, err := fmt.Sscanf(sc.Text(), "NET READY %s %s %d", &prefix, &table, &keeper); err == nil {
+					break
+				}
+			}
+			if prefix == "" {
+				t.Fatal("the helper did not get ready")
+			}
+			if n := len(linksWith(prefix)); n < 3 {
+				t.Fatalf("%d links of the helper, want 3 or more (two pooled, one running)", n)
+			}
+			if keeperToo {
+				_ = syscall.Kill(keeper, syscall.SIGKILL)
+			}
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Wait()
+			if keeperToo {
+				time.Sleep(200 * time.Millisecond)
+				if out, err := exec.Command("nft", "list", "table", "inet", table).CombinedOutput(); err != nil {
+					t.Fatalf("with the keeper dead, the table is gone already: %v %s", err, out)
+				}
+				ReapDead(Config{StateRoot: root})
+			}
+			// The keeper needs a moment to see its owner gone.
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if exec.Command("nft", "list", "table", "inet", table).Run() != nil && len(linksWith(prefix)) == 0 {
+					break
+				}
+			}
+			assertNetGone(t, prefix, table, root)
+		})
+	}
+}
+
+func linksWith(prefix string) []string {
+	ls, _ := netlink.LinkList()
+	var out []string
+	for _, l := range ls {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out
+}
+
+// TestEgressCrashHelper owns a sandbox with two pooled containers of a tool with a policy and a
+// call of it running, then waits to be killed.
+func TestEgressCrashHelper(t *testing.T) {
+	root := os.Getenv("AXO_OCI_NET_CRASH")
+	if root == "" {
+		t.Skip("only run by TestEgressReapAfterKillChild")
+	}
+	gate, err := egress.NewGate(egress.GateConfig{Resolver: "127.0.0.1:53"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{StateRoot: root, BundleRoot: env.toolsDir, CgroupParent: "axocoatl-test-" + uuid.NewString()[:8],
+		NoSeccomp: noSeccomp(), PoolSize: 2, Gate: gate, NetReady: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := policy(t, "api.allowed.test:80")
+	if err := s.Prepare(context.Background(), netCall(pol)); err != nil {
+		t.Fatal(err)
+	}
+	call := netCall(pol, probeOp{"op": "sleep", "ms": "60000"})
+	call.Limits.MemoryMB = 200 // not the pool's: a cold call
+	go func() { _, _ = s.Run(context.Background(), call) }()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st := s.net.Stats()
+		if ps := s.PoolStats(); len(ps) == 1 && ps[0].Ready == 2 && st.InUse >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool did not fill: %+v", s.net.Stats())
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the call's container starts
+	fmt.Printf("NET READY %s %s %d\n", s.net.LinkPrefix(), s.net.Table(), s.owner.keep.PID())
+	time.Sleep(time.Minute)
+}
+
+// A tool with a network policy is refused, saying why, where the tier cannot enforce it (no gate,
+// or rootless); Probe says so too. Tools without one are unaffected.
+func TestEgressRefusedWithoutNetworks(t *testing.T) {
+	needNetprobe(t)
+	s := newSandbox(t, nil) // no gate
+	_, err := s.Run(context.Background(), netCall(policy(t, "api.allowed.test:443")))
+	if !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "network policy") {
+		t.Fatalf("err %v, want tier unavailable naming the network policy", err)
+	}
+	if err := s.Prepare(context.Background(), netCall(policy(t, "api.allowed.test:443"))); !errors.Is(err, isolation.ErrTierUnavailable) {
+		t.Fatalf("Prepare: %v", err)
+	}
+	if a := s.Probe(context.Background()); !strings.HasPrefix(a.Network, "unavailable: no egress gate") {
+		t.Fatalf("Probe network %q", a.Network)
+	}
+	if _, err := s.Run(context.Background(), netCall(egress.Policy{})); err != nil {
+		t.Fatalf("a tool without a policy: %v", err)
+	}
+	rootless := &Sandbox{rootless: true, cfg: Config{Gate: &egress.Gate{}}}
+	if why := rootless.netUnavailable(); !strings.Contains(why, "need root") {
+		t.Fatalf("rootless: %q", why)
+	}
+}
+
+// BenchmarkEgressWarmCall: a warm-pool call of the same tool without and with a network policy
+// (its container in a per-call namespace, the policy bound in the gate for the call). Both in
+// one run, interleaved per iteration, alternating which goes first.
+func BenchmarkEgressWarmCall(b *testing.B) {
+	needNetprobe(b)
+	gate, err := egress.NewGate(egress.GateConfig{Resolver: "127.0.0.1:53"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := newSandbox(b, func(c *Config) { c.Gate = gate; c.PoolSize = 1 })
+	ctx := context.Background()
+	none, pol := netCall(egress.Policy{}), netCall(policy(b, "api.allowed.test:443"))
+	var dn, dp []time.Duration
+	type kind struct {
+		call sandbox.Call
+		d    *[]time.Duration
+	}
+	for i := 0; b.Loop(); i++ {
+		order := []kind{{none, &dn}, {pol, &dp}}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0] // neither always runs first
+		}
+		for _, c := range order {
+			b.StopTimer()
+			if err := s.Prepare(ctx, c.call); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			c.call.ID = uuid.NewString()
+			t0 := time.Now()
+			out, err := s.Run(ctx, c.call)
+			*c.d = append(*c.d, time.Since(t0))
+			if err != nil || out.ExitCode != 0 {
+				b.Fatal(err, out.Stderr)
+			}
+		}
+	}
+	slices.Sort(dn)
+	slices.Sort(dp)
+	b.ReportMetric(ms(dn[len(dn)/2]), "none-p50-ms")
+	b.ReportMetric(ms(dp[len(dp)/2]), "policy-p50-ms")
+	b.ReportMetric(ms(dp[len(dp)/2]-dn[len(dn)/2]), "added-p50-ms")
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
