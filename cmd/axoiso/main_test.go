@@ -121,6 +121,7 @@ func TestTiersAndToolsJSON(t *testing.T) {
 		Available bool
 		Reason    string
 		Fix       string
+		Network   string
 	}
 	if err := json.Unmarshal([]byte(out), &tiers); err != nil || len(tiers) != 4 {
 		t.Fatalf("tiers --json = %s (%v)", out, err)
@@ -132,6 +133,10 @@ func TestTiersAndToolsJSON(t *testing.T) {
 		if !tiers[i].Available && (tiers[i].Reason == "" || tiers[i].Fix == "") {
 			t.Errorf("unavailable tier %s lacks a reason or a fix: %+v", want, tiers[i])
 		}
+	}
+	// The Oci tier says whether tools with a network policy can run here.
+	if oci := tiers[2]; oci.Available && oci.Network == "" {
+		t.Errorf("Oci says nothing about network policies: %+v", oci)
 	}
 	root := toolsRoot(t)
 	code, out, errs = runAxoiso(t, "", "tools", "--json", "--tools", root)
