@@ -75,6 +75,8 @@ func TestConfigAcceptsTheDocumentedExample(t *testing.T) {
   "max_memory_mb": {"Wasmtime": 256, "Oci": 1024, "Firecracker": 1024},
   "cache_dir": "/var/cache/axocoatl", "data_dir": "/var/lib/axocoatl", "disable_tiers": ["Firecracker"],
   "isolation": {"ContainerImage": "Oci"}, "tool_isolation": {},
+  "wasm": {"max_concurrency": 0, "max_queued": 0, "queue_timeout": "2s", "max_modules": 64,
+           "max_module_mb": 1024},
   "oci": {"state_root": "/run/axocoatl/oci", "use_systemd": false, "backend": "libcontainer",
           "runtime_root": "", "pool_size": 2, "pool_idle": "5m", "pool_max_total": 32,
           "pool_max_memory_mb": 2048, "memory_mb": 256, "pids": 128, "cpus": 1,

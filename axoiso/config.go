@@ -52,6 +52,8 @@ type Config struct {
 	// DataDir holds the microVM kernel and guest root (default /var/lib/axocoatl or
 	// $XDG_DATA_HOME/axoiso).
 	DataDir string `json:"data_dir,omitempty"`
+	// Wasm is the Wasmtime tier's configuration.
+	Wasm WasmConfig `json:"wasm"`
 	// Oci is the Oci tier's configuration (the original's field names).
 	Oci OciConfig `json:"oci"`
 	// VM is the microVM tier's configuration.
@@ -116,6 +118,23 @@ type FleetConfig struct {
 	AcceptWindow     Duration `json:"accept_window,omitempty"`
 	HeartbeatTimeout Duration `json:"heartbeat_timeout,omitempty"`
 	Heartbeat        Duration `json:"heartbeat,omitempty"`
+}
+
+// WasmConfig bounds the Wasmtime tier's queue and its cache of compiled modules (0: the tier's
+// default).
+type WasmConfig struct {
+	// MaxConcurrency caps the instances running at once (default: the CPUs Go uses, GOMAXPROCS);
+	// the other calls queue.
+	MaxConcurrency int `json:"max_concurrency,omitempty"`
+	// MaxQueued caps the calls waiting for an instance (default 64 per instance; negative: none
+	// wait) and QueueTimeout their wait (default 2s; negative: no wait): past either a call is
+	// busy. A call's timeout starts when it leaves the queue.
+	MaxQueued    int      `json:"max_queued,omitempty"`
+	QueueTimeout Duration `json:"queue_timeout,omitempty"`
+	// MaxModules and MaxModuleMB bound the compiled modules kept in memory (defaults 64 and
+	// 1024), least recently used closed first.
+	MaxModules  int   `json:"max_modules,omitempty"`
+	MaxModuleMB int64 `json:"max_module_mb,omitempty"`
 }
 
 // ServeConfig bounds what clients of axoiso serve may hold (0: the server's default; negative:

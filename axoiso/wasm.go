@@ -3,6 +3,7 @@ package axoiso
 import (
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/sandbox"
@@ -11,12 +12,27 @@ import (
 
 func init() {
 	tierBuilders = append(tierBuilders, tierBuilder{tier: isolation.TierWasm, build: func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
-		s, err := wasm.New(wasm.Config{CacheDir: filepath.Join(c.CacheDir, "wazero"), Logger: log})
+		cfg := c.Wasm.sandboxConfig(log)
+		cfg.CacheDir = filepath.Join(c.CacheDir, "wazero")
+		s, err := wasm.New(cfg)
 		if err != nil {
 			// The disk cache only saves compile time in later processes: without it, still serve.
 			log.Warn("Wasm compilation cache unusable; compiling in memory only", "error", err)
-			return wasm.New(wasm.Config{Logger: log})
+			cfg.CacheDir = ""
+			return wasm.New(cfg)
 		}
 		return s, nil
 	}})
+}
+
+// sandboxConfig is the tier's configuration without a compilation cache.
+func (w WasmConfig) sandboxConfig(log *slog.Logger) wasm.Config {
+	return wasm.Config{
+		MaxConcurrency: w.MaxConcurrency,
+		MaxQueued:      w.MaxQueued,
+		QueueTimeout:   time.Duration(w.QueueTimeout),
+		MaxModules:     w.MaxModules,
+		MaxModuleBytes: min(w.MaxModuleMB, 1<<30) << 20, // 1 PiB: no wrap to "no bound"
+		Logger:         log,
+	}
 }

@@ -249,9 +249,6 @@ func New(cfg Config) (*Server, error) {
 // Handler is the whole API, with authentication, limits and metrics.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Metrics returns the server's metrics (for tests and extra registrations).
-func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
-
 // Addr is the configured listen address.
 func (s *Server) Addr() string { return s.cfg.Addr }
 

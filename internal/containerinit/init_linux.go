@@ -3,11 +3,10 @@
 //
 // libcontainer starts a container by re-executing /proc/self/exe with the argument "init" and the
 // environment variable _LIBCONTAINER_INITPIPE set; the C constructor of libcontainer/nsenter has
-// already joined or created the namespaces before the Go runtime starts. A binary that embeds the
-// Oci tier (cmd/axoiso, and every test binary of a package that runs containers) must blank-import
-// this package so that its init() takes over that re-executed process:
-//
-//	import _ "github.com/axocoatl/isolation/internal/containerinit"
+// already joined or created the namespaces before the Go runtime starts. Package sandbox/oci
+// blank-imports this package, so every binary that links the Oci tier (cmd/axoiso, a program
+// built on package axoiso, the test binaries of packages that run containers) has its init(),
+// which takes over that re-executed process.
 //
 // In any other process the package does nothing: both the argument and the environment variable
 // must be present, so a CLI subcommand named "init" is not affected.

@@ -134,7 +134,7 @@ func BenchmarkColdCall(b *testing.B) {
 	})
 	// The whole root unpacked from the initramfs (what an image without a root drive boots).
 	b.Run("shell-initramfs-root", func(b *testing.B) {
-		benchCalls(b, benchShell, microvm.Config{RootInInitramfs: true}, nil)
+		benchCalls(b, benchShell, microvm.WithRootInInitramfs(microvm.Config{}), nil)
 	})
 }
 

@@ -42,7 +42,7 @@ type Snapshotter interface {
 	// Restore starts a new VM from snap with spec's RunDir and ID (spec's Kernel, Initrd,
 	// RootDrive, VCPUs and MemoryMB must equal the snapshotted machine's) and resumes it. The
 	// clone's agent is waiting for a request; it does not send an unsolicited READY on serial
-	// channels: the host sends guest.Hello and waits for the matching READY.
+	// channels: the host sends the guest protocol's Hello and waits for the matching READY.
 	Restore(ctx context.Context, snap Snapshot, spec BootSpec) (Machine, error)
 }
 
@@ -79,7 +79,7 @@ type BootSpec struct {
 	RootDrive string
 	// ImageDrive is an optional read-only ext4 image of a tool's root (a container image's or a
 	// base image's rootfs; see package rootdrive), attached as a virtio drive after RootDrive.
-	// The agent finds it by its label (guest.ImageLabel), not its position. The file is readable
+	// The agent finds it by its label (internal/guest.ImageLabel), not its position. The file is readable
 	// by root only (an image may hold files only its own root may read): drivers open it as the
 	// daemon and hand the VMM the descriptor (QEMU) or a link in its jail (Firecracker).
 	ImageDrive string

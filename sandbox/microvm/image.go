@@ -96,7 +96,7 @@ func (s *Sandbox) openDrive(ctx context.Context, tool, rootfs string) (*rootdriv
 
 // Setup implements sandbox.Setupper: an image tool's drive is built before the call's clock
 // starts (building it is the platform's cost, not the tool's; once built, this is a metadata
-// walk at most every rootdrive.DefaultRecheck).
+// walk at most every 2 s).
 func (s *Sandbox) Setup(ctx context.Context, call sandbox.Call) error {
 	if call.Runtime != isolation.RequireContainerImage && call.Base == "" {
 		return nil

@@ -60,7 +60,7 @@ type Config struct {
 	// Drivers are the VMM backends in order of preference (Firecracker first, then QEMU); the
 	// first whose Probe says Available is used.
 	Drivers []Driver
-	// DataDir holds the prepared guest image (vmimage.DefaultDataDir when "").
+	// DataDir holds the prepared guest image (DefaultDataDir when ""; see Prepare).
 	DataDir string
 	// RunDir is the parent of per-process run directories (DefaultRunDir when "").
 	RunDir string
@@ -69,8 +69,7 @@ type Config struct {
 	// PoolSize is the number of booted VMs kept waiting at READY per VM shape (vCPUs, memory),
 	// refilled in the background. 0 disables the pool.
 	PoolSize int
-	// WarmPool has each pooled VM start the guest's Python once before it waits (see
-	// guest.Hello.Warm), so that a Python tool served from the pool skips the interpreter's cold
+	// WarmPool has each pooled VM start the guest's Python once before it waits, so that a Python tool served from the pool skips the interpreter's cold
 	// first start (measured under TCG: tool time ~530 → ~340 ms in two runs, no gain in a third
 	// on a loaded host), at ~1 s of background CPU and ~33 MiB more RSS per pooled VM. Off by
 	// default: on a 2-core host that background CPU competes with calls.
@@ -90,14 +89,8 @@ type Config struct {
 	// Snapshots takes one snapshot per shape at READY and starts later VMs (pool refills and
 	// unpooled calls) by restoring it, when the driver is a Snapshotter.
 	Snapshots bool
-	// RootInInitramfs boots the whole guest root as the initramfs even when the image has a
-	// root drive (vmimage.Image.BootInitrd and Ext4). By default such an image boots its small
-	// initramfs and mounts the ext4 image read-only as the root: measured under TCG, ~0.2 s less
-	// CPU per cold boot (no 35 MB to unpack), a snapshot and an idle VM ~70 MB smaller.
-	RootInInitramfs bool
 	// DriveDir caches the root drives of image tools (filepath.Join(DataDir, "drives") when "");
-	// DriveCacheBytes caps their total size (rootdrive.DefaultMaxBytes, 4 GiB, when 0; no cap
-	// when negative).
+	// DriveCacheBytes caps their total size (4 GiB when 0; no cap when negative).
 	DriveDir        string
 	DriveCacheBytes int64
 	// ExtraCmdline is appended to the guest kernel command line (tuning; a later parameter
@@ -107,6 +100,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Debug, when non-nil, receives every VMM's stderr and guest console.
 	Debug io.Writer
+
+	// rootInInitramfs boots the whole guest root as the initramfs even when the image has a root
+	// drive (PrepareConfig.Ext4), as images without one boot; tests and benchmarks set it (see
+	// export_test.go). By default such an image boots its small initramfs and mounts the ext4
+	// image read-only as the root: measured under TCG, ~0.2 s less CPU per cold boot (no 35 MB
+	// to unpack), a snapshot and an idle VM ~70 MB smaller.
+	rootInInitramfs bool
 }
 
 // Stats counts how VMs were started.
@@ -381,7 +381,7 @@ func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) 
 
 // driveRoot says whether VMs boot the small initramfs and mount the root from the ext4 drive.
 func (s *Sandbox) driveRoot(img vmimage.Image) bool {
-	return !s.opts.RootInInitramfs && img.BootInitrd != "" && img.Ext4 != ""
+	return !s.opts.rootInInitramfs && img.BootInitrd != "" && img.Ext4 != ""
 }
 
 // start boots (or restores) a VM of shape sh and waits for its READY.

@@ -431,7 +431,7 @@ printf '{"rootfs":"%s","mem_mb":%s}' "$t" "$m" > /axocoatl/output.json
 `
 
 // An image with a root drive boots from it by default (the agent switches to the ext4 drive);
-// RootInInitramfs keeps the whole-root initramfs path working (what Firecracker images without a
+// WithRootInInitramfs keeps the whole-root initramfs path working (what Firecracker images without a
 // drive boot).
 func TestRootDriveAndInitramfsRoot(t *testing.T) {
 	cases := []struct {
@@ -442,7 +442,7 @@ func TestRootDriveAndInitramfsRoot(t *testing.T) {
 		maxMem int // the guest's MemTotal must be at most this (MiB): the shape's floor applied
 	}{
 		{"drive-128mb", microvm.Config{}, 128, "ext4", 128},
-		{"initramfs", microvm.Config{RootInInitramfs: true}, 128, "rootfs", microvm.MinMemoryMB},
+		{"initramfs", microvm.WithRootInInitramfs(microvm.Config{}), 128, "rootfs", microvm.MinMemoryMB},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

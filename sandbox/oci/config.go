@@ -1,66 +1,21 @@
 // Package oci is the Oci tier: each call runs in a fresh Linux container made from an OCI bundle
-// (a ContainerImage tool's folder) or, for Python/Shell/Arbitrary tools, from a spec generated
-// over a shared runtime root filesystem.
+// (a ContainerImage tool's folder) or, for Python, Shell and Arbitrary tools, from a spec
+// generated over a runtime root filesystem (Config.RuntimeRoot) or the tool's base bundle.
 //
-// The embedded backend is runc's libcontainer (pinned at v1.5.2): it re-executes the running
-// binary as the container's init, so every binary that uses this package must blank-import
-// github.com/axocoatl/isolation/internal/containerinit (test binaries of packages that run
-// containers too). The "crun" and "runc" backends drive an installed runtime binary instead.
+// The default backend is runc's libcontainer, embedded: it re-executes the running binary as
+// each container's init, which this package's import of internal/containerinit arranges for any
+// binary that links it. The "crun" and "runc" backends drive an installed runtime instead.
+// Whatever a bundle's config.json says, only its args, env, cwd, user and root path are used:
+// every container gets the same isolation, listed in README.md ("What a tool sees"); RATIONALE.md
+// says why and what each part costs.
 //
-// Every container gets the isolation defaults of package internal/ocispec whatever the bundle's
-// config.json says: private pid, mount, ipc, uts, cgroup and network namespaces (loopback only),
-// a read-only rootfs, a size-capped tmpfs at /tmp, no capabilities, no_new_privs, a default-deny
-// seccomp allowlist with a socket family filter (see internal/ocispec), masked and read-only
-// /proc paths, cgroup limits on memory, pids and CPU, and RLIMIT_NOFILE; as root, a user
-// namespace with a 65536-id slot of host ids of its own (see idslots_linux.go for the uid
-// model). Nothing is loosenable, the network included: a call whose tool has a network policy
-// (sandbox.Limits.Egress) joins a prepared network namespace of its own whose traffic goes only
-// to Config.Gate (TCP through its proxy, DNS to its resolver; the rest is refused), with its
-// /etc/resolv.conf naming the gate; every other call gets loopback only. The host's network
-// namespace is never shared. The container's mounts are only what a JSON-in/JSON-out tool uses:
-// /proc (with the masked and read-only paths), /dev (a small tmpfs with the standard device
-// nodes), /dev/shm (POSIX semaphores: Python's multiprocessing), /tmp and /axocoatl (as root a
-// size-capped tmpfs of its own per call, so a tool cannot fill the state root and teardown is an
-// unmount whatever the tool left there; see Config.IOSizeMB). There is no
-// /sys (host kernel and hardware details), no /dev/pts (no terminal) and no /dev/mqueue; each
-// mount would also cost start time.
+// Nothing is loosenable, the network included: a call whose tool has a network policy
+// (sandbox.Limits.Egress) joins a prepared network namespace of its own whose traffic goes only to
+// Config.Gate (TCP through its proxy, DNS to its resolver); every other call gets loopback only.
 //
-// Rootless (euid ≠ 0) works with the embedded backend where the kernel lets the user create a
-// user namespace (Probe checks by creating one):
-//   - a user namespace maps container uid/gid 0 to the caller (a single id: whatever user a
-//     bundle names runs as container id 0, which is the unprivileged caller on the host);
-//   - pid, mount, ipc, uts, cgroup and network namespaces, the read-only rootfs, no capabilities,
-//     no_new_privs, the seccomp profile, masked /proc paths and RLIMIT_NOFILE apply as for root;
-//   - with the default cgroupfs driver containers get no cgroup, hence NO memory, pids or CPU
-//     limit, and memory-limit kills are not detected: a runaway tool is stopped only by the
-//     call's timeout (its pid namespace is then killed whole), a fork bomb only by the user's
-//     RLIMIT_NPROC. With UseSystemd on a cgroup v2 host whose user systemd delegates
-//     controllers, libcontainer asks that systemd for the cgroup and the limits apply (not tested
-//     here). Probe's Backend says which case applies;
-//   - the default state root is $XDG_RUNTIME_DIR/axocoatl/oci (else under the user's cache dir);
-//   - the bundle's rootfs must have /proc, /dev, /tmp and /axocoatl directories, or be
-//     writable by the user so the sandbox can create them (it is when the user built the bundle).
-//
-// Speed: a cold call first starts, on a goroutine, the RCU grace period the kernel waits for before
-// moving the container's init into its cgroups (5–15 ms on a 2-core VM without the cgroup
-// "favordynmods" mount option, and the largest single item of a cold start), so that the wait
-// overlaps with building the spec and starting the init; PrimeCgroups lets a short-lived process
-// start it even earlier. A cold call returns as soon as its process exited and output.json was
-// read; the container's teardown (cgroups, libcontainer state, I/O dir) finishes on a background
-// goroutine, and Close waits for every such teardown, so nothing remains once Close returns. A
-// warm-pool call writes input.json (one write to a file held open since the container was created),
-// starts the pre-created container, waits on the calling goroutine and reads output.json;
-// destroying the used container and creating its replacement happen after the call returns, on the
-// pool's filler goroutine (up to GOMAXPROCS, at most 4, creations at once), so they do not compete
-// with the call. A stream of back-to-back calls faster than containers can be created (~20 ms each
-// on 2 cores) drains the pool; the calls it cannot serve run cold. A pool never serves a container
-// made from an older version of its tool: each records the tool's on-disk identity (folder,
-// config.json, rootfs, entrypoint) at creation, and a call that finds it changed runs cold while
-// the filler replaces the stale ones. The seccomp filter is compiled and loaded by the init at
-// creation, not at start. Each container's init is this binary: as root libcontainer seals it with
-// a read-only overlayfs (cheap) unless the state root lies inside the binary's directory; rootless
-// it copies the binary into a memfd for every container (CPU grows with the binary's size), so
-// rootless creation is slower.
+// As root every limit applies. Rootless (euid ≠ 0), where the kernel lets the user create a user
+// namespace, a container maps only the caller's id and, with the default cgroupfs driver, gets no
+// memory, pids or CPU limit; Probe's Backend says which case applies.
 //
 // New fails only on an invalid Config: a state root that cannot be created or locked leaves a
 // Sandbox whose Probe says why and how to fix it.

@@ -1,42 +1,32 @@
 // Package wasm is the Wasmtime tier: tools compiled to WebAssembly (WASI preview 1), run by
-// wazero's compiler in this process.
+// wazero's compiler in this process. Tools come from tool folders (Call.Entrypoint) or are
+// registered from memory (Register).
 //
-// Each module is compiled once, keyed by its content (so a changed file recompiles), with an
+// Each module is compiled once, keyed by its content (a changed file recompiles), with an
 // optional on-disk compilation cache; every call gets a fresh instance with:
 //   - /axocoatl/input.json (read-only) and /axocoatl/output.json, in memory: no other file, no
 //     host filesystem, no environment variables, no sockets (WASI preview 1 has none); the only
 //     way out is the http_request host function (http.go), under the call's egress policy;
 //   - stdout and stderr kept as bounded tails of their own (Outcome.Stdout, Outcome.Stderr);
-//   - a linear memory capped at the call's MemoryMB (default 64), from a pool of mmap-backed
-//     regions that never move and are zeroed on release;
+//   - a linear memory capped at the call's MemoryMB (default 64);
 //   - the call's timeout: the instance is stopped within about a millisecond of the deadline.
 //
-// Before compiling, the module is rewritten twice. The tens of thousands of small data segments
-// Go's linker emits become a few large ones, so instantiation copies memory instead of
-// interpreting segments. And every loop header gets a check of a stop flag (an exported global
-// the host sets at the deadline), so a runaway guest traps at its next iteration: wazero's own
-// mechanism (WithCloseOnContextDone) calls out of native code at every loop iteration, which
-// doubles the run time of a Go guest; the flag costs one load and a branch. A module the
-// rewriter cannot read completely keeps wazero's mechanism.
-//
-// Reactors run from a snapshot. A module that exports _initialize and run and no _start (a Go
-// package main built with -buildmode=c-shared whose run function has //go:wasmexport run; see
-// wasmbin.IsReactor for the exact conditions) is initialised once, when it is compiled: its
-// _initialize runs (the Go runtime and package initialisation: most of a small Go tool's run
-// time), then its linear memory and mutable globals are captured. Every call gets a fresh
-// instance of a rewritten module whose globals start at the captured values and whose memory
-// starts as a copy of the captured memory (no data segments, no start function), and calls run.
-// No state passes from one call to the next: each starts from the identical snapshot. The
-// snapshot's contract, as with wizer: _initialize must not depend on the call (it sees an empty
-// input.json) and must not change tables; everything initialisation drew from the environment
-// is frozen into the snapshot: a Go guest's map hash seeds and math/rand's automatic seed are
-// the same in every call (crypto/rand still reads the host's random source in every call).
+// A reactor (a module that exports _initialize and run and no _start: a Go package main built
+// with -buildmode=c-shared whose run function has //go:wasmexport run) runs from a snapshot: it
+// is initialised once, when compiled, and every call starts a fresh instance from the memory and
+// globals captured after _initialize, then calls run. No state passes from one call to the next.
+// As with wizer, _initialize must not depend on the call (it sees an empty input.json), and what
+// it drew from its environment is frozen into the snapshot: a Go guest's map hash seeds and
+// math/rand's automatic seed are the same in every call (crypto/rand still reads the host's
+// random source in every call).
 //
 // At most MaxConcurrency instances run at once (compiled wasm is not preempted, so more would only
 // raise every call's latency); the others wait their turn in a bounded queue (MaxQueued calls, for
 // at most QueueTimeout; past either a call fails with isolation.ErrBusy), and a call's timeout
 // starts when it leaves the queue. Compiled modules are kept in a cache bounded by count and by
 // an estimate of their memory (MaxModules, MaxModuleBytes), least recently used evicted first.
+// RATIONALE.md explains how modules are rewritten before compiling (merged data segments, a stop
+// flag at every loop header) and what each step is worth.
 package wasm
 
 import (

@@ -1,0 +1,46 @@
+package axoiso
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/axocoatl/isolation/sandbox/wasm"
+)
+
+// TestWasmConfig: the config file's wasm section reaches the tier's Config.
+func TestWasmConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "axoiso.json")
+	if err := os.WriteFile(p, []byte(`{"wasm":{"max_concurrency":3,"max_queued":-1,"queue_timeout":"150ms","max_modules":5,"max_module_mb":200}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		in   WasmConfig
+		want wasm.Config
+	}{
+		{"from the file", c.Wasm, wasm.Config{MaxConcurrency: 3, MaxQueued: -1, QueueTimeout: 150 * time.Millisecond, MaxModules: 5, MaxModuleBytes: 200 << 20}},
+		{"defaults", WasmConfig{}, wasm.Config{}},
+		{"no wrap", WasmConfig{MaxModuleMB: 1 << 62}, wasm.Config{MaxModuleBytes: 1 << 50}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.in.sandboxConfig(nil)
+			if got.MaxConcurrency != tc.want.MaxConcurrency || got.MaxQueued != tc.want.MaxQueued || got.QueueTimeout != tc.want.QueueTimeout ||
+				got.MaxModules != tc.want.MaxModules || got.MaxModuleBytes != tc.want.MaxModuleBytes {
+				t.Fatalf("sandboxConfig = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"wasm":{"max_queue":1}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(bad); err == nil {
+		t.Fatal("an unknown key of the wasm section was accepted")
+	}
+}
