@@ -38,6 +38,7 @@ type route struct {
 
 var apiRoutes = []route{
 	{"POST", "/v1/tools/{name}/execute", func(s *Server) http.HandlerFunc { return s.execute }},
+	{"POST", "/v1/tools/{name}/call", func(s *Server) http.HandlerFunc { return s.call }},
 	{"GET", "/v1/tools", func(s *Server) http.HandlerFunc { return s.listTools }},
 	{"GET", "/v1/tools/{name}", func(s *Server) http.HandlerFunc { return s.getTool }},
 	{"GET", "/v1/tiers", func(s *Server) http.HandlerFunc { return s.tiers }},
@@ -275,7 +276,13 @@ func Status(err error) int { return isolation.OutcomeOf(err).HTTPStatus }
 // kind is the error kind in bodies: the same word as the metrics' outcome label.
 func kind(err error) string { return isolation.KindName(err) }
 
-func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
+// execute answers the tool's output (or, asked for as older clients do, the envelope).
+func (s *Server) execute(w http.ResponseWriter, r *http.Request) { s.run(w, r, false) }
+
+// call answers the envelope as application/json: one schema per response, for generated clients.
+func (s *Server) call(w http.ResponseWriter, r *http.Request) { s.run(w, r, true) }
+
+func (s *Server) run(w http.ResponseWriter, r *http.Request, asCall bool) {
 	callID := uuid.NewString()
 	w.Header().Set("X-Call-Id", callID)
 	name := r.PathValue("name")
@@ -292,6 +299,10 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 	}
 	opts = append(opts, executor.WithCallID(callID))
 	envelope, err := wantsEnvelope(q, r.Header.Get("Accept"))
+	envType := EnvelopeMediaType
+	if asCall {
+		envelope, envType = true, "application/json"
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_input", err.Error(), callID)
 		return
@@ -361,7 +372,7 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) {
 			s.writeCallError(w, r, callID, err)
 			return
 		}
-		w.Header().Set("Content-Type", EnvelopeMediaType)
+		w.Header().Set("Content-Type", envType)
 		w.Write(append(b, '\n'))
 		return
 	}

@@ -4,6 +4,7 @@
 // HTTP API (the OpenAPI 3 document served at /openapi.json is the reference):
 //
 //	POST /v1/tools/{name}/execute   body: the input JSON → 200 with the output JSON
+//	POST /v1/tools/{name}/call      the same call → 200 with the envelope
 //	GET  /v1/tools                  the catalog
 //	GET  /v1/tools/{name}           one tool, with its input schema and the tier it would run in
 //	GET  /v1/tiers                  each tier's availability (reason, fix) and warm pools

@@ -169,6 +169,7 @@ func TestEnvelope(t *testing.T) {
 	}{
 		{"query", "?envelope=1", "", EnvelopeMediaType},
 		{"query true", "?envelope=true", "", EnvelopeMediaType},
+		{"call", "/../call", "", "application/json"},
 		{"accept", "", "application/json;q=0.5, " + EnvelopeMediaType, EnvelopeMediaType},
 	}
 	for _, c := range cases {
@@ -177,7 +178,11 @@ func TestEnvelope(t *testing.T) {
 			if c.accept != "" {
 				hdr["Accept"] = c.accept
 			}
-			resp, body := do(t, "POST", ts.URL+"/v1/tools/echo/execute"+c.query, `{"x":1}`, hdr)
+			path := "/v1/tools/echo/execute" + c.query
+			if c.query == "/../call" {
+				path = "/v1/tools/echo/call"
+			}
+			resp, body := do(t, "POST", ts.URL+path, `{"x":1}`, hdr)
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != c.wantType {
 				t.Fatalf("status %d type %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 			}
@@ -552,7 +557,8 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 			documented[strings.ToUpper(method)+" "+path] = true
 		}
 	}
-	served := map[string]bool{}
+	// /mcp is the MCP transport's, mounted beside the API routes.
+	served := map[string]bool{"POST /mcp": true, "GET /mcp": true, "DELETE /mcp": true}
 	for _, r := range apiRoutes {
 		served[r.method+" "+r.path] = true
 		if !documented[r.method+" "+r.path] {
