@@ -10,9 +10,8 @@ import (
 )
 
 func TestTiersAreSetUpOnFirstUse(t *testing.T) {
-	c := Config{ToolsRoot: t.TempDir(), CacheDir: t.TempDir(), DataDir: t.TempDir()}
-	c.Oci.StateRoot = t.TempDir()
-	c.VM.RunDir = t.TempDir()
+	c := testConfig(t)
+	c.ToolsRoot = t.TempDir()
 	sbs, err := sandboxes(c)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +58,8 @@ func TestTiersAreSetUpOnFirstUse(t *testing.T) {
 }
 
 func TestDisabledTiersAreLeftOut(t *testing.T) {
-	c := Config{ToolsRoot: t.TempDir(), DisableTiers: []string{"Oci", "Firecracker"}}
+	c := testConfig(t)
+	c.ToolsRoot, c.DisableTiers = t.TempDir(), []string{"Oci", "Firecracker"}
 	sbs, err := sandboxes(c)
 	if err != nil {
 		t.Fatal(err)
@@ -78,9 +78,8 @@ func sandboxCall() sandbox.Call { return sandbox.Call{Tool: "x", Dir: "/nonexist
 // queueing counted against its timeout, and no tool with a base image could run. The test looks
 // at the tiers as the executor does, through type assertions on sandbox.Sandbox.
 func TestLazyTierForwardsOptionalInterfaces(t *testing.T) {
-	c := Config{ToolsRoot: t.TempDir(), CacheDir: t.TempDir(), DataDir: t.TempDir()}
-	c.Oci.StateRoot = t.TempDir()
-	c.VM.RunDir = t.TempDir()
+	c := testConfig(t)
+	c.ToolsRoot = t.TempDir()
 	sbs, err := sandboxes(c)
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 // emptyModule is the smallest valid WebAssembly module.
 var emptyModule = []byte{0, 'a', 's', 'm', 1, 0, 0, 0}
 
-// testConfig keeps every directory of c in the test's temp dirs.
+// testConfig keeps every directory of a config in the test's temp dirs (the tools root: set it).
 func testConfig(t *testing.T) Config {
 	c := Config{CacheDir: t.TempDir(), DataDir: t.TempDir()}
 	c.Oci.StateRoot = t.TempDir()
