@@ -1,10 +1,13 @@
 package axoiso
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,10 +16,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/ociimage"
 	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
@@ -254,4 +265,107 @@ func asErr(err error, target **isolation.Error) bool {
 		*target = ie
 	}
 	return ok
+}
+
+// busyboxImage is an OCI image (one layer: a static busybox and its applets) whose process is
+// `/bin/sh -c script` as uid 1000 in /work, with GREETING set: what `axoiso bundle` turns into a
+// bundle from oci: layouts and docker-archive: files.
+func busyboxImage(t *testing.T, script string) v1.Image {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("no static busybox")
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(h *tar.Header, data []byte) {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"bin/", "etc/", "work/", "tmp/"} {
+		add(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
+	}
+	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb))}, bb)
+	for _, a := range []string{"sh", "cat", "id", "ls", "hostname", "printf", "tr", "pwd"} {
+		add(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, nil)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config = v1.Config{Cmd: []string{"/bin/sh", "-c", script}, Env: []string{"PATH=/bin", "GREETING=from-an-image"}, WorkingDir: "/work", User: "1000:1000"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// An image from an OCI layout (oci:DIR:TAG) and from a docker-archive: file, bundled as `axoiso
+// bundle` does, runs in the microVM tier with the same output as in Oci.
+func TestBundledImagesInVM(t *testing.T) {
+	data := currentGuestDataDir(t)
+	tools := t.TempDir()
+	_ = os.Chmod(tools, 0o755)
+	img := busyboxImage(t, confEcho)
+	lay := filepath.Join(t.TempDir(), "layout")
+	p, err := layout.Write(lay, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": "v1"})); err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.NewTag("example.test/bb:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "bb.tar")
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for tool, ref := range map[string]string{"from-oci": "oci:" + lay + ":v1", "from-archive": "docker-archive:" + archive + ":example.test/bb:v1"} {
+		if err := ociimage.Build(ctx, ref, filepath.Join(tools, tool), ociimage.Options{Logger: slog.New(slog.DiscardHandler)}); err != nil {
+			t.Fatalf("bundle %s: %v", ref, err)
+		}
+		write(t, filepath.Join(tools, tool, "tool.json"), `{"runtime":"ContainerImage","timeout_ms":60000}`)
+	}
+	vm := imageExecutor(t, Config{ToolsRoot: tools, DataDir: data, Isolation: map[isolation.RuntimeRequirement]isolation.Tier{isolation.RequireContainerImage: isolation.TierMicroVM}})
+	oci := imageExecutor(t, Config{ToolsRoot: tools, DataDir: data})
+	for _, tool := range []string{"from-oci", "from-archive"} {
+		t.Run(tool, func(t *testing.T) {
+			v, err := vm.Execute(ctx, tool, []byte(`{"n":2}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			o, err := oci.Execute(ctx, tool, []byte(`{"n":2}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Tier != isolation.TierMicroVM || o.Tier != isolation.TierOCI || string(v.Output) != string(o.Output) {
+				t.Fatalf("VM (%s): %s\nOci (%s): %s", v.Tier, v.Output, o.Tier, o.Output)
+			}
+			if !strings.Contains(string(v.Output), `"uid":"1000"`) || !strings.Contains(string(v.Output), `"greet":"from-an-image"`) || !strings.Contains(string(v.Output), `"cwd":"/work"`) {
+				t.Errorf("the image's user, env or cwd did not apply: %s", v.Output)
+			}
+		})
+	}
 }
