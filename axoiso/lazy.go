@@ -19,6 +19,7 @@ var (
 	_ sandbox.MemoryDefaulter = (*lazyTier)(nil)
 	_ sandbox.Pooler          = (*lazyTier)(nil)
 	_ sandbox.BaseSupporter   = (*lazyTier)(nil)
+	_ sandbox.EgressSupporter = (*lazyTier)(nil)
 	_ sandbox.Queuer          = (*lazyTier)(nil)
 )
 
@@ -96,6 +97,14 @@ func (l *lazyTier) SupportsBase(req isolation.RuntimeRequirement) string {
 		return b.SupportsBase(req)
 	}
 	return fmt.Sprintf("the %s tier cannot run a tool on a base image", l.tier)
+}
+
+// SupportsEgress forwards sandbox.EgressSupporter ("" for a tier without it).
+func (l *lazyTier) SupportsEgress() string {
+	if es, ok := l.get().(sandbox.EgressSupporter); ok {
+		return es.SupportsEgress()
+	}
+	return ""
 }
 
 // QueuesCalls forwards sandbox.Queuer (false when the tier does not queue). Without this, the

@@ -328,6 +328,12 @@ func (e *Executor) selectTier(ctx context.Context, t *catalog.Tool, o callOption
 		c := isolation.Candidate{Availability: e.Availability(ctx, tier)}
 		if s, ok := e.sandboxes[tier]; ok && c.Available {
 			c.Unsupported = supports(s, t)
+			if es, ok := s.(sandbox.EgressSupporter); ok && c.Unsupported == "" {
+				// A tool with a network policy runs only where the policy can be enforced.
+				if pol, _ := e.Egress(t); !pol.IsZero() {
+					c.Unsupported = es.SupportsEgress()
+				}
+			}
 		}
 		return c
 	})

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
 )
@@ -146,5 +148,68 @@ func TestBaseSelectsTiersThatRunBases(t *testing.T) {
 	}
 	if len(b.got) != 1 || b.got[0].Base != filepath.Join(c.Root(), "img") {
 		t.Errorf("calls %+v, want one with the base's folder", b.got)
+	}
+}
+
+// noNetTier is a fakeTier that cannot enforce network policies here.
+type noNetTier struct{ fakeTier }
+
+func (n *noNetTier) SupportsEgress() string { return "no network device in this tier" }
+
+// A tool with a network policy runs only in a tier that can enforce it: a tier that says it
+// cannot (sandbox.EgressSupporter) is passed over like one without the runtime, and the same
+// tool without a grant (no policy) still runs there.
+func TestEgressSelectsTiersThatEnforceIt(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "fetch"), 0o755)
+	os.WriteFile(filepath.Join(root, "fetch/tool.json"), []byte(`{"runtime":"Shell","entrypoint":"main.sh","network":{"egress":["api.example.com:443"]}}`), 0o644)
+	os.WriteFile(filepath.Join(root, "fetch/main.sh"), []byte("exit 0"), 0o644)
+	c, err := catalog.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := egress.ParsePatterns([]string{"api.example.com:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		grant   bool
+		want    isolation.Tier
+		wantErr error
+	}{
+		{"granted: the enforcing tier", true, isolation.TierOCI, nil},
+		{"not granted: no policy, the ideal tier", false, isolation.TierMicroVM, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := &noNetTier{fakeTier{tier: isolation.TierMicroVM, avail: true}}
+			oci := &fakeTier{tier: isolation.TierOCI, avail: true}
+			cfg := executor.Config{Catalog: c, Sandboxes: []sandbox.Sandbox{vm, oci}}
+			if tc.grant {
+				cfg.Egress.AllTools = ps
+			}
+			e, err := executor.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			res, err := e.Execute(context.Background(), "fetch", []byte(`{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Tier != tc.want {
+				t.Fatalf("ran in %s, want %s", res.Tier, tc.want)
+			}
+		})
+	}
+	// Only a tier that cannot enforce it: refused, saying why.
+	vm := &noNetTier{fakeTier{tier: isolation.TierMicroVM, avail: true}}
+	e, err := executor.New(executor.Config{Catalog: c, Sandboxes: []sandbox.Sandbox{vm}, Egress: executor.EgressGrants{AllTools: ps}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.Execute(context.Background(), "fetch", []byte(`{}`)); !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "no network device") {
+		t.Fatalf("err = %v, want tier unavailable saying why", err)
 	}
 }

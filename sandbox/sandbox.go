@@ -159,6 +159,14 @@ type BaseSupporter interface {
 	SupportsBase(req isolation.RuntimeRequirement) string
 }
 
+// EgressSupporter is implemented by sandboxes that cannot give every call with a network policy
+// (Limits.Egress) the network it allows: SupportsEgress returns "" when they can here, else why
+// (the executor then picks another tier, as for an unsupported runtime). A sandbox without it
+// has no such limit (it enforces policies its own way, or gives no tool a network device).
+type EgressSupporter interface {
+	SupportsEgress() string
+}
+
 // Preparer is implemented by sandboxes that can do per-tool work ahead of the first call
 // (compiling a module, filling a warm pool). Prepare is idempotent.
 type Preparer interface {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/internal/guest"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 	"github.com/axocoatl/isolation/sandbox/microvm/internal/vmimage"
@@ -247,5 +248,32 @@ func TestFakeDriverPoolServesCalls(t *testing.T) {
 	}
 	if l := d.leftovers(); len(l) > 0 {
 		t.Errorf("after Close: %v", l)
+	}
+}
+
+// TestNetworkPolicyRefused: VMs have no network device yet, so a call with a network policy is
+// refused (tier unavailable, saying why) before any VM boots, never run as if it had none.
+func TestNetworkPolicyRefused(t *testing.T) {
+	d := &fakeDriver{}
+	s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{d}, DataDir: fakeImage(t), RunDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir, entry := tool(t, "answer.sh", "#!/bin/sh\n", 0o755)
+	c := call("fake-net", isolation.RequireShell, dir, entry, `{}`, 10*time.Second)
+	ps, err := egress.ParsePatterns([]string{"api.example.com:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Limits.Egress = egress.NewPolicy(ps...)
+	if _, err := s.Run(context.Background(), c); !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "network") {
+		t.Fatalf("err = %v, want tier unavailable naming the network", err)
+	}
+	if why := s.SupportsEgress(); why == "" {
+		t.Fatal("SupportsEgress says the tier enforces policies")
+	}
+	if l := d.leftovers(); len(l) > 0 {
+		t.Errorf("a VM was started: %v", l)
 	}
 }

@@ -32,6 +32,7 @@ var (
 	_ sandbox.MemoryDefaulter = (*Sandbox)(nil)
 	_ sandbox.Pooler          = (*Sandbox)(nil)
 	_ sandbox.BaseSupporter   = (*Sandbox)(nil)
+	_ sandbox.EgressSupporter = (*Sandbox)(nil)
 )
 
 // Defaults and bounds.
@@ -543,6 +544,10 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	}
 	if why := s.Supports(call.Runtime); why != "" {
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", why)
+	}
+	if !call.Limits.Egress.IsZero() {
+		// Never run a tool with a policy as if it had none.
+		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", s.SupportsEgress())
 	}
 	call.Limits = call.Limits.WithDefaults()
 	req, rootfs, err := buildRequest(call)

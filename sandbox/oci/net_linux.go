@@ -38,6 +38,9 @@ func (s *Sandbox) netUnavailable() string {
 	return callnet.Available()
 }
 
+// SupportsEgress implements sandbox.EgressSupporter.
+func (s *Sandbox) SupportsEgress() string { return s.netUnavailable() }
+
 // network returns the sandbox's pool of per-call namespaces, making it on first use.
 func (s *Sandbox) network() (*callnet.Pool, error) {
 	s.netMu.Lock()

@@ -66,6 +66,7 @@ var (
 	_ sandbox.Pooler          = (*Sandbox)(nil)
 	_ sandbox.MemoryDefaulter = (*Sandbox)(nil)
 	_ sandbox.BaseSupporter   = (*Sandbox)(nil)
+	_ sandbox.EgressSupporter = (*Sandbox)(nil)
 )
 
 // New returns the Oci sandbox for cfg. It creates StateRoot and, unless another live Sandbox
