@@ -165,7 +165,7 @@ func helloWasm() []byte {
 	helloOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		p, err := wasmbuild.Cached(ctx, "../examples/tools/hello-wasm", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Options{BuildMode: "c-shared"})
+		p, err := wasmbuild.Cached(ctx, "../examples/tools/hello-wasm", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Config{BuildMode: "c-shared"})
 		if err != nil {
 			panic(err)
 		}

@@ -343,7 +343,7 @@ func TestBundledImagesInVM(t *testing.T) {
 	}
 	ctx := context.Background()
 	for tool, ref := range map[string]string{"from-oci": "oci:" + lay + ":v1", "from-archive": "docker-archive:" + archive + ":example.test/bb:v1"} {
-		if err := ociimage.Build(ctx, ref, filepath.Join(tools, tool), ociimage.Options{Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		if err := ociimage.Build(ctx, ref, filepath.Join(tools, tool), ociimage.Config{Logger: slog.New(slog.DiscardHandler)}); err != nil {
 			t.Fatalf("bundle %s: %v", ref, err)
 		}
 		write(t, filepath.Join(tools, tool, "tool.json"), `{"runtime":"ContainerImage","timeout_ms":60000}`)

@@ -30,7 +30,7 @@ import (
 var greetModule = sync.OnceValues(func() (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	return wasmbuild.Cached(ctx, "testdata/greet", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Options{})
+	return wasmbuild.Cached(ctx, "testdata/greet", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Config{})
 })
 
 // handModule assembles a module with one memory of minPages and a _start whose body is code.

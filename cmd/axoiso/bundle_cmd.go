@@ -47,7 +47,7 @@ func runBundle(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 		return err
 	}
 	dest := filepath.Join(cfg.ToolsRoot, name)
-	err = ociimage.Build(ctx, *from, dest, ociimage.Options{Replace: *replace, Insecure: *insecure, Platform: *platform, Logger: log})
+	err = ociimage.Build(ctx, *from, dest, ociimage.Config{Replace: *replace, Insecure: *insecure, Platform: *platform, Logger: log})
 	switch {
 	case errors.Is(err, ociimage.ErrBadReference):
 		return usageError{err.Error()}

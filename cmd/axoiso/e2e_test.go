@@ -62,7 +62,7 @@ func wasmGuest(t *testing.T) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	p, err := wasmbuild.Cached(ctx, "../../sandbox/wasm/testdata/guest", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Options{})
+	p, err := wasmbuild.Cached(ctx, "../../sandbox/wasm/testdata/guest", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

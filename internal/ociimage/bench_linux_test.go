@@ -29,7 +29,7 @@ func BenchmarkBuild(b *testing.B) {
 	b.Run("ociimage", func(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
 			dest := filepath.Join(tmp, fmt.Sprintf("ours-%d", i))
-			if err := Build(context.Background(), ref, dest, Options{Logger: quietLogger()}); err != nil {
+			if err := Build(context.Background(), ref, dest, Config{Logger: quietLogger()}); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()

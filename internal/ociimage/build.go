@@ -29,8 +29,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// Options tune Build. The zero value is usable.
-type Options struct {
+// Config tunes Build. The zero value is usable.
+type Config struct {
 	// Replace lets Build swap out an existing dest (atomically: readers see the old bundle or
 	// the new one, never a mix). Without it an existing dest is an ErrExists error.
 	Replace bool
@@ -53,7 +53,7 @@ type Options struct {
 // everything Build created is removed. Layer entries that would escape the rootfs are refused
 // with an error matching ErrUnsafeLayer. Ownership and device nodes are restored only when
 // running as root. dest's parent directory must exist.
-func Build(ctx context.Context, ref string, dest string, opts Options) (err error) {
+func Build(ctx context.Context, ref string, dest string, opts Config) (err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -143,7 +143,7 @@ func parsePlatform(s string) (v1.Platform, error) {
 }
 
 // openImage resolves r to one image for platform.
-func openImage(ctx context.Context, r Reference, platform v1.Platform, opts Options) (v1.Image, error) {
+func openImage(ctx context.Context, r Reference, platform v1.Platform, opts Config) (v1.Image, error) {
 	switch r.Transport {
 	case TransportDocker:
 		var nopts []name.Option
@@ -344,13 +344,13 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-func baseTransport(opts Options) http.RoundTripper {
+func baseTransport(opts Config) http.RoundTripper {
 	if opts.Transport != nil {
 		return opts.Transport
 	}
 	t := remote.DefaultTransport.(*http.Transport).Clone()
 	if opts.Insecure {
-		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for with Options.Insecure
+		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for with Config.Insecure
 	}
 	return t
 }

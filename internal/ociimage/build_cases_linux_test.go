@@ -35,7 +35,7 @@ func TestBuildFromTransports(t *testing.T) {
 		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := Build(context.Background(), refs[tr], dest, Options{Logger: quietLogger()}); err != nil {
+		if err := Build(context.Background(), refs[tr], dest, Config{Logger: quietLogger()}); err != nil {
 			t.Fatalf("Build(%s): %v", refs[tr], err)
 		}
 		snaps[tr] = snapshot(t, filepath.Join(dest, "rootfs"))
@@ -188,7 +188,7 @@ func TestMatchesUmoci(t *testing.T) {
 	layoutDir := filepath.Join(tmp, "layout")
 	ref := writeLayout(t, layoutDir, "v1", img)
 	ours := filepath.Join(tmp, "ours")
-	if err := Build(context.Background(), ref, ours, Options{Logger: quietLogger()}); err != nil {
+	if err := Build(context.Background(), ref, ours, Config{Logger: quietLogger()}); err != nil {
 		t.Fatal(err)
 	}
 	theirs := filepath.Join(tmp, "umoci")
@@ -218,7 +218,7 @@ func TestMatchesUmoci(t *testing.T) {
 		t.Fatalf("umoci unpack of skopeo's copy: %v\n%s", err, out)
 	}
 	fromRegistry := filepath.Join(tmp, "ours-registry")
-	if err := Build(context.Background(), dref, fromRegistry, Options{Logger: quietLogger()}); err != nil {
+	if err := Build(context.Background(), dref, fromRegistry, Config{Logger: quietLogger()}); err != nil {
 		t.Fatal(err)
 	}
 	c, d := snapshot(t, filepath.Join(fromRegistry, "rootfs")), snapshot(t, filepath.Join(viaSkopeo, "rootfs"))
@@ -274,7 +274,7 @@ func TestMaliciousLayers(t *testing.T) {
 			img := imageOf(t, v1.Config{Cmd: []string{"/ok/file"}}, layers...)
 			ref := writeLayout(t, filepath.Join(work, "layout"), "bad", img)
 			dest := filepath.Join(work, "bundle")
-			err := Build(context.Background(), ref, dest, Options{Logger: quietLogger()})
+			err := Build(context.Background(), ref, dest, Config{Logger: quietLogger()})
 			if !errors.Is(err, ErrUnsafeLayer) {
 				t.Fatalf("Build = %v, want ErrUnsafeLayer", err)
 			}
@@ -305,16 +305,16 @@ func TestBuildReplaceAndExists(t *testing.T) {
 	}
 	first, second := mk("one"), mk("two")
 	dest := filepath.Join(tmp, "bundle")
-	if err := Build(context.Background(), first, dest, Options{Logger: quietLogger()}); err != nil {
+	if err := Build(context.Background(), first, dest, Config{Logger: quietLogger()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Build(context.Background(), second, dest, Options{Logger: quietLogger()}); !errors.Is(err, ErrExists) {
+	if err := Build(context.Background(), second, dest, Config{Logger: quietLogger()}); !errors.Is(err, ErrExists) {
 		t.Fatalf("second Build without Replace = %v, want ErrExists", err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dest, "rootfs", "f")); string(b) != "one" {
 		t.Fatalf("existing bundle changed to %q", b)
 	}
-	if err := Build(context.Background(), second, dest, Options{Replace: true, Logger: quietLogger()}); err != nil {
+	if err := Build(context.Background(), second, dest, Config{Replace: true, Logger: quietLogger()}); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dest, "rootfs", "f")); string(b) != "two" {
@@ -375,7 +375,7 @@ func TestBuildErrors(t *testing.T) {
 			if err := os.Mkdir(out, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := Build(ctx, c.ref(t), filepath.Join(out, "bundle"), Options{Logger: quietLogger()})
+			err := Build(ctx, c.ref(t), filepath.Join(out, "bundle"), Config{Logger: quietLogger()})
 			if !errors.Is(err, c.want) {
 				t.Fatalf("Build = %v, want %v", err, c.want)
 			}
@@ -435,7 +435,7 @@ func TestBusyboxBundle(t *testing.T) {
 		layerOf(t, []ent{dir("bin/", 0o755), reg("bin/busybox", 0o755, bb), sym("bin/sh", "busybox"), dir("axocoatl/", 0o755)}))
 	tmp := tempDir(t)
 	dest := filepath.Join(tmp, "busybox")
-	if err := Build(context.Background(), writeLayout(t, filepath.Join(tmp, "layout"), "latest", img), dest, Options{Logger: quietLogger()}); err != nil {
+	if err := Build(context.Background(), writeLayout(t, filepath.Join(tmp, "layout"), "latest", img), dest, Config{Logger: quietLogger()}); err != nil {
 		t.Fatal(err)
 	}
 	spec := readSpec(t, dest)

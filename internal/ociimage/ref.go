@@ -153,6 +153,6 @@ var (
 	// ErrInvalidImage: the image is malformed (missing platform, diff_id mismatch, bad config, bad
 	// tar, unknown entry type, user not resolvable).
 	ErrInvalidImage = errors.New("invalid image")
-	// ErrExists: the destination exists and Options.Replace is false.
+	// ErrExists: the destination exists and Config.Replace is false.
 	ErrExists = errors.New("bundle destination exists")
 )

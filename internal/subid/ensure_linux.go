@@ -20,8 +20,8 @@ const (
 	GIDFile = "/etc/subgid"
 )
 
-// EnsureOptions says whose ranges to find and what to register when there are none.
-type EnsureOptions struct {
+// EnsureConfig says whose ranges to find and what to register when there are none.
+type EnsureConfig struct {
 	User string
 	// Count ids are registered (the same start in both files) when User has no range in a
 	// file; Min is the lowest start considered and starts are aligned to Align.
@@ -37,7 +37,7 @@ type EnsureOptions struct {
 
 // Ensure returns User's uid and gid ranges, registering Count ids for it first when a file has
 // none. Idempotent and safe against concurrent callers (LockFile); added says it wrote.
-func Ensure(o EnsureOptions) (uids, gids []Range, added bool, err error) {
+func Ensure(o EnsureConfig) (uids, gids []Range, added bool, err error) {
 	if o.UIDFile == "" {
 		o.UIDFile = UIDFile
 	}

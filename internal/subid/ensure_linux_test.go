@@ -11,7 +11,7 @@ import (
 // Ensure registers one range, in both files, once, however many callers race; then returns it.
 func TestEnsureIdempotentConcurrent(t *testing.T) {
 	dir := t.TempDir()
-	o := EnsureOptions{User: "axotest", Count: 4 * 65536, Min: 1 << 30, Align: 65536,
+	o := EnsureConfig{User: "axotest", Count: 4 * 65536, Min: 1 << 30, Align: 65536,
 		UIDFile: filepath.Join(dir, "subuid"), GIDFile: filepath.Join(dir, "subgid"), LockFile: filepath.Join(dir, "lock")}
 	// Somebody else's range sits where ours would go: it must be skipped, and kept.
 	if err := os.WriteFile(o.UIDFile, []byte("alice:1073741824:100"), 0o644); err != nil {
@@ -56,7 +56,7 @@ func TestEnsureIdempotentConcurrent(t *testing.T) {
 
 func TestEnsureRejectsBadUser(t *testing.T) {
 	for _, u := range []string{"", "a:b", "a\nb"} {
-		if _, _, _, err := Ensure(EnsureOptions{User: u, LockFile: filepath.Join(t.TempDir(), "l")}); err == nil || !strings.Contains(err.Error(), "bad options") {
+		if _, _, _, err := Ensure(EnsureConfig{User: u, LockFile: filepath.Join(t.TempDir(), "l")}); err == nil || !strings.Contains(err.Error(), "bad options") {
 			t.Errorf("user %q: err %v", u, err)
 		}
 	}

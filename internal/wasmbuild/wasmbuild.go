@@ -20,8 +20,8 @@ import (
 	"strings"
 )
 
-// Options tune one build.
-type Options struct {
+// Config tunes one build.
+type Config struct {
 	// Ldflags is passed to go build -ldflags (for example "-X main.version=2").
 	Ldflags string
 	// BuildMode is passed to go build -buildmode ("" for a command, "c-shared" for a reactor).
@@ -41,7 +41,7 @@ func GoCommand() string {
 
 // Build compiles the Go main package in pkgDir (its non-test .go files) to the module out,
 // written atomically.
-func Build(ctx context.Context, pkgDir, out string, opts Options) error {
+func Build(ctx context.Context, pkgDir, out string, opts Config) error {
 	abs, err := filepath.Abs(out)
 	if err != nil {
 		return err
@@ -89,7 +89,7 @@ func Build(ctx context.Context, pkgDir, out string, opts Options) error {
 // SourceHash hashes every file of the package in pkgDir that can change the build (Go files,
 // go.mod, go.sum, embedded assets: every regular file, not recursing), with the options and the
 // toolchain version.
-func SourceHash(pkgDir string, opts Options) (string, error) {
+func SourceHash(pkgDir string, opts Config) (string, error) {
 	ents, err := os.ReadDir(pkgDir)
 	if err != nil {
 		return "", err
@@ -115,7 +115,7 @@ func SourceHash(pkgDir string, opts Options) (string, error) {
 }
 
 // Cached builds pkgDir into cacheDir (once per source hash) and returns the module's path.
-func Cached(ctx context.Context, pkgDir, cacheDir string, opts Options) (string, error) {
+func Cached(ctx context.Context, pkgDir, cacheDir string, opts Config) (string, error) {
 	key, err := SourceHash(pkgDir, opts)
 	if err != nil {
 		return "", err
@@ -241,7 +241,7 @@ func BuildExamples(ctx context.Context, toolsDir string) ([]Built, error) {
 			if err != nil {
 				return built, err
 			}
-			if err := Build(ctx, dir, out, Options{BuildMode: mode}); err != nil {
+			if err := Build(ctx, dir, out, Config{BuildMode: mode}); err != nil {
 				return built, err
 			}
 		}

@@ -36,7 +36,7 @@ func (s *Sandbox) drives() (*rootdrive.Cache, error) {
 		if dir == "" {
 			dir = filepath.Join(s.opts.DataDir, "drives")
 		}
-		s.driveCache, s.driveErr = rootdrive.New(rootdrive.Options{Dir: dir, MaxBytes: s.opts.DriveCacheBytes, Logger: s.log})
+		s.driveCache, s.driveErr = rootdrive.New(rootdrive.Config{Dir: dir, MaxBytes: s.opts.DriveCacheBytes, Logger: s.log})
 	})
 	return s.driveCache, s.driveErr
 }

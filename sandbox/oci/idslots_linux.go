@@ -89,7 +89,7 @@ type idSlot struct {
 
 // newIDSlots finds (registering them when absent) user's id ranges and prepares up to n slots.
 func newIDSlots(user string, n, offset int, log *slog.Logger) (*idSlots, error) {
-	uids, gids, added, err := subid.Ensure(subid.EnsureOptions{User: user, Count: uint32(n) * idSlotSize,
+	uids, gids, added, err := subid.Ensure(subid.EnsureConfig{User: user, Count: uint32(n) * idSlotSize,
 		Min: idBaseMin, Align: idSlotSize, LockFile: subidLockFile, CreateUser: true})
 	if err != nil {
 		return nil, err

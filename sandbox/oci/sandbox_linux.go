@@ -434,7 +434,7 @@ func (s *Sandbox) spec(call sandbox.Call, id, ioDir string, ids *ocispec.IDMap, 
 		return nil, fmt.Errorf("oci: tool dir %s is not inside the bundle root %s", dir, s.cfg.BundleRoot)
 	}
 	mem := s.memoryMB(call)
-	o := ocispec.Options{
+	o := ocispec.Config{
 		Hostname:    "axocoatl",
 		CgroupsPath: s.cgroupsPath(id),
 		IODir:       ioDir,

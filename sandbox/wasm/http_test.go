@@ -39,12 +39,12 @@ func httpGuest(tb testing.TB) string {
 	httpGuestOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		h, err := wasmbuild.SourceHash("guest/wasmhttp", wasmbuild.Options{})
+		h, err := wasmbuild.SourceHash("guest/wasmhttp", wasmbuild.Config{})
 		if err != nil {
 			httpGuestErr = err
 			return
 		}
-		httpGuestPath, httpGuestErr = wasmbuild.Cached(ctx, "testdata/httpguest", buildCache, wasmbuild.Options{Ldflags: "-X main.helper=" + h})
+		httpGuestPath, httpGuestErr = wasmbuild.Cached(ctx, "testdata/httpguest", buildCache, wasmbuild.Config{Ldflags: "-X main.helper=" + h})
 	})
 	if httpGuestErr != nil {
 		tb.Fatalf("building the http guest: %v", httpGuestErr)

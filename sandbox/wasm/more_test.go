@@ -216,7 +216,7 @@ func TestRunawayGuestsStayPreemptible(t *testing.T) {
 
 func TestChangedModuleRecompiles(t *testing.T) {
 	ctx := context.Background()
-	v2, err := wasmbuild.Cached(ctx, "testdata/guest", buildCache, wasmbuild.Options{Ldflags: "-X main.version=2"})
+	v2, err := wasmbuild.Cached(ctx, "testdata/guest", buildCache, wasmbuild.Config{Ldflags: "-X main.version=2"})
 	if err != nil {
 		t.Fatal(err)
 	}

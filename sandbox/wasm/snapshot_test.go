@@ -27,7 +27,7 @@ func reactor(tb testing.TB) string {
 	reactorOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		reactorPath, reactorErr = wasmbuild.Cached(ctx, "testdata/reactor", buildCache, wasmbuild.Options{BuildMode: "c-shared"})
+		reactorPath, reactorErr = wasmbuild.Cached(ctx, "testdata/reactor", buildCache, wasmbuild.Config{BuildMode: "c-shared"})
 	})
 	if reactorErr != nil {
 		tb.Fatalf("building the reactor: %v", reactorErr)

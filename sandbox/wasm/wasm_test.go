@@ -33,7 +33,7 @@ func guest(tb testing.TB) string {
 	guestOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		guestPath, guestErr = wasmbuild.Cached(ctx, "testdata/guest", buildCache, wasmbuild.Options{})
+		guestPath, guestErr = wasmbuild.Cached(ctx, "testdata/guest", buildCache, wasmbuild.Config{})
 	})
 	if guestErr != nil {
 		tb.Fatalf("building the guest: %v", guestErr)

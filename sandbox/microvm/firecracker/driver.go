@@ -237,7 +237,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec) (*process, er
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: %w", err)
 	}
-	return startProcess(ctx, startOptions{
+	return startProcess(ctx, startConfig{
 		Binary: bin, Jailer: d.opts.Jailer, ID: spec.ID, RunDir: spec.RunDir,
 		Output: spec.Stderr, Log: d.opts.Logger, SocketTimeout: d.opts.SocketTimeout,
 		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs,

@@ -85,8 +85,8 @@ type process struct {
 	killOnce sync.Once
 }
 
-// startOptions are what startProcess needs.
-type startOptions struct {
+// startConfig are what startProcess needs.
+type startConfig struct {
 	Binary string  // firecracker binary (plain mode)
 	Jailer *Jailer // when set, start through the jailer
 	ID     string
@@ -122,7 +122,7 @@ func jailerCgroupArgs(memoryMB, vcpus int) []string {
 
 // startProcess starts Firecracker, writes RunDir/vmm.pid and waits until the API answers. On error
 // nothing is left running and the jail dir is removed.
-func startProcess(ctx context.Context, o startOptions) (*process, error) {
+func startProcess(ctx context.Context, o startConfig) (*process, error) {
 	if !validInstanceID(o.ID) {
 		return nil, fmt.Errorf("firecracker: invalid vm id %q (want 1-64 of [A-Za-z0-9-])", o.ID)
 	}

@@ -57,7 +57,7 @@ func BenchmarkDrive(b *testing.B) {
 	b.Run("build-50MB", func(b *testing.B) {
 		var ds []time.Duration
 		for i := 0; i < b.N; i++ {
-			c, err := New(Options{Dir: filepath.Join(b.TempDir(), "drives"), MaxBytes: -1, Logger: quiet})
+			c, err := New(Config{Dir: filepath.Join(b.TempDir(), "drives"), MaxBytes: -1, Logger: quiet})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -72,7 +72,7 @@ func BenchmarkDrive(b *testing.B) {
 		report(b, ds)
 	})
 	dir := filepath.Join(b.TempDir(), "drives")
-	c, err := New(Options{Dir: dir, MaxBytes: -1, Logger: quiet})
+	c, err := New(Config{Dir: dir, MaxBytes: -1, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func BenchmarkDrive(b *testing.B) {
 	b.Run("cached-fresh-process", func(b *testing.B) {
 		var ds []time.Duration
 		for i := 0; i < b.N; i++ {
-			c, err := New(Options{Dir: dir, MaxBytes: -1, Logger: quiet}) // a new process: nothing in memory
+			c, err := New(Config{Dir: dir, MaxBytes: -1, Logger: quiet}) // a new process: nothing in memory
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -11,7 +11,7 @@
 //
 // Finding a tree's drive is cheap: a walk of its metadata (no file is read) gives its identity,
 // which maps to the content digest of the version already built (an index on disk); a tree
-// looked at less than Options.Recheck ago is not walked again.
+// looked at less than Config.Recheck ago is not walked again.
 package rootdrive
 
 import (
@@ -54,8 +54,8 @@ const (
 // one gets an empty one (a rootfs need not have them, and the drive is read-only in the guest).
 var MountPoints = []string{"proc", "dev", "tmp", "axocoatl"}
 
-// Options configure a Cache.
-type Options struct {
+// Config configures a Cache.
+type Config struct {
 	// Dir holds the drives (created 0700 when missing). Required.
 	Dir string
 	// MaxBytes caps the drives' total size (DefaultMaxBytes when 0; no cap when negative). The
@@ -70,7 +70,7 @@ type Options struct {
 
 // Cache is a directory of drives. Safe for concurrent use, also by several processes.
 type Cache struct {
-	opts Options
+	opts Config
 	log  *slog.Logger
 
 	mu       sync.Mutex // protects memo and building
@@ -93,9 +93,9 @@ type build struct {
 }
 
 // New returns the cache in opts.Dir.
-func New(opts Options) (*Cache, error) {
+func New(opts Config) (*Cache, error) {
 	if opts.Dir == "" {
-		return nil, errors.New("rootdrive: Options.Dir is required")
+		return nil, errors.New("rootdrive: Config.Dir is required")
 	}
 	if opts.MaxBytes == 0 {
 		opts.MaxBytes = DefaultMaxBytes

@@ -51,7 +51,7 @@ func tree(t testing.TB, files map[string]string) string {
 
 func newCache(t testing.TB, max int64) *Cache {
 	t.Helper()
-	c, err := New(Options{Dir: filepath.Join(t.TempDir(), "drives"), MaxBytes: max, Recheck: -1})
+	c, err := New(Config{Dir: filepath.Join(t.TempDir(), "drives"), MaxBytes: max, Recheck: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestOpenBuildsOncePerContent(t *testing.T) {
 
 	// A copy of the same tree (another bundle of the same image): the same drive, not rebuilt.
 	b := tree(t, files)
-	c2, err := New(Options{Dir: c.Dir(), Recheck: -1}) // as another process would
+	c2, err := New(Config{Dir: c.Dir(), Recheck: -1}) // as another process would
 	if err != nil {
 		t.Fatal(err)
 	}

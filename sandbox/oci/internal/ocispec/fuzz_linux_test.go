@@ -29,7 +29,7 @@ func FuzzHarden(f *testing.F) {
 		if json.Unmarshal(raw, &b) != nil {
 			return
 		}
-		s, err := Harden(&b, "/b", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io"})
+		s, err := Harden(&b, "/b", Config{CgroupsPath: "/axocoatl/x", IODir: "/run/io"})
 		if err != nil {
 			return
 		}

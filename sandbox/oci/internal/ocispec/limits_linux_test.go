@@ -24,7 +24,7 @@ func TestResourcesNeverOverflow(t *testing.T) {
 		{"CPUs +Inf", 0, math.Inf(1), DefaultMemoryMB << 20, MaxCPUs * cpuPeriod},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := Harden(hostile(), "/b", Options{CgroupsPath: "/axocoatl/x", MemoryMB: tt.memoryMB, CPUs: tt.cpus})
+			s, err := Harden(hostile(), "/b", Config{CgroupsPath: "/axocoatl/x", MemoryMB: tt.memoryMB, CPUs: tt.cpus})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,8 +6,8 @@
 // (args, env, cwd, uid/gid) and its root path. Everything a bundle could use to weaken
 // isolation or reach the host — hooks, mounts, devices, namespace paths, id mappings, sysctls,
 // capabilities, seccomp, AppArmor/SELinux labels, resources, the hostname — is ignored and
-// replaced by the defaults below (the hostname is Options.Hostname: the sandbox uses the same
-// constant for every container, which tells a tool nothing about the host, the bundle or the call). Nothing is loosenable: a call with a network policy joins a prepared namespace (Options.NetNS) instead of a fresh one.
+// replaced by the defaults below (the hostname is Config.Hostname: the sandbox uses the same
+// constant for every container, which tells a tool nothing about the host, the bundle or the call). Nothing is loosenable: a call with a network policy joins a prepared namespace (Config.NetNS) instead of a fresh one.
 package ocispec
 
 import (
@@ -35,15 +35,15 @@ const (
 	UnprivilegedID   = 65534
 	ociVersion       = "1.0.2" // crun 1.8 refuses newer versions; 1.0.2 has everything used here
 	maxArgBytes      = 64 << 10
-	// MaxMemoryMB (1 TiB, = sandbox.MaxMemoryMB) and MaxCPUs bound what Options can ask for, so
+	// MaxMemoryMB (1 TiB, = sandbox.MaxMemoryMB) and MaxCPUs bound what Config can ask for, so
 	// that converting them to bytes and quota microseconds never overflows int64: 2^44 MB shifted
 	// to bytes wraps to 0, which runtimes read as "no limit"; 2^43 MB wraps negative.
 	MaxMemoryMB = 1 << 20
 	MaxCPUs     = 1024
 )
 
-// Options are the per-call settings applied by Harden and Generate.
-type Options struct {
+// Config is the per-call settings applied by Harden and Generate.
+type Config struct {
 	// Hostname inside the container (the UTS namespace is always private).
 	Hostname string
 	// CgroupsPath is the container's cgroup path ("/axocoatl/<id>" with the cgroupfs driver).
@@ -92,7 +92,7 @@ type IDMap struct {
 // Harden returns the spec to run for a bundle: the isolation defaults, with the process and root
 // path taken from the bundle's spec. bundleDir is the bundle's absolute directory;
 // a relative root path is resolved against it and must stay inside it.
-func Harden(bundle *specs.Spec, bundleDir string, o Options) (*specs.Spec, error) {
+func Harden(bundle *specs.Spec, bundleDir string, o Config) (*specs.Spec, error) {
 	if bundle == nil || bundle.Process == nil || len(bundle.Process.Args) == 0 {
 		return nil, errors.New("config.json has no process.args")
 	}
@@ -144,7 +144,7 @@ func Harden(bundle *specs.Spec, bundleDir string, o Options) (*specs.Spec, error
 // Generate returns the spec for a script or executable tool on a shared runtime root: rootfs =
 // runtimeRoot (read-only), the tool folder bind-mounted read-only at /axocoatl/tool, the process
 // running args as the unprivileged uid/gid 65534 (container id 0 when rootless).
-func Generate(runtimeRoot, toolDir string, args []string, o Options) (*specs.Spec, error) {
+func Generate(runtimeRoot, toolDir string, args []string, o Config) (*specs.Spec, error) {
 	if !filepath.IsAbs(runtimeRoot) || !filepath.IsAbs(toolDir) {
 		return nil, errors.New("runtime root and tool dir must be absolute")
 	}
@@ -177,7 +177,7 @@ func checkArgs(args, env []string) error {
 	return nil
 }
 
-func (o *Options) defaults() {
+func (o *Config) defaults() {
 	if o.MemoryMB <= 0 {
 		o.MemoryMB = DefaultMemoryMB
 	}
@@ -197,7 +197,7 @@ func (o *Options) defaults() {
 	}
 }
 
-func build(root string, extraMounts []specs.Mount, args, env []string, cwd string, user specs.User, o Options) *specs.Spec {
+func build(root string, extraMounts []specs.Mount, args, env []string, cwd string, user specs.User, o Config) *specs.Spec {
 	o.defaults()
 	hostname := o.Hostname
 	if hostname == "" {
@@ -247,7 +247,7 @@ func build(root string, extraMounts []specs.Mount, args, env []string, cwd strin
 	return s
 }
 
-func namespaces(o Options) []specs.LinuxNamespace {
+func namespaces(o Config) []specs.LinuxNamespace {
 	ns := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.CgroupNamespace}}
 	if o.NetNS != "" {
 		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: o.NetNS})
@@ -261,7 +261,7 @@ func namespaces(o Options) []specs.LinuxNamespace {
 	return ns
 }
 
-func mounts(o Options, extra []specs.Mount) []specs.Mount {
+func mounts(o Config, extra []specs.Mount) []specs.Mount {
 	// Only what a JSON-in/JSON-out tool uses (each mount costs the container start time):
 	// no /sys (kernel and hardware details a tool has no business reading), no /dev/pts (no
 	// terminal), no /dev/mqueue (POSIX message queues). /dev/shm stays: POSIX semaphores
@@ -285,7 +285,7 @@ func mounts(o Options, extra []specs.Mount) []specs.Mount {
 	return append(m, extra...)
 }
 
-func resources(o Options) *specs.LinuxResources {
+func resources(o Config) *specs.LinuxResources {
 	mem := int64(o.MemoryMB) << 20
 	quota := int64(o.CPUs * cpuPeriod)
 	period := uint64(cpuPeriod)

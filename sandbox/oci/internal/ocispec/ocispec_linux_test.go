@@ -25,7 +25,7 @@ func hostile() *specs.Spec {
 }
 
 func TestHardenReplacesBundleSettings(t *testing.T) {
-	s, err := Harden(hostile(), "/b", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io"})
+	s, err := Harden(hostile(), "/b", Config{CgroupsPath: "/axocoatl/x", IODir: "/run/io"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestHardenRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := hostile()
 			tc.mod(s)
-			if _, err := Harden(s, "/b", Options{}); err == nil {
+			if _, err := Harden(s, "/b", Config{}); err == nil {
 				t.Fatal("accepted")
 			}
 		})
@@ -87,7 +87,7 @@ func TestHardenRejects(t *testing.T) {
 
 func TestGenerateAndNetNS(t *testing.T) {
 	args := []string{"python3", "/axocoatl/tool/src/main.py"}
-	s, err := Generate("/rt", "/tools/t", args, Options{NetNS: "/proc/1/fd/9", ResolvConf: "/run/r.conf"})
+	s, err := Generate("/rt", "/tools/t", args, Config{NetNS: "/proc/1/fd/9", ResolvConf: "/run/r.conf"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,14 +119,14 @@ func TestRootlessOptions(t *testing.T) {
 	b.Process.User = specs.User{UID: 1000, GID: 1000}
 	tests := []struct {
 		name       string
-		o          Options
+		o          Config
 		wantCgroup bool
 		wantUID    uint32
 		wantUserNS bool
 	}{
-		{"root", Options{CgroupsPath: "/axocoatl/x"}, true, 1000, false},
-		{"rootless with delegated cgroups", Options{CgroupsPath: "/axocoatl/x", Rootless: true, HostUID: 65534, HostGID: 65534}, true, 0, true},
-		{"rootless without cgroups", Options{CgroupsPath: "/axocoatl/x", Rootless: true, NoCgroup: true, HostUID: 65534, HostGID: 65534}, false, 0, true},
+		{"root", Config{CgroupsPath: "/axocoatl/x"}, true, 1000, false},
+		{"rootless with delegated cgroups", Config{CgroupsPath: "/axocoatl/x", Rootless: true, HostUID: 65534, HostGID: 65534}, true, 0, true},
+		{"rootless without cgroups", Config{CgroupsPath: "/axocoatl/x", Rootless: true, NoCgroup: true, HostUID: 65534, HostGID: 65534}, false, 0, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -183,11 +183,11 @@ func TestNativeArches(t *testing.T) {
 func TestMounts(t *testing.T) {
 	tests := []struct {
 		name string
-		o    Options
+		o    Config
 	}{
-		{"root", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io"}},
-		{"network namespace", Options{CgroupsPath: "/axocoatl/x", IODir: "/run/io", NetNS: "/proc/1/fd/9"}},
-		{"rootless", Options{IODir: "/run/io", Rootless: true, NoCgroup: true, HostUID: 1000, HostGID: 1000}},
+		{"root", Config{CgroupsPath: "/axocoatl/x", IODir: "/run/io"}},
+		{"network namespace", Config{CgroupsPath: "/axocoatl/x", IODir: "/run/io", NetNS: "/proc/1/fd/9"}},
+		{"rootless", Config{IODir: "/run/io", Rootless: true, NoCgroup: true, HostUID: 1000, HostGID: 1000}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -228,7 +228,7 @@ func TestUserNS(t *testing.T) {
 	b := hostile()
 	b.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 1}} // ignored
 	b.Process.User = specs.User{UID: 1000, GID: 1000, AdditionalGids: []uint32{65534}}
-	s, err := Harden(b, "/b", Options{UserNS: ids})
+	s, err := Harden(b, "/b", Config{UserNS: ids})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,14 +244,14 @@ func TestUserNS(t *testing.T) {
 	if s.Process.User.UID != 1000 || s.Process.User.GID != 1000 {
 		t.Fatalf("user %+v: the bundle's user is kept inside the namespace", s.Process.User)
 	}
-	g, err := Generate("/rt", "/tools/t", []string{"/bin/sh", "x"}, Options{UserNS: ids})
+	g, err := Generate("/rt", "/tools/t", []string{"/bin/sh", "x"}, Config{UserNS: ids})
 	if err != nil || g.Process.User.UID != UnprivilegedID || len(g.Linux.UIDMappings) != 1 {
 		t.Fatalf("generated: %v %+v", err, g)
 	}
 	for _, u := range []specs.User{{UID: 65536}, {GID: 70000}, {AdditionalGids: []uint32{1, 1 << 20}}} {
 		b := hostile()
 		b.Process.User = u
-		if _, err := Harden(b, "/b", Options{UserNS: ids}); err == nil || !strings.Contains(err.Error(), "outside the container's id range") {
+		if _, err := Harden(b, "/b", Config{UserNS: ids}); err == nil || !strings.Contains(err.Error(), "outside the container's id range") {
 			t.Errorf("user %+v: err %v", u, err)
 		}
 	}
