@@ -137,6 +137,10 @@ func (d *Driver) GuestChannel() string {
 
 func (d *Driver) Probe(ctx context.Context) isolation.Availability {
 	a := isolation.Availability{Backend: d.Name()}
+	if unsupportedOS != "" {
+		a.Reason, a.Fix = unsupportedOS, "run the microVM tier on Linux"
+		return a
+	}
 	if _, err := exec.LookPath(d.cfg.Binary); err != nil {
 		a.Reason = d.cfg.Binary + " not found"
 		a.Fix = "apt-get install qemu-system-x86"
@@ -326,11 +330,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 	if spec.Stderr != nil {
 		cmd.Stdout, cmd.Stderr = spec.Stderr, spec.Stderr
 	}
-	// Pdeathsig: a crashed host takes its VMs along; Setpgid keeps terminal signals away. The
-	// signal follows the thread that forks, hence spawn.Start; and the kernel clears it when a
-	// process changes its own uid, which is why QEMU starts as its uid (Credential) instead of
-	// dropping root itself with -runas.
-	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	attr := procAttr()
 	if os.Geteuid() == 0 && !d.cfg.RunAsRoot {
 		uid, release, err := d.takeSlot()
 		if err != nil {
@@ -367,7 +367,7 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 			return fail(fmt.Errorf("qemu: %w", err))
 		} else if f != nil {
 			defer f.Close()
-			attr.UseCgroupFD, attr.CgroupFD = true, int(f.Fd())
+			setCgroupFD(attr, int(f.Fd()))
 		}
 	}
 	cmd.SysProcAttr = attr
@@ -392,23 +392,6 @@ func (d *Driver) start(ctx context.Context, spec microvm.BootSpec, incoming *os.
 	m.conn = agentHost
 	m.qmpRaw = qmpHost
 	return m, nil
-}
-
-// socketPair returns the host's end (a net.Conn) and the VMM's end (a file to pass) of a
-// connected unix stream socket pair.
-func socketPair() (net.Conn, *os.File, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("qemu: socketpair: %w", err)
-	}
-	hf := os.NewFile(uintptr(fds[0]), "host")
-	defer hf.Close()
-	c, err := net.FileConn(hf)
-	if err != nil {
-		syscall.Close(fds[1])
-		return nil, nil, fmt.Errorf("qemu: socketpair: %w", err)
-	}
-	return c, os.NewFile(uintptr(fds[1]), "vmm"), nil
 }
 
 // takeSlot reserves a uid no live VMM of this driver runs as.
