@@ -1,7 +1,10 @@
 // Package axoiso builds an executor with every tier this build knows from one Config, the way the
 // axoiso command does: the entry point for a Go program that runs tools (an agent daemon). The
 // isolating tiers are set up on first use, so a program that only runs Wasm tools never sets up
-// containers or VMs. LoadConfig reads the config file the axoiso command reads.
+// containers or VMs. Tools come from a tools root (Config.ToolsRoot) and from memory
+// (Config.WasmTools: a module's bytes; Config.NativeTools: Go functions). LoadConfig reads the
+// config file the axoiso command reads. To serve the executor over HTTP and MCP, see package
+// server.
 package axoiso
 
 import (
