@@ -9,7 +9,7 @@ import (
 
 // Driver is one VMM backend (QEMU microvm, Firecracker). The microvm Sandbox picks the first
 // driver whose Probe says Available, boots single-use machines with it and speaks the guest
-// protocol (package guest) over the channel the driver hands back. A driver knows nothing of tools,
+// protocol (internal/guest) over the channel the driver hands back. A driver knows nothing of tools,
 // calls or the protocol's messages: it starts, connects, pauses/snapshots and kills VMMs.
 //
 // Drivers are safe for concurrent use.
