@@ -9,8 +9,8 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// ConnectOptions are a process's NATS credentials (see the README's secure deployment).
-type ConnectOptions struct {
+// ConnectConfig is a process's NATS credentials (see the README's secure deployment).
+type ConnectConfig struct {
 	// NKeySeedFile holds an nkey user seed (nk -gen user); CredsFile a JWT user's credentials.
 	NKeySeedFile string
 	CredsFile    string
@@ -21,7 +21,7 @@ type ConnectOptions struct {
 
 // Connect dials url (comma-separated for a cluster) and reconnects forever: a fleet process
 // outlives the loss of any one server.
-func Connect(url, name string, o ConnectOptions) (*nats.Conn, error) {
+func Connect(url, name string, o ConnectConfig) (*nats.Conn, error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

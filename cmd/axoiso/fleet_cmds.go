@@ -114,7 +114,7 @@ func fleetConnect(c axoiso.FleetConfig, name string, log *slog.Logger) (*nats.Co
 	if c.NATS == "" {
 		return nil, usageError{"no NATS server: give --nats URL (or fleet.nats in the config)"}
 	}
-	nc, err := fleet.Connect(c.NATS, name, fleet.ConnectOptions{NKeySeedFile: c.NKeySeedFile, CredsFile: c.CredsFile,
+	nc, err := fleet.Connect(c.NATS, name, fleet.ConnectConfig{NKeySeedFile: c.NKeySeedFile, CredsFile: c.CredsFile,
 		TLSCA: c.TLSCA, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("NATS %s: %w", c.NATS, err)
