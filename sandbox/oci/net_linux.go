@@ -34,6 +34,10 @@ func (s *Sandbox) netUnavailable() string {
 		return "per-call networks need root (a veth pair and nftables rules per call in the host's network namespace); rootless, tools with a network policy are refused"
 	case s.owner == nil:
 		return "the state root is unusable"
+	case s.cfg.Backend == BackendRunc:
+		// Seen with runc 1.1: it joins the container's user namespace before the prepared
+		// network namespace, which then refuses it (EPERM). crun and libcontainer join first.
+		return "the runc backend cannot join a prepared network namespace from a container's user namespace (use the embedded libcontainer or crun)"
 	}
 	return callnet.Available()
 }

@@ -226,6 +226,31 @@ func TestEgressFakeInternetChild(t *testing.T) {
 		t.Errorf("api.allowed.test served %d requests, want 4", in.AllowedServed())
 	}
 
+	// The runtime binaries join the same namespaces.
+	for _, be := range []string{BackendCrun, BackendRunc} {
+		if _, err := exec.LookPath(be); err != nil {
+			t.Logf("%s: not installed", be)
+			continue
+		}
+		t.Run(be, func(t *testing.T) {
+			s := newSandbox(t, func(c *Config) { c.Gate = gate; c.Backend = be })
+			if be == BackendRunc {
+				if _, err := s.Run(context.Background(), netCall(pol)); !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "runc") {
+					t.Fatalf("runc: %v, want tier unavailable naming runc", err)
+				}
+				return
+			}
+			res := runProbe(t, s, netCall(pol, probeOp{"op": "http", "url": "http://api.allowed.test/"},
+				probeOp{"op": "http", "url": "http://" + fakenet.OtherIP + "/"}, probeOp{"op": "udp", "addr": fakenet.AllowedIP + ":443"}))
+			if !res[0].OK || res[1].OK || res[2].OK {
+				t.Errorf("%s: allowed %+v, bare IP %+v, udp %+v", be, res[0], res[1], res[2])
+			}
+		})
+	}
+	if h := in.Hits(); len(h) != 0 {
+		t.Errorf("canaries hit: %v", h)
+	}
+
 	// A tool without a policy has loopback only, in the same sandbox.
 	res = runProbe(t, s, netCall(egress.Policy{}, probeOp{"op": "http", "url": "http://api.allowed.test/"}, probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
 	for _, r := range res {
