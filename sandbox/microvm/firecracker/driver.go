@@ -82,6 +82,11 @@ func New(opts Config) *Driver {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Jailer != nil {
+		// A copy: what the caller does with its Jailer after New changes nothing.
+		j := *opts.Jailer
+		opts.Jailer = &j
+	}
 	return &Driver{opts: opts}
 }
 

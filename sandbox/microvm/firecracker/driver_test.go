@@ -521,3 +521,13 @@ func TestDriverImageDrive(t *testing.T) {
 		}
 	})
 }
+
+// TestNewCopiesTheJailer: a driver's settings are fixed at New; the caller's Jailer is its own.
+func TestNewCopiesTheJailer(t *testing.T) {
+	j := &Jailer{Binary: "/usr/bin/jailer", ExecFile: "/usr/bin/firecracker", ChrootBaseDir: "/srv/jailer"}
+	d := New(Config{Jailer: j})
+	j.ChrootBaseDir = "relative"
+	if d.opts.Jailer == j || d.opts.Jailer.ChrootBaseDir != "/srv/jailer" {
+		t.Fatalf("the driver's jailer changed with the caller's: %+v", d.opts.Jailer)
+	}
+}
