@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -160,6 +161,15 @@ func New(cfg Config) (*Executor, error) {
 	}
 	if err := checkSecrets(cfg.Secrets); err != nil {
 		return nil, err
+	}
+	// The maps too are copied: later changes to the caller's have no effect.
+	cfg.Isolation, cfg.ToolIsolation = maps.Clone(cfg.Isolation), maps.Clone(cfg.ToolIsolation)
+	if cfg.Secrets != nil {
+		secrets := make(map[string]map[string]string, len(cfg.Secrets))
+		for tool, env := range cfg.Secrets {
+			secrets[tool] = maps.Clone(env)
+		}
+		cfg.Secrets = secrets
 	}
 	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]probeResult{}}
 	if e.log == nil {
