@@ -179,8 +179,8 @@ func editDistance(a, b string) int {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "axoiso runs tools (JSON in, JSON out) in the isolation tier each one needs.")
 	fmt.Fprintln(w, "\nUsage: axoiso COMMAND [flags] [args]\n\nCommands:")
-	for _, n := range commandNames() {
-		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+	for _, n := range completionCommands() {
+		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nExit codes: 0 ok, 2 invalid name/input/usage, 3 tool not found or invalid, 4 tier unavailable or downgrade")
 	fmt.Fprintln(w, "refused, 5 tool failed or bad output, 6 timeout, 7 memory limit, 8 sandbox failed, 9 busy, 130 interrupted,")
