@@ -53,7 +53,13 @@ func New(c Config) (*executor.Executor, error) {
 	if err != nil {
 		return nil, err
 	}
+	grants, err := egressGrants(c)
+	if err != nil {
+		closeAll(sbs)
+		return nil, err
+	}
 	e, err := executor.New(executor.Config{
+		Egress:         grants,
 		Secrets:        secrets,
 		Catalog:        cat,
 		Sandboxes:      sbs,

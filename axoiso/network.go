@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/axocoatl/isolation/egress"
+	"github.com/axocoatl/isolation/executor"
 )
 
 // EgressConfig configures the egress gate every call with a network policy goes through (see
@@ -21,6 +22,37 @@ type EgressConfig struct {
 	// NetPrefix is the IPv4 range Oci calls' network namespaces take a /31 each from (default
 	// 169.254.64.0/18).
 	NetPrefix string `json:"net_prefix,omitempty"`
+	// AllTools and Tools are the operator's grants (egress patterns): to every tool, and per tool
+	// name. A call gets what its tool.json asks for ∩ these, minus the deny set.
+	AllTools []string            `json:"all_tools,omitempty"`
+	Tools    map[string][]string `json:"tools,omitempty"`
+}
+
+// egressGrants parses the grants of c for the executor.
+func egressGrants(c Config) (executor.EgressGrants, error) {
+	var g executor.EgressGrants
+	var err error
+	if g.AllTools, err = egress.ParsePatterns(c.Egress.AllTools); err != nil {
+		return g, fmt.Errorf("config egress.all_tools: %w", err)
+	}
+	for name, ss := range c.Egress.Tools {
+		ps, err := egress.ParsePatterns(ss)
+		if err != nil {
+			return g, fmt.Errorf("config egress.tools.%s: %w", name, err)
+		}
+		if g.Tools == nil {
+			g.Tools = map[string][]egress.Pattern{}
+		}
+		g.Tools[name] = ps
+	}
+	for _, s := range c.Egress.AllowPrivate {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return g, fmt.Errorf("config egress.allow_private %q: %w", s, err)
+		}
+		g.AllowPrivate = append(g.AllowPrivate, p)
+	}
+	return g, nil
 }
 
 // gates holds one egress gate per configuration for the process: the tiers of one executor share it.
