@@ -128,8 +128,11 @@ func TestCancelReachesTheWorker(t *testing.T) {
 	e := embedded(t)
 	startWorker(t, conn(t, e, "a"), fakeExecutor(t, root, "vm", marksDir, isolation.TierMicroVM), 2)
 	gw := gatewayExec(t, root, newGateway(t, conn(t, e, "gw"), fleet.GatewayConfig{}), false)
-	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	// A cancellation (not a deadline, which the worker also knows from the request): only the
+	// cancel subject can tell the worker.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	time.AfterFunc(400*time.Millisecond, cancel)
 	_, err := call(ctx, gw, "py", `{"ms":20000,"mark":"c"}`)
 	if isolation.KindName(err) != isolation.KindCanceled {
 		t.Fatalf("err %v, want canceled", err)

@@ -59,7 +59,14 @@ type Gateway struct {
 	viewMu sync.Mutex // protects view, viewAt
 	view   []Status
 	viewAt time.Time
+
+	healthMu sync.Mutex           // protects alive, suspect
+	alive    map[string]time.Time // worker id → its last "accepted"
+	suspect  map[string]time.Time // worker id → when it was lost
 }
+
+// suspectFor is how long a lost worker is not chosen for a direct retry.
+const suspectFor = 30 * time.Second
 
 var _ executor.Remote = (*Gateway)(nil)
 
@@ -83,7 +90,8 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	g := &Gateway{cfg: cfg, nc: cfg.Conn, log: cfg.Logger, prefix: cfg.Conn.NewRespInbox(), waiters: map[string]chan *nats.Msg{}}
+	g := &Gateway{cfg: cfg, nc: cfg.Conn, log: cfg.Logger, prefix: cfg.Conn.NewRespInbox(), waiters: map[string]chan *nats.Msg{},
+		alive: map[string]time.Time{}, suspect: map[string]time.Time{}}
 	sub, err := g.nc.Subscribe(g.prefix+".*", g.dispatch)
 	if err != nil {
 		return nil, err
@@ -211,8 +219,22 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 	}
 	trace := traceparent()
 	var busy, silent int
+	direct := false
 	for attempt := 1; attempt <= g.cfg.MaxAttempts; attempt++ {
-		r := g.attempt(ctx, subj, rc, attempt, inputRef, trace)
+		target := subj
+		if direct {
+			// A worker stayed silent or was lost: the queue group may pick it again until the
+			// servers drop it (pings, seconds), so ask a worker known to answer instead.
+			if id := g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest); id != "" {
+				if d, err := wire.DirectSubject(id, subj); err == nil {
+					target = d
+				}
+			}
+		}
+		r := g.attempt(ctx, target, digest, rc, attempt, inputRef, trace)
+		if r.kind == outNoResponders && target != subj {
+			r.kind = outNoAccept // that worker is gone; the tier is not
+		}
 		switch r.kind {
 		case outNoResponders:
 			return nil, errNoResponders
@@ -224,9 +246,12 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 			continue
 		case outNoAccept:
 			silent++
+			direct = true
 			g.cfg.Metrics.noAccept()
 			continue
 		case outLost:
+			g.markSuspect(r.worker)
+			direct = true
 			g.cfg.Metrics.workerLost()
 			if rc.Tool.Idempotent && attempt < g.cfg.MaxAttempts {
 				g.log.Warn("worker lost; the tool is idempotent, running it again", "call_id", rc.ID, "tool", rc.Tool.Name, "worker", r.worker)
@@ -291,7 +316,7 @@ type attemptResult struct {
 // attempt sends the call once and follows it: accepted within the window, then heartbeats until
 // done. An attempt given up before "accepted" is cancelled (a worker that receives it late does
 // not start it: it is past Accept-By, or marked cancelled).
-func (g *Gateway) attempt(ctx context.Context, subj string, rc executor.RemoteCall, attempt int, inputRef, trace string) attemptResult {
+func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.RemoteCall, attempt int, inputRef, trace string) attemptResult {
 	reply := g.prefix + "." + strconv.FormatUint(g.seq.Add(1), 36)
 	ch := make(chan *nats.Msg, 32)
 	g.mu.Lock()
@@ -309,9 +334,7 @@ func (g *Gateway) attempt(ctx context.Context, subj string, rc executor.RemoteCa
 		wire.HAcceptBy:    []string{strconv.FormatInt(sent.Add(g.cfg.AcceptWindow).UnixMilli(), 10)},
 		wire.HTraceparent: []string{trace},
 	}}
-	if d := subjDigest(subj); d != "" {
-		m.Header.Set(wire.HDigest, d)
-	}
+	m.Header.Set(wire.HDigest, digest)
 	if dl, ok := ctx.Deadline(); ok {
 		m.Header.Set(wire.HDeadline, strconv.FormatInt(dl.UnixMilli(), 10))
 	}
@@ -355,10 +378,11 @@ func (g *Gateway) attempt(ctx context.Context, subj string, rc executor.RemoteCa
 				if !accepted {
 					accepted, worker = true, r.Header.Get(wire.HWorker)
 					g.cfg.Metrics.phase("accept", time.Since(sent))
+					g.markAlive(worker)
 				}
 			case wire.ReplyDone:
 				g.cfg.Metrics.phase("run", time.Since(sent))
-				return attemptResult{kind: outDone, msg: r, worker: r.Header.Get(wire.HWorker), digest: subjDigest(subj)}
+				return attemptResult{kind: outDone, msg: r, worker: r.Header.Get(wire.HWorker), digest: digest}
 			}
 			if accepted {
 				timer.Reset(g.cfg.HeartbeatTimeout)
@@ -378,11 +402,52 @@ func (g *Gateway) cancel(callID string, attempt int) {
 	}
 }
 
-func subjDigest(subj string) string {
-	if _, _, d, err := wire.ParseRunSubject(subj); err == nil {
-		return d
+func (g *Gateway) markAlive(id string) {
+	if id == "" {
+		return
 	}
-	return ""
+	g.healthMu.Lock()
+	defer g.healthMu.Unlock()
+	if len(g.alive) > 4096 {
+		clear(g.alive)
+	}
+	g.alive[id] = time.Now()
+	delete(g.suspect, id)
+}
+
+func (g *Gateway) markSuspect(id string) {
+	if id == "" {
+		return
+	}
+	g.healthMu.Lock()
+	defer g.healthMu.Unlock()
+	if len(g.suspect) > 4096 {
+		clear(g.suspect)
+	}
+	g.suspect[id] = time.Now()
+}
+
+// pickWorker chooses, among the workers of the fleet view offering this tool version in this
+// tier and not lost lately, the one that accepted a call most recently ("" when none is known).
+func (g *Gateway) pickWorker(ctx context.Context, tier isolation.Tier, tool, digest string) string {
+	ws := g.workers(ctx)
+	g.healthMu.Lock()
+	defer g.healthMu.Unlock()
+	best, bestAt := "", time.Time{}
+	for _, w := range ws {
+		if at, ok := g.suspect[w.ID]; ok && time.Since(at) < suspectFor {
+			continue
+		}
+		for _, o := range w.Offers {
+			if o.Tool == tool && o.Tier == tier && o.Digest == digest {
+				if at := g.alive[w.ID]; best == "" || at.After(bestAt) {
+					best, bestAt = w.ID, at
+				}
+				break
+			}
+		}
+	}
+	return best
 }
 
 // traceparent is a fresh W3C trace context for a call (the gateway starts the trace).

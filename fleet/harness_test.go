@@ -24,6 +24,7 @@ import (
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/fleet"
 	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/wasm"
 )
 
 // fakeTier stands in for a tier in routing and timing tests (the issue allows "a fake slow
@@ -72,7 +73,9 @@ func (f *fakeTier) Run(ctx context.Context, c sandbox.Call) (sandbox.Outcome, er
 		return sandbox.Outcome{}, sandbox.ContextError(ctx)
 	case <-t.C:
 	}
-	out, _ := json.Marshal(map[string]string{"tier": f.tier.String(), "worker": f.worker})
+	// A published tool's folder may say which version it is.
+	version, _ := os.ReadFile(filepath.Join(c.Dir, "version"))
+	out, _ := json.Marshal(map[string]string{"tier": f.tier.String(), "worker": f.worker, "version": string(version)})
 	return sandbox.Outcome{Output: out, Backend: "fake"}, nil
 }
 
@@ -187,11 +190,16 @@ type workerSpec struct {
 	Store string `json:"store,omitempty"`
 	// NKeySeed authenticates with this seed.
 	NKeySeed string `json:"nkey_seed,omitempty"`
+	// RealWasm adds the real Wasm tier (wazero).
+	RealWasm bool `json:"real_wasm,omitempty"`
 }
 
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(workerEnv); spec != "" {
 		os.Exit(workerMain(spec))
+	}
+	if spec := os.Getenv(natsEnv); spec != "" {
+		os.Exit(natsMain(spec))
 	}
 	os.Exit(m.Run())
 }
@@ -221,6 +229,15 @@ func workerMain(specJSON string) int {
 	for _, tr := range tiers {
 		sbs = append(sbs, &fakeTier{tier: tr, worker: sp.Name, markDir: sp.MarkDir})
 	}
+	if sp.RealWasm {
+		ws, err := wasm.New(wasm.Config{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		sbs = append(sbs, ws)
+		tiers = append(tiers, isolation.TierWasm)
+	}
 	e, err := executor.New(executor.Config{Catalog: cat, Sandboxes: sbs})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -247,7 +264,7 @@ func workerMain(specJSON string) int {
 	ctx := context.Background()
 	cfg := fleet.WorkerConfig{Conn: nc, Executor: e, Host: sp.Name, Slots: slots, Heartbeat: 100 * time.Millisecond}
 	if sp.Store != "" {
-		st, err := fleet.OpenStore(ctx, nc, fleet.StoreConfig{Dir: sp.Store})
+		st, err := fleet.OpenStore(ctx, nc, fleet.StoreConfig{Dir: sp.Store, Grace: 5 * time.Second})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
@@ -362,4 +379,45 @@ func outputWorker(t testing.TB, r *executor.Result) string {
 		t.Fatalf("output %s: %v", r.Output, err)
 	}
 	return o.Worker
+}
+
+func mustCatalog(t testing.TB, root string) *catalog.Catalog {
+	t.Helper()
+	c, err := catalog.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func mustTool(t testing.TB, root, name string) *catalog.Tool {
+	t.Helper()
+	tl, err := mustCatalog(t, root).Get(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tl
+}
+
+// writeWasmTool copies examples/tools/hello-wasm's manifest and the built module into root.
+func writeWasmTool(t testing.TB, root, module string) {
+	t.Helper()
+	dir := filepath.Join(root, "hello-wasm")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := os.ReadFile("../examples/tools/hello-wasm/tool.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tool.json"), m, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hello-wasm.wasm"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -251,13 +251,21 @@ func Publish(ctx context.Context, nc *nats.Conn, dir, name string, replicas int)
 	if replicas <= 0 {
 		replicas = 1
 	}
-	obj, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: ToolsBucket, Replicas: replicas,
-		Description: "axoiso tool folders as deterministic tars, named by SHA-256"})
+	// Bind to existing buckets (an update of a replicated stream's config needs every peer: a
+	// publish must work with a server down); create them the first time.
+	obj, err := js.ObjectStore(ctx, ToolsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		obj, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: ToolsBucket, Replicas: replicas,
+			Description: "axoiso tool folders as deterministic tars, named by SHA-256"})
+	}
 	if err != nil {
 		return "", fmt.Errorf("bucket %s: %w", ToolsBucket, err)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CurrentBucket, Replicas: replicas, History: 16,
-		Description: "axoiso: the current digest of each tool"})
+	kv, err := js.KeyValue(ctx, CurrentBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CurrentBucket, Replicas: replicas, History: 16,
+			Description: "axoiso: the current digest of each tool"})
+	}
 	if err != nil {
 		return "", fmt.Errorf("bucket %s: %w", CurrentBucket, err)
 	}

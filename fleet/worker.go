@@ -76,6 +76,7 @@ type Worker struct {
 	closed    bool
 
 	cancelSub *nats.Subscription
+	directSub *nats.Subscription
 	resync    chan struct{}
 }
 
@@ -151,6 +152,15 @@ func StartWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	var err error
 	w.cancelSub, err = w.nc.Subscribe(wire.CancelWildcard, w.handleCancel)
 	if err != nil {
+		return nil, err
+	}
+	w.directSub, err = w.nc.Subscribe(wire.DirectPrefix+w.id+".>", func(m *nats.Msg) {
+		if subj, ok := wire.RunSubjectOfDirect(w.id, m.Subject); ok {
+			w.handle(subj, m)
+		}
+	})
+	if err != nil {
+		w.cancelSub.Unsubscribe()
 		return nil, err
 	}
 	w.svc, err = micro.AddService(w.nc, micro.Config{
@@ -349,9 +359,12 @@ func (w *Worker) reply(to, kind string, body []byte) {
 
 // handleRun runs on the subscription's delivery goroutine: it decides at once (busy, or
 // accepted and a goroutine for the call) so that no call waits behind another.
-func (w *Worker) handleRun(m *nats.Msg) {
+func (w *Worker) handleRun(m *nats.Msg) { w.handle(m.Subject, m) }
+
+// handle serves a call of the offer subj (the run subject, also for a direct call).
+func (w *Worker) handle(subj string, m *nats.Msg) {
 	w.mu.Lock()
-	o, ok := w.offers[m.Subject]
+	o, ok := w.offers[subj]
 	var tool *catalog.Tool
 	if ok {
 		tool = o.tool
@@ -574,6 +587,9 @@ func (w *Worker) Close() error {
 	}
 	if w.cancelSub != nil {
 		w.cancelSub.Unsubscribe()
+	}
+	if w.directSub != nil {
+		w.directSub.Unsubscribe()
 	}
 	w.cancel()
 	w.wg.Wait()

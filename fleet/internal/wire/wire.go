@@ -24,6 +24,10 @@ const (
 	// CancelWildcard (cancels are rare: a client gone, a deadline passed, an attempt abandoned).
 	CancelPrefix   = Prefix + ".cancel."
 	CancelWildcard = CancelPrefix + "*"
+	// DirectPrefix + <worker id>.<tier>.<tool>.<digest>: a call sent to one worker, bypassing
+	// the queue group (a gateway's retry after a worker stayed silent: the queue group could pick
+	// the silent one again until the servers notice it is gone).
+	DirectPrefix = Prefix + ".direct."
 	// QueueGroup is the queue group of every worker's run subscriptions.
 	QueueGroup = "axoiso-worker"
 	// ServiceName is the micro service every worker registers.
@@ -165,6 +169,24 @@ func ParseRunSubject(s string) (isolation.Tier, string, string, error) {
 		return 0, "", "", fmt.Errorf("%w: digest %q", ErrBadToken, truncate(parts[2]))
 	}
 	return t, name, parts[2], nil
+}
+
+// DirectSubject is the direct form of a run subject for worker id.
+func DirectSubject(workerID, runSubject string) (string, error) {
+	rest, ok := strings.CutPrefix(runSubject, RunPrefix)
+	if !ok || !ValidCallID(workerID) {
+		return "", fmt.Errorf("%w: direct subject for worker %q", ErrBadToken, truncate(workerID))
+	}
+	return DirectPrefix + workerID + "." + rest, nil
+}
+
+// RunSubjectOfDirect is the run subject a direct subject addresses, for worker id.
+func RunSubjectOfDirect(workerID, direct string) (string, bool) {
+	rest, ok := strings.CutPrefix(direct, DirectPrefix+workerID+".")
+	if !ok {
+		return "", false
+	}
+	return RunPrefix + rest, true
 }
 
 // CancelSubject is axoiso.v1.cancel.<call id>.
