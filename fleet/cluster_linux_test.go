@@ -209,7 +209,7 @@ func TestCluster(t *testing.T) {
 		urls = append(urls, fmt.Sprintf("nats://%s:4222", lab.ip(i)))
 	}
 	fleetURL := strings.Join(urls, ",")
-	gnc, err := fleet.Connect(fleetURL, "test gateway", fleet.ConnectOptions{})
+	gnc, err := fleet.Connect(fleetURL, "test gateway", fleet.ConnectConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,7 +130,7 @@ func wasmModule(ctx context.Context, t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mod, err := wasmbuild.Cached(ctx, "../examples/tools/hello-wasm", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Options{BuildMode: mode})
+	mod, err := wasmbuild.Cached(ctx, "../examples/tools/hello-wasm", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Config{BuildMode: mode})
 	if err != nil {
 		t.Skipf("building hello-wasm: %v", err)
 	}
