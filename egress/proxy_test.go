@@ -22,10 +22,9 @@ import (
 
 // server is a loopback TCP server counting its connections; serve runs per connection.
 type server struct {
-	ln    net.Listener
-	hits  atomic.Int64
-	port  uint16
-	first atomic.Value // string: the first bytes of the latest connection
+	ln   net.Listener
+	hits atomic.Int64
+	port uint16
 }
 
 func startServer(t testing.TB, addr string, serve func(net.Conn)) *server {
