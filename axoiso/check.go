@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/axocoatl/isolation/internal/suggest"
+
 	"github.com/axocoatl/isolation"
 )
 
@@ -133,7 +135,7 @@ func (w *walker) value(path, pattern string, raw json.RawMessage, t reflect.Type
 					continue
 				}
 				msg := fmt.Sprintf("unknown key %q", full)
-				if s := nearest(k, names); s != "" {
+				if s := suggest.Nearest(k, names); s != "" {
 					msg += fmt.Sprintf("; did you mean %q?", join(path, s))
 				} else if path != "" {
 					msg += fmt.Sprintf(" (%s has %s)", path, strings.Join(names, ", "))
@@ -158,7 +160,7 @@ func (w *walker) value(path, pattern string, raw json.RawMessage, t reflect.Type
 				if err := kv.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(k)); err != nil {
 					msg := fmt.Sprintf("%s: key %q: %v", name, k, err)
 					if kt == reflect.TypeFor[isolation.Tier]() {
-						msg += suggestion(k, enumValues("tier"))
+						msg += suggest.DidYouMean(k, enumValues("tier"))
 					}
 					w.problems = append(w.problems, msg)
 					continue
@@ -204,7 +206,7 @@ func (w *walker) value(path, pattern string, raw json.RawMessage, t reflect.Type
 		s := v.Elem().String()
 		vals := enumValues(enum)
 		if !contains(vals, s) {
-			w.addf("%s: %q is not one of %s%s", name, s, strings.Join(vals, ", "), suggestion(s, vals))
+			w.addf("%s: %q is not one of %s%s", name, s, strings.Join(vals, ", "), suggest.DidYouMean(s, vals))
 		}
 	}
 }
@@ -312,51 +314,6 @@ func truncate(s string, n int) string {
 		return s[:n] + "…"
 	}
 	return s
-}
-
-// suggestion is `; did you mean "x"?` for the value of vals nearest to s, or "".
-func suggestion(s string, vals []string) string {
-	if n := nearest(s, vals); n != "" {
-		return fmt.Sprintf("; did you mean %q?", n)
-	}
-	return ""
-}
-
-// nearest is the candidate closest to s by edit distance (case-insensitively) when it is close
-// enough to be a typo, else "".
-func nearest(s string, candidates []string) string {
-	best, bestD := "", -1
-	for _, c := range candidates {
-		d := editDistance(strings.ToLower(s), strings.ToLower(c))
-		if bestD < 0 || d < bestD {
-			best, bestD = c, d
-		}
-	}
-	if best == "" || bestD > max(1, min(3, len(best)/2)) {
-		return ""
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance of two short strings.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // Setting is one key of the effective configuration.

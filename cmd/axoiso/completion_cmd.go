@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/axocoatl/isolation/internal/suggest"
+
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/sandbox/native"
 )
@@ -54,7 +56,7 @@ func runCompletion(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		fmt.Fprintln(stderr, "Usage: axoiso completion bash|zsh|fish\n\n  bash: source <(axoiso completion bash)   (or save it in /etc/bash_completion.d/axoiso)\n  zsh:  eval \"$(axoiso completion zsh)\"\n  fish: axoiso completion fish > ~/.config/fish/completions/axoiso.fish")
 		return nil
 	}
-	return usagef("unknown shell %q: want bash, zsh or fish%s", args[0], didYouMean(args[0], subcommands["completion"]))
+	return usagef("unknown shell %q: want bash, zsh or fish%s", args[0], suggest.DidYouMean(args[0], subcommands["completion"]))
 }
 
 // commandFlags asks a command for its --help and returns its flags (--name).

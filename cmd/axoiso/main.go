@@ -17,8 +17,11 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/axocoatl/isolation/internal/suggest"
+
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/axoiso"
+
 	// The container init: libcontainer re-executes this binary as each container's init.
 	_ "github.com/axocoatl/isolation/internal/containerinit"
 )
@@ -100,7 +103,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	c, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "axoiso: unknown command %q%s (try axoiso help)\n", args[0], didYouMean(args[0], commandNames()))
+		fmt.Fprintf(stderr, "axoiso: unknown command %q%s (try axoiso help)\n", args[0], suggest.DidYouMean(args[0], commandNames()))
 		return exitInvalid
 	}
 	err := c.run(ctx, args[1:], stdin, stdout, stderr)
@@ -138,42 +141,6 @@ func commandNames() []string {
 	}
 	sort.Strings(names)
 	return names
-}
-
-// didYouMean returns `; did you mean "x"?` for the candidate nearest to s by edit distance, when
-// it is near enough to be a typo; "" otherwise.
-func didYouMean(s string, candidates []string) string {
-	best, bestD := "", 3
-	for _, c := range candidates {
-		if d := editDistance(s, c); d < bestD || (d == bestD && best == "" && d <= len(c)/2) {
-			best, bestD = c, d
-		}
-	}
-	if best == "" || bestD > len(best)/2 {
-		return ""
-	}
-	return fmt.Sprintf("; did you mean %q?", best)
-}
-
-// editDistance is the Levenshtein distance of two short strings.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 func usage(w io.Writer) {

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/axocoatl/isolation/internal/suggest"
+
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
 )
@@ -136,7 +138,7 @@ func runRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		if errors.Is(err, isolation.ErrToolNotFound) {
 			// The library's message names no host path (it reaches HTTP clients); the operator
 			// at the terminal gets the tools root and the nearest name.
-			return fmt.Errorf("%w (tools root %s)%s", err, e.Catalog().Root(), didYouMean(pos[0], toolNames(e)))
+			return fmt.Errorf("%w (tools root %s)%s", err, e.Catalog().Root(), suggest.DidYouMean(pos[0], toolNames(e)))
 		}
 		return err
 	}
