@@ -154,6 +154,11 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	case <-ctx.Done():
 		return sandbox.Outcome{}, sandbox.ContextError(ctx)
 	case r := <-done:
+		if ctx.Err() != nil {
+			// The function saw the context end and returned (often ctx.Err() itself): when both
+			// are ready select picks either, and the call's end must not depend on that draw.
+			return sandbox.Outcome{}, sandbox.ContextError(ctx)
+		}
 		o := sandbox.Outcome{Backend: "in-process"}
 		if r.err != nil {
 			tail := callio.NewTailBuffer(call.Limits.MaxStderrBytes)

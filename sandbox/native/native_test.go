@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/native"
 )
 
@@ -48,4 +49,30 @@ func TestRegisterValidates(t *testing.T) {
 		}
 	}()
 	native.New(native.Tool{Name: "Bad"})
+}
+
+// TestCancelWinsOverTheFunctionsAnswer: a function that returns when its context ends (the usual
+// way) must give the caller's cancellation, not "tool failed". When the function has answered
+// before Run waits (here it cancels its own call and returns at once), the context and the
+// answer are both ready and select drew one at random. Before the fix, under -race (whose
+// scheduler perturbation CI uses for this package) the test failed in nearly every run (290 of
+// 300); without -race the window is too narrow to hit. Seen first as executor's
+// TestExecuteContextCancel failing under -race once in six runs.
+func TestCancelWinsOverTheFunctionsAnswer(t *testing.T) {
+	s := native.New()
+	cancels := make(chan context.CancelFunc, 1)
+	if err := s.Register(native.Tool{Name: "cancel-and-return", Func: func(ctx context.Context, _ json.RawMessage) (json.RawMessage, error) {
+		(<-cancels)()
+		return nil, ctx.Err()
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancels <- cancel
+		out, err := s.Run(ctx, sandbox.Call{Tool: "cancel-and-return", Input: []byte(`{}`)})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("call %d: cancelled call gave %+v, %v; want context.Canceled", i, out, err)
+		}
+	}
 }
