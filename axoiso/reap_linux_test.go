@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -224,28 +223,6 @@ func waitPool(t *testing.T, sb func(isolation.Tier) (sandbox.Sandbox, bool), tie
 	}
 }
 
-// containerPids lists the processes in the cgroups of the containers of tool (every hierarchy).
-func containerPids(tool string) []int {
-	seen := map[int]bool{}
-	var pids []int
-	for _, d := range containerCgroups(tool) {
-		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
-			if err != nil || !e.IsDir() {
-				return nil
-			}
-			b, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
-					seen[pid] = true
-					pids = append(pids, pid)
-				}
-			}
-			return nil
-		})
-	}
-	return pids
-}
-
 // containerCgroups lists the cgroup dirs of the containers of tool (cgroup parent "axocoatl").
 func containerCgroups(tool string) []string {
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/axocoatl/axocoatl-" + tool + "-*")
@@ -255,53 +232,13 @@ func containerCgroups(tool string) []string {
 
 // spinning reports whether the tool's shell loop runs.
 func spinning(tool string) bool {
-	for _, pid := range containerPids(tool) {
+	for _, pid := range testutil.PidsInCgroups(containerCgroups(tool)...) {
 		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if strings.Contains(string(st), " (sh) R") {
 			return true
 		}
 	}
 	return false
-}
-
-// keepersOf returns the pids of the keeper processes pid started.
-func keepersOf(pid int) []int {
-	var out []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range procs {
-		st, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
-			continue
-		}
-		if cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline")); strings.Contains(string(cmd), "axocoatl-keeper") {
-			k, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-// qemus counts the live qemu processes whose command line names dir.
-func qemus(dir string) int {
-	n := 0
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), "qemu-system") || !strings.Contains(string(b), dir) {
-			continue
-		}
-		if st, err := os.ReadFile(filepath.Join(filepath.Dir(p), "stat")); err == nil {
-			if i := strings.LastIndexByte(string(st), ')'); i > 0 && strings.HasPrefix(string(st[i+1:]), " Z") {
-				continue
-			}
-		}
-		n++
-	}
-	return n
 }
 
 func hasEntries(dir string) bool {
@@ -312,7 +249,7 @@ func hasEntries(dir string) bool {
 // leftovers lists what remains of the owner's calls, containers and VMs.
 func leftovers(o ownerSetup) []string {
 	var left []string
-	for _, pid := range containerPids(o.Spin) {
+	for _, pid := range testutil.PidsInCgroups(containerCgroups(o.Spin)...) {
 		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(st), ") Z ") {
 			left = append(left, fmt.Sprintf("process %d", pid))
 		}
@@ -339,7 +276,7 @@ func leftovers(o ownerSetup) []string {
 			left = append(left, "mount "+f[4])
 		}
 	}
-	if n := qemus(o.Config.VM.RunDir); n > 0 {
+	if n := testutil.LiveQemus(o.Config.VM.RunDir); n > 0 {
 		left = append(left, fmt.Sprintf("%d qemu", n))
 	}
 	ents, _ = os.ReadDir(o.Config.VM.RunDir)
@@ -354,20 +291,20 @@ func leftovers(o ownerSetup) []string {
 func TestOwnerKilledMidCallLeavesNothing(t *testing.T) {
 	o := newOwnerSetup(t, true)
 	cmd := startOwner(t, o)
-	if n := len(containerPids(o.Spin)); n < 2 {
+	if n := len(testutil.PidsInCgroups(containerCgroups(o.Spin)...)); n < 2 {
 		t.Fatalf("%d processes in the owner's containers, want the spinning tool and pooled inits", n)
 	}
-	if o.Shell != "" && qemus(o.Config.VM.RunDir) != 1 {
+	if o.Shell != "" && testutil.LiveQemus(o.Config.VM.RunDir) != 1 {
 		// Not this test's subject: a VMM started from an OS thread that later exits gets its
 		// parent-death signal while its owner lives (see the field notes).
-		t.Logf("%d qemu under %s, want the pooled VM (did it get its parent-death signal early?)", qemus(o.Config.VM.RunDir), o.Config.VM.RunDir)
+		t.Logf("%d qemu under %s, want the pooled VM (did it get its parent-death signal early?)", testutil.LiveQemus(o.Config.VM.RunDir), o.Config.VM.RunDir)
 	}
 	killed := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	for (len(containerPids(o.Spin)) > 0 || qemus(o.Config.VM.RunDir) > 0) && time.Since(killed) < 2*time.Second {
+	for (len(testutil.PidsInCgroups(containerCgroups(o.Spin)...)) > 0 || testutil.LiveQemus(o.Config.VM.RunDir) > 0) && time.Since(killed) < 2*time.Second {
 		time.Sleep(5 * time.Millisecond)
 	}
 	gone := time.Since(killed)
@@ -389,7 +326,7 @@ func TestNextStartReapsDeadOwners(t *testing.T) {
 	cmd := startOwner(t, o)
 	// Stopped first: a live owner replaces a keeper that dies.
 	_ = cmd.Process.Signal(syscall.SIGSTOP)
-	keepers := keepersOf(cmd.Process.Pid)
+	keepers := testutil.KeepersOf(cmd.Process.Pid)
 	want := 1
 	if o.Shell != "" {
 		want = 2
@@ -407,7 +344,7 @@ func TestNextStartReapsDeadOwners(t *testing.T) {
 	// The call took a pooled container: the pool's replacement may have been half made, and its
 	// init died with the owner; the spinning tool and the other pooled container live on.
 	var procs []string
-	for _, pid := range containerPids(o.Spin) {
+	for _, pid := range testutil.PidsInCgroups(containerCgroups(o.Spin)...) {
 		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		procs = append(procs, fmt.Sprintf("%.40s", st))
 	}

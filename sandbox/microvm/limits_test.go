@@ -8,13 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
 )
@@ -102,13 +102,13 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 		helper.Wait()
 		t.Fatalf("helper: %q", line)
 	}
-	if qemus(dead) == 0 {
+	if testutil.LiveQemus(dead) == 0 {
 		t.Fatalf("the helper reported a VM but no qemu runs under %s", dead)
 	}
 	// The helper's keeper dies with it (kill -9 of both; the helper is stopped first, since a
 	// live owner replaces a keeper that dies).
 	_ = helper.Process.Signal(syscall.SIGSTOP)
-	keepers := keepersOf(helper.Process.Pid)
+	keepers := testutil.KeepersOf(helper.Process.Pid)
 	if len(keepers) != 1 {
 		t.Errorf("the helper runs %d keepers, want 1", len(keepers))
 	}
@@ -135,7 +135,7 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Kill()
-	if qemus(live) != 1 {
+	if testutil.LiveQemus(live) != 1 {
 		t.Fatalf("the orphan VMM under %s is not running", live)
 	}
 
@@ -149,7 +149,7 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("New did not kill the orphan VMM (pid %d)", m.PID())
 	}
-	if n := qemus(dead); n != 0 {
+	if n := testutil.LiveQemus(dead); n != 0 {
 		t.Errorf("%d qemu processes still run under the crashed process's run dir", n)
 	}
 	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
@@ -188,67 +188,27 @@ func TestOwnerKilledWithPooledVM(t *testing.T) {
 		helper.Wait()
 		t.Fatalf("helper: %q", line)
 	}
-	if qemus(dir) == 0 || len(keepersOf(helper.Process.Pid)) != 1 {
+	if testutil.LiveQemus(dir) == 0 || len(testutil.KeepersOf(helper.Process.Pid)) != 1 {
 		helper.Process.Kill()
 		helper.Wait()
-		t.Fatalf("the helper reported a pooled VM but runs %d qemu and %d keepers", qemus(dir), len(keepersOf(helper.Process.Pid)))
+		t.Fatalf("the helper reported a pooled VM but runs %d qemu and %d keepers", testutil.LiveQemus(dir), len(testutil.KeepersOf(helper.Process.Pid)))
 	}
 	killed := time.Now()
 	if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	helper.Wait()
-	for qemus(dir) > 0 && time.Since(killed) < 2*time.Second {
+	for testutil.LiveQemus(dir) > 0 && time.Since(killed) < 2*time.Second {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if gone := time.Since(killed); gone > time.Second {
 		t.Errorf("the dead owner's VMM ran %v after its death (goal: 1 s)", gone)
 	}
 	time.Sleep(2*time.Second - time.Since(killed))
-	if n := qemus(dir); n != 0 {
+	if n := testutil.LiveQemus(dir); n != 0 {
 		t.Errorf("%d qemu processes still run under the dead owner's run dir", n)
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the dead owner's run dir %s survived: %v", dir, err)
 	}
-}
-
-// keepersOf returns the pids of the keeper processes pid started.
-func keepersOf(pid int) []int {
-	var out []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range procs {
-		st, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
-			continue
-		}
-		if cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline")); strings.Contains(string(cmd), "axocoatl-keeper") {
-			k, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-// qemus counts the live qemu processes whose command line names dir.
-func qemus(dir string) int {
-	n := 0
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), "qemu-system") || !strings.Contains(string(b), dir) {
-			continue
-		}
-		if st, err := os.ReadFile(filepath.Join(filepath.Dir(p), "stat")); err == nil {
-			if i := strings.LastIndexByte(string(st), ')'); i > 0 && strings.HasPrefix(string(st[i+1:]), " Z") {
-				continue // exited, not yet waited for
-			}
-		}
-		n++
-	}
-	return n
 }

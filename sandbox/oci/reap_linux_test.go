@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/google/uuid"
 )
 
@@ -118,58 +119,13 @@ func TestCrashHelper(t *testing.T) {
 // running reports whether the probe tool runs in a cgroup under parent (a container init, until
 // it execs the tool, is "runc:[2:INIT]").
 func running(parent string) bool {
-	for _, pid := range cgroupPids(parent) {
+	for _, pid := range testutil.PidsInCgroups(cgroupDirs(parent)...) {
 		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if strings.Contains(string(st), " (tool) R") {
 			return true
 		}
 	}
 	return false
-}
-
-// cgroupPids lists the processes in the cgroups under parent (every hierarchy).
-func cgroupPids(parent string) []int {
-	seen := map[int]bool{}
-	var pids []int
-	for _, d := range cgroupDirs(parent) {
-		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
-			if err != nil || !e.IsDir() {
-				return nil
-			}
-			b, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
-					seen[pid] = true
-					pids = append(pids, pid)
-				}
-			}
-			return nil
-		})
-	}
-	return pids
-}
-
-// keepersOf returns the pids of the keeper processes pid started.
-func keepersOf(pid int) []int {
-	var out []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range procs {
-		st, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(st), ')')
-		f := strings.Fields(string(st[i+1:]))
-		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
-			continue
-		}
-		cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
-		if strings.Contains(string(cmd), "axocoatl-keeper") {
-			k, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			out = append(out, k)
-		}
-	}
-	return out
 }
 
 // TestOwnerKilledMidCall: SIGKILL of the process that owns a running call and two pooled
@@ -179,10 +135,10 @@ func TestOwnerKilledMidCall(t *testing.T) {
 	stateRoot := t.TempDir()
 	parent := "axocoatl-test-kill-" + uuid.NewString()[:8]
 	cmd := crashHelper(t, stateRoot, parent, true)
-	if n := len(cgroupPids("/" + parent)); n < 3 {
+	if n := len(testutil.PidsInCgroups(cgroupDirs("/" + parent)...)); n < 3 {
 		t.Fatalf("%d processes in the helper's cgroups, want the spinning tool and two pooled inits", n)
 	}
-	if len(keepersOf(cmd.Process.Pid)) != 1 {
+	if len(testutil.KeepersOf(cmd.Process.Pid)) != 1 {
 		t.Fatal("the helper runs no keeper")
 	}
 	killed := time.Now()
@@ -191,7 +147,7 @@ func TestOwnerKilledMidCall(t *testing.T) {
 	}
 	_ = cmd.Wait()
 	// How long until no process is left (the goal is 1 s), then the full check at 2 s.
-	for len(cgroupPids("/"+parent)) > 0 && time.Since(killed) < 2*time.Second {
+	for len(testutil.PidsInCgroups(cgroupDirs("/"+parent)...)) > 0 && time.Since(killed) < 2*time.Second {
 		time.Sleep(5 * time.Millisecond)
 	}
 	gone := time.Since(killed)
@@ -253,7 +209,7 @@ func TestReapAfterCrash(t *testing.T) {
 			cmd := crashHelper(t, stateRoot, parent, via != "New")
 			// Stopped first: a live owner replaces a keeper that dies.
 			_ = cmd.Process.Signal(syscall.SIGSTOP)
-			for _, k := range keepersOf(cmd.Process.Pid) {
+			for _, k := range testutil.KeepersOf(cmd.Process.Pid) {
 				_ = syscall.Kill(k, syscall.SIGKILL)
 			}
 			_ = cmd.Process.Signal(syscall.SIGKILL)
@@ -268,13 +224,13 @@ func TestReapAfterCrash(t *testing.T) {
 				mine = 1
 			}
 			left, _ := os.ReadDir(filepath.Join(stateRoot, ".libcontainer"))
-			if len(left) != want+mine || len(cgroupPids("/"+parent)) < want+mine {
+			if len(left) != want+mine || len(testutil.PidsInCgroups(cgroupDirs("/"+parent)...)) < want+mine {
 				var names []string
 				for _, e := range left {
 					names = append(names, e.Name())
 				}
 				owners, _ := os.ReadDir(filepath.Join(stateRoot, ownersDir))
-				t.Fatalf("the crashed helper left %d containers (%v; owners %v) and %d processes, want %d to reap", len(left)-mine, names, owners, len(cgroupPids("/"+parent))-mine, want)
+				t.Fatalf("the crashed helper left %d containers (%v; owners %v) and %d processes, want %d to reap", len(left)-mine, names, owners, len(testutil.PidsInCgroups(cgroupDirs("/"+parent)...))-mine, want)
 			}
 			if via == "New" {
 				s, err := New(cfg)
