@@ -14,6 +14,14 @@ func init() {
 	tierBuilders = append(tierBuilders, tierBuilder{tier: isolation.TierWasm, build: func(c Config, log *slog.Logger) (sandbox.Sandbox, error) {
 		cfg := c.Wasm.sandboxConfig(log)
 		cfg.CacheDir = filepath.Join(c.CacheDir, "wazero")
+		// The http_request host function dials through the same gate as the Oci tier's proxy,
+		// under each call's effective policy.
+		gate, err := egressGate(c, log)
+		if err != nil {
+			// Tools without a network policy still run; those with one are refused, saying why.
+			log.Warn("no egress gate: Wasm tools with a network policy are refused", "error", err)
+		}
+		cfg.Gate = gate
 		s, err := wasm.New(cfg)
 		if err != nil {
 			// The disk cache only saves compile time in later processes: without it, still serve.

@@ -43,12 +43,15 @@ import (
 
 // Addresses of the fake internet.
 const (
-	AllowedIP   = "203.0.113.10" // api.allowed.test: HTTP :80 ("/" answers "allowed"; "/redirect" sends to other.test), TLS :443
+	AllowedIP   = "203.0.113.10" // api.allowed.test: HTTP :80 ("/" answers "allowed"; "/redirect" sends to other.test or ?to=URL; "/big" BigBytes; "/slow" never answers), TLS :443
 	OtherIP     = "203.0.113.20" // other.test and every name a tool must not reach: a canary
 	DNSIP       = "198.51.100.53"
 	TenIP       = "10.20.30.40"
 	MetadataIP  = "169.254.169.254"
 	AllowedBody = "allowed"
+	// BigBytes is the size of api.allowed.test's "/big" answer: over the Wasm tier's 4 MiB
+	// default response cap.
+	BigBytes = 5 << 20
 )
 
 // Names the fake DNS server answers (everything else: NXDOMAIN). Each is logged when asked.
@@ -188,7 +191,17 @@ func (in *Internet) serve() error {
 		_, _ = w.Write([]byte(AllowedBody))
 	})
 	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "http://other.test/", http.StatusFound)
+		to := r.URL.Query().Get("to")
+		if to == "" {
+			to = "http://other.test/"
+		}
+		http.Redirect(w, r, to, http.StatusFound)
+	})
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(make([]byte, BigBytes))
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // answers nothing until the client goes away or the server closes
 	})
 	type lsn struct {
 		network, addr string

@@ -66,6 +66,7 @@ var (
 	_ sandbox.Preparer        = (*Sandbox)(nil)
 	_ sandbox.MemoryDefaulter = (*Sandbox)(nil)
 	_ sandbox.Queuer          = (*Sandbox)(nil)
+	_ sandbox.EgressSupporter = (*Sandbox)(nil)
 )
 
 // Backend is the Outcome.Backend of this tier.
@@ -352,7 +353,21 @@ func (s *Sandbox) Probe(context.Context) isolation.Availability {
 	if runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64" {
 		a.Backend = Backend + " (interpreter)"
 	}
+	if why := s.SupportsEgress(); why != "" {
+		a.Network = "unavailable: " + why
+	} else {
+		a.Network = "the http_request host function, every connection dialed by the egress gate"
+	}
 	return a
+}
+
+// SupportsEgress implements sandbox.EgressSupporter: a call with a network policy needs the
+// gate its http_request host function dials through.
+func (s *Sandbox) SupportsEgress() string {
+	if s.cfg.Gate == nil {
+		return "no egress gate is configured for the Wasmtime tier (its http_request host function dials only through one)"
+	}
+	return ""
 }
 
 // Supports accepts only WebAssembly modules.
@@ -675,7 +690,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", reason)
 	}
 	if !call.Limits.Egress.IsZero() && s.cfg.Gate == nil {
-		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "the call has a network policy and this Wasm sandbox has no egress gate to enforce it")
+		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "the call has a network policy and this Wasm sandbox cannot enforce it: %s", s.SupportsEgress())
 	}
 	if !s.enter() {
 		return sandbox.Outcome{}, errClosed
