@@ -22,6 +22,7 @@ import (
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/server/mcpserver"
@@ -483,9 +484,11 @@ type toolView struct {
 	IdealTier   string `json:"ideal_tier"`
 	TimeoutMS   int64  `json:"timeout_ms,omitempty"`
 	MemoryMB    int    `json:"memory_mb,omitempty"`
-	// Egress is the tool's effective network policy (patterns; absent: no network).
-	Egress      []string        `json:"egress,omitempty"`
-	InputSchema json.RawMessage `json:"input_schema,omitempty"`
+	// Egress is the tool's effective network policy (patterns; absent: no network);
+	// EgressNotGranted what its tool.json asks for that its calls do not get, and why.
+	Egress           []string            `json:"egress,omitempty"`
+	EgressNotGranted []egress.NotGranted `json:"egress_not_granted,omitempty"`
+	InputSchema      json.RawMessage     `json:"input_schema,omitempty"`
 	// Tier is the tier a call would run in now, under the server's policy.
 	Tier      string `json:"tier,omitempty"`
 	Degraded  bool   `json:"degraded,omitempty"`
@@ -493,9 +496,9 @@ type toolView struct {
 }
 
 func (s *Server) view(t *catalog.Tool) toolView {
-	pol, _ := s.exec.Egress(t)
+	pol, notGranted := s.exec.Egress(t)
 	v := toolView{Name: t.Name, Description: t.Description, Runtime: t.Runtime.String(), IdealTier: t.Runtime.IdealTier().String(),
-		TimeoutMS: t.TimeoutMS, MemoryMB: t.MemoryMB}
+		TimeoutMS: t.TimeoutMS, MemoryMB: t.MemoryMB, EgressNotGranted: notGranted}
 	if !pol.IsZero() {
 		v.Egress = pol.Strings()
 	}

@@ -248,3 +248,71 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestToolsShowEffectivePolicy: `axoiso tools` shows each tool's effective network policy (tool.json
+// ∩ the config's grants − the deny set) and what was asked and not granted, in JSON and as text.
+func TestToolsShowEffectivePolicy(t *testing.T) {
+	root := t.TempDir()
+	for name, manifest := range map[string]string{
+		"fetch":   `{"runtime":"NativeTrusted","network":{"egress":["api.example.com:443","other.test:80","10.0.0.0/8:80"]}}`,
+		"offline": `{"runtime":"NativeTrusted"}`,
+	} {
+		if err := os.MkdirAll(filepath.Join(root, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, name, "tool.json"), []byte(manifest), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := filepath.Join(t.TempDir(), "c.json")
+	if err := os.WriteFile(cfg, []byte(`{"egress":{"all_tools":["10.0.0.0/8:80"],"tools":{"fetch":["**.example.com:443"]}}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runAxoiso(t, "", "tools", "--json", "--tools", root, "--config", cfg)
+	if code != 0 {
+		t.Fatalf("tools --json: exit %d: %s", code, errs)
+	}
+	var rows []struct {
+		Name             string
+		Egress           []string
+		EgressNotGranted []struct{ Pattern, Reason string } `json:"egress_not_granted"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, r := range rows {
+		switch r.Name {
+		case "fetch":
+			found++
+			ng := map[string]string{}
+			for _, n := range r.EgressNotGranted {
+				ng[n.Pattern] = n.Reason
+			}
+			if fmt.Sprint(r.Egress) != "[api.example.com:443]" || len(ng) != 2 ||
+				!strings.Contains(ng["other.test:80"], "not granted") || !strings.Contains(ng["10.0.0.0/8:80"], "deny set") {
+				t.Errorf("fetch: egress %q, not granted %+v", r.Egress, r.EgressNotGranted)
+			}
+		case "offline":
+			found++
+			if r.Egress != nil || r.EgressNotGranted != nil {
+				t.Errorf("offline: egress %q, not granted %+v", r.Egress, r.EgressNotGranted)
+			}
+		}
+	}
+	if found != 2 {
+		t.Errorf("tools --json = %s", out)
+	}
+	code, out, errs = runAxoiso(t, "", "tools", "--tools", root, "--config", cfg)
+	if code != 0 {
+		t.Fatalf("tools: exit %d: %s", code, errs)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 3 && f[0] == "fetch" && (f[3] != "api.example.com:443" || !strings.Contains(line, "(2 not granted)")) {
+			t.Errorf("text row of fetch: %q", line)
+		}
+	}
+	if !strings.Contains(out, "EGRESS") || !strings.Contains(out, "(2 not granted)") {
+		t.Errorf("tools:\n%s", out)
+	}
+}
