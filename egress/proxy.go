@@ -116,7 +116,7 @@ func (g *Gate) proxy(ctx context.Context, c net.Conn) {
 	}
 	g.allowed.Add(1)
 	g.log.Debug("egress allowed", "call_id", b.callID, "name", name, "dst", dst.String(), "upstream", up.RemoteAddr().String())
-	splice(ctx, c, up)
+	relay(ctx, c, up)
 }
 
 // readName reads the connection's first bytes until they name a server, within
