@@ -135,6 +135,24 @@ type WasmConfig struct {
 	// 1024), least recently used closed first.
 	MaxModules  int   `json:"max_modules,omitempty"`
 	MaxModuleMB int64 `json:"max_module_mb,omitempty"`
+	// HTTP bounds the http_request host function of tools with a network policy.
+	HTTP WasmHTTPConfig `json:"http,omitzero"`
+}
+
+// WasmHTTPConfig bounds the Wasm tier's http_request host function (0: the default; README:
+// Network egress).
+type WasmHTTPConfig struct {
+	// MaxRequestBytes and MaxResponseBytes bound a request's and a response's body (defaults
+	// 1 MiB and 4 MiB, at most 1 GiB); a larger response is an error of kind "too_large".
+	MaxRequestBytes  int64 `json:"max_request_bytes,omitempty"`
+	MaxResponseBytes int64 `json:"max_response_bytes,omitempty"`
+	// MaxRequests bounds the requests of one call (default 64), MaxRedirects the redirects
+	// followed per request (default 5).
+	MaxRequests  int `json:"max_requests,omitempty"`
+	MaxRedirects int `json:"max_redirects,omitempty"`
+	// Timeout bounds one request, redirects included (default 10s; never past the call's own
+	// timeout).
+	Timeout Duration `json:"timeout,omitempty"`
 }
 
 // ServeConfig bounds what clients of axoiso serve may hold (0: the server's default; negative:

@@ -42,5 +42,13 @@ func (w WasmConfig) sandboxConfig(log *slog.Logger) wasm.Config {
 		MaxModules:     w.MaxModules,
 		MaxModuleBytes: min(w.MaxModuleMB, 1<<30) << 20, // 1 PiB: no wrap to "no bound"
 		Logger:         log,
+		HTTP: wasm.HTTPConfig{
+			// A body is held in the host's and the guest's memory (which is at most 4 GiB).
+			MaxRequestBytes:  min(w.HTTP.MaxRequestBytes, 1<<30),
+			MaxResponseBytes: min(w.HTTP.MaxResponseBytes, 1<<30),
+			MaxRequests:      w.HTTP.MaxRequests,
+			MaxRedirects:     w.HTTP.MaxRedirects,
+			Timeout:          time.Duration(w.HTTP.Timeout),
+		},
 	}
 }
