@@ -280,3 +280,34 @@ func codeRSS(b *testing.B) int64 {
 	}
 	return total
 }
+
+// BenchmarkHTTPRequest: a call of the http guest that makes one GET through http_request
+// (policy check, the gate's resolver — cached after the first —, connect, request, response,
+// all through a fresh client per call) against the same call making none, alternating so both
+// see the same load; p50 of each and the difference, what one request costs a tool.
+func BenchmarkHTTPRequest(b *testing.B) {
+	w := newHTTPWorld(b)
+	s := newSandbox(b, w.cfg)
+	hello := map[string]any{"url": fmt.Sprintf("http://api.allowed.test:%d/hello", w.port)}
+	none := map[string]any{"requests": []any{}}
+	one := map[string]any{"requests": []any{hello}}
+	w.run(b, s, w.policy, one) // compiles the guest and warms the resolver's cache
+	var without, with []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		w.run(b, s, w.policy, none)
+		without = append(without, time.Since(t0))
+		t0 = time.Now()
+		if r := w.run(b, s, w.policy, one); len(r) != 1 || r[0].Status != 200 {
+			b.Fatalf("request: %+v", r)
+		}
+		with = append(with, time.Since(t0))
+	}
+	b.StopTimer()
+	p50 := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)/2] }
+	a, c := p50(without), p50(with)
+	b.ReportMetric(float64(a.Microseconds())/1000, "no-request-p50-ms")
+	b.ReportMetric(float64(c.Microseconds())/1000, "one-request-p50-ms")
+	b.ReportMetric(float64((c-a).Microseconds())/1000, "request-ms")
+}

@@ -75,7 +75,7 @@ type httpWorld struct {
 	allowedRequests atomic.Int64
 }
 
-func listenAt(t *testing.T, addr string) net.Listener {
+func listenAt(t testing.TB, addr string) net.Listener {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +83,7 @@ func listenAt(t *testing.T, addr string) net.Listener {
 	return ln
 }
 
-func newHTTPWorld(t *testing.T) *httpWorld {
+func newHTTPWorld(t testing.TB) *httpWorld {
 	t.Helper()
 	w := &httpWorld{slow: make(chan struct{}), deniedLog: &strings.Builder{}}
 	mux := http.NewServeMux()
@@ -164,7 +164,7 @@ type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
-func (w *httpWorld) run(t *testing.T, s *Sandbox, p egress.Policy, input map[string]any) []httpResult {
+func (w *httpWorld) run(t testing.TB, s *Sandbox, p egress.Policy, input map[string]any) []httpResult {
 	t.Helper()
 	c := call(httpGuest(t), input, sandbox.Limits{Timeout: 20 * time.Second, Egress: p})
 	c.ID = "wasm-call-1"
