@@ -75,14 +75,7 @@ func newTestGate(t testing.TB, cfg GateConfig) *testGate {
 		return netip.AddrPort{}, io.EOF
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, dln := testnet.ListenUDPAndTCP(t)
 	pln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

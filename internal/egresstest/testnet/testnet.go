@@ -45,14 +45,7 @@ func StartDNS(t testing.TB, records ...string) *DNS {
 		f.zone[n] = append(f.zone[n], rr)
 	}
 	h := dns.HandlerFunc(f.serve)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := ListenUDPAndTCP(t)
 	us := &dns.Server{PacketConn: pc, Handler: h}
 	ts := &dns.Server{Listener: ln, Handler: h}
 	go us.ActivateAndServe()                           //nolint:errcheck
@@ -60,6 +53,26 @@ func StartDNS(t testing.TB, records ...string) *DNS {
 	t.Cleanup(func() { us.Shutdown(); ts.Shutdown() }) //nolint:errcheck
 	f.Addr = pc.LocalAddr().String()
 	return f
+}
+
+// ListenUDPAndTCP listens on one free port of 127.0.0.1 for both UDP and TCP, as a DNS server
+// does: the port the kernel picks for UDP may be taken for TCP, so it tries others.
+func ListenUDPAndTCP(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var err error
+	for range 20 {
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			return pc, ln
+		}
+		pc.Close()
+	}
+	t.Fatal(err)
+	return nil, nil
 }
 
 func (f *DNS) serve(w dns.ResponseWriter, r *dns.Msg) {
