@@ -195,6 +195,8 @@ func TestHTTPRequest(t *testing.T) {
 			httpResult{Status: 200, Body: fmt.Sprintf("hello api.allowed.test:%d t1", w.port)}},
 		{"allowed name over https (TLS verified by the host)", map[string]any{"url": fmt.Sprintf("https://api.allowed.test:%d/hello", w.tlsPort)},
 			httpResult{Status: 200, Body: fmt.Sprintf("hello api.allowed.test:%d ", w.tlsPort)}},
+		{"a Host header is not the guest's to set (it comes from the URL, as the SNI does)", map[string]any{"url": api + "/hello", "headers": map[string][]string{"Host": {"evil.test"}}},
+			httpResult{Status: 200, Body: fmt.Sprintf("hello api.allowed.test:%d ", w.port)}},
 		{"POST with a body", map[string]any{"method": "POST", "url": api + "/echo", "body": []byte("payload")},
 			httpResult{Status: 200, Body: "POST payload"}},
 		{"wildcard", map[string]any{"url": fmt.Sprintf("http://other.allowed.test:%d/hello", w.port)},
