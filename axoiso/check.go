@@ -64,7 +64,7 @@ func enumValues(spec string) []string {
 // (leaves: a map or list counts as one key).
 // removedKeys are keys of earlier versions that a config may still set, with what replaced them.
 var removedKeys = map[string]string{
-	"oci.allow_network": "it shared the host's network with tools; a tool now declares the hosts it needs (tool.json \"network\": {\"egress\": [...]}) and the operator grants them (README: Network)",
+	"oci.allow_network": "it shared the host's network with tools; a tool now declares the hosts it needs (tool.json \"network\": {\"egress\": [...]}) and the operator grants them (README: Network egress)",
 }
 
 func checkConfig(b []byte) (problems, keys []string) {
