@@ -77,7 +77,7 @@ func egressGate(c Config, log *slog.Logger) (*egress.Gate, error) {
 	if g := gates.m[key]; g != nil {
 		return g, nil
 	}
-	g, err := egress.NewGate(egress.GateConfig{Resolver: c.Egress.Resolver, AllowPrivate: allow, Logger: log.With("component", "egress")})
+	g, err := egress.NewGate(egress.GateConfig{Resolver: c.Egress.Resolver, AllowPrivate: allow, Logger: log}) // the gate adds component=egress
 	if err != nil {
 		return nil, err
 	}
