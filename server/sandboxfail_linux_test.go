@@ -3,8 +3,8 @@ package server
 import (
 	"encoding/json"
 	"errors"
-	"net/http/httptest"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
