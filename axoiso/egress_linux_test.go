@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,16 +28,7 @@ const wasmEgressToolsEnv = "AXO_WASM_EGRESS_TOOLS"
 // policy matrix against the host function itself.
 func TestWasmEgress(t *testing.T) {
 	testutil.RequiresRoot(t, "the fake internet lives in network namespaces")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	wasmPath, err := wasmbuild.Cached(ctx, "../sandbox/wasm/testdata/httpguest", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(wasmPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := testutil.WasmModule(t, "../sandbox/wasm/testdata/httpguest", wasmbuild.Config{})
 	root := t.TempDir()
 	// fetch asks for more than the config grants it (other.test:80): that part is reported, not
 	// granted. fetch-short is the same module with a short timeout.
@@ -74,7 +64,7 @@ func TestWasmEgressChild(t *testing.T) {
 	}
 	defer in.Close()
 	defer egresstest.MarkTestNetPublic()()
-	var logs lockedBuffer
+	var logs testutil.LogBuffer
 	e, err := New(Config{
 		ToolsRoot:    root,
 		CacheDir:     filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache", "axoiso-egress"),
@@ -174,22 +164,4 @@ type httpGuestResult struct {
 	URL    string `json:"url"`
 	Error  string `json:"error"`
 	Kind   string `json:"kind"`
-}
-
-// lockedBuffer is a bytes.Buffer for a logger written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

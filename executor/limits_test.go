@@ -16,6 +16,7 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/internal/wasmbuild"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/native"
@@ -26,17 +27,7 @@ import (
 // that tier's tests through the build cache.
 func wasmGuest(t *testing.T) []byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	p, err := wasmbuild.Cached(ctx, "../sandbox/wasm/testdata/guest", filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache"), wasmbuild.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return testutil.WasmModule(t, "../sandbox/wasm/testdata/guest", wasmbuild.Config{})
 }
 
 // limitsExecutor is an executor over the None and Wasmtime tiers (real wazero) whose tools root
