@@ -49,6 +49,9 @@ func New(c Config) (*executor.Executor, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := c.Wasm.HTTP.rootCAs(); err != nil { // checked now: the Wasm tier is built on first use
+		return nil, err
+	}
 	sbs, err := sandboxes(c)
 	if err != nil {
 		return nil, err

@@ -1,9 +1,11 @@
 package axoiso
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -153,6 +155,40 @@ type WasmHTTPConfig struct {
 	// Timeout bounds one request, redirects included (default 10s; never past the call's own
 	// timeout).
 	Timeout Duration `json:"timeout,omitempty"`
+	// CAFile is a PEM file of certificates https servers are verified against besides the host's
+	// roots (an internal CA); "" trusts the host's roots only.
+	CAFile string `json:"ca_file,omitempty"`
+}
+
+// maxCAFileBytes bounds wasm.http.ca_file (the host's whole bundle is ~200 KiB).
+const maxCAFileBytes = 4 << 20
+
+// rootCAs returns the pool https servers are verified against: nil (the host's roots) without
+// CAFile, else the host's roots plus CAFile's certificates.
+func (h WasmHTTPConfig) rootCAs() (*x509.CertPool, error) {
+	if h.CAFile == "" {
+		return nil, nil
+	}
+	f, err := os.Open(h.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("config wasm.http.ca_file: %w", err)
+	}
+	defer f.Close()
+	pem, err := io.ReadAll(io.LimitReader(f, maxCAFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("config wasm.http.ca_file: %w", err)
+	}
+	if len(pem) > maxCAFileBytes {
+		return nil, fmt.Errorf("config wasm.http.ca_file %s: over %d bytes", h.CAFile, maxCAFileBytes)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("config wasm.http.ca_file %s: no PEM certificate in it", h.CAFile)
+	}
+	return pool, nil
 }
 
 // ServeConfig bounds what clients of axoiso serve may hold (0: the server's default; negative:

@@ -37,7 +37,7 @@ func TestWasmEgress(t *testing.T) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		manifest := `{"runtime":"WasmCompiled","entrypoint":"fetch.wasm","network":{"egress":["api.allowed.test:80","*.allowed.test:80","other.test:80"]}` + extra + `}`
+		manifest := `{"runtime":"WasmCompiled","entrypoint":"fetch.wasm","network":{"egress":["api.allowed.test:80","api.allowed.test:443","*.allowed.test:80","other.test:80"]}` + extra + `}`
 		if err := os.WriteFile(filepath.Join(dir, "tool.json"), []byte(manifest), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -65,14 +65,19 @@ func TestWasmEgressChild(t *testing.T) {
 	defer in.Close()
 	defer egresstest.MarkTestNetPublic()()
 	var logs testutil.LogBuffer
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, []byte(in.CA), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	e, err := New(Config{
 		ToolsRoot:    root,
 		CacheDir:     filepath.Join(os.TempDir(), "axocoatl-wasmbuild-cache", "axoiso-egress"),
 		DisableTiers: []string{"Oci", "Firecracker"},
+		Wasm:         WasmConfig{HTTP: WasmHTTPConfig{CAFile: caFile}}, // api.allowed.test's CA
 		Logger:       slog.New(slog.NewTextHandler(&logs, nil)),
 		Egress: EgressConfig{
 			Resolver: in.Resolver,
-			Tools:    map[string][]string{"fetch": {"**.allowed.test:80"}, "fetch-short": {"**.allowed.test:80"}},
+			Tools:    map[string][]string{"fetch": {"**.allowed.test:80", "api.allowed.test:443"}, "fetch-short": {"**.allowed.test:80"}},
 		},
 	})
 	if err != nil {
@@ -88,7 +93,9 @@ func TestWasmEgressChild(t *testing.T) {
 		want httpGuestResult // Status/Body on success; else Kind and a substring of Error
 	}{
 		{"allowed name", api + "/", nil, httpGuestResult{Status: 200, Body: fakenet.AllowedBody}},
+		{"allowed name over https (verified against wasm.http.ca_file)", "https://api.allowed.test/", nil, httpGuestResult{Status: 200, Body: fakenet.AllowedBody}},
 		{"asked, not granted", "http://other.test/", nil, httpGuestResult{Kind: "denied", Error: "other.test"}},
+		{"https to a host not granted", "https://other.test/", nil, httpGuestResult{Kind: "denied", Error: "other.test"}},
 		{"redirect to a host not allowed", api + "/redirect", nil, httpGuestResult{Kind: "denied", Error: "other.test"}},
 		{"redirect to the metadata address", api + "/redirect?to=http://169.254.169.254/", nil, httpGuestResult{Kind: "denied"}},
 		{"allowed name resolving to the metadata address", "http://meta.allowed.test/", nil, httpGuestResult{Kind: "denied", Error: "deny set"}},
@@ -97,7 +104,7 @@ func TestWasmEgressChild(t *testing.T) {
 		{"IP literal of the allowed host", "http://" + fakenet.AllowedIP + "/", nil, httpGuestResult{Kind: "denied"}},
 		{"suffix trick without the dot", "http://evilallowed.test/", nil, httpGuestResult{Kind: "denied"}},
 		{"suffix trick as a subdomain", "http://allowed.test.evil.test/", nil, httpGuestResult{Kind: "denied"}},
-		{"port not granted", "http://api.allowed.test:443/", nil, httpGuestResult{Kind: "denied"}},
+		{"port not granted", "http://api.allowed.test:8080/", nil, httpGuestResult{Kind: "denied"}},
 		{"response over the size cap", api + "/big", nil, httpGuestResult{Kind: "too_large"}},
 		{"request over its time cap", api + "/slow", map[string]any{"timeout_ms": 300}, httpGuestResult{Kind: "timeout"}},
 	}

@@ -22,6 +22,9 @@ func init() {
 			log.Warn("no egress gate: Wasm tools with a network policy are refused", "error", err)
 		}
 		cfg.Gate = gate
+		if cfg.HTTP.RootCAs, err = c.Wasm.HTTP.rootCAs(); err != nil {
+			return nil, err
+		}
 		s, err := wasm.New(cfg)
 		if err != nil {
 			// The disk cache only saves compile time in later processes: without it, still serve.

@@ -3,6 +3,7 @@ package axoiso
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,5 +46,26 @@ func TestWasmConfig(t *testing.T) {
 	}
 	if _, err := LoadConfig(bad); err == nil {
 		t.Fatal("an unknown key of the wasm section was accepted")
+	}
+}
+
+// TestWasmHTTPCAFile: wasm.http.ca_file is checked when the executor is built, naming the key.
+func TestWasmHTTPCAFile(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, file, want string }{
+		{"missing", filepath.Join(dir, "missing.pem"), "no such file"},
+		{"no certificate", notPEM, "no PEM certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(Config{ToolsRoot: dir, CacheDir: t.TempDir(), DisableTiers: []string{"Oci", "Firecracker"},
+				Wasm: WasmConfig{HTTP: WasmHTTPConfig{CAFile: tc.file}}})
+			if err == nil || !strings.Contains(err.Error(), "wasm.http.ca_file") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New = %v, want an error naming wasm.http.ca_file and saying %q", err, tc.want)
+			}
+		})
 	}
 }
