@@ -138,6 +138,9 @@ func TestTiersAndToolsJSON(t *testing.T) {
 	if oci := tiers[2]; oci.Available && oci.Network == "" {
 		t.Errorf("Oci says nothing about network policies: %+v", oci)
 	}
+	if w := tiers[1]; w.Available && !strings.Contains(w.Network, "http_request") {
+		t.Errorf("Wasmtime does not say how it enforces network policies: %+v", w)
+	}
 	root := toolsRoot(t)
 	code, out, errs = runAxoiso(t, "", "tools", "--json", "--tools", root)
 	if code != 0 {
