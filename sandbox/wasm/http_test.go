@@ -205,6 +205,8 @@ func TestHTTPRequest(t *testing.T) {
 			httpResult{Status: 200, Body: fmt.Sprintf("hello other.allowed.test:%d ", w.port)}},
 		{"name not allowed", map[string]any{"url": fmt.Sprintf("http://evil.test:%d/hello", w.port)}, httpResult{Kind: "denied", Error: "no pattern allows"}},
 		{"suffix trick", map[string]any{"url": fmt.Sprintf("http://evilallowed.test:%d/hello", w.port)}, httpResult{Kind: "denied"}},
+		{"suffix trick as a subdomain", map[string]any{"url": fmt.Sprintf("http://api.allowed.test.evil.test:%d/hello", w.port)}, httpResult{Kind: "denied"}},
+		{"IPv6 literal", map[string]any{"url": fmt.Sprintf("http://[::1]:%d/hello", w.port)}, httpResult{Kind: "denied"}},
 		{"port not allowed", map[string]any{"url": fmt.Sprintf("http://api.allowed.test:%d/hello", w.port+1)}, httpResult{Kind: "denied"}},
 		{"IP literal", map[string]any{"url": fmt.Sprintf("http://127.0.0.1:%d/hello", w.port)}, httpResult{Kind: "denied", Error: "CIDR"}},
 		{"canary IP literal", map[string]any{"url": fmt.Sprintf("http://127.0.0.6:%d/hello", w.port)}, httpResult{Kind: "denied"}},
