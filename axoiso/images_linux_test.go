@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -15,7 +13,6 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -30,6 +27,7 @@ import (
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/internal/ociimage"
 	"github.com/axocoatl/isolation/internal/testutil"
+	"github.com/axocoatl/isolation/internal/testutil/testguest"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
 
@@ -37,46 +35,6 @@ import (
 // configs, give the same outputs in Oci and in a microVM; the operator's choice and the fallback
 // put them in the VM and the envelope says so; a Python tool with a base image imports what the
 // default guest root lacks, in both tiers.
-
-// currentGuestDataDir returns a data dir whose vm/ holds a guest prepared with this tree's agent
-// (the microvm package's tests share it: /var/cache/axocoatl-test/microvm-<agent hash>), or skips.
-func currentGuestDataDir(t *testing.T) string {
-	t.Helper()
-	testutil.RequiresRoot(t, "containers and VMs")
-	testutil.RequiresBinary(t, "qemu-system-x86_64", "qemu-system-x86")
-	testutil.RequiresBinary(t, "mkfs.ext4", "e2fsprogs")
-	tmp := t.TempDir()
-	agent := filepath.Join(tmp, "axoiso-guest")
-	//lint:ignore SA1019 tests run where the toolchain that built them is
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	build := exec.Command(goBin, "build", "-trimpath", "-o", agent, "github.com/axocoatl/isolation/cmd/axoiso-guest")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v: %s", err, out)
-	}
-	b, err := os.ReadFile(agent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	vmDir := filepath.Join("/var/cache/axocoatl-test", "microvm-"+hex.EncodeToString(sum[:6]))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if _, err := microvm.Prepare(ctx, microvm.PrepareConfig{DataDir: vmDir, Agent: agent, Ext4: true}); err != nil {
-		t.Skipf("vm prepare failed (no Debian mirror?): %v", err)
-	}
-	// VMMs run as unprivileged uids and open the image through this dir.
-	data, err := os.MkdirTemp("", "axo-images-data-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(data) })
-	_ = os.Chmod(data, 0o755)
-	if err := os.Symlink(vmDir, filepath.Join(data, "vm")); err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
 
 // imageBundle writes a busybox bundle named name whose process is /bin/sh -c script.
 func imageBundle(t *testing.T, tools, name, script string, uid uint32, env []string, cwd string, extra func(rootfs string)) {
@@ -163,7 +121,7 @@ func imageExecutor(t *testing.T, c Config) *executor.Executor {
 }
 
 func TestImagesInBothTiers(t *testing.T) {
-	data := currentGuestDataDir(t)
+	data := testguest.DataDir(t)
 	testutil.RequiresBusybox(t)
 	tools := t.TempDir()
 	_ = os.Chmod(tools, 0o755)
@@ -325,7 +283,7 @@ func busyboxImage(t *testing.T, script string) v1.Image {
 // An image from an OCI layout (oci:DIR:TAG) and from a docker-archive: file, bundled as `axoiso
 // bundle` does, runs in the microVM tier with the same output as in Oci.
 func TestBundledImagesInVM(t *testing.T) {
-	data := currentGuestDataDir(t)
+	data := testguest.DataDir(t)
 	tools := t.TempDir()
 	_ = os.Chmod(tools, 0o755)
 	img := busyboxImage(t, confEcho)
