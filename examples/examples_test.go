@@ -18,7 +18,6 @@ import (
 	"reflect"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,42 +26,10 @@ import (
 	"github.com/axocoatl/isolation/internal/wasmbuild"
 )
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testutil.RemoveBuiltCLI()
 	os.Exit(code)
-}
-
-// axoisoBin builds cmd/axoiso once per test run (with the build tags of this test binary) and
-// returns its path.
-func axoisoBin(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		if binDir, buildErr = os.MkdirTemp("", "axoiso-examples-bin-"); buildErr != nil {
-			return
-		}
-		args := []string{"build", "-o", binDir + "/"}
-		if buildTags != "" {
-			args = append(args, "-tags", buildTags)
-		}
-		cmd := exec.Command(wasmbuild.GoCommand(), append(args, "./cmd/axoiso")...)
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = errors.New("go build ./cmd/axoiso: " + err.Error() + "\n" + string(out))
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return filepath.Join(binDir, "axoiso")
 }
 
 // axoiso runs the built CLI and returns its exit code, stdout and stderr.
@@ -71,7 +38,7 @@ func axoiso(t *testing.T, args ...string) (int, string, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, axoisoBin(t), args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(testutil.BuiltCLI(t, ".."), "axoiso"), args...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	var exit *exec.ExitError
