@@ -40,8 +40,14 @@ int axo_spawn_userns(unsigned int uid, unsigned int gid, int readyfd)
 	syscall(SYS_write, readyfd, &code, 1);
 	if (code != 0)
 		syscall(SYS_exit_group, 1);
-	for (;;)
+	for (;;) {
+#ifdef SYS_pause
 		syscall(SYS_pause);
+#else
+		/* arm64 and other newer ABIs have no pause: ppoll of nothing, without a timeout. */
+		syscall(SYS_ppoll, NULL, 0, NULL, NULL, 0);
+#endif
+	}
 }
 
 /*
