@@ -26,11 +26,7 @@ import (
 	"github.com/axocoatl/isolation/internal/wasmbuild"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testutil.RemoveBuiltCLI()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testutil.RunRemovingBuiltCLI(m)) }
 
 // axoiso runs the built CLI and returns its exit code, stdout and stderr.
 func axoiso(t *testing.T, args ...string) (int, string, string) {

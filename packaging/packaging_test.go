@@ -24,11 +24,7 @@ import (
 	"github.com/axocoatl/isolation/internal/testutil/testguest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testutil.RemoveBuiltCLI()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testutil.RunRemovingBuiltCLI(m)) }
 
 // unitDirectives returns the unit's [Service] directives (the last value of each key).
 func unitDirectives(t *testing.T) map[string]string {
@@ -342,8 +338,40 @@ func TestRelease(t *testing.T) {
 			f.Close()
 		}
 	}
-	v, err := exec.Command(filepath.Join(out, "axoiso-linux-amd64"), "--version").CombinedOutput()
-	if err != nil || !strings.Contains(string(v), "v0.0.0-test") {
-		t.Errorf("axoiso --version: %v, %q", err, v)
+	// The binaries run: amd64 here, arm64 under qemu-user where it is installed.
+	tools := t.TempDir()
+	for _, a := range arches {
+		run := []string{filepath.Join(out, "axoiso-linux-"+a)}
+		if a == "arm64" {
+			q, err := exec.LookPath("qemu-aarch64")
+			if err != nil {
+				t.Log("linux/arm64 built but not run: no qemu-aarch64 (apt-get install qemu-user)")
+				continue
+			}
+			run = append([]string{q}, run...)
+		}
+		v, err := exec.Command(run[0], append(run[1:], "--version")...).CombinedOutput()
+		if err != nil || !strings.Contains(string(v), "v0.0.0-test") {
+			t.Errorf("axoiso-linux-%s --version: %v, %q", a, err, v)
+		}
+		got, err := exec.Command(run[0], append(run[1:], "run", "--tools", tools, "--input", `{"a":[1]}`, "echo")...).Output()
+		if err != nil || strings.TrimSpace(string(got)) != `{"a":[1]}` {
+			t.Errorf("axoiso-linux-%s run echo: %v, %q", a, err, got)
+		}
+	}
+	// The static amd64 build has every tier: seccomp is linked in.
+	if os.Geteuid() == 0 {
+		b, _ := exec.Command(filepath.Join(out, "axoiso-linux-amd64"), "tiers", "--json").Output()
+		var tiers []struct {
+			Tier      string
+			Available bool
+			Reason    string
+		}
+		_ = json.Unmarshal(b, &tiers)
+		for _, tr := range tiers {
+			if tr.Tier == "Oci" && !tr.Available && strings.Contains(tr.Reason, "seccomp") {
+				t.Errorf("the amd64 release has no Oci tier: %s", tr.Reason)
+			}
+		}
 	}
 }

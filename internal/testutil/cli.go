@@ -4,10 +4,10 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/axocoatl/isolation/internal/wasmbuild"
 )
 
 var cli struct {
@@ -19,7 +19,7 @@ var cli struct {
 // BuiltCLI builds cmd/axoiso (with this test binary's build tags: BuildTags) and
 // cmd/axoiso-guest (static, CGO_ENABLED=0) once per test process into a temporary directory and
 // returns it; tests run the CLI as users do. repo is the repository's root relative to the
-// test's package. The caller's TestMain calls RemoveBuiltCLI.
+// test's package. The caller's TestMain runs its tests with RunRemovingBuiltCLI.
 func BuiltCLI(t testing.TB, repo string) string {
 	t.Helper()
 	cli.once.Do(func() {
@@ -38,7 +38,7 @@ func BuiltCLI(t testing.TB, repo string) string {
 			{append(args, "./cmd/axoiso"), ""},
 			{[]string{"build", "-o", cli.dir + "/", "./cmd/axoiso-guest"}, "CGO_ENABLED=0"},
 		} {
-			cmd := exec.Command(goCommand(), b.args...)
+			cmd := exec.Command(wasmbuild.GoCommand(), b.args...)
 			cmd.Dir = repo
 			if b.env != "" {
 				cmd.Env = append(os.Environ(), b.env)
@@ -55,19 +55,12 @@ func BuiltCLI(t testing.TB, repo string) string {
 	return cli.dir
 }
 
-// RemoveBuiltCLI removes what BuiltCLI built.
-func RemoveBuiltCLI() {
+// RunRemovingBuiltCLI runs m's tests and then removes what BuiltCLI built: a TestMain's
+// os.Exit(testutil.RunRemovingBuiltCLI(m)).
+func RunRemovingBuiltCLI(m *testing.M) int {
+	code := m.Run()
 	if cli.dir != "" {
 		os.RemoveAll(cli.dir)
 	}
-}
-
-// goCommand is the go command of the toolchain that built the test, else "go" from PATH.
-func goCommand() string {
-	//lint:ignore SA1019 tests run where the toolchain that built them is
-	p := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	return "go"
+	return code
 }
