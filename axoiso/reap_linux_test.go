@@ -276,7 +276,7 @@ func leftovers(o ownerSetup) []string {
 			left = append(left, "mount "+f[4])
 		}
 	}
-	if n := testutil.LiveQemus(o.Config.VM.RunDir); n > 0 {
+	if n := len(testutil.QemuPIDs(o.Config.VM.RunDir)); n > 0 {
 		left = append(left, fmt.Sprintf("%d qemu", n))
 	}
 	ents, _ = os.ReadDir(o.Config.VM.RunDir)
@@ -294,17 +294,17 @@ func TestOwnerKilledMidCallLeavesNothing(t *testing.T) {
 	if n := len(testutil.PidsInCgroups(containerCgroups(o.Spin)...)); n < 2 {
 		t.Fatalf("%d processes in the owner's containers, want the spinning tool and pooled inits", n)
 	}
-	if o.Shell != "" && testutil.LiveQemus(o.Config.VM.RunDir) != 1 {
+	if o.Shell != "" && len(testutil.QemuPIDs(o.Config.VM.RunDir)) != 1 {
 		// Not this test's subject: a VMM started from an OS thread that later exits gets its
 		// parent-death signal while its owner lives (see the field notes).
-		t.Logf("%d qemu under %s, want the pooled VM (did it get its parent-death signal early?)", testutil.LiveQemus(o.Config.VM.RunDir), o.Config.VM.RunDir)
+		t.Logf("%d qemu under %s, want the pooled VM (did it get its parent-death signal early?)", len(testutil.QemuPIDs(o.Config.VM.RunDir)), o.Config.VM.RunDir)
 	}
 	killed := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	for (len(testutil.PidsInCgroups(containerCgroups(o.Spin)...)) > 0 || testutil.LiveQemus(o.Config.VM.RunDir) > 0) && time.Since(killed) < 2*time.Second {
+	for (len(testutil.PidsInCgroups(containerCgroups(o.Spin)...)) > 0 || len(testutil.QemuPIDs(o.Config.VM.RunDir)) > 0) && time.Since(killed) < 2*time.Second {
 		time.Sleep(5 * time.Millisecond)
 	}
 	gone := time.Since(killed)

@@ -55,10 +55,10 @@ func KeepersOf(pid int) []int {
 	return out
 }
 
-// LiveQemus counts the qemu-system processes whose command line names dir and that have not
-// exited (zombies, exited but not yet waited for, do not count).
-func LiveQemus(dir string) int {
-	n := 0
+// QemuPIDs lists the qemu-system processes whose command line names dir and that have not
+// exited (zombies, exited but not yet waited for, are left out).
+func QemuPIDs(dir string) []int {
+	var pids []int
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
@@ -70,7 +70,8 @@ func LiveQemus(dir string) int {
 				continue
 			}
 		}
-		n++
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		pids = append(pids, pid)
 	}
-	return n
+	return pids
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
@@ -30,7 +31,7 @@ func TestPoolBudget(t *testing.T) {
 	go func() { // samples the VMMs that exist while only pools boot them
 		defer wg.Done()
 		for {
-			if n := int32(len(qemuPIDs(s.RunDir()))); n > peak.Load() {
+			if n := int32(len(testutil.QemuPIDs(s.RunDir()))); n > peak.Load() {
 				peak.Store(n)
 			}
 			select {

@@ -102,7 +102,7 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 		helper.Wait()
 		t.Fatalf("helper: %q", line)
 	}
-	if testutil.LiveQemus(dead) == 0 {
+	if len(testutil.QemuPIDs(dead)) == 0 {
 		t.Fatalf("the helper reported a VM but no qemu runs under %s", dead)
 	}
 	// The helper's keeper dies with it (kill -9 of both; the helper is stopped first, since a
@@ -135,7 +135,7 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Kill()
-	if testutil.LiveQemus(live) != 1 {
+	if len(testutil.QemuPIDs(live)) != 1 {
 		t.Fatalf("the orphan VMM under %s is not running", live)
 	}
 
@@ -149,7 +149,7 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("New did not kill the orphan VMM (pid %d)", m.PID())
 	}
-	if n := testutil.LiveQemus(dead); n != 0 {
+	if n := len(testutil.QemuPIDs(dead)); n != 0 {
 		t.Errorf("%d qemu processes still run under the crashed process's run dir", n)
 	}
 	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
@@ -188,24 +188,24 @@ func TestOwnerKilledWithPooledVM(t *testing.T) {
 		helper.Wait()
 		t.Fatalf("helper: %q", line)
 	}
-	if testutil.LiveQemus(dir) == 0 || len(testutil.KeepersOf(helper.Process.Pid)) != 1 {
+	if len(testutil.QemuPIDs(dir)) == 0 || len(testutil.KeepersOf(helper.Process.Pid)) != 1 {
 		helper.Process.Kill()
 		helper.Wait()
-		t.Fatalf("the helper reported a pooled VM but runs %d qemu and %d keepers", testutil.LiveQemus(dir), len(testutil.KeepersOf(helper.Process.Pid)))
+		t.Fatalf("the helper reported a pooled VM but runs %d qemu and %d keepers", len(testutil.QemuPIDs(dir)), len(testutil.KeepersOf(helper.Process.Pid)))
 	}
 	killed := time.Now()
 	if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	helper.Wait()
-	for testutil.LiveQemus(dir) > 0 && time.Since(killed) < 2*time.Second {
+	for len(testutil.QemuPIDs(dir)) > 0 && time.Since(killed) < 2*time.Second {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if gone := time.Since(killed); gone > time.Second {
 		t.Errorf("the dead owner's VMM ran %v after its death (goal: 1 s)", gone)
 	}
 	time.Sleep(2*time.Second - time.Since(killed))
-	if n := testutil.LiveQemus(dir); n != 0 {
+	if n := len(testutil.QemuPIDs(dir)); n != 0 {
 		t.Errorf("%d qemu processes still run under the dead owner's run dir", n)
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {

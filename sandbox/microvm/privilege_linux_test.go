@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
 )
@@ -75,7 +76,7 @@ func TestVMMRunsWithLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPool(t, s, 1)
-	pids := qemuPIDs(s.RunDir())
+	pids := testutil.QemuPIDs(s.RunDir())
 	if len(pids) != 1 {
 		t.Fatalf("want one pooled qemu, found %v", pids)
 	}

@@ -3,8 +3,6 @@ package microvm_test
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
@@ -21,26 +20,6 @@ import (
 // The main goroutine keeps the main thread (which the runtime never ends): goroutines that lock a
 // thread and return then end a thread of their own, as libcontainer's container starts do.
 func init() { runtime.LockOSThread() }
-
-// qemuPIDs lists the live (not zombie) qemu processes whose command line names dir.
-func qemuPIDs(dir string) []int {
-	var pids []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), "qemu-system") || !strings.Contains(string(b), dir) {
-			continue
-		}
-		if st, err := os.ReadFile(filepath.Join(filepath.Dir(p), "stat")); err == nil {
-			if i := strings.LastIndexByte(string(st), ')'); i > 0 && strings.HasPrefix(string(st[i+1:]), " Z") {
-				continue
-			}
-		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		pids = append(pids, pid)
-	}
-	return pids
-}
 
 // A VMM booted from a goroutine whose OS thread then ends (the thread libcontainer locks for a
 // container start) must keep running: its parent-death signal is tied to the forking thread.
@@ -89,7 +68,13 @@ func TestPooledVMKilledWhileIdle(t *testing.T) {
 	kill := func() int {
 		t.Helper()
 		waitPool(t, s, 1)
-		pids := qemuPIDs(s.RunDir())
+		// The VM of the call before is torn down after its answer, on a goroutine of its own:
+		// wait for its qemu to be gone, so the one left is the pooled one.
+		pids := testutil.QemuPIDs(s.RunDir())
+		for deadline := time.Now().Add(10 * time.Second); len(pids) > 1 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+			pids = testutil.QemuPIDs(s.RunDir())
+		}
 		if len(pids) != 1 {
 			t.Fatalf("want one pooled qemu under %s, found %v", s.RunDir(), pids)
 		}
@@ -133,7 +118,7 @@ func TestVMMKilledMidCallIsSandboxFailed(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPool(t, s, 1)
-	pids := qemuPIDs(s.RunDir())
+	pids := testutil.QemuPIDs(s.RunDir())
 	if len(pids) != 1 {
 		t.Fatalf("want one pooled qemu, found %v", pids)
 	}
@@ -192,9 +177,9 @@ func TestShapesAreBounded(t *testing.T) {
 		t.Fatalf("pools %+v, want only the 320 MB shape's", ps)
 	}
 	deadline := time.Now().Add(90 * time.Second)
-	for len(s.PoolStats()) > 0 || len(qemuPIDs(s.RunDir())) > 0 {
+	for len(s.PoolStats()) > 0 || len(testutil.QemuPIDs(s.RunDir())) > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("after idling: pools %+v, VMMs %v", s.PoolStats(), qemuPIDs(s.RunDir()))
+			t.Fatalf("after idling: pools %+v, VMMs %v", s.PoolStats(), testutil.QemuPIDs(s.RunDir()))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
