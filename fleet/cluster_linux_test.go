@@ -28,9 +28,12 @@ import (
 const natsEnv = "AXOISO_FLEET_TEST_NATS"
 
 type natsSpec struct {
-	Name   string   `json:"name"`
-	IP     string   `json:"ip"`
-	Routes []string `json:"routes"`
+	Name string `json:"name"`
+	IP   string `json:"ip"`
+	// Port is the client port (0: 4222; -1: any free one).
+	Port int `json:"port,omitempty"`
+	// Routes, when set, make the node a cluster member (cluster port 6222).
+	Routes []string `json:"routes,omitempty"`
 	Store  string   `json:"store"`
 }
 
@@ -51,9 +54,15 @@ func natsMain(specJSON string) int {
 	}
 	// Pings every second, two missed: a peer whose link was cut (no reset) is dropped in ~3 s,
 	// and with it its subscriptions.
-	s, err := server.NewServer(&server.Options{ServerName: sp.Name, Host: sp.IP, Port: 4222, NoSigs: true, NoLog: os.Getenv("AXOISO_FLEET_TEST_NATS_LOG") == "",
-		PingInterval: time.Second, MaxPingsOut: 2, JetStream: true, StoreDir: sp.Store,
-		Cluster: server.ClusterOpts{Name: "axoiso", Host: sp.IP, Port: 6222}, Routes: routes})
+	if sp.Port == 0 {
+		sp.Port = 4222
+	}
+	opts := &server.Options{ServerName: sp.Name, Host: sp.IP, Port: sp.Port, NoSigs: true, NoLog: os.Getenv("AXOISO_FLEET_TEST_NATS_LOG") == "",
+		PingInterval: time.Second, MaxPingsOut: 2, JetStream: true, StoreDir: sp.Store}
+	if len(routes) > 0 {
+		opts.Cluster, opts.Routes = server.ClusterOpts{Name: "axoiso", Host: sp.IP, Port: 6222}, routes
+	}
+	s, err := server.NewServer(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -66,7 +75,7 @@ func natsMain(specJSON string) int {
 		fmt.Fprintln(os.Stderr, "not ready")
 		return 2
 	}
-	fmt.Println("ready " + sp.Name)
+	fmt.Println("ready " + s.ClientURL())
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	stdin := make(chan struct{})
@@ -145,12 +154,14 @@ func (l *netlab) cleanup() {
 	}
 }
 
-// spawnNats starts a cluster node in namespace ns.
-func spawnNats(t testing.TB, ns string, sp natsSpec) *exec.Cmd {
+// spawnNats starts a nats-server process (wrap, e.g. ip netns exec NS, prefixes the command) and
+// returns it with its client URL.
+func spawnNats(t testing.TB, sp natsSpec, wrap ...string) (*exec.Cmd, string) {
 	t.Helper()
 	b, _ := json.Marshal(sp)
 	self, _ := os.Executable()
-	cmd := exec.Command("ip", "netns", "exec", ns, self, "-test.run=^$")
+	args := append(append([]string{}, wrap...), self, "-test.run=^$")
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), natsEnv+"="+string(b))
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
@@ -169,21 +180,22 @@ func spawnNats(t testing.TB, ns string, sp natsSpec) *exec.Cmd {
 			<-done
 		}
 	})
-	ready := make(chan struct{})
+	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "ready") {
-				close(ready)
+			if u, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
+				ready <- u
 			}
 		}
 	}()
 	select {
-	case <-ready:
+	case u := <-ready:
+		return cmd, u
 	case <-time.After(60 * time.Second):
 		t.Fatalf("nats node %s did not start", sp.Name)
+		return nil, ""
 	}
-	return cmd
 }
 
 // TestCluster (root): hosts simulated by network namespaces: a 3-node nats-server cluster with
@@ -205,8 +217,8 @@ func TestCluster(t *testing.T) {
 	var urls []string
 	for i := 1; i <= 3; i++ {
 		ns := lab.add(fmt.Sprintf("n%d", i), i)
-		nodes = append(nodes, spawnNats(t, ns, natsSpec{Name: fmt.Sprintf("n%d", i), IP: lab.ip(i), Routes: routes, Store: t.TempDir()}))
-		urls = append(urls, fmt.Sprintf("nats://%s:4222", lab.ip(i)))
+		node, u := spawnNats(t, natsSpec{Name: fmt.Sprintf("n%d", i), IP: lab.ip(i), Routes: routes, Store: t.TempDir()}, "ip", "netns", "exec", ns)
+		nodes, urls = append(nodes, node), append(urls, u)
 	}
 	fleetURL := strings.Join(urls, ",")
 	gnc, err := fleet.Connect(fleetURL, "test gateway", fleet.ConnectConfig{})

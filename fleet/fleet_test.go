@@ -255,3 +255,39 @@ func TestConcurrentCallsAgainstFewSlots(t *testing.T) {
 	}
 	t.Logf("200 calls, 3 workers × 2 slots: %v", kinds)
 }
+
+// TestRetryAvoidsSilentWorker: a worker that accepted calls goes silent (SIGSTOP: its
+// connection stays up, so the servers keep routing to it). A call the queue group hands to it
+// is not accepted, and its retries go directly to another worker — not again to the silent one,
+// which was the worker that had accepted a call most recently.
+func TestRetryAvoidsSilentWorker(t *testing.T) {
+	root := toolsRoot(t)
+	url := natsServer(t).ClientURL()
+	procs := map[string]*proc{}
+	for _, n := range []string{"w1", "w2"} {
+		procs[n] = spawnWorker(t, workerSpec{URL: url, Root: root, Name: n, Tiers: []string{"Oci"}, Slots: 4})
+	}
+	g := newGateway(t, connect(t, url), fleet.GatewayConfig{})
+	gw := gatewayExec(t, root, g, false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r, err := call(ctx, gw, "py", `{}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := outputWorker(t, r)
+	// The gateway's view of the fleet (kept 2 s) lists both workers, as it would when a worker
+	// dies between two discoveries.
+	g.Availability(ctx, isolation.TierOCI)
+	viewAt := time.Now()
+	if err := procs[victim].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer procs[victim].cmd.Process.Signal(syscall.SIGCONT)
+	for i := 0; i < 10 && time.Since(viewAt) < 1500*time.Millisecond; i++ {
+		r, err := call(ctx, gw, "py", `{}`)
+		if err != nil || outputWorker(t, r) == victim {
+			t.Fatalf("call %d with %s stopped: %+v %v", i, victim, r, err)
+		}
+	}
+}

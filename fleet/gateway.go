@@ -220,20 +220,26 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 	trace := traceparent()
 	var busy, silent int
 	direct := false
+	// failed: the workers this call asked directly that did not accept: not asked again.
+	failed := map[string]bool{}
 	for attempt := 1; attempt <= g.cfg.MaxAttempts; attempt++ {
-		target := subj
+		target, targetID := subj, ""
 		if direct {
 			// A worker stayed silent or was lost: the queue group may pick it again until the
 			// servers drop it (pings, seconds), so ask a worker known to answer instead.
-			if id := g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest); id != "" {
+			if id := g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest, failed); id != "" {
 				if d, err := wire.DirectSubject(id, subj); err == nil {
-					target = d
+					target, targetID = d, id
 				}
 			}
 		}
 		r := g.attempt(ctx, target, digest, rc, attempt, inputRef, trace)
-		if r.kind == outNoResponders && target != subj {
-			r.kind = outNoAccept // that worker is gone; the tier is not
+		if targetID != "" && (r.kind == outNoResponders || r.kind == outNoAccept) {
+			// That worker is gone or silent (the tier is not): no other call should pick it
+			// for a retry either.
+			r.kind = outNoAccept
+			failed[targetID] = true
+			g.markSuspect(targetID)
 		}
 		switch r.kind {
 		case outNoResponders:
@@ -428,14 +434,15 @@ func (g *Gateway) markSuspect(id string) {
 }
 
 // pickWorker chooses, among the workers of the fleet view offering this tool version in this
-// tier and not lost lately, the one that accepted a call most recently ("" when none is known).
-func (g *Gateway) pickWorker(ctx context.Context, tier isolation.Tier, tool, digest string) string {
+// tier, not lost lately and not in exclude, the one that accepted a call most recently ("" when
+// none is known).
+func (g *Gateway) pickWorker(ctx context.Context, tier isolation.Tier, tool, digest string, exclude map[string]bool) string {
 	ws := g.workers(ctx)
 	g.healthMu.Lock()
 	defer g.healthMu.Unlock()
 	best, bestAt := "", time.Time{}
 	for _, w := range ws {
-		if at, ok := g.suspect[w.ID]; ok && time.Since(at) < suspectFor {
+		if at, ok := g.suspect[w.ID]; (ok && time.Since(at) < suspectFor) || exclude[w.ID] {
 			continue
 		}
 		for _, o := range w.Offers {

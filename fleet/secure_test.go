@@ -107,7 +107,7 @@ func TestEmbeddedRealWasm(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	e := embedded(t)
-	root, gw := wasmFleet(ctx, t, conn(t, e, "w"), conn(t, e, "gw"))
+	root, _, gw := wasmFleet(ctx, t, conn(t, e, "w"), conn(t, e, "gw"))
 	r, err := call(ctx, gw, "hello-wasm", `{"name":"fleet"}`)
 	if err != nil {
 		t.Fatal(err)
@@ -138,12 +138,20 @@ func wasmModule(ctx context.Context, t testing.TB) string {
 }
 
 // wasmFleet builds hello-wasm, a worker with the real Wasm tier on wnc, and a gateway executor
-// on gnc. It returns the tools root and the gateway's executor.
-func wasmFleet(ctx context.Context, t testing.TB, wnc, gnc *nats.Conn) (string, *executor.Executor) {
+// on gnc. It returns the tools root, the worker's own executor (local calls) and the gateway's.
+func wasmFleet(ctx context.Context, t testing.TB, wnc, gnc *nats.Conn) (string, *executor.Executor, *executor.Executor) {
 	t.Helper()
 	mod := wasmModule(ctx, t)
 	root := t.TempDir()
 	writeWasmTool(t, root, mod)
+	local := wasmExecutor(t, root)
+	startWorker(t, wnc, local, 4)
+	return root, local, gatewayExec(t, root, newGateway(t, gnc, fleet.GatewayConfig{}), false)
+}
+
+// wasmExecutor is an executor of root's tools with the real Wasm tier.
+func wasmExecutor(t testing.TB, root string) *executor.Executor {
+	t.Helper()
 	ws, err := wasm.New(wasm.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -153,6 +161,5 @@ func wasmFleet(ctx context.Context, t testing.TB, wnc, gnc *nats.Conn) (string, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { local.Close() })
-	startWorker(t, wnc, local, 4)
-	return root, gatewayExec(t, root, newGateway(t, gnc, fleet.GatewayConfig{}), false)
+	return local
 }

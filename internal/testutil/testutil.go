@@ -1,6 +1,6 @@
 // Package testutil is what the project's tests share: one way to skip a test that cannot run on
 // this host (with the reason and the fix), and the busybox trees the container and VM tests run
-// tools on. Only tests import it.
+// tools on, and the quantiles benchmarks report. Only tests import it.
 package testutil
 
 import (
@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/axocoatl/isolation/sandbox"
 )
@@ -94,4 +96,15 @@ func BusyboxTree(t testing.TB, dir string, applets ...string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// Quantile is the q-quantile (0 ≤ q ≤ 1, nearest rank) of ds, which it leaves unchanged; 0 for
+// none. Benchmarks report their p50 and p99 with it.
+func Quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*q))]
 }
