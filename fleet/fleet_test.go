@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/fleet"
+	"github.com/axocoatl/isolation/fleet/internal/wire"
 )
 
 func embedded(t testing.TB) *fleet.Embedded {
@@ -288,6 +290,63 @@ func TestRetryAvoidsSilentWorker(t *testing.T) {
 		r, err := call(ctx, gw, "py", `{}`)
 		if err != nil || outputWorker(t, r) == victim {
 			t.Fatalf("call %d with %s stopped: %+v %v", i, victim, r, err)
+		}
+	}
+}
+
+// TestAcceptDeferredForFastCalls: on the wire, a worker answers a call that ends within its
+// accept delay with "done" alone; a longer one with "accepted" first, then heartbeats, then
+// "done"; and when the gateway's Accept-By leaves little time, "accepted" at once.
+func TestAcceptDeferredForFastCalls(t *testing.T) {
+	root := toolsRoot(t)
+	e := embedded(t)
+	w := startWorker(t, conn(t, e, "w"), fakeExecutor(t, root, "w", "", isolation.TierOCI), 4)
+	nc := conn(t, e, "raw")
+	subj := ""
+	for _, o := range w.Status().Offers {
+		if o.Tool == "py" {
+			subj, _ = wire.RunSubject(isolation.TierOCI, "py", o.Digest)
+		}
+	}
+	for i, c := range []struct {
+		input    string
+		acceptBy time.Duration
+		want     []string // reply kinds in order; "hb+" one or more heartbeats
+	}{
+		{`{}`, 300 * time.Millisecond, []string{"done"}},
+		{`{"ms":350}`, 300 * time.Millisecond, []string{"accepted", "hb+", "done"}},
+		{`{}`, 20 * time.Millisecond, []string{"accepted", "done"}},
+	} {
+		inbox := nats.NewInbox()
+		sub, err := nc.SubscribeSync(inbox)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &nats.Msg{Subject: subj, Reply: inbox, Data: []byte(c.input), Header: nats.Header{}}
+		m.Header.Set(wire.HCallID, fmt.Sprintf("raw-%d", i))
+		m.Header.Set(wire.HAttempt, "1")
+		m.Header.Set(wire.HAcceptBy, fmt.Sprint(time.Now().Add(c.acceptBy).UnixMilli()))
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		var kinds []string
+		for len(kinds) == 0 || kinds[len(kinds)-1] != "done" {
+			r, err := sub.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Fatalf("case %d: after %v: %v", i, kinds, err)
+			}
+			k := r.Header.Get(wire.HReply)
+			if k == "hb" && len(kinds) > 0 && kinds[len(kinds)-1] == "hb+" {
+				continue
+			}
+			if k == "hb" {
+				k = "hb+"
+			}
+			kinds = append(kinds, k)
+		}
+		sub.Unsubscribe()
+		if fmt.Sprint(kinds) != fmt.Sprint(c.want) {
+			t.Errorf("case %d (%s, Accept-By in %v): replies %v, want %v", i, c.input, c.acceptBy, kinds, c.want)
 		}
 	}
 }

@@ -387,6 +387,10 @@ func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.
 					g.markAlive(worker)
 				}
 			case wire.ReplyDone:
+				// A call done within the worker's accept delay comes without "accepted".
+				if !accepted {
+					g.markAlive(r.Header.Get(wire.HWorker))
+				}
 				g.cfg.Metrics.phase("run", time.Since(sent))
 				return attemptResult{kind: outDone, msg: r, worker: r.Header.Get(wire.HWorker), digest: digest}
 			}

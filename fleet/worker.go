@@ -78,6 +78,7 @@ type Worker struct {
 	cancelSub *nats.Subscription
 	directSub *nats.Subscription
 	resync    chan struct{}
+	jobs      chan func() // to idle runners (see spawn)
 }
 
 type tierSlots struct {
@@ -132,7 +133,7 @@ func StartWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	}
 	w := &Worker{cfg: cfg, id: strings.ReplaceAll(uuid.NewString(), "-", ""), nc: cfg.Conn, exec: cfg.Executor,
 		tiers: map[isolation.Tier]*tierSlots{}, offers: map[string]*offer{}, calls: map[string]*running{},
-		cancelled: map[string]cancelMark{}, resync: make(chan struct{}, 1)}
+		cancelled: map[string]cancelMark{}, resync: make(chan struct{}, 1), jobs: make(chan func())}
 	w.log = cfg.Logger.With("worker", w.id)
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	n := runtime.GOMAXPROCS(0)
@@ -409,13 +410,60 @@ func (w *Worker) handle(subj string, m *nats.Msg) {
 	w.wg.Add(1)
 	w.mu.Unlock()
 	ts.calls.Add(1)
-	w.reply(m.Reply, wire.ReplyAccepted, nil)
-	go w.run(ctx, cancel, m, o.tier, tool, callID, ts)
+	// "accepted" is deferred by acceptDelay when the gateway's window leaves ample time: a call
+	// that is done by then sends only "done" (which implies it), one message and one wake-up
+	// fewer on each side for the fast calls that are most of the traffic.
+	deferAccept := false
+	if by, err := strconv.ParseInt(m.Header.Get(wire.HAcceptBy), 10, 64); err == nil {
+		deferAccept = time.UnixMilli(by).Sub(now) > acceptDeferMargin
+	}
+	if !deferAccept {
+		w.reply(m.Reply, wire.ReplyAccepted, nil)
+	}
+	w.spawn(func() { w.run(ctx, cancel, m, o.tier, tool, callID, ts, deferAccept) })
 }
+
+// spawn runs job on an idle runner goroutine, or a new one. Runners stay for runnerIdle after
+// their last call: a call then starts without a new goroutine, on a stack already grown to what
+// a tier's call needs (growing a fresh one cost ~0.1 ms per Wasm call here). There are never
+// more runners than calls in flight at once, which the slots bound.
+func (w *Worker) spawn(job func()) {
+	select {
+	case w.jobs <- job:
+	default:
+		go w.runner(job)
+	}
+}
+
+const runnerIdle = 30 * time.Second
+
+func (w *Worker) runner(job func()) {
+	idle := time.NewTimer(runnerIdle)
+	defer idle.Stop()
+	for {
+		job()
+		idle.Reset(runnerIdle)
+		select {
+		case job = <-w.jobs:
+		case <-idle.C:
+			return
+		case <-w.ctx.Done():
+			return
+		}
+	}
+}
+
+// acceptDelay is how long a worker may hold back "accepted" for a call that may end first, and
+// acceptDeferMargin the time left before the gateway's Accept-By under which it never does (the
+// gateway's default window is 300 ms; clocks across hosts differ by what NTP leaves).
+const (
+	acceptDelay       = 2 * time.Millisecond
+	acceptDeferMargin = 50 * time.Millisecond
+)
 
 func joinCancel(a, b context.CancelFunc) context.CancelFunc { return func() { b(); a() } }
 
-func (w *Worker) run(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, tier isolation.Tier, tool *catalog.Tool, callID string, ts *tierSlots) {
+func (w *Worker) run(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, tier isolation.Tier, tool *catalog.Tool, callID string, ts *tierSlots, deferAccept bool) {
 	defer w.wg.Done()
 	defer ts.busy.Add(-1)
 	defer func() {
@@ -424,25 +472,49 @@ func (w *Worker) run(ctx context.Context, cancel context.CancelFunc, m *nats.Msg
 		w.mu.Unlock()
 		cancel()
 	}()
-	stopHB := make(chan struct{})
-	hbDone := make(chan struct{})
-	go func() {
-		defer close(hbDone)
-		t := time.NewTicker(w.cfg.Heartbeat)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopHB:
-				return
-			case <-t.C:
-				w.reply(m.Reply, wire.ReplyHeartbeat, nil)
-			}
-		}
-	}()
+	hb := w.startHeartbeats(m.Reply, deferAccept)
 	body := w.execute(ctx, m, tier, tool, callID)
-	close(stopHB)
-	<-hbDone
+	hb.stop()
 	w.reply(m.Reply, wire.ReplyDone, body)
+}
+
+// heartbeats sends a running call's "accepted" (when deferred) and heartbeats from a timer: no
+// goroutine per call, and nothing for "done" to wait for.
+type heartbeats struct {
+	mu      sync.Mutex // protects stopped, t; orders the replies before "done"
+	stopped bool
+	t       *time.Timer
+}
+
+func (w *Worker) startHeartbeats(reply string, deferAccept bool) *heartbeats {
+	h := &heartbeats{}
+	first, kind := w.cfg.Heartbeat, wire.ReplyHeartbeat
+	if deferAccept {
+		first, kind = acceptDelay, wire.ReplyAccepted
+	}
+	var fire func()
+	fire = func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.stopped {
+			return
+		}
+		w.reply(reply, kind, nil)
+		kind = wire.ReplyHeartbeat
+		h.t = time.AfterFunc(w.cfg.Heartbeat, fire)
+	}
+	h.mu.Lock()
+	h.t = time.AfterFunc(first, fire)
+	h.mu.Unlock()
+	return h
+}
+
+// stop ends the heartbeats; once it returns, no "accepted" or heartbeat of the call is sent.
+func (h *heartbeats) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped = true
+	h.t.Stop()
 }
 
 func (w *Worker) execute(ctx context.Context, m *nats.Msg, tier isolation.Tier, tool *catalog.Tool, callID string) []byte {
