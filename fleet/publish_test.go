@@ -3,14 +3,17 @@ package fleet_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
@@ -217,4 +220,32 @@ type mixErr struct{ digest, a, b string }
 
 func (m *mixErr) Error() string {
 	return "digest " + m.digest + " answered as version " + m.a + " and " + m.b
+}
+
+// TestPublishRefusesBase: a script tool on a base image names a bundle beside it, which the
+// published tar would not hold: the publish is refused (invalid_tool, naming the base) and
+// nothing is stored.
+func TestPublishRefusesBase(t *testing.T) {
+	nc := connect(t, jsServer(t).ClientURL())
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "pybase", "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "pybase", "config.json"), []byte(`{}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeTool(t, root, "onbase", `{"runtime":"Python","entrypoint":"main.py","base":"pybase"}`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := fleet.Publish(ctx, nc, filepath.Join(root, "onbase"), "onbase", 1)
+	if !errors.Is(err, isolation.ErrInvalidTool) || !strings.Contains(err.Error(), `"pybase"`) {
+		t.Fatalf("publish of a tool with a base: %v, want invalid tool naming the base", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.KeyValue(ctx, fleet.CurrentBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("the current-digest bucket: %v, want none (nothing published)", err)
+	}
 }

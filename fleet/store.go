@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/fleet/internal/tarball"
 	"github.com/axocoatl/isolation/fleet/internal/wire"
@@ -235,10 +236,20 @@ func Publish(ctx context.Context, nc *nats.Conn, dir, name string, replicas int)
 	}
 	// Refuse what would not load on the workers (a broken manifest, an escaping entrypoint).
 	parent, base := filepath.Split(abs)
-	if cat, err := catalog.Open(parent); err != nil {
+	cat, err := catalog.Open(parent)
+	if err != nil {
 		return "", err
-	} else if _, err := cat.Get(base); err != nil {
+	}
+	tool, err := cat.Get(base)
+	if err != nil {
 		return "", err
+	}
+	if tool.Base != "" {
+		// The base is a bundle beside the tool, outside the folder the digest covers: shipped
+		// with it, it would be a root file system in every version's tar; resolved on each
+		// worker, the digest would no longer say what runs. Neither: refused.
+		return "", &isolation.Error{Kind: isolation.ErrInvalidTool, Tool: name, Message: fmt.Sprintf(
+			"tool.json's \"base\": %q names a bundle outside the tool folder, which a publish does not ship: install the tool and its base in the tools root of the gateway and of each worker (axoiso worker --tools DIR) instead", tool.Base)}
 	}
 	digest, size, err := tarball.Digest(abs, tarball.Limits{})
 	if err != nil {
