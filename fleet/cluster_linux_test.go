@@ -3,6 +3,8 @@ package fleet_test
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
@@ -291,6 +294,34 @@ func TestCluster(t *testing.T) {
 		// The published tool (JetStream, replicas 3) reached the workers.
 		if r := waitCall(ctx, t, pubGW, "pub", 60*time.Second); len(r.ToolDigest) != 64 {
 			t.Fatalf("pub: %+v", r)
+		}
+	})
+
+	t.Run("input over 1 MiB", func(t *testing.T) {
+		// Over the servers' 1 MiB max_payload: it travels through the inputs bucket (JetStream
+		// on the cluster) by reference, reaches the worker whole, and is deleted after the call.
+		input := []byte(`{"pad":"` + strings.Repeat("x", 3<<20/2) + `"}`)
+		r, err := gw.Execute(ctx, "py", input, executor.WithTier(isolation.TierOCI))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct {
+			InputSHA256 string `json:"input_sha256"`
+		}
+		sum := sha256.Sum256(input)
+		if err := json.Unmarshal(r.Output, &out); err != nil || out.InputSHA256 != hex.EncodeToString(sum[:]) {
+			t.Fatalf("the worker saw an input of SHA-256 %q, want %x (%v)", out.InputSHA256, sum, err)
+		}
+		js, err := jetstream.New(gnc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := js.ObjectStore(ctx, fleet.InputsBucket)
+		if err != nil {
+			t.Fatalf("the inputs bucket: %v", err)
+		}
+		if objs, err := b.List(ctx); !errors.Is(err, jetstream.ErrNoObjectsFound) {
+			t.Fatalf("inputs left in the bucket after the call: %d (%v)", len(objs), err)
 		}
 	})
 

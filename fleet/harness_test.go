@@ -3,6 +3,8 @@ package fleet_test
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,7 +32,7 @@ import (
 // fakeTier stands in for a tier in routing and timing tests (the issue allows "a fake slow
 // tier"): it runs no tool; a call sleeps {"ms":N} (cancellable), appends a line to the file
 // {"mark":NAME} in markDir before sleeping (the side-effect counter, shared across processes),
-// and answers {"tier","worker"}. As a real Wasmtime tier would, its Wasmtime refuses anything but
+// and answers {"tier","worker","version","input_sha256"}. As a real Wasmtime tier would, its Wasmtime refuses anything but
 // Wasm.
 type fakeTier struct {
 	tier    isolation.Tier
@@ -75,7 +77,8 @@ func (f *fakeTier) Run(ctx context.Context, c sandbox.Call) (sandbox.Outcome, er
 	}
 	// A published tool's folder may say which version it is.
 	version, _ := os.ReadFile(filepath.Join(c.Dir, "version"))
-	out, _ := json.Marshal(map[string]string{"tier": f.tier.String(), "worker": f.worker, "version": string(version)})
+	sum := sha256.Sum256(c.Input)
+	out, _ := json.Marshal(map[string]string{"tier": f.tier.String(), "worker": f.worker, "version": string(version), "input_sha256": hex.EncodeToString(sum[:])})
 	return sandbox.Outcome{Output: out, Backend: "fake"}, nil
 }
 
