@@ -2,7 +2,15 @@ package fleet_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/axocoatl/isolation"
@@ -162,4 +171,132 @@ func wasmExecutor(t testing.TB, root string) *executor.Executor {
 	}
 	t.Cleanup(func() { local.Close() })
 	return local
+}
+
+// testPKI writes a CA and a server certificate for 127.0.0.1 into dir: ca.pem, server.pem,
+// server-key.pem.
+func testPKI(t testing.TB, dir string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "axoiso test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "nats"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string]*pem.Block{"ca.pem": {Type: "CERTIFICATE", Bytes: caDER}, "server.pem": {Type: "CERTIFICATE", Bytes: der},
+		"server-key.pem": {Type: "PRIVATE KEY", Bytes: keyDER}} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestSecureDeployment runs a fleet on examples/fleet/nats-server.conf, the README's minimal
+// secure deployment, as it is: TLS, an nkey per role, the roles' permissions. A tool is
+// published, reaches the worker, and a call with an input over 1 MiB (the inputs bucket) runs
+// through the gateway; a worker cannot move a tool's current version, nor a gateway publish one;
+// a connection without TLS or without a known key is refused.
+func TestSecureDeployment(t *testing.T) {
+	dir := t.TempDir()
+	testPKI(t, dir)
+	seeds := map[string]string{}
+	for _, role := range []string{"GATEWAY", "WORKER", "PUBLISHER"} {
+		seed, pub := nkeyUser(t)
+		seeds[role] = filepath.Join(dir, strings.ToLower(role)+".nk")
+		if err := os.WriteFile(seeds[role], seed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("AXOISO_"+role+"_NKEY", pub)
+	}
+	t.Setenv("AXOISO_NATS_NAME", "secure-test")
+	t.Setenv("AXOISO_NATS_CERT", filepath.Join(dir, "server.pem"))
+	t.Setenv("AXOISO_NATS_KEY", filepath.Join(dir, "server-key.pem"))
+	t.Setenv("AXOISO_NATS_CA", filepath.Join(dir, "ca.pem"))
+	opts, err := server.ProcessConfigFile("../examples/fleet/nats-server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, t.TempDir(), true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("no server")
+	}
+	t.Cleanup(s.Shutdown)
+	url := s.ClientURL()
+	dial := func(role string) *nats.Conn {
+		nc, err := fleet.Connect(url, role, fleet.ConnectConfig{NKeySeedFile: seeds[role], TLSCA: filepath.Join(dir, "ca.pem")})
+		if err != nil {
+			t.Fatalf("%s: %v", role, err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	if nc, err := nats.Connect(url, nats.RootCAs(filepath.Join(dir, "ca.pem"))); err == nil {
+		nc.Close()
+		t.Fatal("a TLS connection without a key was accepted")
+	}
+	if nc, err := fleet.Connect(url, "no CA", fleet.ConnectConfig{NKeySeedFile: seeds["GATEWAY"]}); err == nil {
+		nc.Close()
+		t.Fatal("a connection that could not verify the server (no CA) was accepted")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pnc, wnc, gnc := dial("PUBLISHER"), dial("WORKER"), dial("GATEWAY")
+	digest, err := fleet.Publish(ctx, pnc, versionDir(t, "1"), "pub", 1)
+	if err != nil {
+		t.Fatalf("publisher: %v", err)
+	}
+	w, _ := storeWorker(t, wnc, "w", isolation.TierOCI)
+	waitOffered(t, []*fleet.Worker{w}, "pub", digest)
+	gst := openStore(t, gnc)
+	g := newGateway(t, gnc, fleet.GatewayConfig{Store: gst})
+	gw, err := executor.New(executor.Config{Catalog: mustCatalog(t, gst.Root()), Remote: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := call(ctx, gw, "pub", `{}`); err != nil || r.ToolDigest != digest {
+		t.Fatalf("call: %+v %v", r, err)
+	}
+	big := `{"pad":"` + strings.Repeat("x", 3<<20/2) + `"}`
+	if _, err := call(ctx, gw, "pub", big); err != nil {
+		t.Fatalf("call with an input over 1 MiB: %v", err)
+	}
+	// Each role is refused what belongs to another.
+	short, cancelShort := context.WithTimeout(ctx, 3*time.Second)
+	defer cancelShort()
+	js, _ := jetstream.New(wnc)
+	if kv, err := js.KeyValue(short, fleet.CurrentBucket); err != nil {
+		t.Fatalf("worker binding the current-digest bucket: %v", err)
+	} else if _, err := kv.Put(short, "pub", []byte(strings.Repeat("0", 64))); err == nil {
+		t.Fatal("a worker moved a tool's current version")
+	}
+	short2, cancelShort2 := context.WithTimeout(ctx, 3*time.Second)
+	defer cancelShort2()
+	if _, err := fleet.Publish(short2, gnc, versionDir(t, "2"), "pub", 1); err == nil {
+		t.Fatal("a gateway published a tool")
+	}
 }

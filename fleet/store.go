@@ -40,7 +40,8 @@ type Store struct {
 	js       jetstream.JetStream
 	replicas int
 
-	inputs jetstream.ObjectStore
+	inputsMu sync.Mutex // protects inputs
+	inputs   jetstream.ObjectStore
 
 	changed chan struct{}
 	log     *slog.Logger
@@ -120,21 +121,33 @@ func (s *Store) fallbackDigests(name, current string) []string {
 	return out
 }
 
-func (s *Store) inputsBucket(ctx context.Context) (jetstream.ObjectStore, error) {
+// inputsBucket binds the inputs bucket; a gateway (create) makes it the first time. Binding
+// first: updating a replicated stream's config needs every peer, and a call must not fail
+// with one server down. Inputs of a gateway that died mid-call expire after inputTTL.
+func (s *Store) inputsBucket(ctx context.Context, create bool) (jetstream.ObjectStore, error) {
+	s.inputsMu.Lock()
+	defer s.inputsMu.Unlock()
 	if s.inputs != nil {
 		return s.inputs, nil
 	}
-	os, err := s.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: InputsBucket, Replicas: s.replicas,
-		Description: "inputs over 1 MiB of fleet calls in flight"})
-	if err != nil {
-		return nil, err
+	b, err := s.js.ObjectStore(ctx, InputsBucket)
+	if create && errors.Is(err, jetstream.ErrBucketNotFound) {
+		b, err = s.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: InputsBucket, Replicas: s.replicas, TTL: inputTTL,
+			Description: "inputs over 1 MiB of fleet calls in flight"})
 	}
-	s.inputs = os
-	return os, nil
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", InputsBucket, err)
+	}
+	s.inputs = b
+	return b, nil
 }
 
+// inputTTL bounds how long an input stays in the bucket when its call's gateway died before
+// deleting it (longer than any call may last).
+const inputTTL = 25 * time.Hour
+
 func (s *Store) putInput(ctx context.Context, callID string, input []byte) (string, error) {
-	b, err := s.inputsBucket(ctx)
+	b, err := s.inputsBucket(ctx, true)
 	if err != nil {
 		return "", err
 	}
@@ -145,7 +158,7 @@ func (s *Store) putInput(ctx context.Context, callID string, input []byte) (stri
 }
 
 func (s *Store) getInput(ctx context.Context, ref string) ([]byte, error) {
-	b, err := s.inputsBucket(ctx)
+	b, err := s.inputsBucket(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -166,8 +179,15 @@ func (s *Store) getInput(ctx context.Context, ref string) ([]byte, error) {
 const maxInputBytes = 64 << 20
 
 func (s *Store) deleteInput(ref string) {
-	if s.inputs != nil {
-		s.inputs.Delete(context.Background(), ref)
+	s.inputsMu.Lock()
+	b := s.inputs
+	s.inputsMu.Unlock()
+	if b != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := b.Delete(ctx, ref); err != nil {
+			s.log.Warn("input not deleted (it expires)", "ref", ref, "error", err)
+		}
 	}
 }
 
