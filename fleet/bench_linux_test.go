@@ -213,7 +213,7 @@ func BenchmarkGatewayThroughput(b *testing.B) {
 //
 //	go test -tags seccomp -run '^$' -bench Scaling -benchtime 1x ./fleet/
 func BenchmarkScaling(b *testing.B) {
-	const slots, perCaller = 8, 60
+	const slots, perCaller = 8, 150
 	root := toolsRoot(b)
 	url := natsServer(b).ClientURL()
 	gw := gatewayExec(b, root, newGateway(b, connect(b, url), fleet.GatewayConfig{}), false)

@@ -350,3 +350,54 @@ func TestAcceptDeferredForFastCalls(t *testing.T) {
 		}
 	}
 }
+
+// TestBusyRetryGoesToAFreeWorker: of two workers with one slot each, one is held by a long call.
+// A call the queue group hands to the full one is answered busy; the gateway then asks the
+// worker with a free slot directly, so no call fails busy while the fleet has room (before,
+// it let the queue group pick again at random: one call in eight failed).
+func TestBusyRetryGoesToAFreeWorker(t *testing.T) {
+	root := toolsRoot(t)
+	e := embedded(t)
+	startWorker(t, conn(t, e, "a"), fakeExecutor(t, root, "a", "", isolation.TierOCI), 1)
+	startWorker(t, conn(t, e, "b"), fakeExecutor(t, root, "b", "", isolation.TierOCI), 1)
+	gw := gatewayExec(t, root, newGateway(t, conn(t, e, "gw"), fleet.GatewayConfig{}), false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	long := make(chan *executor.Result, 1)
+	go func() {
+		r, err := call(ctx, gw, "py", `{"ms":3000}`, executor.WithTier(isolation.TierOCI))
+		if err != nil {
+			t.Error(err)
+		}
+		long <- r
+	}()
+	time.Sleep(300 * time.Millisecond) // the long call holds its worker's only slot
+	ran := map[string]int{}
+	for i := 0; i < 20; i++ {
+		r, err := call(ctx, gw, "py", `{}`, executor.WithTier(isolation.TierOCI))
+		if err != nil {
+			t.Fatalf("call %d with one worker full and one free: %v", i, err)
+		}
+		ran[outputWorker(t, r)]++
+	}
+	if r := <-long; r != nil && ran[outputWorker(t, r)] != 0 {
+		t.Fatalf("calls ran on the full worker: %v (the long call ran on %s)", ran, outputWorker(t, r))
+	}
+}
+
+// TestSequentialCallsOnOneSlot: a caller's calls one after the other on a worker with one slot
+// are never busy: the worker frees the slot before its "done" leaves (it used to free it after,
+// so the next call could arrive first: under -race, within 30 calls).
+func TestSequentialCallsOnOneSlot(t *testing.T) {
+	root := toolsRoot(t)
+	e := embedded(t)
+	startWorker(t, conn(t, e, "a"), fakeExecutor(t, root, "a", "", isolation.TierOCI), 1)
+	gw := gatewayExec(t, root, newGateway(t, conn(t, e, "gw"), fleet.GatewayConfig{MaxAttempts: 1}), false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := 0; i < 500; i++ {
+		if _, err := call(ctx, gw, "py", `{}`, executor.WithTier(isolation.TierOCI)); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+}

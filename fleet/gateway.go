@@ -56,13 +56,20 @@ type Gateway struct {
 	mu      sync.Mutex // protects waiters
 	waiters map[string]chan *nats.Msg
 
+	closeOnce sync.Once
+	refreshMu sync.Mutex   // one discovery round at a time
+	viewUsed  atomic.Int64 // when a call last used the view (Unix ns)
+	stop      chan struct{}
+	loopDone  chan struct{}
+
 	viewMu sync.Mutex // protects view, viewAt
 	view   []Status
 	viewAt time.Time
 
-	healthMu sync.Mutex           // protects alive, suspect
+	healthMu sync.Mutex           // protects alive, suspect, running
 	alive    map[string]time.Time // worker id → its last "accepted"
 	suspect  map[string]time.Time // worker id → when it was lost
+	running  map[string]int       // worker id → this gateway's calls it runs now
 }
 
 // suspectFor is how long a lost worker is not chosen for a direct retry.
@@ -91,7 +98,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	g := &Gateway{cfg: cfg, nc: cfg.Conn, log: cfg.Logger, prefix: cfg.Conn.NewRespInbox(), waiters: map[string]chan *nats.Msg{},
-		alive: map[string]time.Time{}, suspect: map[string]time.Time{}}
+		alive: map[string]time.Time{}, suspect: map[string]time.Time{}, running: map[string]int{}}
 	sub, err := g.nc.Subscribe(g.prefix+".*", g.dispatch)
 	if err != nil {
 		return nil, err
@@ -100,11 +107,18 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	// consumer at 65,536 messages, which is fine, but never below.
 	sub.SetPendingLimits(-1, 64<<20)
 	g.sub = sub
+	g.stop, g.loopDone = make(chan struct{}), make(chan struct{})
+	go g.viewLoop()
 	return g, g.nc.Flush()
 }
 
-// Close unsubscribes the inbox; calls in flight end with their context's error or worker lost.
+// Close unsubscribes the inbox and stops the view's refresh; calls in flight end with their
+// context's error or worker lost.
 func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		close(g.stop)
+		<-g.loopDone
+	})
 	if g.sub != nil {
 		return g.sub.Unsubscribe()
 	}
@@ -247,8 +261,16 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 		case outBusy:
 			busy++
 			g.cfg.Metrics.busyAnswer()
-			// A queue group picks a member at random: another may have a free slot.
-			time.Sleep(time.Duration(1+attempt*2) * time.Millisecond)
+			// A queue group picks a member at random, so a busy one too while others have free
+			// slots: ask directly the worker with the most slots this gateway does not fill.
+			// Only when it knows of none, wait a little and let the queue group pick again.
+			failed[r.worker] = true
+			if g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest, failed) != "" {
+				direct = true
+			} else {
+				direct = false
+				time.Sleep(time.Duration(1+attempt*2) * time.Millisecond)
+			}
 			continue
 		case outNoAccept:
 			silent++
@@ -385,6 +407,8 @@ func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.
 					accepted, worker = true, r.Header.Get(wire.HWorker)
 					g.cfg.Metrics.phase("accept", time.Since(sent))
 					g.markAlive(worker)
+					g.track(worker, 1)
+					defer g.track(worker, -1)
 				}
 			case wire.ReplyDone:
 				// A call done within the worker's accept delay comes without "accepted".
@@ -438,27 +462,53 @@ func (g *Gateway) markSuspect(id string) {
 }
 
 // pickWorker chooses, among the workers of the fleet view offering this tool version in this
-// tier, not lost lately and not in exclude, the one that accepted a call most recently ("" when
-// none is known).
+// tier, not lost lately and not in exclude, one with slots of the tier that this gateway's own
+// calls leave free: the most of them, then the one that accepted a call most recently ("" when
+// none is known). Other gateways' calls are not counted: a worker they fill answers busy.
 func (g *Gateway) pickWorker(ctx context.Context, tier isolation.Tier, tool, digest string, exclude map[string]bool) string {
 	ws := g.workers(ctx)
 	g.healthMu.Lock()
 	defer g.healthMu.Unlock()
-	best, bestAt := "", time.Time{}
+	best, bestFree, bestAt := "", 0, time.Time{}
 	for _, w := range ws {
-		if at, ok := g.suspect[w.ID]; (ok && time.Since(at) < suspectFor) || exclude[w.ID] {
+		if at, ok := g.suspect[w.ID]; (ok && time.Since(at) < suspectFor) || exclude[w.ID] || !offers(w, tier, tool, digest) {
 			continue
 		}
-		for _, o := range w.Offers {
-			if o.Tool == tool && o.Tier == tier && o.Digest == digest {
-				if at := g.alive[w.ID]; best == "" || at.After(bestAt) {
-					best, bestAt = w.ID, at
-				}
-				break
+		free := 0
+		for _, ts := range w.Tiers {
+			if ts.Tier == tier {
+				free = ts.Slots - g.running[w.ID]
 			}
+		}
+		if free <= 0 {
+			continue
+		}
+		if at := g.alive[w.ID]; best == "" || free > bestFree || (free == bestFree && at.After(bestAt)) {
+			best, bestFree, bestAt = w.ID, free, at
 		}
 	}
 	return best
+}
+
+func offers(w Status, tier isolation.Tier, tool, digest string) bool {
+	for _, o := range w.Offers {
+		if o.Tool == tool && o.Tier == tier && o.Digest == digest {
+			return true
+		}
+	}
+	return false
+}
+
+// track counts a call of this gateway on worker id (delta +1 when it starts, -1 when it ends).
+func (g *Gateway) track(id string, delta int) {
+	if id == "" {
+		return
+	}
+	g.healthMu.Lock()
+	defer g.healthMu.Unlock()
+	if g.running[id] += delta; g.running[id] <= 0 {
+		delete(g.running, id)
+	}
 }
 
 // traceparent is a fresh W3C trace context for a call (the gateway starts the trace).
@@ -469,7 +519,7 @@ func traceparent() string {
 }
 
 // Availability: a tier is available while some worker of the fleet reports it (the view is at
-// most two seconds old).
+// most a second old while calls come, and refreshed by the call after an idle spell).
 func (g *Gateway) Availability(ctx context.Context, t isolation.Tier) isolation.Availability {
 	for _, w := range g.workers(ctx) {
 		for _, ts := range w.Tiers {
@@ -481,16 +531,59 @@ func (g *Gateway) Availability(ctx context.Context, t isolation.Tier) isolation.
 	return isolation.Availability{Reason: fmt.Sprintf("no worker of the fleet runs the %s tier", t), Fix: "start `axoiso worker --nats URL` on a host that has it"}
 }
 
+// The fleet view (the workers' stats: tiers, slots, offers) is refreshed every viewEvery in the
+// background while calls use it, so no call waits on a discovery round; one that finds it
+// older than viewStale (the gateway was idle) refreshes it itself.
+const (
+	viewEvery = time.Second
+	viewStale = 10 * time.Second
+	viewWait  = 250 * time.Millisecond
+)
+
 func (g *Gateway) workers(ctx context.Context) []Status {
+	g.viewUsed.Store(time.Now().UnixNano())
 	g.viewMu.Lock()
-	defer g.viewMu.Unlock()
-	if time.Since(g.viewAt) < 2*time.Second {
-		return g.view
+	view, at := g.view, g.viewAt
+	g.viewMu.Unlock()
+	if time.Since(at) < viewStale {
+		return view
 	}
-	ws, err := Discover(ctx, g.nc, 250*time.Millisecond)
+	return g.refreshView(ctx)
+}
+
+func (g *Gateway) refreshView(ctx context.Context) []Status {
+	g.refreshMu.Lock()
+	defer g.refreshMu.Unlock()
+	g.viewMu.Lock()
+	view, at := g.view, g.viewAt
+	g.viewMu.Unlock()
+	if time.Since(at) < viewEvery/2 {
+		return view // refreshed while this call waited for the lock
+	}
+	ws, err := Discover(ctx, g.nc, viewWait)
 	if err != nil {
 		g.log.Debug("discovery failed", "error", err)
 	}
+	g.viewMu.Lock()
 	g.view, g.viewAt = ws, time.Now()
+	g.viewMu.Unlock()
 	return ws
+}
+
+func (g *Gateway) viewLoop() {
+	defer close(g.loopDone)
+	t := time.NewTicker(viewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+			if time.Since(time.Unix(0, g.viewUsed.Load())) < viewStale {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*viewWait)
+				g.refreshView(ctx)
+				cancel()
+			}
+		}
+	}
 }

@@ -465,16 +465,15 @@ func joinCancel(a, b context.CancelFunc) context.CancelFunc { return func() { b(
 
 func (w *Worker) run(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, tier isolation.Tier, tool *catalog.Tool, callID string, ts *tierSlots, deferAccept bool) {
 	defer w.wg.Done()
-	defer ts.busy.Add(-1)
-	defer func() {
-		w.mu.Lock()
-		delete(w.calls, callID)
-		w.mu.Unlock()
-		cancel()
-	}()
 	hb := w.startHeartbeats(m.Reply, deferAccept)
 	body := w.execute(ctx, m, tier, tool, callID)
 	hb.stop()
+	// The slot is free before "done" leaves: the caller's next call may arrive at once.
+	w.mu.Lock()
+	delete(w.calls, callID)
+	w.mu.Unlock()
+	cancel()
+	ts.busy.Add(-1)
 	w.reply(m.Reply, wire.ReplyDone, body)
 }
 
