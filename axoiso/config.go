@@ -116,7 +116,7 @@ type FleetConfig struct {
 	StoreDir string `json:"store_dir,omitempty"`
 	// Replicas of the buckets `axoiso tool publish` creates (default 1).
 	Replicas int `json:"replicas,omitempty"`
-	// AcceptWindow, HeartbeatTimeout and Heartbeat tune at-most-once (defaults 300ms, 1s, 200ms).
+	// AcceptWindow, HeartbeatTimeout and Heartbeat tune at-most-once (defaults 60ms, 1s, 200ms).
 	AcceptWindow     Duration `json:"accept_window,omitempty"`
 	HeartbeatTimeout Duration `json:"heartbeat_timeout,omitempty"`
 	Heartbeat        Duration `json:"heartbeat,omitempty"`

@@ -30,8 +30,11 @@ type GatewayConfig struct {
 	// Store, when set, resolves tools to their published digests and carries inputs over
 	// wire.InlineInputMax.
 	Store *Store
-	// AcceptWindow is how long a worker has to answer "accepted" before the gateway cancels that
-	// attempt and tries another worker (default 300 ms). The call has not started then.
+	// AcceptWindow is how long after the request a worker may still start the call (its
+	// Accept-By); the gateway waits acceptSlack more for "accepted", then cancels
+	// that attempt and tries another worker: the call has not started then. Default 60 ms: a
+	// call the servers hand to a worker in the instant it dies goes elsewhere after 100 ms. Set
+	// it above the one-way latency to the workers plus their clocks' skew.
 	AcceptWindow time.Duration
 	// HeartbeatTimeout: after "accepted", a call silent this long has lost its worker (default
 	// 1 s: five missed 200 ms heartbeats).
@@ -57,8 +60,9 @@ type Gateway struct {
 	waiters map[string]chan *nats.Msg
 
 	closeOnce sync.Once
-	refreshMu sync.Mutex   // one discovery round at a time
-	viewUsed  atomic.Int64 // when a call last used the view (Unix ns)
+	refreshMu sync.Mutex    // one discovery round at a time
+	viewUsed  atomic.Int64  // when a call last used the view (Unix ns)
+	kick      chan struct{} // asks viewLoop for a refresh now
 	stop      chan struct{}
 	loopDone  chan struct{}
 
@@ -71,6 +75,11 @@ type Gateway struct {
 	suspect  map[string]time.Time // worker id → when it was lost
 	running  map[string]int       // worker id → this gateway's calls it runs now
 }
+
+// acceptSlack is how long past an attempt's Accept-By the gateway still waits for "accepted": a
+// worker that started the call just before Accept-By is heard from within it (LAN transit and
+// NTP's skew), so the gateway does not retry a call that started.
+const acceptSlack = 40 * time.Millisecond
 
 // suspectFor is how long a lost worker is not chosen for a direct retry.
 const suspectFor = 30 * time.Second
@@ -86,7 +95,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		cfg.Digests = NewDigests()
 	}
 	if cfg.AcceptWindow <= 0 {
-		cfg.AcceptWindow = 300 * time.Millisecond
+		cfg.AcceptWindow = 60 * time.Millisecond
 	}
 	if cfg.HeartbeatTimeout <= 0 {
 		cfg.HeartbeatTimeout = time.Second
@@ -107,7 +116,8 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	// consumer at 65,536 messages, which is fine, but never below.
 	sub.SetPendingLimits(-1, 64<<20)
 	g.sub = sub
-	g.stop, g.loopDone = make(chan struct{}), make(chan struct{})
+	g.kick, g.stop, g.loopDone = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	g.kick <- struct{}{} // a first view before the first call needs one
 	go g.viewLoop()
 	return g, g.nc.Flush()
 }
@@ -294,7 +304,7 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 		}
 	}
 	return nil, &isolation.Error{Kind: isolation.ErrBusy, Tool: rc.Tool.Name, Tier: sel.Tier, HasTier: true, CallID: rc.ID,
-		Message: fmt.Sprintf("fleet: %d workers of tier %s asked: %d busy, %d did not accept within %s", busy+silent, sel.Tier, busy, silent, g.cfg.AcceptWindow)}
+		Message: fmt.Sprintf("fleet: %d workers of tier %s asked: %d busy, %d did not accept within %s", busy+silent, sel.Tier, busy, silent, g.cfg.AcceptWindow+acceptSlack)}
 }
 
 func (g *Gateway) decode(rc executor.RemoteCall, sel isolation.Selection, r attemptResult) (*executor.Result, error) {
@@ -378,7 +388,7 @@ func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.
 		g.log.Warn("publish failed", "call_id", rc.ID, "error", err)
 		return attemptResult{kind: outNoAccept}
 	}
-	timer := time.NewTimer(g.cfg.AcceptWindow)
+	timer := time.NewTimer(g.cfg.AcceptWindow + acceptSlack)
 	defer timer.Stop()
 	accepted := false
 	var worker string
@@ -411,10 +421,6 @@ func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.
 					defer g.track(worker, -1)
 				}
 			case wire.ReplyDone:
-				// A call done within the worker's accept delay comes without "accepted".
-				if !accepted {
-					g.markAlive(r.Header.Get(wire.HWorker))
-				}
 				g.cfg.Metrics.phase("run", time.Since(sent))
 				return attemptResult{kind: outDone, msg: r, worker: r.Header.Get(wire.HWorker), digest: digest}
 			}
@@ -521,7 +527,7 @@ func traceparent() string {
 // Availability: a tier is available while some worker of the fleet reports it (the view is at
 // most a second old while calls come, and refreshed by the call after an idle spell).
 func (g *Gateway) Availability(ctx context.Context, t isolation.Tier) isolation.Availability {
-	for _, w := range g.workers(ctx) {
+	for _, w := range g.freshWorkers(ctx) {
 		for _, ts := range w.Tiers {
 			if ts.Tier == t {
 				return isolation.Availability{Available: true, Backend: "fleet"}
@@ -532,8 +538,9 @@ func (g *Gateway) Availability(ctx context.Context, t isolation.Tier) isolation.
 }
 
 // The fleet view (the workers' stats: tiers, slots, offers) is refreshed every viewEvery in the
-// background while calls use it, so no call waits on a discovery round; one that finds it
-// older than viewStale (the gateway was idle) refreshes it itself.
+// background while calls use it, so no call waits on a discovery round but the gateway's
+// first; a call that finds it older than viewStale (the gateway was idle) uses it and has it
+// refreshed at once in the background (a worker gone since is skipped when it does not answer).
 const (
 	viewEvery = time.Second
 	viewStale = 10 * time.Second
@@ -542,6 +549,24 @@ const (
 
 func (g *Gateway) workers(ctx context.Context) []Status {
 	g.viewUsed.Store(time.Now().UnixNano())
+	g.viewMu.Lock()
+	view, at := g.view, g.viewAt
+	g.viewMu.Unlock()
+	if at.IsZero() {
+		return g.refreshView(ctx)
+	}
+	if time.Since(at) >= viewStale {
+		select {
+		case g.kick <- struct{}{}:
+		default:
+		}
+	}
+	return view
+}
+
+// freshWorkers is the view, refreshed first when it is older than viewStale (for Availability:
+// not on a call's path).
+func (g *Gateway) freshWorkers(ctx context.Context) []Status {
 	g.viewMu.Lock()
 	view, at := g.view, g.viewAt
 	g.viewMu.Unlock()
@@ -578,12 +603,14 @@ func (g *Gateway) viewLoop() {
 		select {
 		case <-g.stop:
 			return
+		case <-g.kick:
 		case <-t.C:
-			if time.Since(time.Unix(0, g.viewUsed.Load())) < viewStale {
-				ctx, cancel := context.WithTimeout(context.Background(), 2*viewWait)
-				g.refreshView(ctx)
-				cancel()
+			if time.Since(time.Unix(0, g.viewUsed.Load())) >= viewStale {
+				continue
 			}
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*viewWait)
+		g.refreshView(ctx)
+		cancel()
 	}
 }

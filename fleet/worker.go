@@ -410,17 +410,12 @@ func (w *Worker) handle(subj string, m *nats.Msg) {
 	w.wg.Add(1)
 	w.mu.Unlock()
 	ts.calls.Add(1)
-	// "accepted" is deferred by acceptDelay when the gateway's window leaves ample time: a call
-	// that is done by then sends only "done" (which implies it), one message and one wake-up
-	// fewer on each side for the fast calls that are most of the traffic.
-	deferAccept := false
-	if by, err := strconv.ParseInt(m.Header.Get(wire.HAcceptBy), 10, 64); err == nil {
-		deferAccept = time.UnixMilli(by).Sub(now) > acceptDeferMargin
-	}
-	if !deferAccept {
-		w.reply(m.Reply, wire.ReplyAccepted, nil)
-	}
-	w.spawn(func() { w.run(ctx, cancel, m, o.tier, tool, callID, ts, deferAccept) })
+	// "accepted" leaves before the tool starts: a worker killed at any point after the start
+	// has told the gateway, which then reports worker_lost instead of running the call again.
+	// (Holding it back for calls that end within 2 ms saved ~10 % CPU per trivial call, and
+	// re-ran every call whose worker died within those 2 ms: measured, and not done.)
+	w.reply(m.Reply, wire.ReplyAccepted, nil)
+	w.spawn(func() { w.run(ctx, cancel, m, o.tier, tool, callID, ts) })
 }
 
 // spawn runs job on an idle runner goroutine, or a new one. Runners stay for runnerIdle after
@@ -453,19 +448,11 @@ func (w *Worker) runner(job func()) {
 	}
 }
 
-// acceptDelay is how long a worker may hold back "accepted" for a call that may end first, and
-// acceptDeferMargin the time left before the gateway's Accept-By under which it never does (the
-// gateway's default window is 300 ms; clocks across hosts differ by what NTP leaves).
-const (
-	acceptDelay       = 2 * time.Millisecond
-	acceptDeferMargin = 50 * time.Millisecond
-)
-
 func joinCancel(a, b context.CancelFunc) context.CancelFunc { return func() { b(); a() } }
 
-func (w *Worker) run(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, tier isolation.Tier, tool *catalog.Tool, callID string, ts *tierSlots, deferAccept bool) {
+func (w *Worker) run(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, tier isolation.Tier, tool *catalog.Tool, callID string, ts *tierSlots) {
 	defer w.wg.Done()
-	hb := w.startHeartbeats(m.Reply, deferAccept)
+	hb := w.startHeartbeats(m.Reply)
 	body := w.execute(ctx, m, tier, tool, callID)
 	hb.stop()
 	// The slot is free before "done" leaves: the caller's next call may arrive at once.
@@ -477,20 +464,16 @@ func (w *Worker) run(ctx context.Context, cancel context.CancelFunc, m *nats.Msg
 	w.reply(m.Reply, wire.ReplyDone, body)
 }
 
-// heartbeats sends a running call's "accepted" (when deferred) and heartbeats from a timer: no
-// goroutine per call, and nothing for "done" to wait for.
+// heartbeats sends a running call's heartbeats from a timer: no goroutine per call, and nothing
+// for "done" to wait for.
 type heartbeats struct {
-	mu      sync.Mutex // protects stopped, t; orders the replies before "done"
+	mu      sync.Mutex // protects stopped, t; orders the heartbeats before "done"
 	stopped bool
 	t       *time.Timer
 }
 
-func (w *Worker) startHeartbeats(reply string, deferAccept bool) *heartbeats {
+func (w *Worker) startHeartbeats(reply string) *heartbeats {
 	h := &heartbeats{}
-	first, kind := w.cfg.Heartbeat, wire.ReplyHeartbeat
-	if deferAccept {
-		first, kind = acceptDelay, wire.ReplyAccepted
-	}
 	var fire func()
 	fire = func() {
 		h.mu.Lock()
@@ -498,17 +481,16 @@ func (w *Worker) startHeartbeats(reply string, deferAccept bool) *heartbeats {
 		if h.stopped {
 			return
 		}
-		w.reply(reply, kind, nil)
-		kind = wire.ReplyHeartbeat
+		w.reply(reply, wire.ReplyHeartbeat, nil)
 		h.t = time.AfterFunc(w.cfg.Heartbeat, fire)
 	}
 	h.mu.Lock()
-	h.t = time.AfterFunc(first, fire)
+	h.t = time.AfterFunc(w.cfg.Heartbeat, fire)
 	h.mu.Unlock()
 	return h
 }
 
-// stop ends the heartbeats; once it returns, no "accepted" or heartbeat of the call is sent.
+// stop ends the heartbeats; once it returns, no heartbeat of the call is sent.
 func (h *heartbeats) stop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
