@@ -106,6 +106,16 @@ func BenchmarkEmbeddedVsLocalWasm(b *testing.B) {
 	e := embedded(b)
 	_, local, gw := wasmFleet(ctx, b, conn(b, e, "w"), conn(b, e, "gw"))
 	b.Run("calls", func(b *testing.B) { compareCalls(b, 2000, local, gw, "hello-wasm", `{"name":"bench"}`) })
+	// What bounds it: the same comparison with a tool that does nothing (the fake Firecracker
+	// tier answers at once: the routing's own cost), and with one that sleeps 1 ms (the
+	// routing's threads park between calls, as around a real Wasm call, and each hand-off
+	// waits for the OS to wake one).
+	root := toolsRoot(b)
+	fake := fakeExecutor(b, root, "w", "", isolation.TierMicroVM)
+	startWorker(b, conn(b, e, "fake"), fake, 8)
+	fakeGW := gatewayExec(b, root, newGateway(b, conn(b, e, "fake-gw"), fleet.GatewayConfig{}), false)
+	b.Run("trivial", func(b *testing.B) { compareCalls(b, 2000, fake, fakeGW, "py", `{}`) })
+	b.Run("sleep-1ms", func(b *testing.B) { compareCalls(b, 1000, fake, fakeGW, "py", `{"ms":1}`) })
 	// The floor under the routed call: one bare request-reply on the same server (a routed call
 	// is a request and two replies: accepted, done).
 	b.Run("nats-request-reply", func(b *testing.B) {
