@@ -141,7 +141,14 @@ func gatewayExec(t testing.TB, root string, g *fleet.Gateway, strict bool) *exec
 // natsServer starts a nats-server on a loopback port (subprocess workers dial it).
 func natsServer(t testing.TB) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, ServerName: "t-" + fmt.Sprint(time.Now().UnixNano())})
+	return startServer(t, &server.Options{ServerName: "t-" + fmt.Sprint(time.Now().UnixNano())})
+}
+
+// startServer starts a nats-server with opts on a free loopback port, stopped at the end of t.
+func startServer(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, true
+	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,16 +25,7 @@ import (
 // jsServer is a nats-server with JetStream on a loopback port.
 func jsServer(t testing.TB) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(s.Shutdown)
-	return s
+	return startServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
 }
 
 // storeNode is a worker or a gateway whose tools come from the fleet's buckets.

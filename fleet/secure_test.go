@@ -50,18 +50,10 @@ func perms(pub, sub []string) *server.Permissions {
 func TestRolePermissions(t *testing.T) {
 	gwSeed, gwPub := nkeyUser(t)
 	wSeed, wPub := nkeyUser(t)
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, Nkeys: []*server.NkeyUser{
+	s := startServer(t, &server.Options{Nkeys: []*server.NkeyUser{
 		{Nkey: gwPub, Permissions: perms([]string{"axoiso.v1.run.>", "axoiso.v1.direct.>", "axoiso.v1.cancel.*", "$SRV.>"}, []string{"_INBOX.>"})},
 		{Nkey: wPub, Permissions: perms([]string{"_INBOX.>"}, []string{"axoiso.v1.run.>", "axoiso.v1.direct.>", "axoiso.v1.cancel.*", "axoiso.v1.worker.>", "$SRV.>"})},
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("no server")
-	}
-	t.Cleanup(s.Shutdown)
 	violations := make(chan error, 16)
 	dial := func(seed []byte) *nats.Conn {
 		opt, err := fleet.NKeySeedOption(seed)
@@ -236,17 +228,8 @@ func TestSecureDeployment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, t.TempDir(), true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("no server")
-	}
-	t.Cleanup(s.Shutdown)
-	url := s.ClientURL()
+	opts.StoreDir = t.TempDir()
+	url := startServer(t, opts).ClientURL()
 	dial := func(role string) *nats.Conn {
 		nc, err := fleet.Connect(url, role, fleet.ConnectConfig{NKeySeedFile: seeds[role], TLSCA: filepath.Join(dir, "ca.pem")})
 		if err != nil {
