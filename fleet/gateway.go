@@ -524,8 +524,8 @@ func traceparent() string {
 	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
 }
 
-// Availability: a tier is available while some worker of the fleet reports it (the view is at
-// most a second old while calls come, and refreshed by the call after an idle spell).
+// Availability: a tier is available while some worker of the fleet reports it (in a view at
+// most viewStale old: refreshed first when older).
 func (g *Gateway) Availability(ctx context.Context, t isolation.Tier) isolation.Availability {
 	for _, w := range g.freshWorkers(ctx) {
 		for _, ts := range w.Tiers {
