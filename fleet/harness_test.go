@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -430,4 +431,68 @@ func writeWasmTool(t testing.TB, root, module string) {
 	if err := os.WriteFile(filepath.Join(dir, "hello-wasm.wasm"), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// natsEnv, set in a re-executed test binary, makes it a nats-server cluster node.
+const natsEnv = "AXOISO_FLEET_TEST_NATS"
+
+type natsSpec struct {
+	Name string `json:"name"`
+	IP   string `json:"ip"`
+	// Port is the client port (0: 4222; -1: any free one).
+	Port int `json:"port,omitempty"`
+	// Routes, when set, make the node a cluster member (cluster port 6222).
+	Routes []string `json:"routes,omitempty"`
+	Store  string   `json:"store"`
+}
+
+func natsMain(specJSON string) int {
+	var sp natsSpec
+	if err := json.Unmarshal([]byte(specJSON), &sp); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	var routes []*url.URL
+	for _, r := range sp.Routes {
+		u, err := url.Parse(r)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		routes = append(routes, u)
+	}
+	// Pings every second, two missed: a peer whose link was cut (no reset) is dropped in ~3 s,
+	// and with it its subscriptions.
+	if sp.Port == 0 {
+		sp.Port = 4222
+	}
+	opts := &server.Options{ServerName: sp.Name, Host: sp.IP, Port: sp.Port, NoSigs: true, NoLog: os.Getenv("AXOISO_FLEET_TEST_NATS_LOG") == "",
+		PingInterval: time.Second, MaxPingsOut: 2, JetStream: true, StoreDir: sp.Store}
+	if len(routes) > 0 {
+		opts.Cluster, opts.Routes = server.ClusterOpts{Name: "axoiso", Host: sp.IP, Port: 6222}, routes
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if os.Getenv("AXOISO_FLEET_TEST_NATS_LOG") != "" {
+		s.ConfigureLogger()
+	}
+	s.Start()
+	if !s.ReadyForConnections(30 * time.Second) {
+		fmt.Fprintln(os.Stderr, "not ready")
+		return 2
+	}
+	fmt.Println("ready " + s.ClientURL())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	stdin := make(chan struct{})
+	go func() { io.Copy(io.Discard, os.Stdin); close(stdin) }()
+	select {
+	case <-sig:
+	case <-stdin:
+	}
+	s.Shutdown()
+	return 0
 }
