@@ -27,6 +27,16 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
+		prefix, err := netPrefix(c)
+		if err != nil {
+			return nil, err
+		}
+		gate, err := egressGate(c, log)
+		if err != nil {
+			// Tools without a network policy still run; those with one are refused, saying why.
+			log.Warn("no egress gate: tools with a network policy are refused", "error", err)
+			gate = nil
+		}
 		return microvm.New(microvm.Config{
 			// Firecracker where it probes available (KVM + binary), QEMU microvm otherwise.
 			Drivers:         []microvm.Driver{firecracker.New(firecracker.Config{Binary: c.VM.Firecracker, Jailer: jailer}), q},
@@ -40,6 +50,8 @@ func init() {
 			PoolMaxTotal:    c.VM.PoolMaxTotal,
 			PoolMaxMemoryMB: c.VM.PoolMaxMemoryMB,
 			DriveCacheBytes: int64(c.VM.DriveCacheMB) << 20,
+			Gate:            gate,
+			NetPrefix:       prefix,
 			// The command line is one line, and the agent's own axocoatl.* arguments come first.
 			ExtraCmdline: strings.Join(strings.Fields(c.VM.KernelArgs), " "),
 			Logger:       log,

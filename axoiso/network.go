@@ -19,8 +19,8 @@ type EgressConfig struct {
 	// AllowPrivate reopens these ranges (CIDRs) of the deny set (loopback, RFC 1918, CGNAT,
 	// link-local, ...): the only way anything in them can be granted.
 	AllowPrivate []string `json:"allow_private,omitempty"`
-	// NetPrefix is the IPv4 range Oci calls' network namespaces take a /31 each from (default
-	// 169.254.64.0/18).
+	// NetPrefix is the IPv4 range the network namespaces of Oci calls and microVM calls take a
+	// /31 each from (default 169.254.64.0/18).
 	NetPrefix string `json:"net_prefix,omitempty"`
 	// AllTools and Tools are the operator's grants (egress patterns): to every tool, and per tool
 	// name. A call gets what its tool.json asks for ∩ these, minus the deny set.

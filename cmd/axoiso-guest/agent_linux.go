@@ -60,6 +60,9 @@ func run() {
 		logger.Error("setup", "err", err)
 	}
 	args := cmdline()
+	if err := disableIPv6ByDefault(); err != nil {
+		logger.Error("ipv6", "err", err)
+	}
 	if mods := args["axocoatl.modules"]; mods != "" {
 		for _, m := range strings.Split(mods, ",") {
 			if err := loadModule(m); err != nil {
@@ -474,6 +477,11 @@ func handle(req guest.Request) guest.Response {
 	}
 	if host := sanitizeHostname(req.ID); host != "" {
 		_ = unix.Sethostname([]byte(host))
+	}
+	if req.Net != nil {
+		if err := configureNet(req.Net); err != nil {
+			return guest.Response{Error: err.Error()}
+		}
 	}
 	if err := writeTool(req); err != nil {
 		return guest.Response{Error: err.Error()}

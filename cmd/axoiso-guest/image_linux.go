@@ -46,6 +46,9 @@ type toolInit struct {
 	guest.Image
 	// ToolDir binds the tool folder read-only at /axocoatl/tool (script tools).
 	ToolDir bool `json:"tool_dir"`
+	// ResolvConf binds the call's resolv.conf over the image's /etc/resolv.conf, when the image
+	// has one as a regular file (the call has a network policy).
+	ResolvConf bool `json:"resolv_conf,omitempty"`
 }
 
 func init() {
@@ -131,7 +134,7 @@ func imageCommand(req guest.Request) ([]string, error) {
 	if len(im.Args) == 0 {
 		return nil, errors.New("image process has no args")
 	}
-	ti := toolInit{Image: *im, ToolDir: req.Runtime != guest.RuntimeImage}
+	ti := toolInit{Image: *im, ToolDir: req.Runtime != guest.RuntimeImage, ResolvConf: req.Net != nil}
 	b, err := json.Marshal(ti)
 	if err != nil {
 		return nil, err
@@ -239,6 +242,20 @@ func buildRoot(ti toolInit) error {
 	for _, b := range binds {
 		if err := bindIn(rootFD, b.src, b.dst, b.flags); err != nil {
 			return err
+		}
+	}
+	if ti.ResolvConf {
+		// Only over a regular file of the image's own (a symlink, e.g. to systemd-resolved's,
+		// is left alone: the tool then has no resolver, and still no other way out).
+		if fd, err := openIn(rootFD, "etc/resolv.conf", unix.O_PATH|unix.O_NOFOLLOW); err == nil {
+			var st unix.Stat_t
+			regular := unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+			unix.Close(fd)
+			if regular {
+				if err := bindIn(rootFD, resolvConf, "etc/resolv.conf", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	if err := maskProc(rootFD); err != nil {

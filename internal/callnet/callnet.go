@@ -80,6 +80,10 @@ type Config struct {
 	// Gate serves the redirected traffic: the pool opens its listeners and serves them until
 	// Close.
 	Gate Gate
+	// ForVMs makes namespaces for VMs (see tap_linux.go): eth0 without an address or route, a
+	// tap per VM (NS.OpenTap, NS.MakeTap) joined to it at layer 2, the guest taking NS.Addr; no
+	// resolv.conf (the guest gets its resolver with the call). The host side is the same.
+	ForVMs bool
 }
 
 // Stats counts what the pool did (for tests and logs).

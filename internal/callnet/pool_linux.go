@@ -74,7 +74,8 @@ type NS struct {
 	Addr netip.Addr // the container side (eth0)
 	Peer netip.Addr // the host side: gateway and DNS server
 	Link string     // the host side's name
-	// ResolvConf is a file naming Peer as the only nameserver, to mount at /etc/resolv.conf.
+	// ResolvConf is a file naming Peer as the only nameserver, to mount at /etc/resolv.conf
+	// ("" in a namespace for VMs).
 	ResolvConf string
 }
 
@@ -404,12 +405,19 @@ func (p *Pool) create() (ns *NS, err error) {
 	if err := netlink.LinkSetUp(hl); err != nil {
 		return nil, err
 	}
-	if err := configureInside(int(f.Fd()), ctr, host); err != nil {
-		return nil, fmt.Errorf("callnet: inside %s: %w", link, err)
-	}
-	rc := filepath.Join(p.cfg.RunDir, link+".resolv.conf")
-	if err := os.WriteFile(rc, []byte("nameserver "+host.String()+"\noptions timeout:2 attempts:2\n"), 0o644); err != nil {
-		return nil, fmt.Errorf("callnet: %w", err)
+	rc := ""
+	if p.cfg.ForVMs {
+		if err := configureForVM(int(f.Fd())); err != nil {
+			return nil, fmt.Errorf("callnet: inside %s: %w", link, err)
+		}
+	} else {
+		if err := configureInside(int(f.Fd()), ctr, host); err != nil {
+			return nil, fmt.Errorf("callnet: inside %s: %w", link, err)
+		}
+		rc = filepath.Join(p.cfg.RunDir, link+".resolv.conf")
+		if err := os.WriteFile(rc, []byte("nameserver "+host.String()+"\noptions timeout:2 attempts:2\n"), 0o644); err != nil {
+			return nil, fmt.Errorf("callnet: %w", err)
+		}
 	}
 	p.mu.Lock()
 	p.stats.Created++
@@ -458,12 +466,24 @@ func (p *Pool) recycle(ns *NS) error {
 	if !hasAddr(netlink.AddrList(hl, netlink.FAMILY_V4))(ns.Peer) {
 		return errors.New("host address changed")
 	}
+	if p.cfg.ForVMs {
+		// A persistent tap (MakeTap) outlives its VMM; a VMM's own (OpenTap) is gone with it.
+		ns.removeTap()
+	}
 	h, err := netlink.NewHandleAt(nsHandle(ns.Fd()))
 	if err != nil {
 		return err
 	}
 	eth, err := h.LinkByName("eth0")
-	ok := err == nil && eth.Attrs().Flags&net.FlagUp != 0 && hasAddr(h.AddrList(eth, netlink.FAMILY_V4))(ns.Addr)
+	ok := err == nil && eth.Attrs().Flags&net.FlagUp != 0
+	if ok {
+		as, aerr := h.AddrList(eth, netlink.FAMILY_V4)
+		if p.cfg.ForVMs {
+			ok = aerr == nil && len(as) == 0
+		} else {
+			ok = hasAddr(as, aerr)(ns.Addr)
+		}
+	}
 	if ok {
 		links, lerr := h.LinkList()
 		ok = lerr == nil && len(links) == 2 // lo and eth0
@@ -524,7 +544,9 @@ func (p *Pool) destroyCreated(ns *NS) {
 	}
 	ns.f.Close()
 	flushConntrack(ns.Addr)
-	_ = os.Remove(ns.ResolvConf)
+	if ns.ResolvConf != "" {
+		_ = os.Remove(ns.ResolvConf)
+	}
 	p.giveBlock(ns.blk)
 	p.mu.Lock()
 	p.stats.Destroyed++

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 )
 
 // Version is the protocol version this package speaks. A peer of another version is refused.
@@ -167,6 +168,40 @@ type Request struct {
 	MaxStderrBytes int `json:"max_stderr_bytes"`
 	// Image, when set, runs the tool on the image drive's root (see Image).
 	Image *Image `json:"image,omitempty"`
+	// Net, when set, configures the VM's NIC (eth0) before the tool runs: the call has a network
+	// policy. Without it the NIC (if any) stays down and unaddressed.
+	Net *Net `json:"net,omitempty"`
+}
+
+// Net is the network configuration of a call with a network policy: the guest's address on
+// eth0, its one route and its resolver (the host side of the call's link, where the egress
+// gate answers DNS). The agent checks every field (an IPv4 address each, PrefixLen 1..31,
+// Gateway inside the prefix) and refuses the call otherwise.
+type Net struct {
+	// Addr and PrefixLen are eth0's address ("169.254.64.3", 31).
+	Addr      string `json:"addr"`
+	PrefixLen int    `json:"prefix_len"`
+	// Gateway is the default route's next hop.
+	Gateway string `json:"gateway"`
+	// DNS is the only nameserver of /etc/resolv.conf.
+	DNS string `json:"dns"`
+}
+
+// Check parses n, refusing anything but what Net documents.
+func (n *Net) Check() (addr, gw, dns netip.Addr, err error) {
+	if addr, err = netip.ParseAddr(n.Addr); err != nil || !addr.Is4() {
+		return addr, gw, dns, fmt.Errorf("net: address %q is not IPv4", n.Addr)
+	}
+	if n.PrefixLen < 1 || n.PrefixLen > 31 {
+		return addr, gw, dns, fmt.Errorf("net: prefix length %d", n.PrefixLen)
+	}
+	if gw, err = netip.ParseAddr(n.Gateway); err != nil || !gw.Is4() || !netip.PrefixFrom(addr, n.PrefixLen).Contains(gw) || gw == addr {
+		return addr, gw, dns, fmt.Errorf("net: gateway %q is not another IPv4 address of %s/%d", n.Gateway, n.Addr, n.PrefixLen)
+	}
+	if dns, err = netip.ParseAddr(n.DNS); err != nil || !dns.Is4() {
+		return addr, gw, dns, fmt.Errorf("net: DNS server %q is not IPv4", n.DNS)
+	}
+	return addr, gw, dns, nil
 }
 
 // Response is what the tool did.

@@ -5,6 +5,7 @@ import (
 	"io"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/callnet"
 )
 
 // Driver is one VMM backend (QEMU microvm, Firecracker). The microvm Sandbox picks the first
@@ -92,6 +93,21 @@ type BootSpec struct {
 	MemoryMB int
 	// Stderr, when non-nil, receives the VMM's own stderr and the guest console (for debugging).
 	Stderr io.Writer
+	// Net, when set, gives the VM a virtio-net NIC (MAC GuestMAC) backed by a tap device in this
+	// network namespace for VMs (package callnet): QEMU takes the tap by descriptor (NS.OpenTap),
+	// Firecracker opens it by name from inside the namespace under its jailer (NS.MakeTap). nil:
+	// no NIC. A driver that cannot give one fails Boot and Restore.
+	Net *callnet.NS
+}
+
+// GuestMAC is every VM's NIC's MAC address (locally administered). Each NIC is alone on its
+// link, so they need not differ; a fixed one lets snapshot clones keep the snapshot's.
+const GuestMAC = "02:a0:c0:a7:00:01"
+
+// NICDriver is implemented by drivers that can give a VM a NIC (BootSpec.Net).
+type NICDriver interface {
+	// SupportsNIC says why this driver cannot give VMs a NIC here ("" when it can).
+	SupportsNIC() string
 }
 
 // Machine is one running VM. Kill is idempotent and safe to call concurrently with every other

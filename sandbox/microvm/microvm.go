@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +17,9 @@ import (
 	"time"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/internal/callio"
+	"github.com/axocoatl/isolation/internal/callnet"
 	"github.com/axocoatl/isolation/internal/guest"
 	"github.com/axocoatl/isolation/internal/keeper"
 	"github.com/axocoatl/isolation/sandbox"
@@ -97,6 +100,17 @@ type Config struct {
 	// ExtraCmdline is appended to the guest kernel command line (tuning; a later parameter
 	// overrides an earlier one).
 	ExtraCmdline string
+	// Gate is the egress gate of calls with a network policy (sandbox.Limits.Egress): each such
+	// call runs in a VM with a NIC whose only way out is the gate (see egress.go). nil, not root,
+	// or a host without nftables, veth or tap devices: such calls are refused
+	// (isolation.ErrTierUnavailable, saying why). VMs of calls without one have no NIC.
+	Gate *egress.Gate
+	// NetPrefix is the IPv4 range of the per-call namespaces, a /31 each (default
+	// callnet.DefaultPrefix). NetReady namespaces are kept prepared (default 2), at most NetMax
+	// exist at once (default 256), pooled VMs with a NIC included.
+	NetPrefix netip.Prefix
+	NetReady  int
+	NetMax    int
 	// Logger receives the tier's logs (slog.Default when nil).
 	Logger *slog.Logger
 	// Debug, when non-nil, receives every VMM's stderr and guest console.
@@ -166,24 +180,34 @@ type Sandbox struct {
 	img    vmimage.Image
 	ctx    context.Context // canceled by Close; parents background work
 	cancel context.CancelFunc
+	// netMu guards net and netClosed: the pool of namespaces for VMs with a NIC (egress.go),
+	// made on the first call with a network policy.
+	netMu     sync.Mutex
+	net       *callnet.Pool
+	netClosed bool
 	// calls counts Runs in flight; Close waits for them before it stops anything, so every
 	// destroyAsync of a call is added to bg before Close waits on bg. Add only under mu while
 	// !closed.
 	calls sync.WaitGroup
 }
 
-// shape is what VMs of a pool or snapshot share: vCPUs, memory and the image drive ("" for
-// none; else its content digest).
+// shape is what VMs of a pool or snapshot share: vCPUs, memory, the image drive ("" for
+// none; else its content digest) and whether they have a NIC (calls with a network policy).
 type shape struct {
 	vcpus, memMB int
 	drive        string
+	net          bool
 }
 
 func (s shape) String() string {
-	if s.drive != "" {
-		return fmt.Sprintf("vm-%dcpu-%dmb-image-%.12s", s.vcpus, s.memMB, s.drive)
+	n := ""
+	if s.net {
+		n = "-net"
 	}
-	return fmt.Sprintf("vm-%dcpu-%dmb", s.vcpus, s.memMB)
+	if s.drive != "" {
+		return fmt.Sprintf("vm-%dcpu-%dmb%s-image-%.12s", s.vcpus, s.memMB, n, s.drive)
+	}
+	return fmt.Sprintf("vm-%dcpu-%dmb%s", s.vcpus, s.memMB, n)
 }
 
 type snapEntry struct {
@@ -308,6 +332,7 @@ type vm struct {
 	fr     *guest.Reader
 	kind   string // "cold", "restored"
 	driver Driver
+	ns     *callnet.NS // the NIC's namespace (nil: no NIC)
 }
 
 // DefaultMemoryMB is the guest RAM of calls that set none (sandbox.MemoryDefaulter).
@@ -327,7 +352,7 @@ func (s *Sandbox) shapeOf(l sandbox.Limits) shape {
 	if mem < min {
 		mem = min
 	}
-	return shape{vcpus: s.opts.VCPUs, memMB: mem}
+	return shape{vcpus: s.opts.VCPUs, memMB: mem, net: !l.Egress.IsZero()}
 }
 
 func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) {
@@ -358,6 +383,12 @@ func (s *Sandbox) spec(sh shape, img vmimage.Image, d Driver) (BootSpec, error) 
 		image = c.Path(sh.drive)
 		cmd += " " + guest.CmdlineImage + "=1"
 		need["virtio_ring"], need["virtio"], need["virtio_mmio"], need["virtio_blk"] = true, true, true, true
+	}
+	if sh.net {
+		need["virtio_ring"], need["virtio"], need["virtio_mmio"] = true, true, true
+		for _, m := range vmimage.NICModules {
+			need[m] = true
+		}
 	}
 	switch ch := d.GuestChannel(); {
 	case strings.HasPrefix(ch, "vsock:"):
@@ -403,6 +434,12 @@ func (s *Sandbox) start(ctx context.Context, sh shape, allowSnap bool) (*vm, err
 	if err != nil {
 		return nil, err
 	}
+	if sh.net {
+		if spec.Net, err = s.takeNetns(ctx); err != nil {
+			os.RemoveAll(spec.RunDir)
+			return nil, err
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
 	var m Machine
@@ -416,10 +453,11 @@ func (s *Sandbox) start(ctx context.Context, sh shape, allowSnap bool) (*vm, err
 	}
 	if err != nil {
 		os.RemoveAll(spec.RunDir)
+		s.returnNetns(spec.Net) // the driver left no VMM, so no tap
 		return nil, fmt.Errorf("%s: start VM: %w", d.Name(), err)
 	}
 	launched := time.Since(t0)
-	v := &vm{m: m, dir: spec.RunDir, kind: kind, driver: d}
+	v := &vm{m: m, dir: spec.RunDir, kind: kind, driver: d, ns: spec.Net}
 	r, err := s.waitReady(ctx, v, snap != nil)
 	if err != nil {
 		s.destroy(v)
@@ -510,12 +548,15 @@ func (s *Sandbox) snapshot(ctx context.Context, sh shape, d Driver, sn Snapshott
 	return e.snap, e.err
 }
 
-// destroy kills the VM and removes its run dir.
+// destroy kills the VM, removes its run dir and returns its namespace (its tap went with the
+// VMM, which Kill waited for).
 func (s *Sandbox) destroy(v *vm) {
 	v.m.Kill()
 	if err := os.RemoveAll(v.dir); err != nil {
 		s.log.Warn("remove VM run dir", "dir", v.dir, "err", err)
 	}
+	s.returnNetns(v.ns)
+	v.ns = nil
 }
 
 // destroyAsync destroys v off the call path; Close waits for it.
@@ -545,16 +586,18 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	if why := s.Supports(call.Runtime); why != "" {
 		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", why)
 	}
-	if !call.Limits.Egress.IsZero() {
-		// Never run a tool with a policy as if it had none.
-		return sandbox.Outcome{}, isolation.Errorf(isolation.ErrTierUnavailable, "%s", s.SupportsEgress())
-	}
 	call.Limits = call.Limits.WithDefaults()
 	req, rootfs, err := buildRequest(call)
 	if err != nil {
 		return sandbox.Outcome{}, err
 	}
 	sh := s.shapeOf(call.Limits)
+	if sh.net {
+		// Never run a tool with a policy as if it had none.
+		if _, err := s.network(ctx); err != nil {
+			return sandbox.Outcome{}, err
+		}
+	}
 	if rootfs != "" {
 		d, err := s.openDrive(ctx, call.Tool, rootfs)
 		if err != nil {
@@ -573,13 +616,14 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		sent := time.Now()
 		o, err := s.exchange(ctx, v, call, req)
 		s.destroyAsync(v)
-		if !vmmDied(v, err) || ctx.Err() != nil || time.Since(sent) > pooledRetryWindow {
+		if !vmmDied(v, err) || ctx.Err() != nil || time.Since(sent) > pooledRetryWindow || sh.net {
 			return o, err
 		}
 		// The pooled VMM died right as we took it (killed while idle, a moment before the
 		// liveness check could see it). Nothing of the call can have left the VM, which had no
-		// NIC and is gone: run it once more in a fresh VM. Only then: a VMM that dies later, with
-		// the tool under way, fails the call rather than run the tool twice.
+		// NIC (a VM with one is never retried: its tool may have reached the network) and is
+		// gone: run it once more in a fresh VM. Only then: a VMM that dies later, with the tool
+		// under way, fails the call rather than run the tool twice.
 		s.deadPooled.Add(1)
 		s.log.Warn("pooled VM died under the call; retrying in a fresh VM", "call", call.ID, "err", err)
 	}
@@ -648,6 +692,9 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 	defer cancel()
 	stop := context.AfterFunc(hard, func() { v.m.Kill() })
 	defer stop()
+	var release func()
+	req.Net, release = s.bindNet(v, call)
+	defer release()
 	t0 := time.Now()
 	if err := guest.WriteFrame(v.conn, guest.TypeRequest, req); err != nil {
 		if ctx.Err() != nil {
@@ -777,6 +824,7 @@ func (s *Sandbox) Close() error {
 	for _, p := range pools {
 		p.close(s)
 	}
+	s.closeNet()
 	s.mu.Lock()
 	for digest, d := range s.held {
 		d.Close()

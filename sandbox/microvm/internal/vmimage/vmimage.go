@@ -31,7 +31,7 @@ const DefaultDataDir = "/var/lib/axocoatl/vm"
 
 // FormatVersion changes whenever the layout or contents Prepare produces change; a data dir of
 // another version is rebuilt.
-const FormatVersion = 5
+const FormatVersion = 6
 
 // DefaultKernelPackage is the Debian meta package whose dependency is the guest kernel.
 const DefaultKernelPackage = "linux-image-cloud-amd64"
@@ -46,11 +46,17 @@ var DefaultRootPackages = []string{
 }
 
 // Modules are loaded by the agent in this order when its channel needs them (vsock, virtio
-// console) or its root is a drive (virtio_blk); the QEMU serial channel needs none.
+// console), its root is a drive (virtio_blk) or the VM has a NIC (virtio_net, which needs
+// failover and net_failover: modules in Debian's cloud kernel); the QEMU serial channel needs none.
 var Modules = []string{
 	"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console",
 	"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+	"failover", "net_failover", "virtio_net",
 }
+
+// NICModules are the modules of Modules a VM with a NIC loads (after virtio_ring, virtio and
+// virtio_mmio).
+var NICModules = []string{"failover", "net_failover", "virtio_net"}
 
 // Config says what Prepare builds.
 type Config struct {
@@ -388,6 +394,9 @@ func finishRoot(root string, agent []byte) error {
 		"etc/group":    "root:x:0:\nnogroup:x:65534:\n",
 		"etc/hostname": "axoguest\n",
 		"etc/hosts":    "127.0.0.1 localhost\n",
+		// Empty: a call with a network policy gets the gate's resolver mounted over it (the
+		// guest agent in a VM, the Oci tier in a container on this root).
+		"etc/resolv.conf": "",
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
