@@ -54,22 +54,20 @@ func configureNet(n *guest.Net) error {
 	return bindResolvConf("nameserver " + dns.String() + "\noptions timeout:2 attempts:2\n")
 }
 
+// resolvDir holds the call's resolv.conf: root's, closed to the tool (which may see its name in
+// /tmp but neither enter nor, /tmp being sticky, remove it). The file keeps its name: a bind of an
+// unlinked file could not be bound again (the tool init binds it over an image's).
+const resolvDir = "/tmp/.axocoatl-net"
+
 // bindResolvConf writes content to a root-owned file and binds it read-only over the root's
-// /etc/resolv.conf (an empty file in the guest image). The file is made in /tmp and unlinked at
-// once: the bind keeps it, and the tool never sees its name.
+// /etc/resolv.conf (an empty file in the guest image).
 func bindResolvConf(content string) error {
-	f, err := os.CreateTemp("/tmp", ".resolv-*")
-	if err != nil {
-		return err
+	if err := os.Mkdir(resolvDir, 0o700); err != nil {
+		return fmt.Errorf("net: %w", err)
 	}
-	name := f.Name()
-	defer os.Remove(name)
-	_, werr := f.WriteString(content)
-	if err := f.Close(); werr != nil || err != nil {
-		return fmt.Errorf("net: resolv.conf: %v %v", werr, err)
-	}
-	if err := os.Chmod(name, 0o644); err != nil {
-		return err
+	name := resolvDir + "/resolv.conf"
+	if err := os.WriteFile(name, []byte(content), 0o644); err != nil {
+		return fmt.Errorf("net: %w", err)
 	}
 	if err := unix.Mount(name, resolvConf, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("net: bind %s: %w", resolvConf, err)

@@ -135,13 +135,15 @@ func (n *NS) joinTap() error {
 	}
 	for _, d := range []struct{ from, to netlink.Link }{{eth, tap}, {tap, eth}} {
 		idx := d.from.Attrs().Index
-		q := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
-		if err := h.QdiscReplace(q); err != nil {
+		q := ingress(idx)
+		// eth0's qdisc may hold the redirect to a previous VM's tap: deleting it drops its filter.
+		_ = h.QdiscDel(q)
+		if err := h.QdiscAdd(q); err != nil {
 			return fmt.Errorf("ingress qdisc on %s: %w", d.from.Attrs().Name, err)
 		}
-		f := &netlink.U32{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(0xffff, 0), Handle: netlink.MakeHandle(0x800, 0x800),
-			Priority: 1, Protocol: unix.ETH_P_ALL}, RedirIndex: d.to.Attrs().Index}
-		if err := h.FilterReplace(f); err != nil {
+		f := &netlink.U32{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: q.Handle, Priority: 1, Protocol: unix.ETH_P_ALL},
+			RedirIndex: d.to.Attrs().Index}
+		if err := h.FilterAdd(f); err != nil {
 			return fmt.Errorf("redirect %s to %s: %w", d.from.Attrs().Name, d.to.Attrs().Name, err)
 		}
 	}
@@ -159,6 +161,11 @@ func (n *NS) removeTap() {
 		_ = h.LinkDel(l)
 	}
 	if eth, err := h.LinkByName("eth0"); err == nil {
-		_ = h.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: eth.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}})
+		_ = h.QdiscDel(ingress(eth.Attrs().Index))
 	}
+}
+
+// ingress is the ingress qdisc of link idx.
+func ingress(idx int) *netlink.Ingress {
+	return &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
 }

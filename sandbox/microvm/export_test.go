@@ -6,3 +6,14 @@ func WithRootInInitramfs(c Config) Config {
 	c.rootInInitramfs = true
 	return c
 }
+
+// NetNames returns the link prefix and nftables table of the sandbox's per-call networks ("" before
+// a call with a network policy made them).
+func (s *Sandbox) NetNames() (linkPrefix, table string) {
+	s.netMu.Lock()
+	defer s.netMu.Unlock()
+	if s.net == nil {
+		return "", ""
+	}
+	return s.net.LinkPrefix(), s.net.Table()
+}

@@ -282,6 +282,13 @@ func (s *Sandbox) Supports(req isolation.RuntimeRequirement) string {
 // Probe reports the first available driver, or why none is, and whether the guest image exists.
 func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
 	_, _, a := s.backend(ctx)
+	if a.Available {
+		if why := s.netUnavailable(ctx); why != "" {
+			a.Network = "unavailable: " + why
+		} else {
+			a.Network = "a NIC per VM, in a per-call network namespace whose only way out is the egress gate"
+		}
+	}
 	return a
 }
 

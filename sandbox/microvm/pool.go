@@ -302,6 +302,13 @@ func (s *Sandbox) Prepare(ctx context.Context, call sandbox.Call) error {
 		return nil
 	}
 	sh := s.shapeOf(call.Limits.WithDefaults())
+	if sh.net {
+		// Pooled VMs with a NIC hold a namespace each: refuse here, as Run would, rather than
+		// have refills fail.
+		if _, err := s.network(ctx); err != nil {
+			return err
+		}
+	}
 	rootfs, _, err := imageRoot(call)
 	if err != nil {
 		return err

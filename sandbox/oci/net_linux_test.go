@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -24,7 +22,6 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/internal/callnet"
-	"github.com/axocoatl/isolation/internal/egresstest"
 	"github.com/axocoatl/isolation/internal/fakenet"
 	"github.com/axocoatl/isolation/sandbox"
 )
@@ -45,13 +42,8 @@ func needNetprobe(t testing.TB) {
 		t.Skip(why)
 	}
 	netprobeOnce.Do(func() {
-		dir := filepath.Dir(env.toolsDir)
-		bin := filepath.Join(dir, "netprobe")
-		//lint:ignore SA1019 tests run where the toolchain that built them is
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "../../internal/fakenet/netprobe")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			netprobeOnce.err = fmt.Errorf("build netprobe: %v: %s", err, out)
+		bin := filepath.Join(filepath.Dir(env.toolsDir), "netprobe")
+		if netprobeOnce.err = fakenet.BuildNetprobe(bin); netprobeOnce.err != nil {
 			return
 		}
 		if err := makeBundle(env.toolsDir, "netprobe", bin); err != nil {
@@ -70,11 +62,7 @@ func needNetprobe(t testing.TB) {
 func runInNetns(t *testing.T, child string) {
 	t.Helper()
 	needNetprobe(t)
-	out, err := fakenet.RunInNetns(child, netHelperEnv+"=1", "AXO_OCI_TOOLS="+env.toolsDir)
-	if err != nil || !strings.Contains(string(out), "--- PASS: "+child) {
-		t.Fatalf("%s: %v\n%s", child, err, out)
-	}
-	t.Logf("%s", out)
+	fakenet.RunTestInNetns(t, child, netHelperEnv+"=1", "AXO_OCI_TOOLS="+env.toolsDir)
 }
 
 type probeOp = fakenet.Probe
@@ -115,25 +103,14 @@ func policy(t testing.TB, patterns ...string) egress.Policy {
 	return egress.NewPolicy(ps...)
 }
 
-// fakeInternet starts the fake internet and a gate resolving through its DNS server, with the
-// documentation ranges public. Only in a child of runInNetns.
+// fakeInternet starts the fake internet and its gate (fakenet.StartWithGate). Only in a child of
+// runInNetns.
 func fakeInternet(t *testing.T) (*fakenet.Internet, *egress.Gate) {
 	t.Helper()
 	if os.Getenv(netHelperEnv) == "" {
 		t.Skip("only run in a network namespace of its own, by its parent test")
 	}
-	in, err := fakenet.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(in.Close)
-	t.Cleanup(egresstest.MarkTestNetPublic())
-	g, err := egress.NewGate(egress.GateConfig{Resolver: in.Resolver,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in, g
+	return fakenet.StartWithGate(t)
 }
 
 func TestEgressFakeInternet(t *testing.T) { runInNetns(t, "TestEgressFakeInternetChild") }

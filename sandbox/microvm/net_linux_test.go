@@ -1,0 +1,299 @@
+package microvm_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/vishvananda/netlink"
+
+	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/egress"
+	"github.com/axocoatl/isolation/internal/callnet"
+	"github.com/axocoatl/isolation/internal/fakenet"
+	"github.com/axocoatl/isolation/sandbox"
+	"github.com/axocoatl/isolation/sandbox/microvm"
+	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
+)
+
+// The microVM tier's NIC, tested as the Oci tier's per-call networks are: the same fake internet
+// (package fakenet), the same table of ways out, one VM running them all (boots under TCG take
+// 1–2 s each, so the tests boot few).
+
+// netprobeBin builds the netprobe tool once per test binary.
+var netprobeBin = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "axo-netprobe-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "netprobe")
+	return bin, fakenet.BuildNetprobe(bin)
+})
+
+// netprobeBundle returns a ContainerImage bundle running netprobe (5 MB: on an image drive, not
+// through the agent's channel, which a tool folder crosses at UART speed), with an empty
+// /etc/resolv.conf for the agent to bind the call's over.
+func netprobeBundle(t testing.TB) string {
+	t.Helper()
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+	if why := callnet.Available(); why != "" {
+		t.Skip(why)
+	}
+	bin, err := netprobeBin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return busyboxBundle(t, "exec /netprobe", 65534, 65534, []string{"PATH=/bin"}, "/", func(rootfs string) {
+		b, err := os.ReadFile(bin)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(rootfs, "netprobe"), b, 0o755)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(rootfs, "etc", "resolv.conf"), nil, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func netCall(bundle string, pol egress.Policy, ops ...fakenet.Probe) sandbox.Call {
+	in, _ := json.Marshal(map[string]any{"ops": ops})
+	c := imageCall(uuid.NewString(), bundle, string(in))
+	c.Limits.Timeout, c.Limits.Egress = 60*time.Second, pol
+	return c
+}
+
+func runProbe(t testing.TB, s *microvm.Sandbox, call sandbox.Call) []fakenet.ProbeResult {
+	t.Helper()
+	out, err := s.Run(context.Background(), call)
+	if err != nil {
+		t.Fatalf("run: %v (stderr %s)", err, out.Stderr)
+	}
+	if out.ExitCode != 0 {
+		t.Fatalf("netprobe exited %d: %s", out.ExitCode, out.Stderr)
+	}
+	var r struct {
+		Results []fakenet.ProbeResult `json:"results"`
+	}
+	if err := json.Unmarshal(out.Output, &r); err != nil {
+		t.Fatalf("output %s: %v", out.Output, err)
+	}
+	return r.Results
+}
+
+func policy(t testing.TB, patterns ...string) egress.Policy {
+	t.Helper()
+	ps, err := egress.ParsePatterns(patterns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return egress.NewPolicy(ps...)
+}
+
+func TestEgressFakeInternet(t *testing.T) {
+	netprobeBundle(t)
+	fakenet.RunTestInNetns(t, "TestEgressFakeInternetChild")
+}
+
+// TestEgressFakeInternetChild: a VM whose tool is allowed **.allowed.test on 80 and 443 reaches
+// api.allowed.test and nothing else (the table both tiers run); a pooled VM with a NIC serves
+// the next call with that call's own policy; a tool without a policy has no way out; after
+// Close no link, tap or table is left.
+func TestEgressFakeInternetChild(t *testing.T) {
+	in, gate := fakenet.StartWithGate(t)
+	s := newSandbox(t, microvm.Config{Gate: gate, PoolSize: 1})
+	bundle := netprobeBundle(t)
+	if a := s.Probe(context.Background()); !strings.HasPrefix(a.Network, "a NIC per VM") {
+		t.Errorf("Probe network %q", a.Network)
+	}
+	cases := in.EgressCases()
+	in.CheckEgress(t, cases, runProbe(t, s, netCall(bundle, policy(t, fakenet.EgressPatterns...), fakenet.EgressOps(cases)...)), 2500)
+
+	// The call refilled the pool of its shape: VMs with a NIC. The next call, with another
+	// policy, is served by the pooled VM under its own policy only.
+	deadline := time.Now().Add(2 * time.Minute)
+	for !poolReady(s) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	pooledBefore := s.Stats().Pooled
+	res := runProbe(t, s, netCall(bundle, policy(t, "other.test:80"),
+		fakenet.Probe{"op": "http", "url": "http://other.test/"}, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"}))
+	if s.Stats().Pooled != pooledBefore+1 {
+		t.Errorf("the second call was not served by a pooled VM: %+v", s.Stats())
+	}
+	if !res[0].OK || res[1].OK {
+		t.Errorf("pooled VM under other.test:80: other.test %+v, api.allowed.test %+v", res[0], res[1])
+	}
+	if h := in.Hits(); len(h) != 1 || h["other"] == 0 {
+		t.Errorf("canaries %v: want other.test's only (it was allowed)", h)
+	}
+
+	// A tool without a policy: a VM without a NIC.
+	res = runProbe(t, s, netCall(bundle, egress.Policy{}, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"},
+		fakenet.Probe{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
+	for _, r := range res {
+		if r.OK {
+			t.Errorf("a tool without a policy reached the network: %+v", r)
+		}
+	}
+
+	prefix, table := s.NetNames()
+	if prefix == "" {
+		t.Fatal("no per-call networks were made")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNetGone(t, prefix, table)
+}
+
+func poolReady(s *microvm.Sandbox) bool {
+	for _, p := range s.PoolStats() {
+		if p.Ready > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// assertNetGone fails unless every link of the pool (and with them the namespaces and their
+// taps) and its table are gone.
+func assertNetGone(t testing.TB, prefix, table string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		left := linksWith(prefix)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("links left: %v", left)
+		}
+	}
+	if out, err := exec.Command("nft", "list", "table", "inet", table).CombinedOutput(); err == nil {
+		t.Fatalf("table %s left:\n%s", table, out)
+	}
+}
+
+func linksWith(prefix string) []string {
+	ls, _ := netlink.LinkList()
+	var out []string
+	for _, l := range ls {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	return out
+}
+
+// A tool with a network policy is refused, saying why, where the tier cannot give it a NIC (no
+// gate); Probe says so too. Tools without one are unaffected.
+func TestEgressRefusedWithoutGate(t *testing.T) {
+	s := newSandbox(t, microvm.Config{})
+	call := netCall(netprobeBundle(t), policy(t, "api.allowed.test:443"))
+	if _, err := s.Run(context.Background(), call); !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "no egress gate") {
+		t.Fatalf("err %v, want tier unavailable naming the gate", err)
+	}
+	if err := s.Prepare(context.Background(), call); !errors.Is(err, isolation.ErrTierUnavailable) {
+		t.Fatalf("Prepare: %v", err)
+	}
+	if why := s.SupportsEgress(); !strings.Contains(why, "no egress gate") {
+		t.Fatalf("SupportsEgress %q", why)
+	}
+	if a := s.Probe(context.Background()); !strings.HasPrefix(a.Network, "unavailable: no egress gate") {
+		t.Fatalf("Probe network %q", a.Network)
+	}
+}
+
+// netHelperEnv makes the test binary, re-executed by TestEgressOwnerKilled, a process that keeps
+// a pooled VM with a NIC and prints its run dir, link prefix and table, then waits to be killed.
+const netHelperEnv = "AXO_VM_NET_HELPER"
+
+func TestEgressOwnerKilledHelper(t *testing.T) {
+	root := os.Getenv(netHelperEnv)
+	if root == "" {
+		t.Skip("only run by TestEgressOwnerKilled")
+	}
+	gate, err := egress.NewGate(egress.GateConfig{Resolver: "127.0.0.1:53"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{qemu.New(qemu.Config{})}, DataDir: testDataDir, RunDir: root,
+		PoolSize: 1, Gate: gate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Prepare(context.Background(), netCall(netprobeBundle(t), policy(t, "api.allowed.test:80"))); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); !poolReady(s); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the pool did not fill")
+		}
+	}
+	prefix, table := s.NetNames()
+	println("NET READY", s.RunDir(), prefix, table)
+	time.Sleep(time.Minute)
+}
+
+// TestEgressOwnerKilled: SIGKILL of a process holding a pooled VM with a NIC leaves nothing: the
+// VMM dies (its parent-death signal, its keeper), its tap and namespace with it, and the keeper
+// removes the table.
+func TestEgressOwnerKilled(t *testing.T) {
+	netprobeBundle(t)
+	root := filepath.Join(runRoot, "netkilled")
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	helper := exec.Command(os.Args[0], "-test.run=^TestEgressOwnerKilledHelper$")
+	helper.Env = append(os.Environ(), netHelperEnv+"="+root)
+	errOut, err := helper.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = helper.Process.Kill(); _ = helper.Wait() }()
+	var dir, prefix, table string
+	sc := bufio.NewScanner(errOut)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 5 && f[0] == "NET" && f[1] == "READY" {
+			dir, prefix, table = f[2], f[3], f[4]
+			break
+		}
+		t.Log(sc.Text())
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	if dir == "" {
+		t.Fatal("the helper did not get ready")
+	}
+	if qemus(dir) != 1 || len(linksWith(prefix)) == 0 {
+		t.Fatalf("the helper runs %d qemu and links %v", qemus(dir), linksWith(prefix))
+	}
+	_ = helper.Process.Signal(syscall.SIGKILL)
+	_ = helper.Wait()
+	for deadline := time.Now().Add(10 * time.Second); qemus(dir) > 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := qemus(dir); n != 0 {
+		t.Fatalf("%d qemu still run", n)
+	}
+	assertNetGone(t, prefix, table)
+}
