@@ -510,3 +510,142 @@ func report(b *testing.B, d []time.Duration) {
 	b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(d[len(d)*95/100].Microseconds())/1000, "p95-ms")
 }
+
+// TestNamespacesForVMs: a namespace for VMs carries no address of its own; its tap is joined to
+// the host side at layer 2 (an ARP request written into the tap as the guest would, from the
+// namespace's address, is answered by the host side through it); a VMM's tap goes with its
+// descriptor and a persistent one is removed when the namespace is recycled, so the next VM's
+// namespace holds only lo and eth0.
+func TestNamespacesForVMs(t *testing.T) {
+	needRoot(t)
+	p, err := New(Config{Table: testTable(), RunDir: t.TempDir(), Gate: newStandIn(), Ready: 1, Max: 1, ForVMs: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns.ResolvConf != "" {
+		t.Errorf("a namespace for VMs has a resolv.conf: %s", ns.ResolvConf)
+	}
+	if as := addrsInside(t, ns, "eth0"); len(as) != 0 {
+		t.Fatalf("eth0 of a namespace for VMs has addresses %v", as)
+	}
+	tap, err := ns.OpenTap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestMAC := net.HardwareAddr{0x02, 0xa0, 0xc0, 0xa7, 0, 1}
+	// virtio_net_hdr (10 bytes, no offloads) + Ethernet + ARP request "who has Peer, tell Addr".
+	frame := make([]byte, 10, 10+42)
+	frame = append(frame, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+	frame = append(frame, guestMAC...)
+	frame = append(frame, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1)
+	frame = append(frame, guestMAC...)
+	frame = append(frame, ns.Addr.AsSlice()...)
+	frame = append(frame, 0, 0, 0, 0, 0, 0)
+	frame = append(frame, ns.Peer.AsSlice()...)
+	buf := make([]byte, 2048)
+	answered := false
+	deadline, resend := time.Now().Add(5*time.Second), time.Time{}
+	for !answered {
+		if time.Now().After(resend) {
+			// As a guest does, ask again every 200 ms (a first request can be lost while the
+			// host side's link settles).
+			if _, err := tap.Write(frame); err != nil {
+				t.Fatal(err)
+			}
+			resend = time.Now().Add(200 * time.Millisecond)
+		}
+		// The tap is not in Go's poller (a device file): poll it here.
+		pfd := []unix.PollFd{{Fd: int32(tap.Fd()), Events: unix.POLLIN}}
+		if n, err := unix.Poll(pfd, 50); err != nil || time.Now().After(deadline) {
+			t.Fatalf("no ARP reply from the host side through the tap: %v", err)
+		} else if n == 0 {
+			continue
+		}
+		n, err := unix.Read(int(tap.Fd()), buf)
+		if err != nil || n < 10 {
+			t.Fatalf("read the tap: %d %v", n, err)
+		}
+		f := buf[10:n]
+		// An ARP reply to the guest's MAC saying Peer is at some MAC.
+		answered = len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2 && net.HardwareAddr(f[0:6]).String() == guestMAC.String() &&
+			netip.AddrFrom4([4]byte(f[28:32])) == ns.Peer
+	}
+	tap.Close()
+	p.Put(ns)
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Addr != ns.Addr || p.Stats().Recycled != 1 {
+		t.Fatalf("the namespace was not recycled: %s after %s, %+v", again.Addr, ns.Addr, p.Stats())
+	}
+	if ls := linksInside(t, again); !slices.Equal(ls, []string{"eth0", "lo"}) {
+		t.Fatalf("links of the recycled namespace: %v", ls)
+	}
+	// A persistent tap for a VMM that opens it by name, owned by the VMM's uid.
+	if err := again.MakeTap(0x71010000, 0x71010000); err != nil {
+		t.Fatal(err)
+	}
+	if ls := linksInside(t, again); !slices.Equal(ls, []string{"eth0", "lo", TapName}) {
+		t.Fatalf("links with a persistent tap: %v", ls)
+	}
+	p.Put(again)
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	third, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Put(third)
+	if ls := linksInside(t, third); !slices.Equal(ls, []string{"eth0", "lo"}) {
+		t.Fatalf("the persistent tap survived the recycling: %v", ls)
+	}
+}
+
+func linksInside(t *testing.T, ns *NS) []string {
+	t.Helper()
+	h, err := netlink.NewHandleAt(nsHandle(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ls, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func addrsInside(t *testing.T, ns *NS, link string) []netlink.Addr {
+	t.Helper()
+	h, err := netlink.NewHandleAt(nsHandle(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := h.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return as
+}
