@@ -24,6 +24,7 @@ import (
 	"github.com/axocoatl/isolation/sandbox/microvm/firecracker/internal/fcapi"
 
 	"github.com/axocoatl/isolation"
+	"github.com/axocoatl/isolation/internal/callnet"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 )
 
@@ -237,15 +238,39 @@ func Cmdline(extra string) string {
 	return strings.Join(out, " ")
 }
 
+// SupportsNIC implements microvm.NICDriver: Firecracker opens a VM's tap by name in its own
+// network namespace, so it must start inside the call's, which only its jailer can do (--netns).
+func (d *Driver) SupportsNIC() string {
+	if d.opts.Jailer == nil {
+		return "Firecracker joins a call's network namespace only through its jailer (--netns): configure vm.jailer"
+	}
+	return ""
+}
+
+// guestIface is the guest's network interface id in the API.
+const guestIface = "eth0"
+
 func (d *Driver) start(ctx context.Context, spec microvm.BootSpec) (*process, error) {
 	bin, err := d.binary()
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: %w", err)
 	}
+	netns := ""
+	if spec.Net != nil {
+		if why := d.SupportsNIC(); why != "" {
+			return nil, errors.New("firecracker: " + why)
+		}
+		// The tap exists before Firecracker opens it by name (a jailed VMM may not create one)
+		// and belongs to the jailed uid; callnet removes it when the namespace is recycled.
+		if err := spec.Net.MakeTap(d.opts.Jailer.UID, d.opts.Jailer.GID); err != nil {
+			return nil, fmt.Errorf("firecracker: %w", err)
+		}
+		netns = spec.Net.Path()
+	}
 	return startProcess(ctx, startConfig{
 		Binary: bin, Jailer: d.opts.Jailer, ID: spec.ID, RunDir: spec.RunDir,
 		Output: spec.Stderr, Log: d.opts.Logger, SocketTimeout: d.opts.SocketTimeout,
-		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs,
+		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs, Netns: netns,
 	})
 }
 
@@ -341,6 +366,12 @@ func (d *Driver) Boot(ctx context.Context, spec microvm.BootSpec) (_ microvm.Mac
 	}
 	if err := c.PutEntropy(ctx, fcapi.EntropyDevice{}); err != nil {
 		return nil, err
+	}
+	if spec.Net != nil {
+		// The snapshot of this VM names the same tap, which every call's namespace has.
+		if err := c.PutNetworkInterface(ctx, fcapi.NetworkInterface{IfaceID: guestIface, HostDevName: callnet.TapName, GuestMAC: microvm.GuestMAC}); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.Action(ctx, fcapi.ActionInstanceStart); err != nil {
 		return nil, err

@@ -98,6 +98,9 @@ type startConfig struct {
 	// MemoryMB and VCPUs size the jailer's cgroup limits (guest RAM + JailerOverheadMB, one CPU
 	// per vCPU plus one); 0 leaves them out.
 	MemoryMB, VCPUs int
+	// Netns is a network namespace (a path) the jailer joins before it execs Firecracker
+	// (--netns); "" keeps the host's. Only with a jailer.
+	Netns string
 }
 
 // JailerOverheadMB is the memory a jailed Firecracker may use beyond guest RAM (Firecracker's
@@ -159,8 +162,14 @@ func startProcess(ctx context.Context, o startConfig) (*process, error) {
 			"--uid", strconv.Itoa(o.Jailer.UID), "--gid", strconv.Itoa(o.Jailer.GID),
 			"--chroot-base-dir", o.Jailer.ChrootBaseDir}
 		args = append(args, jailerCgroupArgs(o.MemoryMB, o.VCPUs)...)
+		if o.Netns != "" {
+			args = append(args, "--netns", o.Netns)
+		}
 		args = append(args, "--", "--api-sock", "/api.sock")
 	} else {
+		if o.Netns != "" {
+			return nil, errors.New("firecracker: joining a network namespace needs the jailer")
+		}
 		bin = o.Binary
 		p.apiSock = filepath.Join(o.RunDir, "api.sock")
 		args = []string{"--api-sock", p.apiSock, "--id", o.ID}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -322,6 +323,8 @@ type fakeFirecracker struct {
 	memMiB     int64
 	// root emulates the jailer's chroot: API paths are resolved under it ("" = host paths).
 	root string
+	// taps are the host_dev_name of the network interfaces.
+	taps []string
 }
 
 // hostPath resolves a path given to the API as the VMM would see it.
@@ -414,6 +417,22 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !preBoot(tmpl) {
 			return
 		}
+	case "PUT /network-interfaces/{iface_id}":
+		if obj["iface_id"] != params["iface_id"] {
+			f.fault(w, 400, "The id from the path [%s] does not match the id from the body [%v]!", params["iface_id"], obj["iface_id"])
+			return
+		}
+		// Firecracker opens the tap by name in its own network namespace (a jailed one may not
+		// create it).
+		tap, _ := obj["host_dev_name"].(string)
+		if !tapExists(tap) {
+			f.fault(w, 400, "Could not create the network device: Open tap device failed: %s not in this network namespace", tap)
+			return
+		}
+		if !preBoot("network-interfaces") {
+			return
+		}
+		f.taps = append(f.taps, tap)
 	case "PUT /vsock":
 		if !preBoot("vsock") {
 			return
@@ -455,7 +474,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.fault(w, 400, "Cannot save microVM state: the microVM is not paused.")
 			return
 		}
-		state, _ := json.Marshal(map[string]any{"vsock": f.vsockPath, "mem": f.memMiB})
+		state, _ := json.Marshal(map[string]any{"vsock": f.vsockPath, "mem": f.memMiB, "taps": f.taps})
 		if err := os.WriteFile(f.hostPath(obj["snapshot_path"].(string)), state, 0o600); err != nil {
 			f.fault(w, 400, "Cannot save the microVM state: %v", err)
 			return
@@ -480,12 +499,20 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var saved struct {
-			Vsock string `json:"vsock"`
+			Vsock string   `json:"vsock"`
+			Taps  []string `json:"taps"`
 		}
 		if err := json.Unmarshal(raw, &saved); err != nil {
 			f.fault(w, 400, "Load snapshot error: bad state file: %v", err)
 			return
 		}
+		for _, tap := range saved.Taps {
+			if !tapExists(tap) {
+				f.fault(w, 400, "Load snapshot error: Open tap device failed: %s not in this network namespace", tap)
+				return
+			}
+		}
+		f.taps = saved.Taps
 		if mb != nil {
 			if _, err := os.Stat(f.hostPath(mb["backend_path"].(string))); err != nil {
 				f.fault(w, 400, "Load snapshot error: Cannot open the memory file: %v", err)
@@ -606,7 +633,7 @@ func runFakeFirecrackerMain() {
 // does and execs the exec file with the arguments after "--"; instead of chroot(2) it tells the
 // fake Firecracker its root (FAKEFC_ROOT), which resolves every API path under it.
 func runFakeJailerMain() {
-	var id, execFile, base string
+	var id, execFile, base, netns string
 	var rest []string
 	args := os.Args[1:]
 	for i := 0; i < len(args); i++ {
@@ -624,6 +651,8 @@ func runFakeJailerMain() {
 			execFile = args[i+1]
 		case "--chroot-base-dir":
 			base = args[i+1]
+		case "--netns":
+			netns = args[i+1]
 		}
 		i++
 	}
@@ -639,6 +668,15 @@ func runFakeJailerMain() {
 	// What the jailer was asked (for the tests to check), beside the jails.
 	_ = os.WriteFile(filepath.Join(base, "args-"+id), []byte(strings.Join(os.Args[1:], "\n")), 0o644)
 	env := append(os.Environ(), "FAKEFC_ROOT="+root)
+	// --netns: join the namespace on the thread that execs, as the jailer does before it execs
+	// Firecracker (the new program runs in the execing thread's namespace).
+	runtime.LockOSThread()
+	if netns != "" {
+		if err := joinNetns(netns); err != nil {
+			fmt.Fprintln(os.Stderr, "fake jailer: --netns:", err)
+			os.Exit(1)
+		}
+	}
 	err := syscall.Exec(execFile, append([]string{execFile, "--id", id}, rest...), env)
 	fmt.Fprintln(os.Stderr, "fake jailer: exec:", err)
 	os.Exit(1)

@@ -51,6 +51,15 @@ type Drive struct {
 	IOEngine string `json:"io_engine,omitempty"`
 }
 
+// NetworkInterface is the spec's NetworkInterface (PUT /network-interfaces/{iface_id},
+// pre-boot only): a virtio-net device backed by the tap HostDevName, which Firecracker opens by
+// name in its own network namespace.
+type NetworkInterface struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+	GuestMAC    string `json:"guest_mac,omitempty"`
+}
+
 // Vsock is the spec's Vsock (PUT /vsock, pre-boot only). Host-initiated connections go through
 // UDSPath; guest-initiated ones to port P arrive on UDSPath + "_P".
 type Vsock struct {

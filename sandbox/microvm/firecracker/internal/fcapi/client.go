@@ -115,6 +115,17 @@ func (c *Client) PutDrive(ctx context.Context, d Drive) error {
 	return c.do(ctx, http.MethodPut, "/drives/"+d.DriveID, d, nil)
 }
 
+// PutNetworkInterface creates the network interface n.IfaceID (pre-boot only).
+func (c *Client) PutNetworkInterface(ctx context.Context, n NetworkInterface) error {
+	if !validDriveID(n.IfaceID) {
+		return fmt.Errorf("firecracker: invalid interface id %q (want 1-64 of [A-Za-z0-9_])", n.IfaceID)
+	}
+	if n.HostDevName == "" || len(n.HostDevName) > 15 || strings.ContainsAny(n.HostDevName, "/ \x00") {
+		return fmt.Errorf("firecracker: invalid tap name %q", n.HostDevName)
+	}
+	return c.do(ctx, http.MethodPut, "/network-interfaces/"+n.IfaceID, n, nil)
+}
+
 // PutVsock creates the vsock device (pre-boot only). The guest CID must be at least 3.
 func (c *Client) PutVsock(ctx context.Context, v Vsock) error {
 	if v.GuestCID < 3 {
