@@ -353,6 +353,12 @@ func serve(ch string) error {
 			if h.Warm {
 				warm()
 			}
+			if h.Net != nil {
+				if err := configureNetOnce(h.Net); err != nil {
+					// The call's request configures it again, and fails saying why.
+					logger.Warn("network", "err", err)
+				}
+			}
 			r := ready
 			r.Nonce = h.Nonce
 			if err := guest.WriteFrame(conn, guest.TypeReady, r); err != nil {
@@ -479,7 +485,7 @@ func handle(req guest.Request) guest.Response {
 		_ = unix.Sethostname([]byte(host))
 	}
 	if req.Net != nil {
-		if err := configureNet(req.Net); err != nil {
+		if err := configureNetOnce(req.Net); err != nil {
 			return guest.Response{Error: err.Error()}
 		}
 	}

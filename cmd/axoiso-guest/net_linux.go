@@ -30,6 +30,26 @@ func disableIPv6ByDefault() error {
 	return os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
 }
 
+// netDone is the configuration the NIC got (nil: none yet).
+var netDone *guest.Net
+
+// configureNetOnce configures the NIC with n unless it has n already (a pooled VM configured it
+// when it was warmed, its call's request carries the same); another configuration is refused.
+func configureNetOnce(n *guest.Net) error {
+	if netDone != nil {
+		if *netDone != *n {
+			return fmt.Errorf("net: the NIC is configured for %s already, not %s", netDone.Addr, n.Addr)
+		}
+		return nil
+	}
+	if err := configureNet(n); err != nil {
+		return err
+	}
+	c := *n
+	netDone = &c
+	return nil
+}
+
 // configureNet gives eth0 the call's address and default route and binds a resolv.conf naming
 // the call's resolver over the root's.
 func configureNet(n *guest.Net) error {

@@ -103,14 +103,22 @@ func (s *Sandbox) returnNetns(ns *callnet.NS) {
 	}
 }
 
+// netConfig is the guest's network configuration in v's namespace: the container side's
+// address, the host side as route and resolver (nil for a VM without a NIC).
+func netConfig(v *vm) *guest.Net {
+	if v.ns == nil {
+		return nil
+	}
+	return &guest.Net{Addr: v.ns.Addr.String(), PrefixLen: 31, Gateway: v.ns.Peer.String(), DNS: v.ns.Peer.String()}
+}
+
 // bindNet binds the call's policy to v's address in the gate and returns the guest's network
 // configuration and the release of the binding; for a VM without a NIC, nil and a no-op.
 func (s *Sandbox) bindNet(v *vm, call sandbox.Call) (*guest.Net, func()) {
 	if v.ns == nil {
 		return nil, func() {}
 	}
-	release := s.opts.Gate.Bind(v.ns.Addr, call.Limits.Egress, call.ID)
-	return &guest.Net{Addr: v.ns.Addr.String(), PrefixLen: 31, Gateway: v.ns.Peer.String(), DNS: v.ns.Peer.String()}, release
+	return netConfig(v), s.opts.Gate.Bind(v.ns.Addr, call.Limits.Egress, call.ID)
 }
 
 // closeNet closes the pool of namespaces (its table and the gate's listeners go); every VM was

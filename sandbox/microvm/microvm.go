@@ -528,7 +528,7 @@ func (s *Sandbox) snapshot(ctx context.Context, sh shape, d Driver, sn Snapshott
 			// Read from the drive once what a call needs (the agent's path, sh, Python and its
 			// json imports), so that every clone finds it in its page cache instead of reading
 			// it through virtio-blk. Costs ~1 s once and makes the snapshot somewhat larger.
-			if err := s.warm(ctx, v, sh.drive == "", false); err != nil {
+			if err := s.warm(ctx, v, sh.drive == "", false, nil); err != nil {
 				e.err = err
 				return
 			}

@@ -124,10 +124,7 @@ func TestEgressFakeInternetChild(t *testing.T) {
 
 	// The call refilled the pool of its shape: VMs with a NIC. The next call, with another
 	// policy, is served by the pooled VM under its own policy only.
-	deadline := time.Now().Add(2 * time.Minute)
-	for !poolReady(s) && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitPool(t, s, 1)
 	pooledBefore := s.Stats().Pooled
 	res := runProbe(t, s, netCall(bundle, policy(t, "other.test:80"),
 		fakenet.Probe{"op": "http", "url": "http://other.test/"}, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"}))
@@ -158,15 +155,6 @@ func TestEgressFakeInternetChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNetGone(t, prefix, table)
-}
-
-func poolReady(s *microvm.Sandbox) bool {
-	for _, p := range s.PoolStats() {
-		if p.Ready > 0 {
-			return true
-		}
-	}
-	return false
 }
 
 // assertNetGone fails unless every link of the pool (and with them the namespaces and their
@@ -238,11 +226,7 @@ func TestEgressOwnerKilledHelper(t *testing.T) {
 	if err := s.Prepare(context.Background(), netCall(netprobeBundle(t), policy(t, "api.allowed.test:80"))); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(2 * time.Minute); !poolReady(s); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the pool did not fill")
-		}
-	}
+	waitPool(t, s, 1)
 	prefix, table := s.NetNames()
 	println("NET READY", s.RunDir(), prefix, table)
 	time.Sleep(time.Minute)
@@ -296,4 +280,86 @@ func TestEgressOwnerKilled(t *testing.T) {
 		t.Fatalf("%d qemu still run", n)
 	}
 	assertNetGone(t, prefix, table)
+}
+
+// BenchmarkEgressCall: the same shell tool without and with a network policy, interleaved in one
+// run (alternating which goes first): from pools (a VM with a NIC is another shape, pooled with
+// its namespace; binding the policy and configuring the guest's NIC are what the policy adds at
+// claim time) and cold (a boot with the NIC, its namespace from callnet's pool).
+//
+//	go test -run '^$' -bench EgressCall -benchtime 10x ./sandbox/microvm/
+func BenchmarkEgressCall(b *testing.B) {
+	for _, mode := range []string{"pooled", "cold"} {
+		b.Run(mode, func(b *testing.B) {
+			if why := callnet.Available(); why != "" {
+				b.Skip(why)
+			}
+			gate, err := egress.NewGate(egress.GateConfig{Resolver: "127.0.0.1:53"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			opts := microvm.Config{Gate: gate}
+			if mode == "pooled" {
+				opts.PoolSize, opts.Snapshots = 1, true
+			}
+			s := newSandbox(b, opts)
+			dir, entry := tool(b, benchShell.file, benchShell.content, 0o644)
+			none := call("bench", benchShell.req, dir, entry, `{}`, 20*time.Second)
+			pol := none
+			pol.Limits.Egress = policy(b, "api.allowed.test:443")
+			ctx := context.Background()
+			for _, c := range []sandbox.Call{none, pol} { // warm up; take the snapshots
+				if _, err := s.Run(ctx, c); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var dn, dp []time.Duration
+			for i := 0; b.Loop(); i++ {
+				order := []struct {
+					c sandbox.Call
+					d *[]time.Duration
+				}{{none, &dn}, {pol, &dp}}
+				if i%2 == 1 {
+					order[0], order[1] = order[1], order[0]
+				}
+				for _, o := range order {
+					if mode == "pooled" {
+						b.StopTimer()
+						waitPools(b, s, 2)
+						time.Sleep(300 * time.Millisecond) // let the clones settle to idle
+						b.StartTimer()
+					}
+					t0 := time.Now()
+					out, err := s.Run(ctx, o.c)
+					*o.d = append(*o.d, time.Since(t0))
+					if err != nil || !strings.Contains(string(out.Output), "ok") {
+						b.Fatalf("Run: %v %q", err, out.Output)
+					}
+				}
+			}
+			b.ReportMetric(float64(median(dn).Microseconds())/1000, "none-p50-ms")
+			b.ReportMetric(float64(median(dp).Microseconds())/1000, "policy-p50-ms")
+			b.ReportMetric(float64((median(dp)-median(dn)).Microseconds())/1000, "added-p50-ms")
+			b.Logf("stats %+v", s.Stats())
+		})
+	}
+}
+
+// waitPools waits until n pools each hold a ready VM.
+func waitPools(t testing.TB, s *microvm.Sandbox, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		ready := 0
+		for _, p := range s.PoolStats() {
+			if p.Ready > 0 {
+				ready++
+			}
+		}
+		if ready >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pools never held a ready VM: %+v", n, s.PoolStats())
+		}
+	}
 }

@@ -209,7 +209,7 @@ func (s *Sandbox) fillPool(p *pool, sh shape) {
 			}
 			v, err := s.start(s.ctx, sh, true)
 			if err == nil {
-				if err = s.warm(s.ctx, v, s.opts.WarmPool && sh.drive == "", sh.drive != ""); err != nil {
+				if err = s.warm(s.ctx, v, s.opts.WarmPool && sh.drive == "", sh.drive != "", netConfig(v)); err != nil {
 					s.destroy(v)
 				}
 			}
@@ -265,14 +265,16 @@ func (s *Sandbox) fillPool(p *pool, sh shape) {
 // warm has the agent of a pooled VM rehearse a call (guest.Hello.Rehearse: under TCG this
 // halves a pooled call's overhead; ~0.1–0.2 s of background CPU), and start Python once when
 // python is set (guest.Hello.Warm), and a call on its image drive when image is set
-// (guest.Hello.RehearseImage), and waits for its READY.
-func (s *Sandbox) warm(ctx context.Context, v *vm, python, image bool) error {
+// (guest.Hello.RehearseImage), and configure its NIC when net is set (guest.Hello.Net: only for
+// a VM that keeps its namespace until its call, never for one to snapshot), and waits for its
+// READY.
+func (s *Sandbox) warm(ctx context.Context, v *vm, python, image bool, net *guest.Net) error {
 	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { v.m.Kill() })
 	defer stop()
 	nonce := randHex(16)
-	if err := guest.WriteFrame(v.conn, guest.TypeHello, guest.Hello{Nonce: nonce, Rehearse: true, Warm: python, RehearseImage: image}); err != nil {
+	if err := guest.WriteFrame(v.conn, guest.TypeHello, guest.Hello{Nonce: nonce, Rehearse: true, Warm: python, RehearseImage: image, Net: net}); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	var r guest.Ready
