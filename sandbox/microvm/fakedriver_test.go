@@ -251,29 +251,52 @@ func TestFakeDriverPoolServesCalls(t *testing.T) {
 	}
 }
 
-// TestNetworkPolicyRefused: VMs have no network device yet, so a call with a network policy is
-// refused (tier unavailable, saying why) before any VM boots, never run as if it had none.
+// TestNetworkPolicyRefused: where the tier cannot give a VM a NIC (no egress gate, a driver
+// without NICs), a call with a network policy is refused (tier unavailable, saying why) before
+// any VM boots, never run as if it had none; Prepare refuses it too, and Probe and
+// SupportsEgress say why.
 func TestNetworkPolicyRefused(t *testing.T) {
-	d := &fakeDriver{}
-	s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{d}, DataDir: fakeImage(t), RunDir: t.TempDir()})
+	gate, err := egress.NewGate(egress.GateConfig{Resolver: "127.0.0.1:53"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	dir, entry := tool(t, "answer.sh", "#!/bin/sh\n", 0o755)
-	c := call("fake-net", isolation.RequireShell, dir, entry, `{}`, 10*time.Second)
-	ps, err := egress.ParsePatterns([]string{"api.example.com:443"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Limits.Egress = egress.NewPolicy(ps...)
-	if _, err := s.Run(context.Background(), c); !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "network") {
-		t.Fatalf("err = %v, want tier unavailable naming the network", err)
-	}
-	if why := s.SupportsEgress(); why == "" {
-		t.Fatal("SupportsEgress says the tier enforces policies")
-	}
-	if l := d.leftovers(); len(l) > 0 {
-		t.Errorf("a VM was started: %v", l)
+	for _, tc := range []struct {
+		name string
+		gate *egress.Gate
+		why  string
+	}{
+		{"no gate", nil, "no egress gate"},
+		{"a driver without NICs", gate, "cannot give a VM a network device"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &fakeDriver{}
+			s, err := microvm.New(microvm.Config{Drivers: []microvm.Driver{d}, DataDir: fakeImage(t), RunDir: t.TempDir(), Gate: tc.gate})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			dir, entry := tool(t, "answer.sh", "#!/bin/sh\n", 0o755)
+			c := call("fake-net", isolation.RequireShell, dir, entry, `{}`, 10*time.Second)
+			ps, err := egress.ParsePatterns([]string{"api.example.com:443"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Limits.Egress = egress.NewPolicy(ps...)
+			if _, err := s.Run(context.Background(), c); !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), tc.why) {
+				t.Fatalf("err = %v, want tier unavailable saying %q", err, tc.why)
+			}
+			if err := s.Prepare(context.Background(), c); !errors.Is(err, isolation.ErrTierUnavailable) {
+				t.Fatalf("Prepare: %v", err)
+			}
+			if why := s.SupportsEgress(); !strings.Contains(why, tc.why) {
+				t.Fatalf("SupportsEgress %q", why)
+			}
+			if a := s.Probe(context.Background()); !strings.HasPrefix(a.Network, "unavailable: ") || !strings.Contains(a.Network, tc.why) {
+				t.Fatalf("Probe network %q", a.Network)
+			}
+			if l := d.leftovers(); len(l) > 0 {
+				t.Errorf("a VM was started: %v", l)
+			}
+		})
 	}
 }

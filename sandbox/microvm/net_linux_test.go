@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/vishvananda/netlink"
 
-	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/internal/callnet"
 	"github.com/axocoatl/isolation/internal/fakenet"
@@ -184,25 +182,6 @@ func linksWith(prefix string) []string {
 		}
 	}
 	return out
-}
-
-// A tool with a network policy is refused, saying why, where the tier cannot give it a NIC (no
-// gate); Probe says so too. Tools without one are unaffected.
-func TestEgressRefusedWithoutGate(t *testing.T) {
-	s := newSandbox(t, microvm.Config{})
-	call := netCall(netprobeBundle(t), policy(t, "api.allowed.test:443"))
-	if _, err := s.Run(context.Background(), call); !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "no egress gate") {
-		t.Fatalf("err %v, want tier unavailable naming the gate", err)
-	}
-	if err := s.Prepare(context.Background(), call); !errors.Is(err, isolation.ErrTierUnavailable) {
-		t.Fatalf("Prepare: %v", err)
-	}
-	if why := s.SupportsEgress(); !strings.Contains(why, "no egress gate") {
-		t.Fatalf("SupportsEgress %q", why)
-	}
-	if a := s.Probe(context.Background()); !strings.HasPrefix(a.Network, "unavailable: no egress gate") {
-		t.Fatalf("Probe network %q", a.Network)
-	}
 }
 
 // netHelperEnv makes the test binary, re-executed by TestEgressOwnerKilled, a process that keeps
