@@ -134,9 +134,11 @@ func TestTiersAndToolsJSON(t *testing.T) {
 			t.Errorf("unavailable tier %s lacks a reason or a fix: %+v", want, tiers[i])
 		}
 	}
-	// The Oci tier says whether tools with a network policy can run here.
-	if oci := tiers[2]; oci.Available && oci.Network == "" {
-		t.Errorf("Oci says nothing about network policies: %+v", oci)
+	// The Oci and microVM tiers say whether tools with a network policy can run here.
+	for _, tr := range tiers[2:] {
+		if tr.Available && tr.Network == "" {
+			t.Errorf("%s says nothing about network policies: %+v", tr.Tier, tr)
+		}
 	}
 	if w := tiers[1]; w.Available && !strings.Contains(w.Network, "http_request") {
 		t.Errorf("Wasmtime does not say how it enforces network policies: %+v", w)
