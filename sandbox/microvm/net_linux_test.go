@@ -19,6 +19,7 @@ import (
 	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/internal/callnet"
 	"github.com/axocoatl/isolation/internal/fakenet"
+	"github.com/axocoatl/isolation/internal/testutil"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/microvm"
 	"github.com/axocoatl/isolation/sandbox/microvm/qemu"
@@ -247,15 +248,15 @@ func TestEgressOwnerKilled(t *testing.T) {
 	if dir == "" {
 		t.Fatal("the helper did not get ready")
 	}
-	if qemus(dir) != 1 || len(linksWith(prefix)) == 0 {
-		t.Fatalf("the helper runs %d qemu and links %v", qemus(dir), linksWith(prefix))
+	if testutil.LiveQemus(dir) != 1 || len(linksWith(prefix)) == 0 {
+		t.Fatalf("the helper runs %d qemu and links %v", testutil.LiveQemus(dir), linksWith(prefix))
 	}
 	_ = helper.Process.Signal(syscall.SIGKILL)
 	_ = helper.Wait()
-	for deadline := time.Now().Add(10 * time.Second); qemus(dir) > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); testutil.LiveQemus(dir) > 0 && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := qemus(dir); n != 0 {
+	if n := testutil.LiveQemus(dir); n != 0 {
 		t.Fatalf("%d qemu still run", n)
 	}
 	assertNetGone(t, prefix, table)
