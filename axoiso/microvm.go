@@ -27,15 +27,9 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		prefix, err := netPrefix(c)
+		gate, prefix, err := tierEgress(c, log)
 		if err != nil {
 			return nil, err
-		}
-		gate, err := egressGate(c, log)
-		if err != nil {
-			// Tools without a network policy still run; those with one are refused, saying why.
-			log.Warn("no egress gate: tools with a network policy are refused", "error", err)
-			gate = nil
 		}
 		return microvm.New(microvm.Config{
 			// Firecracker where it probes available (KVM + binary), QEMU microvm otherwise.

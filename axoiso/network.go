@@ -99,3 +99,19 @@ func netPrefix(c Config) (netip.Prefix, error) {
 	}
 	return p, nil
 }
+
+// tierEgress returns the gate and per-call network range a tier gets from c. A gate that cannot
+// be made is no error: the tier then refuses tools with a network policy, saying why, and runs the
+// others.
+func tierEgress(c Config, log *slog.Logger) (*egress.Gate, netip.Prefix, error) {
+	prefix, err := netPrefix(c)
+	if err != nil {
+		return nil, prefix, err
+	}
+	gate, err := egressGate(c, log)
+	if err != nil {
+		log.Warn("no egress gate: tools with a network policy are refused", "error", err)
+		return nil, prefix, nil
+	}
+	return gate, prefix, nil
+}

@@ -22,15 +22,9 @@ func init() {
 			// and Arbitrary tools still run, in a container, on a host without a VMM.
 			root, _ = microvm.RuntimeRoot(c.vmDataDir())
 		}
-		prefix, err := netPrefix(c)
+		gate, prefix, err := tierEgress(c, log)
 		if err != nil {
 			return nil, err
-		}
-		gate, err := egressGate(c, log)
-		if err != nil {
-			// Tools without a network policy still run; those with one are refused, saying why.
-			log.Warn("no egress gate: tools with a network policy are refused", "error", err)
-			gate = nil
 		}
 		return oci.New(oci.Config{
 			StateRoot:       c.Oci.StateRoot,

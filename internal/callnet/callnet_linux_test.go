@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/axocoatl/isolation/egress"
+	"github.com/axocoatl/isolation/internal/fakenet"
 )
 
 // standIn is a gate that records what the rules send it: for each TCP connection its source,
@@ -351,7 +352,7 @@ func TestRecycleAndClose(t *testing.T) {
 func assertGone(t *testing.T, prefix, table string) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		links := linksWith(prefix)
+		links := fakenet.LinksWith(prefix)
 		if len(links) == 0 {
 			break
 		}
@@ -363,17 +364,6 @@ func assertGone(t *testing.T, prefix, table string) {
 	if err != nil || len(ts) != 0 {
 		t.Fatalf("tables left: %v %v", ts, err)
 	}
-}
-
-func linksWith(prefix string) []string {
-	ls, _ := netlink.LinkList()
-	var out []string
-	for _, l := range ls {
-		if strings.HasPrefix(l.Attrs().Name, prefix) {
-			out = append(out, l.Attrs().Name)
-		}
-	}
-	return out
 }
 
 // TestKilledOwnerLeavesOnlyTheTable: after a SIGKILL of a process holding namespaces, the kernel
@@ -403,7 +393,7 @@ func TestKilledOwnerLeavesOnlyTheTable(t *testing.T) {
 	if prefix == "" {
 		t.Fatal("the helper did not get ready")
 	}
-	if n := len(linksWith(prefix)); n != 3 {
+	if n := len(fakenet.LinksWith(prefix)); n != 3 {
 		t.Fatalf("%d links of the helper, want 3", n)
 	}
 	_ = cmd.Process.Signal(syscall.SIGKILL)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/vishvananda/netlink"
 
 	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/internal/callnet"
@@ -75,33 +74,6 @@ func netCall(bundle string, pol egress.Policy, ops ...fakenet.Probe) sandbox.Cal
 	return c
 }
 
-func runProbe(t testing.TB, s *microvm.Sandbox, call sandbox.Call) []fakenet.ProbeResult {
-	t.Helper()
-	out, err := s.Run(context.Background(), call)
-	if err != nil {
-		t.Fatalf("run: %v (stderr %s)", err, out.Stderr)
-	}
-	if out.ExitCode != 0 {
-		t.Fatalf("netprobe exited %d: %s", out.ExitCode, out.Stderr)
-	}
-	var r struct {
-		Results []fakenet.ProbeResult `json:"results"`
-	}
-	if err := json.Unmarshal(out.Output, &r); err != nil {
-		t.Fatalf("output %s: %v", out.Output, err)
-	}
-	return r.Results
-}
-
-func policy(t testing.TB, patterns ...string) egress.Policy {
-	t.Helper()
-	ps, err := egress.ParsePatterns(patterns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return egress.NewPolicy(ps...)
-}
-
 func TestEgressFakeInternet(t *testing.T) {
 	netprobeBundle(t)
 	fakenet.RunTestInNetns(t, "TestEgressFakeInternetChild")
@@ -119,13 +91,13 @@ func TestEgressFakeInternetChild(t *testing.T) {
 		t.Errorf("Probe network %q", a.Network)
 	}
 	cases := in.EgressCases()
-	in.CheckEgress(t, cases, runProbe(t, s, netCall(bundle, policy(t, fakenet.EgressPatterns...), fakenet.EgressOps(cases)...)), 2500)
+	in.CheckEgress(t, cases, fakenet.RunProbe(t, s, netCall(bundle, fakenet.Policy(t, fakenet.EgressPatterns...), fakenet.EgressOps(cases)...)), 2500)
 
 	// The call refilled the pool of its shape: VMs with a NIC. The next call, with another
 	// policy, is served by the pooled VM under its own policy only.
 	waitPool(t, s, 1)
 	pooledBefore := s.Stats().Pooled
-	res := runProbe(t, s, netCall(bundle, policy(t, "other.test:80"),
+	res := fakenet.RunProbe(t, s, netCall(bundle, fakenet.Policy(t, "other.test:80"),
 		fakenet.Probe{"op": "http", "url": "http://other.test/"}, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"}))
 	if s.Stats().Pooled != pooledBefore+1 {
 		t.Errorf("the second call was not served by a pooled VM: %+v", s.Stats())
@@ -138,7 +110,7 @@ func TestEgressFakeInternetChild(t *testing.T) {
 	}
 
 	// A tool without a policy: a VM without a NIC.
-	res = runProbe(t, s, netCall(bundle, egress.Policy{}, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"},
+	res = fakenet.RunProbe(t, s, netCall(bundle, egress.Policy{}, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"},
 		fakenet.Probe{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
 	for _, r := range res {
 		if r.OK {
@@ -153,36 +125,7 @@ func TestEgressFakeInternetChild(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	assertNetGone(t, prefix, table)
-}
-
-// assertNetGone fails unless every link of the pool (and with them the namespaces and their
-// taps) and its table are gone.
-func assertNetGone(t testing.TB, prefix, table string) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		left := linksWith(prefix)
-		if len(left) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("links left: %v", left)
-		}
-	}
-	if out, err := exec.Command("nft", "list", "table", "inet", table).CombinedOutput(); err == nil {
-		t.Fatalf("table %s left:\n%s", table, out)
-	}
-}
-
-func linksWith(prefix string) []string {
-	ls, _ := netlink.LinkList()
-	var out []string
-	for _, l := range ls {
-		if strings.HasPrefix(l.Attrs().Name, prefix) {
-			out = append(out, l.Attrs().Name)
-		}
-	}
-	return out
+	fakenet.AssertNetGone(t, prefix, table)
 }
 
 // netHelperEnv makes the test binary, re-executed by TestEgressOwnerKilled, a process that keeps
@@ -203,7 +146,7 @@ func TestEgressOwnerKilledHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Prepare(context.Background(), netCall(netprobeBundle(t), policy(t, "api.allowed.test:80"))); err != nil {
+	if err := s.Prepare(context.Background(), netCall(netprobeBundle(t), fakenet.Policy(t, "api.allowed.test:80"))); err != nil {
 		t.Fatal(err)
 	}
 	waitPool(t, s, 1)
@@ -248,8 +191,8 @@ func TestEgressOwnerKilled(t *testing.T) {
 	if dir == "" {
 		t.Fatal("the helper did not get ready")
 	}
-	if testutil.LiveQemus(dir) != 1 || len(linksWith(prefix)) == 0 {
-		t.Fatalf("the helper runs %d qemu and links %v", testutil.LiveQemus(dir), linksWith(prefix))
+	if testutil.LiveQemus(dir) != 1 || len(fakenet.LinksWith(prefix)) == 0 {
+		t.Fatalf("the helper runs %d qemu and links %v", testutil.LiveQemus(dir), fakenet.LinksWith(prefix))
 	}
 	_ = helper.Process.Signal(syscall.SIGKILL)
 	_ = helper.Wait()
@@ -259,7 +202,7 @@ func TestEgressOwnerKilled(t *testing.T) {
 	if n := testutil.LiveQemus(dir); n != 0 {
 		t.Fatalf("%d qemu still run", n)
 	}
-	assertNetGone(t, prefix, table)
+	fakenet.AssertNetGone(t, prefix, table)
 }
 
 // BenchmarkEgressCall: the same shell tool without and with a network policy, interleaved in one
@@ -286,7 +229,7 @@ func BenchmarkEgressCall(b *testing.B) {
 			dir, entry := tool(b, benchShell.file, benchShell.content, 0o644)
 			none := call("bench", benchShell.req, dir, entry, `{}`, 20*time.Second)
 			pol := none
-			pol.Limits.Egress = policy(b, "api.allowed.test:443")
+			pol.Limits.Egress = fakenet.Policy(b, "api.allowed.test:443")
 			ctx := context.Background()
 			for _, c := range []sandbox.Call{none, pol} { // warm up; take the snapshots
 				if _, err := s.Run(ctx, c); err != nil {

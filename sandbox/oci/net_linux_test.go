@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/vishvananda/netlink"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/egress"
@@ -76,33 +75,6 @@ func netCall(pol egress.Policy, ops ...probeOp) sandbox.Call {
 		Limits: sandbox.Limits{Timeout: 30 * time.Second, Egress: pol}.WithDefaults()}
 }
 
-func runProbe(t testing.TB, s *Sandbox, call sandbox.Call) []probeResult {
-	t.Helper()
-	out, err := s.Run(context.Background(), call)
-	if err != nil {
-		t.Fatalf("run: %v (stderr %s)", err, out.Stderr)
-	}
-	if out.ExitCode != 0 {
-		t.Fatalf("netprobe exited %d: %s", out.ExitCode, out.Stderr)
-	}
-	var r struct {
-		Results []probeResult `json:"results"`
-	}
-	if err := json.Unmarshal(out.Output, &r); err != nil {
-		t.Fatalf("output %s: %v", out.Output, err)
-	}
-	return r.Results
-}
-
-func policy(t testing.TB, patterns ...string) egress.Policy {
-	t.Helper()
-	ps, err := egress.ParsePatterns(patterns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return egress.NewPolicy(ps...)
-}
-
 // fakeInternet starts the fake internet and its gate (fakenet.StartWithGate). Only in a child of
 // runInNetns.
 func fakeInternet(t *testing.T) (*fakenet.Internet, *egress.Gate) {
@@ -121,9 +93,9 @@ func TestEgressFakeInternet(t *testing.T) { runInNetns(t, "TestEgressFakeInterne
 func TestEgressFakeInternetChild(t *testing.T) {
 	in, gate := fakeInternet(t)
 	s := newSandbox(t, func(c *Config) { c.Gate = gate; c.PoolSize = -1 })
-	pol := policy(t, fakenet.EgressPatterns...)
+	pol := fakenet.Policy(t, fakenet.EgressPatterns...)
 	cases := in.EgressCases()
-	in.CheckEgress(t, cases, runProbe(t, s, netCall(pol, fakenet.EgressOps(cases)...)), 2500)
+	in.CheckEgress(t, cases, fakenet.RunProbe(t, s, netCall(pol, fakenet.EgressOps(cases)...)), 2500)
 
 	// The runtime binaries join the same namespaces.
 	for _, be := range []string{BackendCrun, BackendRunc} {
@@ -139,7 +111,7 @@ func TestEgressFakeInternetChild(t *testing.T) {
 				}
 				return
 			}
-			res := runProbe(t, s, netCall(pol, probeOp{"op": "http", "url": "http://api.allowed.test/"},
+			res := fakenet.RunProbe(t, s, netCall(pol, probeOp{"op": "http", "url": "http://api.allowed.test/"},
 				probeOp{"op": "http", "url": "http://" + fakenet.OtherIP + "/"}, probeOp{"op": "udp", "addr": fakenet.AllowedIP + ":443"}))
 			if !res[0].OK || res[1].OK || res[2].OK {
 				t.Errorf("%s: allowed %+v, bare IP %+v, udp %+v", be, res[0], res[1], res[2])
@@ -151,7 +123,7 @@ func TestEgressFakeInternetChild(t *testing.T) {
 	}
 
 	// A tool without a policy has loopback only, in the same sandbox.
-	res := runProbe(t, s, netCall(egress.Policy{}, probeOp{"op": "http", "url": "http://api.allowed.test/"}, probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
+	res := fakenet.RunProbe(t, s, netCall(egress.Policy{}, probeOp{"op": "http", "url": "http://api.allowed.test/"}, probeOp{"op": "tcp", "addr": fakenet.AllowedIP + ":80"}))
 	for _, r := range res {
 		if r.OK {
 			t.Errorf("a tool without a policy reached the network: %+v", r)
@@ -172,8 +144,8 @@ func TestEgressConcurrentPoliciesChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	allow := policy(t, "api.allowed.test:80")
-	deny := policy(t, "other.allowed.test:80")
+	allow := fakenet.Policy(t, "api.allowed.test:80")
+	deny := fakenet.Policy(t, "other.allowed.test:80")
 	calls := 24
 	if n := os.Getenv("AXO_OCI_NET_CALLS"); n != "" {
 		fmt.Sscan(n, &calls)
@@ -196,7 +168,7 @@ func TestEgressConcurrentPoliciesChild(t *testing.T) {
 			if i%3 == 2 {
 				call.Limits.MemoryMB = 200 // another pool key: a cold call
 			}
-			res := runProbe(t, s, call)
+			res := fakenet.RunProbe(t, s, call)
 			if res[0].OK != want {
 				errs <- fmt.Sprintf("call %d (%s): ok=%v err=%q", i, pol, res[0].OK, res[0].Err)
 			}
@@ -229,18 +201,7 @@ func TestEgressConcurrentPoliciesChild(t *testing.T) {
 // assertNetGone fails if a link of the pool, its table or its resolv.conf files remain.
 func assertNetGone(t testing.TB, prefix, table, stateRoot string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		left := linksWith(prefix)
-		if len(left) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("links left: %v", left)
-		}
-	}
-	if out, err := exec.Command("nft", "list", "table", "inet", table).CombinedOutput(); err == nil {
-		t.Fatalf("table %s left:\n%s", table, out)
-	}
+	fakenet.AssertNetGone(t, prefix, table)
 	if ents, _ := os.ReadDir(filepath.Join(stateRoot, netDir)); len(ents) != 0 {
 		t.Fatalf("resolv.conf dirs left: %v", ents)
 	}
@@ -281,7 +242,7 @@ func TestEgressReapAfterKillChild(t *testing.T) {
 			if prefix == "" {
 				t.Fatal("the helper did not get ready")
 			}
-			if n := len(linksWith(prefix)); n < 3 {
+			if n := len(fakenet.LinksWith(prefix)); n < 3 {
 				t.Fatalf("%d links of the helper, want 3 or more (two pooled, one running)", n)
 			}
 			if keeperToo {
@@ -298,24 +259,13 @@ func TestEgressReapAfterKillChild(t *testing.T) {
 			}
 			// The keeper needs a moment to see its owner gone.
 			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-				if exec.Command("nft", "list", "table", "inet", table).Run() != nil && len(linksWith(prefix)) == 0 {
+				if exec.Command("nft", "list", "table", "inet", table).Run() != nil && len(fakenet.LinksWith(prefix)) == 0 {
 					break
 				}
 			}
 			assertNetGone(t, prefix, table, root)
 		})
 	}
-}
-
-func linksWith(prefix string) []string {
-	ls, _ := netlink.LinkList()
-	var out []string
-	for _, l := range ls {
-		if strings.HasPrefix(l.Attrs().Name, prefix) {
-			out = append(out, l.Attrs().Name)
-		}
-	}
-	return out
 }
 
 // TestEgressCrashHelper owns a sandbox with two pooled containers of a tool with a policy and a
@@ -334,7 +284,7 @@ func TestEgressCrashHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol := policy(t, "api.allowed.test:80")
+	pol := fakenet.Policy(t, "api.allowed.test:80")
 	if err := s.Prepare(context.Background(), netCall(pol)); err != nil {
 		t.Fatal(err)
 	}
@@ -360,11 +310,11 @@ func TestEgressCrashHelper(t *testing.T) {
 func TestEgressRefusedWithoutNetworks(t *testing.T) {
 	needNetprobe(t)
 	s := newSandbox(t, nil) // no gate
-	_, err := s.Run(context.Background(), netCall(policy(t, "api.allowed.test:443")))
+	_, err := s.Run(context.Background(), netCall(fakenet.Policy(t, "api.allowed.test:443")))
 	if !errors.Is(err, isolation.ErrTierUnavailable) || !strings.Contains(err.Error(), "network policy") {
 		t.Fatalf("err %v, want tier unavailable naming the network policy", err)
 	}
-	if err := s.Prepare(context.Background(), netCall(policy(t, "api.allowed.test:443"))); !errors.Is(err, isolation.ErrTierUnavailable) {
+	if err := s.Prepare(context.Background(), netCall(fakenet.Policy(t, "api.allowed.test:443"))); !errors.Is(err, isolation.ErrTierUnavailable) {
 		t.Fatalf("Prepare: %v", err)
 	}
 	if a := s.Probe(context.Background()); !strings.HasPrefix(a.Network, "unavailable: no egress gate") {
@@ -390,7 +340,7 @@ func BenchmarkEgressWarmCall(b *testing.B) {
 	}
 	s := newSandbox(b, func(c *Config) { c.Gate = gate; c.PoolSize = 1 })
 	ctx := context.Background()
-	none, pol := netCall(egress.Policy{}), netCall(policy(b, "api.allowed.test:443"))
+	none, pol := netCall(egress.Policy{}), netCall(fakenet.Policy(b, "api.allowed.test:443"))
 	var dn, dp []time.Duration
 	type kind struct {
 		call sandbox.Call
