@@ -44,7 +44,7 @@ func runVM(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Wr
 		*agent = defaultAgent()
 	}
 	if _, err := os.Stat(*agent); err != nil {
-		return fmt.Errorf("guest agent %s: %w (build it: go build -o %s ./cmd/axoiso-guest, or pass --agent)", *agent, err, *agent)
+		return fmt.Errorf("guest agent %s: %w (build it: CGO_ENABLED=0 go build -o %s ./cmd/axoiso-guest, or pass --agent)", *agent, err, *agent)
 	}
 	img, err := microvm.Prepare(ctx, microvm.PrepareConfig{DataDir: *dataDir, Agent: *agent, Kernel: *kernel, ModulesDir: *modules, Ext4: *ext4, Force: *force, Logger: log})
 	if err != nil {

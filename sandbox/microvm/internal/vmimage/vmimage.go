@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -28,6 +29,24 @@ import (
 
 // DefaultDataDir is where Prepare keeps the image when run as root.
 const DefaultDataDir = "/var/lib/axocoatl/vm"
+
+// elfInterpreter returns the program interpreter (PT_INTERP) an ELF binary asks for: "" for a
+// static binary (or bytes that do not parse as ELF, which the boot then reports).
+func elfInterpreter(b []byte) string {
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			buf := make([]byte, min(p.Filesz, 4096))
+			n, _ := p.ReadAt(buf, 0)
+			return strings.TrimRight(string(buf[:n]), "\x00")
+		}
+	}
+	return ""
+}
 
 // FormatVersion changes whenever the layout or contents Prepare produces change; a data dir of
 // another version is rebuilt.
@@ -162,6 +181,12 @@ func Prepare(ctx context.Context, cfg Config) (Image, error) {
 	}
 	if !bytes.HasPrefix(agent, elfMagic) {
 		return Image{}, fmt.Errorf("guest agent %s is not an ELF binary", cfg.Agent)
+	}
+	if interp := elfInterpreter(agent); interp != "" {
+		// The guest has no dynamic loader: the kernel would panic, "Failed to execute /init".
+		// `go build` links the agent dynamically whenever cgo is on (the axoiso binary's
+		// default build: libseccomp).
+		return Image{}, fmt.Errorf("guest agent %s is dynamically linked (interpreter %s), and the guest has no dynamic loader: build it with CGO_ENABLED=0 go build ./cmd/axoiso-guest", cfg.Agent, interp)
 	}
 	sum := sha256.Sum256(agent)
 	agentSum := hex.EncodeToString(sum[:])
