@@ -89,6 +89,7 @@ func (in *Internet) CheckEgress(t testing.TB, cases []EgressCase, res []ProbeRes
 	}
 	for i, c := range cases {
 		r := res[i]
+		t.Logf("%s: ok=%v in %d ms", c.Name, r.OK, r.MS)
 		if r.OK != c.OK {
 			t.Errorf("%s: ok=%v (err %q, body %q), want ok=%v", c.Name, r.OK, r.Err, r.Body, c.OK)
 		}

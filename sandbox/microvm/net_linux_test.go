@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,6 +127,54 @@ func TestEgressFakeInternetChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	fakenet.AssertNetGone(t, prefix, table)
+}
+
+func TestEgressConcurrentPolicies(t *testing.T) {
+	netprobeBundle(t)
+	fakenet.RunTestInNetns(t, "TestEgressConcurrentPoliciesChild")
+}
+
+// TestEgressConcurrentPoliciesChild: VMs with different policies, two at a time, on namespaces
+// recycled between them (at most two exist), each reach what theirs allows and nothing else; no
+// link or table is left after Close.
+func TestEgressConcurrentPoliciesChild(t *testing.T) {
+	in, gate := fakenet.StartWithGate(t)
+	s := newSandbox(t, microvm.Config{Gate: gate, NetReady: 1, NetMax: 2})
+	bundle := netprobeBundle(t)
+	allow, deny := fakenet.Policy(t, "api.allowed.test:80"), fakenet.Policy(t, "other.allowed.test:80")
+	const calls = 6
+	errs := make(chan string, calls)
+	for i := 0; i < calls; i += 2 {
+		var wg sync.WaitGroup
+		for j, pol := range []egress.Policy{allow, deny} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res := fakenet.RunProbe(t, s, netCall(bundle, pol, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"}))
+				if want := j == 0; res[0].OK != want {
+					errs <- fmt.Sprintf("call %d (%s): ok=%v err=%q", i+j, pol, res[0].OK, res[0].Err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	st := s.NetStats()
+	if st.Recycled == 0 || st.Created > 2 {
+		t.Errorf("namespaces %+v: want at most 2 made and some recycled", st)
+	}
+	prefix, table := s.NetNames()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fakenet.AssertNetGone(t, prefix, table)
+	if h := in.Hits(); len(h) != 0 {
+		t.Errorf("canaries hit: %v", h)
+	}
+	t.Logf("%d calls, namespaces %+v", calls, st)
 }
 
 // netHelperEnv makes the test binary, re-executed by TestEgressOwnerKilled, a process that keeps
