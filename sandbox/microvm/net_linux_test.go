@@ -80,13 +80,15 @@ func TestEgressFakeInternet(t *testing.T) {
 	fakenet.RunTestInNetns(t, "TestEgressFakeInternetChild")
 }
 
-// TestEgressFakeInternetChild: a VM whose tool is allowed **.allowed.test on 80 and 443 reaches
-// api.allowed.test and nothing else (the table both tiers run); a pooled VM with a NIC serves
-// the next call with that call's own policy; a tool without a policy has no way out; after
+// TestEgressFakeInternetChild: a VM (a snapshot clone) whose tool is allowed **.allowed.test on 80
+// and 443 reaches api.allowed.test and nothing else (the table both tiers run); a pooled clone
+// with a NIC serves the next call with that call's own policy; a tool without a policy has no way out; after
 // Close no link, tap or table is left.
 func TestEgressFakeInternetChild(t *testing.T) {
 	in, gate := fakenet.StartWithGate(t)
-	s := newSandbox(t, microvm.Config{Gate: gate, PoolSize: 1})
+	// With snapshots: every VM of the call's shape is a clone of one taken at READY with its NIC,
+	// restored with a new tap in another namespace.
+	s := newSandbox(t, microvm.Config{Gate: gate, PoolSize: 1, Snapshots: true})
 	bundle := netprobeBundle(t)
 	if a := s.Probe(context.Background()); !strings.HasPrefix(a.Network, "a NIC per VM") {
 		t.Errorf("Probe network %q", a.Network)
@@ -100,8 +102,8 @@ func TestEgressFakeInternetChild(t *testing.T) {
 	pooledBefore := s.Stats().Pooled
 	res := fakenet.RunProbe(t, s, netCall(bundle, fakenet.Policy(t, "other.test:80"),
 		fakenet.Probe{"op": "http", "url": "http://other.test/"}, fakenet.Probe{"op": "http", "url": "http://api.allowed.test/"}))
-	if s.Stats().Pooled != pooledBefore+1 {
-		t.Errorf("the second call was not served by a pooled VM: %+v", s.Stats())
+	if st := s.Stats(); st.Pooled != pooledBefore+1 || st.Cold != 0 {
+		t.Errorf("the second call was not served by a pooled clone: %+v", st)
 	}
 	if !res[0].OK || res[1].OK {
 		t.Errorf("pooled VM under other.test:80: other.test %+v, api.allowed.test %+v", res[0], res[1])
