@@ -45,6 +45,9 @@ type Gate interface {
 	ServeTCP(ctx context.Context, ln net.Listener) error
 	// ServeDNS serves DNS on pc (UDP) and ln (TCP) until ctx ends.
 	ServeDNS(ctx context.Context, pc net.PacketConn, ln net.Listener) error
+	// ServeUDP relays the UDP datagrams a call's grants redirect to pc (NS.AllowUDP) until ctx
+	// ends; origDst returns a datagram's original destination.
+	ServeUDP(ctx context.Context, pc net.PacketConn, origDst func(src netip.AddrPort) (netip.AddrPort, error)) error
 }
 
 // Defaults.

@@ -31,6 +31,7 @@ type standIn struct {
 	mu   sync.Mutex
 	tcp  []arrival
 	dns  []arrival
+	udp  []arrival
 	tcpN chan struct{}
 }
 
@@ -86,6 +87,24 @@ func (g *standIn) ServeDNS(ctx context.Context, pc net.PacketConn, ln net.Listen
 		g.dns = append(g.dns, arrival{src: from.(*net.UDPAddr).AddrPort(), line: "udp"})
 		g.mu.Unlock()
 		_, _ = pc.WriteTo(buf[:n], from)
+	}
+}
+
+// ServeUDP records each relayed datagram's source and original destination and answers it.
+func (g *standIn) ServeUDP(ctx context.Context, pc net.PacketConn, origDst func(netip.AddrPort) (netip.AddrPort, error)) error {
+	go func() { <-ctx.Done(); pc.Close() }()
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		src := from.(*net.UDPAddr).AddrPort()
+		dst, _ := origDst(netip.AddrPortFrom(src.Addr().Unmap(), src.Port()))
+		g.mu.Lock()
+		g.udp = append(g.udp, arrival{src: src, dst: dst, line: string(buf[:n])})
+		g.mu.Unlock()
+		_, _ = pc.WriteTo([]byte("relayed "+dst.String()), from)
 	}
 }
 
@@ -638,4 +657,67 @@ func addrsInside(t *testing.T, ns *NS, link string) []netlink.Addr {
 		t.Fatal(err)
 	}
 	return as
+}
+
+// TestUDPGrants: a call's UDP grant redirects datagrams to that range and port, and nothing else,
+// to the gate's relay with their original destination; port 53 still goes to the DNS server;
+// other UDP is still rejected at once; after the release (and after recycling) the grant is gone.
+func TestUDPGrants(t *testing.T) {
+	g := newStandIn()
+	p := newTestPool(t, g, 1, 1)
+	ctx := context.Background()
+	ns, err := p.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := egress.ParsePatterns([]string{"203.0.113.0/24:443/udp", "198.51.100.0/24:53/udp", "192.0.2.0/24:443/tcp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := ns.AllowUDP(egress.NewPolicy(ps...).CIDRs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(dst string) (string, error) {
+		var c net.Conn
+		inside(t, ns, func() { c, err = net.Dial("udp4", dst) })
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("x"))
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 128)
+		n, err := c.Read(buf)
+		return string(buf[:n]), err
+	}
+	if got, err := exchange("203.0.113.7:443"); err != nil || got != "relayed 203.0.113.7:443" {
+		t.Fatalf("granted datagram: %q %v, want the relay to see its original destination", got, err)
+	}
+	for _, dst := range []string{"203.0.113.7:444", "192.0.2.1:443", "198.51.100.9:80"} {
+		start := time.Now()
+		if got, err := exchange(dst); err == nil || time.Since(start) > time.Second {
+			t.Errorf("%s, not granted over UDP: %q %v after %v, want a rejection at once", dst, got, err, time.Since(start))
+		}
+	}
+	dnsBefore := len(g.dns)
+	if got, err := exchange("198.51.100.53:53"); err != nil || !strings.Contains(got, "x") || len(g.dns) != dnsBefore+1 {
+		t.Errorf("port 53, granted over UDP, went past the DNS server: %q %v", got, err)
+	}
+	release()
+	if got, err := exchange("203.0.113.7:443"); err == nil {
+		t.Errorf("after the release the grant still works: %q", got)
+	}
+	// A grant left behind (no release) is gone once the namespace is recycled.
+	if _, err := ns.AllowUDP(egress.NewPolicy(ps...).CIDRs()); err != nil {
+		t.Fatal(err)
+	}
+	p.Put(ns)
+	if ns, err = p.Get(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Put(ns)
+	if got, err := exchange("203.0.113.7:443"); err == nil {
+		t.Errorf("a recycled namespace kept the last call's grant: %q", got)
+	}
 }

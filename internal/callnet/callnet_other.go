@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+
+	"github.com/axocoatl/isolation/egress"
 )
 
 const unavailable = "per-call networks need Linux (network namespaces, veth, nftables)"
@@ -46,3 +48,16 @@ func (p *Pool) Table() string                    { return "" }
 func (n *NS) Path() string                       { return "" }
 func (n *NS) OpenTap() (*os.File, error)         { return nil, ErrUnavailable }
 func (n *NS) MakeTap(uid, gid int) error         { return ErrUnavailable }
+func (n *NS) AllowUDP([]egress.CIDRRule) (func(), error) {
+	return nil, ErrUnavailable
+}
+
+// Binder binds a policy to a source address: egress.Gate.
+type Binder interface {
+	Bind(src netip.Addr, p egress.Policy, callID string) (release func())
+}
+
+// BindCall binds the call's policy in g (no namespace exists off Linux).
+func (n *NS) BindCall(g Binder, p egress.Policy, callID string) func() {
+	return g.Bind(n.Addr, p, callID)
+}

@@ -12,7 +12,7 @@ import (
 )
 
 // ports are where the rules redirect to: the gate's listeners in the host namespace.
-type ports struct{ proxy, dnsUDP, dnsTCP uint16 }
+type ports struct{ proxy, dnsUDP, dnsTCP, udpRelay uint16 }
 
 // ipsDstNAT is IPS_DST_NAT of the conntrack status bits: set on a redirected connection.
 const ipsDstNAT = 1 << 5
@@ -60,6 +60,7 @@ func installTable(name, ifPrefix string, p ports) error {
 		{in, [][]expr.Any{notFromUs, l4(unix.IPPROTO_TCP), dport(p.proxy, expr.CmpOpEq), rejectTCP()}},
 		{in, [][]expr.Any{notFromUs, l4(unix.IPPROTO_TCP), dport(p.dnsTCP, expr.CmpOpEq), rejectTCP()}},
 		{in, [][]expr.Any{notFromUs, l4(unix.IPPROTO_UDP), dport(p.dnsUDP, expr.CmpOpEq), rejectOther()}},
+		{in, [][]expr.Any{notFromUs, l4(unix.IPPROTO_UDP), dport(p.udpRelay, expr.CmpOpEq), rejectOther()}},
 		// Nothing is routed into a namespace (what would be routed out of one was rejected above).
 		{fwd, [][]expr.Any{toUs, {&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}}},
 		// No host process opens a connection into a namespace.

@@ -165,8 +165,20 @@ func (p *Pool) listen() error {
 		return err
 	}
 	p.lns = append(p.lns, dnsTCP)
-	p.ports = ports{proxy: port(tcp.Addr()), dnsUDP: port(udp.LocalAddr()), dnsTCP: port(dnsTCP.Addr())}
-	p.serving.Add(2)
+	relay, err := net.ListenPacket("udp4", "0.0.0.0:0")
+	if err != nil {
+		return err
+	}
+	p.lns = append(p.lns, relay)
+	p.ports = ports{proxy: port(tcp.Addr()), dnsUDP: port(udp.LocalAddr()), dnsTCP: port(dnsTCP.Addr()), udpRelay: port(relay.LocalAddr())}
+	p.serving.Add(3)
+	go func() {
+		defer p.serving.Done()
+		relayPort := p.ports.udpRelay
+		if err := p.cfg.Gate.ServeUDP(ctx, relay, func(src netip.AddrPort) (netip.AddrPort, error) { return udpOrigDst(src, relayPort) }); err != nil && ctx.Err() == nil {
+			p.log.Error("egress UDP relay stopped", "error", err)
+		}
+	}()
 	go func() {
 		defer p.serving.Done()
 		if err := p.cfg.Gate.ServeTCP(ctx, tcp); err != nil && ctx.Err() == nil {
@@ -469,6 +481,10 @@ func (p *Pool) recycle(ns *NS) error {
 	if p.cfg.ForVMs {
 		// A persistent tap (MakeTap) outlives its VMM; a VMM's own (OpenTap) is gone with it.
 		ns.removeTap()
+	}
+	// UDP grants whose release did not run (it always should) are not the next call's.
+	if err := deleteTagged(p.cfg.Table, ns.Link); err != nil {
+		return fmt.Errorf("UDP grant rules: %w", err)
 	}
 	h, err := netlink.NewHandleAt(nsHandle(ns.Fd()))
 	if err != nil {

@@ -21,8 +21,9 @@ type ProbeResult struct {
 	MS    int64    `json:"ms"`
 }
 
-// EgressPatterns is the policy the table's tool runs under.
-var EgressPatterns = []string{"**.allowed.test:80", "**.allowed.test:443"}
+// EgressPatterns is the policy the table's tool runs under: names over TCP, a UDP grant, and a
+// UDP grant into the deny set (10/8), which the deny set still refuses.
+var EgressPatterns = []string{"**.allowed.test:80", "**.allowed.test:443", AllowedIP + "/32:7/udp", TenIP + "/32:53000/udp"}
 
 // EgressCase is one way out, and whether the policy lets it through.
 type EgressCase struct {
@@ -32,7 +33,7 @@ type EgressCase struct {
 }
 
 // EgressCases is the table: a tool allowed EgressPatterns reaches api.allowed.test over HTTP and
-// TLS and nothing else. The last case sends SNI that disagrees with its destination: it reaches
+// TLS, and its UDP echo, and nothing else. The last case sends SNI that disagrees with its destination: it reaches
 // api.allowed.test (the proxy dials the name) and never the destination (Check).
 func (in *Internet) EgressCases() []EgressCase {
 	other := "other.test"
@@ -59,7 +60,8 @@ func (in *Internet) EgressCases() []EgressCase {
 		{"allowed name on a port not granted", Probe{"op": "tcp", "addr": AllowedIP + ":8080", "host": "api.allowed.test"}, false},
 		{"ipv6", Probe{"op": "tcp", "addr": "[2001:db8::10]:443"}, false},
 		{"udp/quic to the allowed host", Probe{"op": "udp", "addr": AllowedIP + ":443"}, false},
-		{"udp to a canary", Probe{"op": "udp", "addr": TenIP + ":53000"}, false},
+		{"udp granted by a CIDR pattern", Probe{"op": "udp", "addr": AllowedIP + ":7"}, true},
+		{"udp granted into the deny set, to a canary", Probe{"op": "udp", "addr": TenIP + ":53000"}, false},
 		{"dns exfiltration by name", Probe{"op": "dns", "name": "c2VjcmV0.evil.test"}, false},
 		{"dns TXT of an allowed name", Probe{"op": "dns", "name": "api.allowed.test", "type": "TXT"}, false},
 		{"dns straight to the DNS server over udp", Probe{"op": "dnsat", "addr": DNSIP + ":53", "name": "c2VjcmV0Mg.evil.test"}, false},
@@ -93,8 +95,11 @@ func (in *Internet) CheckEgress(t testing.TB, cases []EgressCase, res []ProbeRes
 		if r.OK != c.OK {
 			t.Errorf("%s: ok=%v (err %q, body %q), want ok=%v", c.Name, r.OK, r.Err, r.Body, c.OK)
 		}
-		if c.OK && c.Op["op"] != "tls" && !strings.HasSuffix(r.Body, AllowedBody) {
+		if c.OK && c.Op["op"] != "tls" && c.Op["op"] != "udp" && !strings.HasSuffix(r.Body, AllowedBody) {
 			t.Errorf("%s: body %q", c.Name, r.Body)
+		}
+		if c.OK && c.Op["op"] == "udp" && r.Body != "echo probe" {
+			t.Errorf("%s: answer %q, want the echo of the probe", c.Name, r.Body)
 		}
 		if c.OK && strings.Contains(r.Body, "canary") {
 			t.Errorf("%s reached a canary: %q", c.Name, r.Body)

@@ -43,7 +43,7 @@ import (
 
 // Addresses of the fake internet.
 const (
-	AllowedIP   = "203.0.113.10" // api.allowed.test: HTTP :80 ("/" answers "allowed"; "/redirect" sends to other.test or ?to=URL; "/big" BigBytes; "/slow" never answers), TLS :443
+	AllowedIP   = "203.0.113.10" // api.allowed.test: HTTP :80 ("/" answers "allowed"; "/redirect" sends to other.test or ?to=URL; "/big" BigBytes; "/slow" never answers), TLS :443, UDP echo :7 ("echo " + the datagram)
 	OtherIP     = "203.0.113.20" // other.test and every name a tool must not reach: a canary
 	DNSIP       = "198.51.100.53"
 	TenIP       = "10.20.30.40"
@@ -231,6 +231,19 @@ func (in *Internet) serve() error {
 	} {
 		list = append(list, lsn{"udp4", c.addr, in.udpCanary(c.name)})
 	}
+	list = append(list, lsn{"udp4", AllowedIP + ":7", func(l any) {
+		pc := l.(net.PacketConn)
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_, _ = pc.WriteTo(append([]byte("echo "), buf[:n]...), from)
+			}
+		}()
+	}})
 	dnsSrv := dns.HandlerFunc(in.answer)
 	list = append(list,
 		lsn{"udp4", DNSIP + ":53", func(l any) {

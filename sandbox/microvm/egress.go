@@ -118,7 +118,7 @@ func (s *Sandbox) bindNet(v *vm, call sandbox.Call) (*guest.Net, func()) {
 	if v.ns == nil {
 		return nil, func() {}
 	}
-	return netConfig(v), s.opts.Gate.Bind(v.ns.Addr, call.Limits.Egress, call.ID)
+	return netConfig(v), v.ns.BindCall(s.opts.Gate, call.Limits.Egress, call.ID)
 }
 
 // closeNet closes the pool of namespaces (its table and the gate's listeners go); every VM was

@@ -66,8 +66,6 @@ func runInNetns(t *testing.T, child string) {
 
 type probeOp = fakenet.Probe
 
-type probeResult = fakenet.ProbeResult
-
 func netCall(pol egress.Policy, ops ...probeOp) sandbox.Call {
 	in, _ := json.Marshal(map[string]any{"ops": ops})
 	return sandbox.Call{ID: uuid.NewString(), Tool: "netprobe", Runtime: isolation.RequireContainerImage,

@@ -298,7 +298,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (out sandbox.Outco
 	var unbind func()
 	if c.ns != nil {
 		// The call's policy holds for the container's address from its start to its end.
-		unbind = s.cfg.Gate.Bind(c.ns.Addr, call.Limits.Egress, call.ID)
+		unbind = c.ns.BindCall(s.cfg.Gate, call.Limits.Egress, call.ID)
 	}
 	out, err = s.execute(ctx, c, call)
 	if unbind != nil {
