@@ -242,15 +242,15 @@ func TestEgressOwnerKilled(t *testing.T) {
 	if dir == "" {
 		t.Fatal("the helper did not get ready")
 	}
-	if testutil.LiveQemus(dir) != 1 || len(fakenet.LinksWith(prefix)) == 0 {
-		t.Fatalf("the helper runs %d qemu and links %v", testutil.LiveQemus(dir), fakenet.LinksWith(prefix))
+	if len(testutil.QemuPIDs(dir)) != 1 || len(fakenet.LinksWith(prefix)) == 0 {
+		t.Fatalf("the helper runs %d qemu and links %v", len(testutil.QemuPIDs(dir)), fakenet.LinksWith(prefix))
 	}
 	_ = helper.Process.Signal(syscall.SIGKILL)
 	_ = helper.Wait()
-	for deadline := time.Now().Add(10 * time.Second); testutil.LiveQemus(dir) > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); len(testutil.QemuPIDs(dir)) > 0 && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := testutil.LiveQemus(dir); n != 0 {
+	if n := len(testutil.QemuPIDs(dir)); n != 0 {
 		t.Fatalf("%d qemu still run", n)
 	}
 	fakenet.AssertNetGone(t, prefix, table)
