@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -50,6 +51,11 @@ func (s *Sandbox) Probe(ctx context.Context) isolation.Availability {
 			return no(fmt.Sprintf("not running as root and this user cannot create a user namespace: %v", err),
 				"run as root, or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)")
 		}
+	} else if missing := missingCapabilities(); len(missing) > 0 {
+		return no(fmt.Sprintf("running as root without %s in its effective capabilities: a call's processes run as uids of their own, "+
+			"so without CAP_KILL its timeout could not kill them, and without the others its namespaces, ids and roots cannot be set up",
+			strings.Join(missing, ", ")),
+			"keep them in the service's capability bounding set (see packaging/axoiso.service)")
 	} else if !s.cfg.UseSystemd {
 		if cgroupV2() {
 			ctrl, _ := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
@@ -112,4 +118,47 @@ func tryUserNamespace() error {
 		return nil
 	}
 	return err
+}
+
+// requiredCapabilities are what a root daemon needs for containers with uid slots, by bit number
+// (linux/capability.h). CAP_KILL above all: a call's processes, and the helper that holds its
+// namespaces, run as the slot's uid, and a daemon without CAP_KILL cannot signal them, so a call
+// past its timeout would hang instead of being killed.
+var requiredCapabilities = []struct {
+	bit  uint
+	name string
+}{
+	{5, "CAP_KILL"}, {6, "CAP_SETGID"}, {7, "CAP_SETUID"}, {21, "CAP_SYS_ADMIN"},
+}
+
+// missingCapabilities lists the required capabilities this process lacks in its effective set.
+func missingCapabilities() []string {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return nil // no /proc: the checks after this one say so
+	}
+	return capabilitiesMissingFrom(status)
+}
+
+// capabilitiesMissingFrom reads CapEff from a /proc/PID/status text and lists the required
+// capabilities not in it; nil when CapEff is absent or unreadable (nothing to judge by).
+func capabilitiesMissingFrom(status []byte) []string {
+	for _, line := range strings.Split(string(status), "\n") {
+		hex, ok := strings.CutPrefix(line, "CapEff:")
+		if !ok {
+			continue
+		}
+		eff, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			return nil
+		}
+		var missing []string
+		for _, c := range requiredCapabilities {
+			if eff&(1<<c.bit) == 0 {
+				missing = append(missing, c.name)
+			}
+		}
+		return missing
+	}
+	return nil
 }
