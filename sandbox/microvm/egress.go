@@ -53,25 +53,22 @@ func netTable(dir string) string {
 
 // network returns the sandbox's pool of namespaces for VMs, making it on first use.
 func (s *Sandbox) network(ctx context.Context) (*callnet.Pool, error) {
-	s.netMu.Lock()
-	defer s.netMu.Unlock()
-	if s.net != nil {
-		return s.net, nil
-	}
-	if s.netClosed {
+	p, err := s.net.Get(func() (*callnet.Pool, error) {
+		if why := s.netUnavailable(ctx); why != "" {
+			return nil, isolation.Errorf(isolation.ErrTierUnavailable,
+				"the tool has a network policy and this microVM tier cannot enforce one: %s (fix: run the daemon as root on a Linux host with nftables, veth and tap devices; tools without a network policy are unaffected)", why)
+		}
+		p, err := callnet.New(callnet.Config{Table: netTable(s.runDir), Prefix: s.opts.NetPrefix, RunDir: s.runDir,
+			Ready: s.opts.NetReady, Max: s.opts.NetMax, Gate: s.opts.Gate, ForVMs: true}, s.log)
+		if err != nil {
+			return nil, isolation.Errorf(isolation.ErrTierUnavailable, "the tool has a network policy and no per-call network could be set up: %v", err)
+		}
+		return p, nil
+	})
+	if errors.Is(err, callnet.ErrClosed) {
 		return nil, errors.New("microvm: sandbox closed")
 	}
-	if why := s.netUnavailable(ctx); why != "" {
-		return nil, isolation.Errorf(isolation.ErrTierUnavailable,
-			"the tool has a network policy and this microVM tier cannot enforce one: %s (fix: run the daemon as root on a Linux host with nftables, veth and tap devices; tools without a network policy are unaffected)", why)
-	}
-	p, err := callnet.New(callnet.Config{Table: netTable(s.runDir), Prefix: s.opts.NetPrefix, RunDir: s.runDir,
-		Ready: s.opts.NetReady, Max: s.opts.NetMax, Gate: s.opts.Gate, ForVMs: true}, s.log)
-	if err != nil {
-		return nil, isolation.Errorf(isolation.ErrTierUnavailable, "the tool has a network policy and no per-call network could be set up: %v", err)
-	}
-	s.net = p
-	return p, nil
+	return p, err
 }
 
 // takeNetns returns a prepared namespace for a VM with a NIC.
@@ -95,10 +92,7 @@ func (s *Sandbox) returnNetns(ns *callnet.NS) {
 	if ns == nil {
 		return
 	}
-	s.netMu.Lock()
-	p := s.net
-	s.netMu.Unlock()
-	if p != nil {
+	if p := s.net.Made(); p != nil {
 		p.Put(ns)
 	}
 }
@@ -124,14 +118,8 @@ func (s *Sandbox) bindNet(v *vm, call sandbox.Call) (*guest.Net, func()) {
 // closeNet closes the pool of namespaces (its table and the gate's listeners go); every VM was
 // destroyed first.
 func (s *Sandbox) closeNet() {
-	s.netMu.Lock()
-	p := s.net
-	s.net, s.netClosed = nil, true
-	s.netMu.Unlock()
-	if p != nil {
-		if err := p.Close(); err != nil {
-			s.log.Warn("close per-call networks", "error", err)
-		}
+	if err := s.net.Close(); err != nil {
+		s.log.Warn("close per-call networks", "error", err)
 	}
 }
 

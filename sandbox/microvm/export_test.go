@@ -11,21 +11,19 @@ func WithRootInInitramfs(c Config) Config {
 
 // NetStats returns the counts of the sandbox's per-call networks (zero before they were made).
 func (s *Sandbox) NetStats() callnet.Stats {
-	s.netMu.Lock()
-	defer s.netMu.Unlock()
-	if s.net == nil {
+	p := s.net.Made()
+	if p == nil {
 		return callnet.Stats{}
 	}
-	return s.net.Stats()
+	return p.Stats()
 }
 
 // NetNames returns the link prefix and nftables table of the sandbox's per-call networks ("" before
 // a call with a network policy made them).
 func (s *Sandbox) NetNames() (linkPrefix, table string) {
-	s.netMu.Lock()
-	defer s.netMu.Unlock()
-	if s.net == nil {
+	p := s.net.Made()
+	if p == nil {
 		return "", ""
 	}
-	return s.net.LinkPrefix(), s.net.Table()
+	return p.LinkPrefix(), p.Table()
 }

@@ -180,11 +180,9 @@ type Sandbox struct {
 	img    vmimage.Image
 	ctx    context.Context // canceled by Close; parents background work
 	cancel context.CancelFunc
-	// netMu guards net and netClosed: the pool of namespaces for VMs with a NIC (egress.go),
-	// made on the first call with a network policy.
-	netMu     sync.Mutex
-	net       *callnet.Pool
-	netClosed bool
+	// net is the pool of namespaces for VMs with a NIC (egress.go), made on the first call with a
+	// network policy.
+	net callnet.Lazy
 	// calls counts Runs in flight; Close waits for them before it stops anything, so every
 	// destroyAsync of a call is added to bg before Close waits on bg. Add only under mu while
 	// !closed.

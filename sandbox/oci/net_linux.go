@@ -47,25 +47,22 @@ func (s *Sandbox) SupportsEgress() string { return s.netUnavailable() }
 
 // network returns the sandbox's pool of per-call namespaces, making it on first use.
 func (s *Sandbox) network() (*callnet.Pool, error) {
-	s.netMu.Lock()
-	defer s.netMu.Unlock()
-	if s.net != nil {
-		return s.net, nil
-	}
-	if s.netClosed {
+	p, err := s.net.Get(func() (*callnet.Pool, error) {
+		if why := s.netUnavailable(); why != "" {
+			return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable,
+				Message: "the tool has a network policy and this Oci tier cannot enforce one: " + why + " (fix: run the daemon as root on a Linux host with nftables and veth; tools without a network policy are unaffected)"}
+		}
+		p, err := callnet.New(callnet.Config{Table: callnet.TablePrefix + s.owner.tag, Prefix: s.cfg.NetPrefix,
+			RunDir: filepath.Join(s.ioRoot, netDir, s.owner.tag), Ready: s.cfg.NetReady, Max: s.cfg.NetMax, Gate: s.cfg.Gate}, s.log)
+		if err != nil {
+			return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: fmt.Sprintf("the tool has a network policy and no per-call network could be set up: %v", err)}
+		}
+		return p, nil
+	})
+	if errors.Is(err, callnet.ErrClosed) {
 		return nil, errors.New("oci: sandbox is closed")
 	}
-	if why := s.netUnavailable(); why != "" {
-		return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable,
-			Message: "the tool has a network policy and this Oci tier cannot enforce one: " + why + " (fix: run the daemon as root on a Linux host with nftables and veth; tools without a network policy are unaffected)"}
-	}
-	p, err := callnet.New(callnet.Config{Table: callnet.TablePrefix + s.owner.tag, Prefix: s.cfg.NetPrefix,
-		RunDir: filepath.Join(s.ioRoot, netDir, s.owner.tag), Ready: s.cfg.NetReady, Max: s.cfg.NetMax, Gate: s.cfg.Gate}, s.log)
-	if err != nil {
-		return nil, &isolation.Error{Kind: isolation.ErrTierUnavailable, Message: fmt.Sprintf("the tool has a network policy and no per-call network could be set up: %v", err)}
-	}
-	s.net = p
-	return p, nil
+	return p, err
 }
 
 // takeNetns returns a prepared namespace for a call with a network policy, nil for one without.
@@ -90,9 +87,7 @@ func (s *Sandbox) returnNetns(c *ctr, destroyed bool) {
 	if c.ns == nil {
 		return
 	}
-	s.netMu.Lock()
-	p := s.net
-	s.netMu.Unlock()
+	p := s.net.Made()
 	if destroyed {
 		p.Put(c.ns)
 	} else {
@@ -112,14 +107,8 @@ func hasResolvConf(root string) bool {
 // closeNet closes the pool of namespaces: its table and the gate's listeners go. Every container
 // was destroyed first.
 func (s *Sandbox) closeNet() {
-	s.netMu.Lock()
-	p := s.net
-	s.net, s.netClosed = nil, true
-	s.netMu.Unlock()
-	if p != nil {
-		if err := p.Close(); err != nil {
-			s.log.Warn("close per-call networks", "error", err)
-		}
+	if err := s.net.Close(); err != nil {
+		s.log.Warn("close per-call networks", "error", err)
 	}
 }
 

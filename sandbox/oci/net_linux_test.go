@@ -180,11 +180,11 @@ func TestEgressConcurrentPoliciesChild(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
-	st := s.net.Stats()
+	st := s.net.Made().Stats()
 	if st.Recycled == 0 {
 		t.Errorf("no namespace was recycled: %+v", st)
 	}
-	prefix, table := s.net.LinkPrefix(), s.net.Table()
+	prefix, table := s.net.Made().LinkPrefix(), s.net.Made().Table()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -290,16 +290,16 @@ func TestEgressCrashHelper(t *testing.T) {
 	call.Limits.MemoryMB = 200 // not the pool's: a cold call
 	go func() { _, _ = s.Run(context.Background(), call) }()
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		st := s.net.Stats()
+		st := s.net.Made().Stats()
 		if ps := s.PoolStats(); len(ps) == 1 && ps[0].Ready == 2 && st.InUse >= 3 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the pool did not fill: %+v", s.net.Stats())
+			t.Fatalf("the pool did not fill: %+v", s.net.Made().Stats())
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // the call's container starts
-	fmt.Printf("NET READY %s %s %d\n", s.net.LinkPrefix(), s.net.Table(), s.owner.keep.PID())
+	fmt.Printf("NET READY %s %s %d\n", s.net.Made().LinkPrefix(), s.net.Made().Table(), s.owner.keep.PID())
 	time.Sleep(time.Minute)
 }
 

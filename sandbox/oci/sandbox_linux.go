@@ -20,6 +20,7 @@ import (
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/internal/callnet"
+
 	// The container init hook: a binary that runs containers must act as their init.
 	"github.com/axocoatl/isolation/internal/callio"
 	_ "github.com/axocoatl/isolation/internal/containerinit"
@@ -54,9 +55,9 @@ type Sandbox struct {
 	// container is created after Close began. Add only under mu while !closed.
 	calls sync.WaitGroup
 
-	netMu     sync.Mutex    // guards net and netClosed
-	net       *callnet.Pool // per-call network namespaces (net_linux.go); nil until a call has a policy
-	netClosed bool
+	// net is the pool of per-call network namespaces (net_linux.go), made for the first call with
+	// a policy.
+	net callnet.Lazy
 }
 
 // The optional interfaces of package sandbox this tier has.
