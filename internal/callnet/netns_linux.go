@@ -3,72 +3,20 @@ package callnet
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 
-	"golang.org/x/sys/unix"
+	"github.com/axocoatl/isolation/internal/nsthread"
 )
 
-// inNetns runs f on an OS thread that has joined the network namespace ns (an open nsfs file),
-// then returns the thread to this process's namespace. Only the calling thread moves; paths under
-// /proc/sys/net and /proc/thread-self/net then show ns. If the thread cannot return, it stays
-// locked, so the Go runtime ends it rather than reusing it in the wrong namespace.
-func inNetns(ns int, f func() error) error {
-	runtime.LockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer self.Close()
-	if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns: %w", err)
-	}
-	ferr := f()
-	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("return to the host network namespace: %w", err) // thread stays locked: it dies
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
+// inNetns runs f on an OS thread inside the network namespace ns (see nsthread.Do).
+func inNetns(ns int, f func() error) error { return nsthread.Do(ns, f) }
 
 // newNetns creates a network namespace owned by this process's user namespace (so no process in
 // a child user namespace, a container's root included, can change its links, addresses, routes or
 // sysctls) and returns it as an open file. Inside, before any link but lo exists: IPv6 off for
 // links created later (eth0), and no TIME_WAIT sockets. The namespace lives as long as the file
 // or a process inside it.
-func newNetns() (*os.File, error) {
-	runtime.LockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer self.Close()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("unshare a network namespace: %w", err)
-	}
-	ns, err := os.Open("/proc/thread-self/ns/net")
-	if err == nil {
-		err = setupInside()
-	}
-	if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
-		if ns != nil {
-			ns.Close()
-		}
-		return nil, fmt.Errorf("return to the host network namespace: %w", rerr) // thread stays locked: it dies
-	}
-	runtime.UnlockOSThread()
-	if err != nil {
-		if ns != nil {
-			ns.Close()
-		}
-		return nil, err
-	}
-	return ns, nil
-}
+func newNetns() (*os.File, error) { return nsthread.New(setupInside) }
 
 // setupInside sets the sysctls of a new namespace; runs on a thread inside it.
 func setupInside() error {

@@ -28,13 +28,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/axocoatl/isolation/internal/nsthread"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -113,7 +113,7 @@ func Start() (_ *Internet, err error) {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		return nil, err
 	}
-	if in.inet, err = newNetns(); err != nil {
+	if in.inet, err = nsthread.New(nil); err != nil {
 		return nil, err
 	}
 	in.closers = append(in.closers, func() { in.inet.Close() })
@@ -257,7 +257,7 @@ func (in *Internet) serve() error {
 			go func() { _ = s.ActivateAndServe() }()
 		}})
 	var opened []any
-	err = inNetns(int(in.inet.Fd()), func() error {
+	err = nsthread.Do(int(in.inet.Fd()), func() error {
 		for _, l := range list {
 			var x any
 			var err error
@@ -449,48 +449,6 @@ func testCert(name string) (tls.Certificate, string, error) {
 	}
 	ca := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, ca, nil
-}
-
-// newNetns creates a network namespace and returns it as an open file.
-func newNetns() (*os.File, error) {
-	runtime.LockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer self.Close()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	ns, err := os.Open("/proc/thread-self/ns/net")
-	if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
-		return nil, rerr // the thread stays locked: it dies
-	}
-	runtime.UnlockOSThread()
-	return ns, err
-}
-
-// inNetns runs f on a thread inside ns.
-func inNetns(ns int, f func() error) error {
-	runtime.LockOSThread()
-	self, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer self.Close()
-	if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := f()
-	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
-		return err
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 // Wait waits until f is true or d passed.
