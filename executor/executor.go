@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
@@ -56,6 +57,15 @@ type Config struct {
 	// over its tool.json env. Their values are hidden (Redacted) in the call's stdout and stderr
 	// tails and error text, and are never logged.
 	Secrets map[string]map[string]string
+	// TracerProvider, when set, receives a span per call and one per phase of it (SpanCall and
+	// the phases: catalog, select, setup, run, teardown), a child of the span in Execute's
+	// context (a traceparent the server extracted, for example). The spans carry the tool, the
+	// tier, the downgrade and the outcome, never the input, output, environment or secrets. Nil:
+	// no spans, at the cost of a nil check per phase.
+	TracerProvider trace.TracerProvider
+	// AfterClose, when set, runs once when Close has closed the sandboxes (the composition root
+	// flushes what it built for this executor, such as its tracer provider); its error is Close's.
+	AfterClose func() error
 	// Remote, when set, runs calls on other hosts (package fleet's gateway): Execute checks the
 	// name and the input here, against this executor's catalog, then hands the call to Remote
 	// instead of a local sandbox. Tiers without a local sandbox report Remote's availability.
@@ -145,7 +155,8 @@ type Executor struct {
 	log       *slog.Logger
 	sandboxes map[isolation.Tier]sandbox.Sandbox
 
-	clock func() time.Time // nil: time.Now; set only by tests
+	clock  func() time.Time // nil: time.Now; set only by tests
+	tracer trace.Tracer     // nil: tracing off
 
 	probeMu sync.Mutex // protects probes
 	probes  map[isolation.Tier]probeResult
@@ -171,7 +182,8 @@ func New(cfg Config) (*Executor, error) {
 		}
 		cfg.Secrets = secrets
 	}
-	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]probeResult{}}
+	e := &Executor{cfg: cfg, log: cfg.Logger, sandboxes: map[isolation.Tier]sandbox.Sandbox{}, probes: map[isolation.Tier]probeResult{},
+		tracer: newTracer(cfg.TracerProvider)}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -379,7 +391,9 @@ func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts 
 	}
 	start := time.Now()
 	var lim Limits
-	res, err := e.execute(ctx, callID, name, input, o, &lim)
+	ctx, tr := e.startTrace(ctx, callID, name)
+	res, err := e.execute(ctx, tr, callID, name, input, o, &lim)
+	tr.end(res, err)
 	dur := time.Since(start)
 	if err != nil {
 		e.log.LogAttrs(ctx, slog.LevelInfo, "call failed", append([]slog.Attr{slog.String("call_id", callID), slog.String("tool", name),
@@ -398,7 +412,9 @@ func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts 
 }
 
 // execute runs the call; *lim receives its limits once they are known (for the log record).
-func (e *Executor) execute(ctx context.Context, callID, name string, input []byte, o callOptions, lim *Limits) (*Result, error) {
+// tr (nil when tracing is off) follows its phases.
+func (e *Executor) execute(ctx context.Context, tr *callTrace, callID, name string, input []byte, o callOptions, lim *Limits) (*Result, error) {
+	tr.begin(ctx, SpanCatalog)
 	if err := catalog.ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -413,13 +429,14 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		return nil, err
 	}
 	if e.cfg.Remote != nil {
-		return e.cfg.Remote.Run(ctx, RemoteCall{ID: callID, Tool: tool, Input: input,
+		return e.cfg.Remote.Run(tr.begin(ctx, SpanRemote), RemoteCall{ID: callID, Tool: tool, Input: input,
 			Policy: isolation.Policy{Strict: e.cfg.Strict || o.strict, Force: o.tier}, Timeout: o.timeout})
 	}
-	sel, err := e.selectTier(ctx, tool, o)
+	sel, err := e.selectTier(tr.begin(ctx, SpanSelect), tool, o)
 	if err != nil {
 		return nil, err
 	}
+	tr.selected(sel)
 	sb := e.sandboxes[sel.Tier]
 	call, rep := e.newCall(callID, tool, input, o, sel.Tier)
 	*lim = rep
@@ -430,7 +447,7 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 
 	if su, ok := sb.(sandbox.Setupper); ok {
 		// Compiling is our cost, not the tool's: it happens before the tool's clock starts.
-		if err := su.Setup(ctx, call); err != nil {
+		if err := su.Setup(tr.begin(ctx, SpanSetup), call); err != nil {
 			return nil, sandboxError(ctx, ctx, err, name, sel.Tier, timeout)
 		}
 	}
@@ -441,7 +458,8 @@ func (e *Executor) execute(ctx context.Context, callID, name string, input []byt
 		runCtx, cancel = context.WithCancel(ctx)
 	}
 	defer cancel()
-	out, err := sb.Run(runCtx, call)
+	out, err := sb.Run(tr.begin(runCtx, SpanRun), call)
+	tr.ran()
 	redactOutcome(e.redactor(name), &out, err)
 	if err != nil {
 		err = sandboxError(ctx, runCtx, err, name, sel.Tier, timeout)
@@ -559,6 +577,9 @@ func (e *Executor) Close() error {
 		var errs []error
 		for _, s := range e.sandboxes {
 			errs = append(errs, s.Close())
+		}
+		if e.cfg.AfterClose != nil {
+			errs = append(errs, e.cfg.AfterClose())
 		}
 		e.closeErr = errors.Join(errs...)
 	})

@@ -227,3 +227,22 @@ func ContextError(ctx context.Context) error {
 	}
 	return ctx.Err()
 }
+
+// exitHookKey is the context key of the hook ToolExited calls.
+type exitHookKey struct{}
+
+// WithExitHook returns ctx carrying hook, which ToolExited calls: the executor's tracing sets it
+// on a traced call's Run context to end the run phase when the tool exits and start teardown.
+func WithExitHook(ctx context.Context, hook func()) context.Context {
+	return context.WithValue(ctx, exitHookKey{}, hook)
+}
+
+// ToolExited tells the executor that the call's tool has exited (or was killed) and what the
+// sandbox does from now on is clean-up the call waits for: Run calls it once, after the tool's
+// last instruction and before its own teardown. Without a hook in ctx (tracing off) it costs a
+// context lookup.
+func ToolExited(ctx context.Context) {
+	if hook, ok := ctx.Value(exitHookKey{}).(func()); ok {
+		hook()
+	}
+}

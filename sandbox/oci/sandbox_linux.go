@@ -694,6 +694,7 @@ func (s *Sandbox) execute(ctx context.Context, c *ctr, call sandbox.Call) (sandb
 	// Wait on this goroutine; the context's end kills the container, which ends the wait.
 	stop := context.AfterFunc(ctx, c.inst.kill)
 	code, err := c.inst.wait()
+	sandbox.ToolExited(ctx)
 	if !stop() {
 		return out, sandbox.ContextError(ctx)
 	}

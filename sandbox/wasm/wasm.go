@@ -765,6 +765,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 		}
 		var mod api.Module
 		mod, err = s.rtChecked.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), m.compiled, mc)
+		sandbox.ToolExited(ctx)
 		if mod != nil {
 			mod.Close(context.WithoutCancel(ctx))
 		}
@@ -843,7 +844,10 @@ func (s *Sandbox) runStoppable(ctx context.Context, m *module, mc wazero.ModuleC
 	if err != nil {
 		return false, err
 	}
-	defer mod.Close(context.WithoutCancel(ctx))
+	defer func() {
+		sandbox.ToolExited(ctx)
+		mod.Close(context.WithoutCancel(ctx))
+	}()
 	entries := []string{"_start"}
 	switch {
 	case m.snap != nil:
