@@ -14,9 +14,12 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/tracing/otlp"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/native"
 	"github.com/axocoatl/isolation/sandbox/wasm"
@@ -61,7 +64,14 @@ func New(c Config) (*executor.Executor, error) {
 		closeAll(sbs)
 		return nil, err
 	}
+	tp, afterClose, err := tracerProvider(c)
+	if err != nil {
+		closeAll(sbs)
+		return nil, err
+	}
 	e, err := executor.New(executor.Config{
+		TracerProvider: tp,
+		AfterClose:     afterClose,
 		Egress:         grants,
 		Secrets:        secrets,
 		Catalog:        cat,
@@ -77,10 +87,42 @@ func New(c Config) (*executor.Executor, error) {
 	})
 	if err != nil {
 		closeAll(sbs)
+		if afterClose != nil {
+			afterClose()
+		}
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return e, nil
 }
+
+// tracerProvider is c.TracerProvider, or the OTLP exporter's provider that c.Tracing asks for
+// (with its shutdown, which flushes the spans still buffered), or nil: tracing off.
+func tracerProvider(c Config) (trace.TracerProvider, func() error, error) {
+	if c.TracerProvider != nil {
+		return c.TracerProvider, nil, nil
+	}
+	if c.Tracing.OTLPEndpoint == "" {
+		return nil, nil, nil
+	}
+	if err := c.Tracing.check(); err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	tp, err := otlp.NewProvider(context.Background(), c.Tracing.exporter(c.Logger))
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	return tp, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), tracingFlushTimeout)
+		defer cancel()
+		if err := tp.Shutdown(ctx); err != nil {
+			return fmt.Errorf("tracing: flushing spans to %s: %w", c.Tracing.OTLPEndpoint, err)
+		}
+		return nil
+	}, nil
+}
+
+// tracingFlushTimeout bounds Close's wait for the OTLP receiver.
+const tracingFlushTimeout = 5 * time.Second
 
 // Tiers probes every tier as New would set it up from c, without a tools root: what `axoiso
 // tiers` prints. A disabled tier is unavailable and says so.

@@ -37,10 +37,11 @@ func (e *ConfigError) Error() string {
 // a list, "*" for any key of a map). A part that adds such a key adds it here (or tags its field
 // with `enum:"a|b"`, `enum:"tier"` or `enum:"requirement"`).
 var enumKeys = map[string]string{
-	"disable_tiers[]": "tier",
-	"oci.backend":     "libcontainer|crun|runc",
-	"vm.kvm":          "auto|on|off",
-	"vm.jailer.mode":  "auto|on|off",
+	"disable_tiers[]":  "tier",
+	"oci.backend":      "libcontainer|crun|runc",
+	"vm.kvm":           "auto|on|off",
+	"vm.jailer.mode":   "auto|on|off",
+	"tracing.protocol": "http|grpc",
 }
 
 func enumValues(spec string) []string {
@@ -365,6 +366,8 @@ var documentedDefaults = map[string]string{
 	"serve.body_timeout":           `"10s"`,
 	"serve.idle_timeout":           `"1m0s"`,
 	"serve.max_mcp_sessions":       "256",
+	"tracing.protocol":             `"http"`,
+	"tracing.sample_ratio":         "1",
 }
 
 // Settings lists every key of c (after WithDefaults) with its effective value, in the file's

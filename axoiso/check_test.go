@@ -46,6 +46,11 @@ func TestConfigRejectsMistakes(t *testing.T) {
 		{"secret relative file", `{"secrets":{"t":{"K":{"file":"k"}}}}`, []string{`secrets.t.K.file: "k" is not an absolute path`}},
 		{"removed host network", `{"oci":{"allow_network":true}}`, []string{`"oci.allow_network" was removed`, `"network": {"egress"`}},
 		{"bad net prefix type", `{"egress":{"net_prefix":3}}`, []string{`egress.net_prefix: want a string`}},
+		{"tracing protocol", `{"tracing":{"otlp_endpoint":"http://127.0.0.1:4318","protocol":"grcp"}}`, []string{`tracing.protocol: "grcp" is not one of http, grpc; did you mean "grpc"?`}},
+		{"tracing endpoint not a URL", `{"tracing":{"otlp_endpoint":"127.0.0.1:4318"}}`, []string{`tracing.otlp_endpoint: want an http:// or https:// URL`}},
+		{"tracing ratio", `{"tracing":{"otlp_endpoint":"http://127.0.0.1:4318","sample_ratio":1.5}}`, []string{`tracing.sample_ratio: want a number in (0, 1], got 1.5`}},
+		{"tracing without endpoint", `{"tracing":{"sample_ratio":0.5}}`, []string{`tracing.otlp_endpoint: missing`}},
+		{"tracing key typo", `{"tracing":{"otlp_endpiont":"http://127.0.0.1:4318"}}`, []string{`unknown key "tracing.otlp_endpiont"; did you mean "tracing.otlp_endpoint"?`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := LoadConfig(writeConfig(t, tc.body))

@@ -12,8 +12,11 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
+	"github.com/axocoatl/isolation/internal/tracing/otlp"
 	"github.com/axocoatl/isolation/sandbox/native"
 	"github.com/axocoatl/isolation/sandbox/wasm"
 )
@@ -80,6 +83,8 @@ type Config struct {
 	Secrets map[string]map[string]SecretSource `json:"secrets,omitempty"`
 	// Egress configures the gate of tools with a network policy.
 	Egress EgressConfig `json:"egress"`
+	// Tracing sends OpenTelemetry spans of every call to an OTLP receiver (off by default).
+	Tracing TracingConfig `json:"tracing"`
 
 	// The fields below are for programs that embed the executor (New); they are not part of the
 	// config file.
@@ -94,6 +99,41 @@ type Config struct {
 	// missing default root is no error: the executor then has no tool folders. A tool folder
 	// of the same name as a registered tool shadows it; a name registered twice is an error.
 	WasmTools []wasm.Tool `json:"-"`
+	// TracerProvider receives the executor's spans (executor.Config.TracerProvider), instead of
+	// the one Tracing would build: a program with its own OpenTelemetry set-up passes it here.
+	// The program shuts it down; the executor does not.
+	TracerProvider trace.TracerProvider `json:"-"`
+}
+
+// TracingConfig sends a span per call and per phase of it (catalog, select, setup, run,
+// teardown; see package executor) to an OTLP receiver. A call that arrives with a W3C
+// traceparent (HTTP header, MCP _meta or header, `axoiso run --traceparent`) joins that trace.
+type TracingConfig struct {
+	// OTLPEndpoint is the receiver's URL: http://host:4318 for OTLP/HTTP (path /v1/traces
+	// unless the URL has one), http://host:4317 for gRPC; https:// uses TLS. Empty: tracing off,
+	// and it costs nothing.
+	OTLPEndpoint string `json:"otlp_endpoint,omitempty"`
+	// Protocol is "http" (protobuf over HTTP, the default) or "grpc".
+	Protocol string `json:"protocol,omitempty"`
+	// SampleRatio is the share of new traces recorded, in (0, 1] (0: 1, every call); a call
+	// with a traceparent follows the caller's sampled flag.
+	SampleRatio float64 `json:"sample_ratio,omitempty"`
+}
+
+// check says what is wrong with the tracing keys, naming them.
+func (t TracingConfig) check() error {
+	if t == (TracingConfig{}) {
+		return nil
+	}
+	if t.OTLPEndpoint == "" {
+		return errors.New("tracing.otlp_endpoint: missing (tracing.protocol and tracing.sample_ratio do nothing without it)")
+	}
+	return t.exporter(nil).Check()
+}
+
+// exporter is the exporter's configuration.
+func (t TracingConfig) exporter(log *slog.Logger) otlp.Config {
+	return otlp.Config{Endpoint: t.OTLPEndpoint, Protocol: t.Protocol, SampleRatio: t.SampleRatio, Logger: log}
 }
 
 // FleetConfig is the fleet's part of the config file.
@@ -376,6 +416,9 @@ func ReadConfig(path string) (Config, ConfigFile, error) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		// checkConfig accepted it: only a case the walk does not know gets here.
 		return c, src, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := c.Tracing.check(); err != nil {
+		return c, src, &ConfigError{File: path, Problems: []string{err.Error()}}
 	}
 	return c, src, nil
 }

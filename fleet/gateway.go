@@ -18,6 +18,7 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/fleet/internal/wire"
+	"github.com/axocoatl/isolation/internal/tracing"
 )
 
 // GatewayConfig configures a gateway. NewGateway copies it.
@@ -241,7 +242,7 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 		}
 		defer g.cfg.Store.deleteInput(inputRef)
 	}
-	trace := traceparent()
+	trace := callTrace(ctx)
 	var busy, silent int
 	direct := false
 	// failed: the workers this call asked directly that did not accept: not asked again.
@@ -354,7 +355,7 @@ type attemptResult struct {
 // attempt sends the call once and follows it: accepted within the window, then heartbeats until
 // done. An attempt given up before "accepted" is cancelled (a worker that receives it late does
 // not start it: it is past Accept-By, or marked cancelled).
-func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.RemoteCall, attempt int, inputRef, trace string) attemptResult {
+func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.RemoteCall, attempt int, inputRef string, trace traceContext) attemptResult {
 	reply := g.prefix + "." + strconv.FormatUint(g.seq.Add(1), 36)
 	ch := make(chan *nats.Msg, 32)
 	g.mu.Lock()
@@ -370,8 +371,11 @@ func (g *Gateway) attempt(ctx context.Context, subj, digest string, rc executor.
 		wire.HCallID:      []string{rc.ID},
 		wire.HAttempt:     []string{strconv.Itoa(attempt)},
 		wire.HAcceptBy:    []string{strconv.FormatInt(sent.Add(g.cfg.AcceptWindow).UnixMilli(), 10)},
-		wire.HTraceparent: []string{trace},
+		wire.HTraceparent: []string{trace.parent},
 	}}
+	if trace.state != "" {
+		m.Header.Set(wire.HTracestate, trace.state)
+	}
 	m.Header.Set(wire.HDigest, digest)
 	if dl, ok := ctx.Deadline(); ok {
 		m.Header.Set(wire.HDeadline, strconv.FormatInt(dl.UnixMilli(), 10))
@@ -517,7 +521,19 @@ func (g *Gateway) track(id string, delta int) {
 	}
 }
 
-// traceparent is a fresh W3C trace context for a call (the gateway starts the trace).
+// traceContext is the W3C trace context a call's requests carry to the workers.
+type traceContext struct{ parent, state string }
+
+// callTrace is the trace context of ctx's span (the executor's, when tracing is on: the worker's
+// spans join the caller's trace), else a fresh one (the gateway starts the trace).
+func callTrace(ctx context.Context) traceContext {
+	if parent, state := tracing.Inject(ctx); parent != "" {
+		return traceContext{parent, state}
+	}
+	return traceContext{parent: traceparent()}
+}
+
+// traceparent is a fresh W3C trace context for a call.
 func traceparent() string {
 	var b [24]byte
 	rand.Read(b[:])

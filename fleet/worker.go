@@ -23,6 +23,7 @@ import (
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/fleet/internal/wire"
+	"github.com/axocoatl/isolation/internal/tracing"
 	"github.com/axocoatl/isolation/sandbox"
 )
 
@@ -512,6 +513,7 @@ func (w *Worker) execute(ctx context.Context, m *nats.Msg, tier isolation.Tier, 
 		}
 	}
 	w.log.Debug("call", "call_id", callID, "tool", tool.Name, "tier", tier.String(), "traceparent", m.Header.Get(wire.HTraceparent))
+	ctx = tracing.Extract(ctx, m.Header.Get(wire.HTraceparent), m.Header.Get(wire.HTracestate))
 	res, err := w.exec.Execute(ctx, tool.Name, input, opts...)
 	if err != nil {
 		return doneError(err)

@@ -24,6 +24,7 @@ import (
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/egress"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/tracing"
 	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/server/mcpserver"
 )
@@ -333,7 +334,9 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, asCall bool) {
 	done := s.metrics.Start()
 	// Backstop for tools whose own timeout exceeds the server's maximum (the executor's
 	// MaxTimeout should cap them first); a second's slack lets the tier report the timeout itself.
-	ctx, cancel := context.WithTimeout(r.Context(), timeout+time.Second)
+	// A W3C traceparent makes the call's spans part of the caller's trace (when tracing is on).
+	ctx := tracing.Extract(r.Context(), r.Header.Get("traceparent"), r.Header.Get("tracestate"))
+	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
 	start := time.Now()
 	res, err := s.exec.Execute(ctx, name, body, opts...)
 	d := time.Since(start)

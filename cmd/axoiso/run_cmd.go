@@ -13,9 +13,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/axocoatl/isolation/internal/suggest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/tracing"
 )
 
 func init() {
@@ -106,6 +108,7 @@ func runRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	var cf callFlags
 	cf.add(fs)
 	envelope := fs.Bool("json", false, "print the envelope {output, tier, degraded, backend, duration_ms, stdout, stderr, call_id, limits}")
+	traceparent := fs.String("traceparent", os.Getenv("TRACEPARENT"), "W3C trace context the call's spans join when tracing is configured (default $TRACEPARENT; $TRACESTATE goes with it)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -120,6 +123,12 @@ func runRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	input, err := cf.readInput(stdin, true, "")
 	if err != nil {
 		return err
+	}
+	if *traceparent != "" {
+		ctx = tracing.Extract(ctx, *traceparent, os.Getenv("TRACESTATE"))
+		if !trace.SpanContextFromContext(ctx).IsValid() {
+			return usagef("--traceparent: %q is not a W3C traceparent (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)", *traceparent)
+		}
 	}
 	e, _, err := cf.executor(stderr)
 	if err != nil {

@@ -42,6 +42,7 @@ import (
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/catalog"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/tracing"
 )
 
 // Meta keys set on tools and results.
@@ -260,6 +261,7 @@ func (s *Server) handler(name string, wrapped bool) mcp.ToolHandler {
 			defer cancel()
 			defer context.AfterFunc(s.opts.Stop, cancel)()
 		}
+		ctx = traceContext(ctx, req)
 		opts := []executor.Option{executor.WithCallID(callID)}
 		if s.opts.Timeout > 0 {
 			opts = append(opts, executor.WithTimeout(s.opts.Timeout))
@@ -274,6 +276,20 @@ func (s *Server) handler(name string, wrapped bool) mcp.ToolHandler {
 		}
 		return successResult(res), nil
 	}
+}
+
+// traceContext is ctx with the caller's W3C trace context: params._meta's traceparent and
+// tracestate (MCP's convention, on every transport), else the HTTP request's headers (/mcp).
+func traceContext(ctx context.Context, req *mcp.CallToolRequest) context.Context {
+	meta := req.Params.GetMeta()
+	if tp, ok := meta["traceparent"].(string); ok && tp != "" {
+		ts, _ := meta["tracestate"].(string)
+		return tracing.Extract(ctx, tp, ts)
+	}
+	if req.Extra != nil && req.Extra.Header != nil {
+		return tracing.Extract(ctx, req.Extra.Header.Get("traceparent"), req.Extra.Header.Get("tracestate"))
+	}
+	return ctx
 }
 
 func successResult(res *executor.Result) *mcp.CallToolResult {

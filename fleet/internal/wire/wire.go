@@ -50,6 +50,7 @@ const (
 	// HInputRef names an input stored in the inputs bucket (inputs over InlineInputMax).
 	HInputRef    = "Axoiso-Input-Ref"
 	HTraceparent = "traceparent"
+	HTracestate  = "tracestate"
 )
 
 // Reply headers (worker → the gateway's inbox).

@@ -28,8 +28,6 @@ type Config struct {
 	// SampleRatio is the share of new traces recorded, in (0, 1] (0: 1, every call). A call
 	// that arrives with a traceparent follows its sampled flag instead.
 	SampleRatio float64
-	// ServiceVersion is the service.version resource attribute.
-	ServiceVersion string
 	// Logger receives export failures (the SDK's error handler is process-wide).
 	Logger *slog.Logger
 }
@@ -77,9 +75,6 @@ func NewProvider(ctx context.Context, c Config) (*sdktrace.TracerProvider, error
 		setErrorHandler(c.Logger)
 	}
 	res := []attribute.KeyValue{attribute.String("service.name", "axoiso")}
-	if c.ServiceVersion != "" {
-		res = append(res, attribute.String("service.version", c.ServiceVersion))
-	}
 	return sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
@@ -108,4 +103,3 @@ func setErrorHandler(log *slog.Logger) {
 		}))
 	})
 }
-
