@@ -95,19 +95,26 @@ func New(c Config) (*executor.Executor, error) {
 	return e, nil
 }
 
-// tracerProvider is c.TracerProvider, or the OTLP exporter's provider that c.Tracing asks for
-// (with its shutdown, which flushes the spans still buffered), or nil: tracing off.
+// tracerProvider is c.TracerProvider (the caller's to shut down), or the one c.Tracing asks for
+// with its shutdown, or nil: tracing off.
 func tracerProvider(c Config) (trace.TracerProvider, func() error, error) {
 	if c.TracerProvider != nil {
 		return c.TracerProvider, nil, nil
 	}
-	if c.Tracing.OTLPEndpoint == "" {
+	return c.Tracing.TracerProvider(c.Logger)
+}
+
+// TracerProvider builds the tracer provider t asks for (nil when tracing is off) and its
+// shutdown, which flushes the spans still buffered (at most 5 s). Several executors of one
+// process may share it through Config.TracerProvider; log receives export failures.
+func (t TracingConfig) TracerProvider(log *slog.Logger) (trace.TracerProvider, func() error, error) {
+	if t.OTLPEndpoint == "" {
 		return nil, nil, nil
 	}
-	if err := c.Tracing.check(); err != nil {
+	if err := t.check(); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
-	tp, err := otlp.NewProvider(context.Background(), c.Tracing.exporter(c.Logger))
+	tp, err := otlp.NewProvider(context.Background(), t.exporter(log))
 	if err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
@@ -115,7 +122,7 @@ func tracerProvider(c Config) (trace.TracerProvider, func() error, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), tracingFlushTimeout)
 		defer cancel()
 		if err := tp.Shutdown(ctx); err != nil {
-			return fmt.Errorf("tracing: flushing spans to %s: %w", c.Tracing.OTLPEndpoint, err)
+			return fmt.Errorf("tracing: flushing spans to %s: %w", t.OTLPEndpoint, err)
 		}
 		return nil
 	}, nil

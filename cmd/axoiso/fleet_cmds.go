@@ -221,6 +221,20 @@ func newGatewayStack(ctx context.Context, cfg axoiso.Config, log *slog.Logger) (
 			gs.Close()
 		}
 	}()
+	// One tracer provider for the gateway's executor and the embedded worker's: a routed call's
+	// spans, on both sides, leave through one exporter.
+	tp, flush, err := cfg.Tracing.TracerProvider(log)
+	if err != nil {
+		return nil, err
+	}
+	if flush != nil {
+		gs.closers = append(gs.closers, func() {
+			if err := flush(); err != nil {
+				log.Warn("tracing", "error", err)
+			}
+		})
+		cfg.TracerProvider = tp
+	}
 	digests := fleet.NewDigests()
 	var gnc *nats.Conn
 	var store *fleet.Store
@@ -279,7 +293,7 @@ func newGatewayStack(ctx context.Context, cfg axoiso.Config, log *slog.Logger) (
 	// The built-ins' names and schemas; their calls are routed like any other (tier None).
 	gs.exec, err = executor.New(executor.Config{Catalog: cat, Sandboxes: []sandbox.Sandbox{native.NewWithBuiltins()}, Remote: g,
 		Strict: cfg.Strict, MaxOutputBytes: cfg.MaxOutputBytes, MaxTimeout: time.Duration(cfg.MaxTimeout),
-		DefaultTimeout: time.Duration(cfg.DefaultTimeout), MaxMemoryMB: cfg.MaxMemoryMB, Logger: log})
+		DefaultTimeout: time.Duration(cfg.DefaultTimeout), MaxMemoryMB: cfg.MaxMemoryMB, Logger: log, TracerProvider: cfg.TracerProvider})
 	if err != nil {
 		return nil, err
 	}

@@ -62,7 +62,7 @@ func NewProvider(ctx context.Context, c Config) (*sdktrace.TracerProvider, error
 	if c.Protocol == "grpc" {
 		exp, err = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpointURL(c.Endpoint))
 	} else {
-		exp, err = otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(c.Endpoint))
+		exp, err = otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(httpEndpoint(c.Endpoint)))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tracing: the OTLP exporter: %w", err)
@@ -90,6 +90,17 @@ func resourceOf(attrs []attribute.KeyValue) *resource.Resource {
 		return resource.NewSchemaless(attrs...)
 	}
 	return r
+}
+
+// httpEndpoint is u with the OTLP/HTTP traces path when u has no path: the exporter posts to the
+// URL as given, and a collector's base URL (http://host:4318) is what operators write.
+func httpEndpoint(u string) string {
+	p, err := url.Parse(u)
+	if err != nil || (p.Path != "" && p.Path != "/") {
+		return u
+	}
+	p.Path = "/v1/traces"
+	return p.String()
 }
 
 var errorHandlerOnce sync.Once
