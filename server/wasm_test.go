@@ -51,6 +51,12 @@ func handModule(minPages byte, code ...byte) []byte {
 // greet (Go guest), bomb (grows memory past its limit), trap (unreachable).
 func wasmExecutor(tb testing.TB) *executor.Executor {
 	tb.Helper()
+	return wasmExecutorWith(tb, executor.Config{})
+}
+
+// wasmExecutorWith is wasmExecutor with cfg's other fields (tracing, for example).
+func wasmExecutorWith(tb testing.TB, cfg executor.Config) *executor.Executor {
+	tb.Helper()
 	mod, err := greetModule()
 	if err != nil {
 		tb.Fatalf("building the Wasm guest: %v", err)
@@ -86,7 +92,8 @@ func wasmExecutor(tb testing.TB) *executor.Executor {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	exec, err := executor.New(executor.Config{Catalog: cat, Sandboxes: []sandbox.Sandbox{native.NewWithBuiltins(), ws}, MaxTimeout: 30 * time.Second})
+	cfg.Catalog, cfg.Sandboxes, cfg.MaxTimeout = cat, []sandbox.Sandbox{native.NewWithBuiltins(), ws}, 30*time.Second
+	exec, err := executor.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
