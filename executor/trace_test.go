@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/axocoatl/isolation/executor"
 	"github.com/axocoatl/isolation/internal/tracing"
+	"github.com/axocoatl/isolation/sandbox"
 	"github.com/axocoatl/isolation/sandbox/native"
 )
 
@@ -144,5 +146,31 @@ func TestTraceHonoursSampling(t *testing.T) {
 				t.Errorf("%d spans (%v), want %d", got, spanNames(rec.Ended()), tc.want)
 			}
 		})
+	}
+}
+
+// A sandbox that reports the tool's exit (sandbox.ToolExited) ends the run phase there: what it
+// does afterwards is teardown. A native tool stands in for the tier here, sleeping after the
+// report as a tier's clean-up would.
+func TestTraceTeardownStartsAtToolExit(t *testing.T) {
+	const cleanup = 30 * time.Millisecond
+	e, rec := tracedExecutor(t, sdktrace.AlwaysSample(), native.Tool{Name: "exits-early", Func: func(ctx context.Context, in json.RawMessage) (json.RawMessage, error) {
+		sandbox.ToolExited(ctx)
+		sandbox.ToolExited(ctx) // a second report changes nothing
+		time.Sleep(cleanup)
+		return in, nil
+	}})
+	if _, err := e.Execute(context.Background(), "exits-early", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	dur := map[string]time.Duration{}
+	for _, s := range rec.Ended() {
+		dur[s.Name()] += s.EndTime().Sub(s.StartTime())
+	}
+	if dur[executor.SpanTeardown] < cleanup || dur[executor.SpanRun] >= cleanup {
+		t.Fatalf("run %s, teardown %s: want the %s after the exit in teardown", dur[executor.SpanRun], dur[executor.SpanTeardown], cleanup)
+	}
+	if n := len(rec.Ended()); n != 5 {
+		t.Fatalf("%d spans (%v), want the call and four phases", n, spanNames(rec.Ended()))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,4 +179,26 @@ func wantJSON(t *testing.T, out sandbox.Outcome, key, want string) map[string]an
 		t.Fatalf("%s = %q, want %q (output %s)", key, got, want, out.Output)
 	}
 	return m
+}
+
+// Run reports the tool's exit (sandbox.ToolExited) before it returns, in both execution paths
+// (the command module and the snapshot-mode reactor), so that a traced call's teardown starts there.
+func TestRunReportsToolExit(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		module func(testing.TB) string
+	}{{"command", guest}, {"reactor", reactor}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSandbox(t, Config{})
+			var exits atomic.Int32
+			ctx := sandbox.WithExitHook(context.Background(), func() { exits.Add(1) })
+			out, err := s.Run(ctx, call(tc.module(t), map[string]any{"name": "exit"}, sandbox.Limits{}))
+			if err != nil || out.ExitCode != 0 {
+				t.Fatalf("Run = %+v, %v", out, err)
+			}
+			if exits.Load() == 0 {
+				t.Fatal("Run returned without reporting the tool's exit")
+			}
+		})
+	}
 }
