@@ -12,11 +12,11 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/axocoatl/isolation/internal/suggest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/axocoatl/isolation"
 	"github.com/axocoatl/isolation/executor"
+	"github.com/axocoatl/isolation/internal/suggest"
 	"github.com/axocoatl/isolation/internal/tracing"
 )
 
