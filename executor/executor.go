@@ -397,7 +397,7 @@ func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts 
 	dur := time.Since(start)
 	if err != nil {
 		e.log.LogAttrs(ctx, slog.LevelInfo, "call failed", append([]slog.Attr{slog.String("call_id", callID), slog.String("tool", name),
-			slog.String("kind", isolation.KindName(err)), slog.Duration("duration", dur), slog.String("error", err.Error())}, lim.logAttrs()...)...)
+			slog.String("kind", isolation.KindName(err)), slog.Duration("duration", dur), slog.String("error", err.Error())}, append(lim.logAttrs(), tr.logAttrs()...)...)...)
 		var ie *isolation.Error
 		if errors.As(err, &ie) && ie.CallID == "" {
 			ie.CallID = callID
@@ -407,7 +407,7 @@ func (e *Executor) Execute(ctx context.Context, name string, input []byte, opts 
 	res.Duration = dur
 	res.DurationMS = float64(dur.Microseconds()) / 1000
 	e.log.LogAttrs(ctx, slog.LevelInfo, "call", append([]slog.Attr{slog.String("call_id", callID), slog.String("tool", name),
-		slog.String("tier", res.Tier.String()), slog.Bool("degraded", res.Degraded), slog.Duration("duration", dur)}, lim.logAttrs()...)...)
+		slog.String("tier", res.Tier.String()), slog.Bool("degraded", res.Degraded), slog.Duration("duration", dur)}, append(lim.logAttrs(), tr.logAttrs()...)...)...)
 	return res, nil
 }
 

@@ -3,6 +3,7 @@ package executor
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -146,6 +147,16 @@ func (t *callTrace) end(res *Result, err error) {
 		t.phase.End()
 	}
 	t.call.End()
+}
+
+// logAttrs are the call's trace and span ids for its log record, so that a log line leads to its
+// trace (none when the call is not traced).
+func (t *callTrace) logAttrs() []slog.Attr {
+	if t == nil {
+		return nil
+	}
+	sc := t.call.SpanContext()
+	return []slog.Attr{slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String())}
 }
 
 // newTracer is the executor's tracer, nil without a provider.

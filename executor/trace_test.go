@@ -1,9 +1,12 @@
 package executor_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -172,5 +175,42 @@ func TestTraceTeardownStartsAtToolExit(t *testing.T) {
 	}
 	if n := len(rec.Ended()); n != 5 {
 		t.Fatalf("%d spans (%v), want the call and four phases", n, spanNames(rec.Ended()))
+	}
+}
+
+// A traced call's log record carries its trace and span ids; an untraced call's has none.
+func TestTraceIDsInTheCallLog(t *testing.T) {
+	for _, traced := range []bool{true, false} {
+		t.Run(fmt.Sprint("traced=", traced), func(t *testing.T) {
+			var logs bytes.Buffer
+			cfg := executor.Config{Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+			rec := tracetest.NewSpanRecorder()
+			if traced {
+				tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+				defer tp.Shutdown(context.Background())
+				cfg.TracerProvider = tp
+			}
+			e := newExecutor(t, cfg)
+			if _, err := e.Execute(context.Background(), "echo", []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+			var line struct {
+				TraceID string `json:"trace_id"`
+				SpanID  string `json:"span_id"`
+			}
+			if err := json.Unmarshal(logs.Bytes(), &line); err != nil {
+				t.Fatalf("log %q: %v", logs.String(), err)
+			}
+			if !traced {
+				if line.TraceID != "" {
+					t.Fatalf("untraced call logged trace_id %q", line.TraceID)
+				}
+				return
+			}
+			call := rec.Ended()[len(rec.Ended())-1]
+			if line.TraceID != call.SpanContext().TraceID().String() || line.SpanID != call.SpanContext().SpanID().String() {
+				t.Fatalf("log %q, call span %s/%s", logs.String(), call.SpanContext().TraceID(), call.SpanContext().SpanID())
+			}
+		})
 	}
 }
