@@ -56,7 +56,17 @@ type sessionUse struct {
 	last   time.Time // end of its latest request
 	active int       // requests in flight (an open event stream counts)
 	posts  int       // POSTs in flight: calls and other client messages
+	// lastPost is when its latest POST ended (zero: none yet).
+	lastPost time.Time
 }
+
+// streamLinger is how long a session's event stream outlives its last answer at shutdown. The
+// answer is written when its handler returns, but the client may read it after it saw the
+// stream end; the Go SDK's client then fails the whole connection (its standalone stream cannot
+// reconnect: "exceeded 0 retries") and the call in flight got that error instead of its answer
+// (TestShutdownAnswersMCPCalls, seen once under -race with other work running; not reproduced
+// in 30 quiet runs, so no test pins it).
+const streamLinger = 250 * time.Millisecond
 
 func (c *sessionCap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if id := r.Header.Get(sessionHeader); id != "" {
@@ -116,12 +126,13 @@ func (c *sessionCap) serveNew(w http.ResponseWriter, r *http.Request, victim *mc
 	c.next.ServeHTTP(w, r)
 }
 
-// endStream cancels an event stream once its session has no POST in flight (or at once for a
-// session this handler does not know), polling: this runs only while shutting down.
+// endStream cancels an event stream once its session has no POST in flight and answered its
+// last one streamLinger ago (at once for a session this handler does not know), polling: this
+// runs only while shutting down.
 func (c *sessionCap) endStream(ctx context.Context, cancel context.CancelFunc, u *sessionUse) {
 	for {
 		c.mu.Lock()
-		busy := u != nil && u.posts > 0
+		busy := u != nil && (u.posts > 0 || time.Since(u.lastPost) < streamLinger)
 		c.mu.Unlock()
 		if !busy {
 			cancel()
@@ -156,10 +167,11 @@ func (c *sessionCap) end(u *sessionUse, post bool) {
 	}
 	c.mu.Lock()
 	u.active--
+	u.last = time.Now()
 	if post {
 		u.posts--
+		u.lastPost = u.last
 	}
-	u.last = time.Now()
 	c.mu.Unlock()
 }
 
