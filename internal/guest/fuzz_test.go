@@ -15,7 +15,7 @@ func FuzzReader(f *testing.F) {
 	_ = WriteFrame(&valid, TypeResponse, Response{ExitCode: 3, Stderr: "x"})
 	f.Add(valid.Bytes(), uint16(0))
 	f.Add(append([]byte("noise\x00"), valid.Bytes()...), uint16(0))
-	f.Add(valid.Bytes()[:len(valid.Bytes())-2], uint16(0))      // truncated
+	f.Add(valid.Bytes()[:len(valid.Bytes())-2], uint16(0))       // truncated
 	f.Add(append([]byte(nil), valid.Bytes()[:8]...), uint16(16)) // header only, small limit
 	var ready bytes.Buffer
 	_ = WriteFrame(&ready, TypeReady, Ready{Nonce: "n1"})
