@@ -17,6 +17,10 @@ var (
 
 const lz4LegacyBlock = 8 << 20
 
+// maxVmlinux bounds an uncompressed kernel (Debian's is ~60 MB): a payload that decompresses past
+// it is refused instead of filling memory (a few MB of gzip or LZ4 can expand ~1000× or ~255×).
+var maxVmlinux = 256 << 20 // a variable for the tests
+
 // ExtractVmlinux returns the uncompressed ELF kernel inside a bzImage (what scripts/extract-vmlinux
 // does), or the input itself when it already is an ELF. It knows the LZ4 (Debian's choice) and
 // gzip payloads.
@@ -43,7 +47,11 @@ func ExtractVmlinux(img []byte) ([]byte, error) {
 		off += i
 		if zr, err := gzip.NewReader(bytes.NewReader(img[off:])); err == nil {
 			zr.Multistream(false)
-			if out, err := io.ReadAll(zr); (err == nil || len(out) > 1<<20) && bytes.HasPrefix(out, elfMagic) {
+			out, err := io.ReadAll(io.LimitReader(zr, int64(maxVmlinux)+1))
+			if len(out) > maxVmlinux {
+				return nil, fmt.Errorf("the kernel image's gzip payload decompresses past %d MiB", maxVmlinux>>20)
+			}
+			if (err == nil || len(out) > 1<<20) && bytes.HasPrefix(out, elfMagic) {
 				return out, nil
 			}
 		}
@@ -73,6 +81,9 @@ func lz4Legacy(src []byte) ([]byte, error) {
 			return nil, err
 		}
 		src = src[n:]
+		if len(out) > maxVmlinux {
+			return nil, fmt.Errorf("lz4: the kernel decompresses past %d MiB", maxVmlinux>>20)
+		}
 		if len(out)-before < lz4LegacyBlock {
 			return out, nil
 		}
