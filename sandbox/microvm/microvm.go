@@ -721,6 +721,9 @@ func (s *Sandbox) exchange(ctx context.Context, v *vm, call sandbox.Call, req gu
 		}
 		return sandbox.Outcome{}, lostVM(v, "read response", err)
 	}
+	// The guest answers once the tool exited and its output was read: what follows (the policy
+	// unbound, the VM destroyed) is teardown.
+	sandbox.ToolExited(ctx)
 	exch := time.Since(t0)
 	out := sandbox.Outcome{ExitCode: resp.ExitCode, Stderr: resp.Stderr, Stdout: resp.Stdout, Backend: backend}
 	s.toolMS.Add(resp.RunMS)

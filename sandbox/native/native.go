@@ -154,6 +154,7 @@ func (s *Sandbox) Run(ctx context.Context, call sandbox.Call) (sandbox.Outcome, 
 	case <-ctx.Done():
 		return sandbox.Outcome{}, sandbox.ContextError(ctx)
 	case r := <-done:
+		sandbox.ToolExited(ctx)
 		if ctx.Err() != nil {
 			// The function saw the context end and returned (often ctx.Err() itself): when both
 			// are ready select picks either, and the call's end must not depend on that draw.

@@ -147,9 +147,16 @@ func testAnswers(t *testing.T, s Subject) {
 	defer s.close(t)
 	s.setUp(t, s.Answer, s.Hang)
 	in := `{"mode":"echo","n":42}`
-	out, err := s.Sandbox.Run(context.Background(), withInput(s.Answer, in))
+	// The tier tells when the tool exited (sandbox.ToolExited), once: tracing splits the call's
+	// run from its teardown there.
+	exited := 0
+	ctx := sandbox.WithExitHook(context.Background(), func() { exited++ })
+	out, err := s.Sandbox.Run(ctx, withInput(s.Answer, in))
 	if err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+	if exited != 1 {
+		t.Errorf("the tier reported the tool's exit %d times (sandbox.ToolExited), want once", exited)
 	}
 	if out.ExitCode != 0 {
 		t.Fatalf("exit code %d, stderr %q", out.ExitCode, out.Stderr)
