@@ -264,20 +264,7 @@ func TestCluster(t *testing.T) {
 	t.Run("200 calls against 2 slots per worker", func(t *testing.T) {
 		// Two Oci workers in their namespaces, 2 slots each: every call ends with its result or
 		// busy (429), none is lost, none runs twice.
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		kinds := map[string]int{}
-		for i := 0; i < 200; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, err := call(ctx, gw, "py", `{"ms":50,"mark":"c200"}`, executor.WithTier(isolation.TierOCI))
-				mu.Lock()
-				kinds[isolation.KindName(err)]++
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
+		kinds := concurrentOutcomes(ctx, gw, 200, "py", `{"ms":50,"mark":"c200"}`, executor.WithTier(isolation.TierOCI))
 		if kinds["ok"]+kinds["busy"] != 200 || kinds["busy"] == 0 || kinds["ok"] < 4 {
 			t.Fatalf("outcomes %v: want only ok and busy, some of each", kinds)
 		}

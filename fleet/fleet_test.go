@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -235,20 +234,7 @@ func TestConcurrentCallsAgainstFewSlots(t *testing.T) {
 	gw := gatewayExec(t, root, newGateway(t, conn(t, e, "gw"), fleet.GatewayConfig{}), false)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	kinds := map[string]int{}
-	for i := 0; i < 200; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := call(ctx, gw, "py", `{"ms":50,"mark":"n"}`, executor.WithTier(isolation.TierOCI))
-			mu.Lock()
-			kinds[isolation.KindName(err)]++
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
+	kinds := concurrentOutcomes(ctx, gw, 200, "py", `{"ms":50,"mark":"n"}`, executor.WithTier(isolation.TierOCI))
 	if kinds["ok"]+kinds["busy"] != 200 || kinds["busy"] == 0 || kinds["ok"] < 6 {
 		t.Fatalf("outcomes %v: want only ok and busy, some of each", kinds)
 	}

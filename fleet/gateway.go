@@ -245,6 +245,8 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 	trace := callTrace(ctx)
 	var busy, silent int
 	direct := false
+	// next: the worker the busy branch already picked for the next attempt ("" when none was).
+	next := ""
 	// failed: the workers this call asked directly that did not accept: not asked again.
 	failed := map[string]bool{}
 	for attempt := 1; attempt <= g.cfg.MaxAttempts; attempt++ {
@@ -252,7 +254,12 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 		if direct {
 			// A worker stayed silent or was lost: the queue group may pick it again until the
 			// servers drop it (pings, seconds), so ask a worker known to answer instead.
-			if id := g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest, failed); id != "" {
+			id := next
+			if id == "" {
+				id = g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest, failed)
+			}
+			next = ""
+			if id != "" {
 				if d, err := wire.DirectSubject(id, subj); err == nil {
 					target, targetID = d, id
 				}
@@ -276,10 +283,9 @@ func (g *Gateway) runTier(ctx context.Context, rc executor.RemoteCall, sel isola
 			// slots: ask directly the worker with the most slots this gateway does not fill.
 			// Only when it knows of none, wait a little and let the queue group pick again.
 			failed[r.worker] = true
-			if g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest, failed) != "" {
-				direct = true
-			} else {
-				direct = false
+			next = g.pickWorker(ctx, sel.Tier, rc.Tool.Name, digest, failed)
+			direct = next != ""
+			if !direct {
 				time.Sleep(time.Duration(1+attempt*2) * time.Millisecond)
 			}
 			continue

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -293,14 +294,7 @@ func workerMain(specJSON string) int {
 		return 2
 	}
 	fmt.Printf("ready %s\n", w.ID())
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
-	stdin := make(chan struct{})
-	go func() { io.Copy(io.Discard, os.Stdin); close(stdin) }()
-	select {
-	case <-sig:
-	case <-stdin:
-	}
+	waitForStop()
 	w.Close()
 	nc.Close()
 	e.Close()
@@ -381,6 +375,38 @@ func marks(t testing.TB, dir, mark string) int {
 
 func call(ctx context.Context, e *executor.Executor, tool, input string, opts ...executor.Option) (*executor.Result, error) {
 	return e.Execute(ctx, tool, []byte(input), opts...)
+}
+
+// concurrentOutcomes makes n calls of tool with input at once and counts their outcomes by
+// error kind ("ok" for a result).
+func concurrentOutcomes(ctx context.Context, e *executor.Executor, n int, tool, input string, opts ...executor.Option) map[string]int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	kinds := map[string]int{}
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := call(ctx, e, tool, input, opts...)
+			mu.Lock()
+			kinds[isolation.KindName(err)]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return kinds
+}
+
+// waitForStop blocks a helper process until its parent closes its stdin or sends SIGTERM.
+func waitForStop() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	stdin := make(chan struct{})
+	go func() { io.Copy(io.Discard, os.Stdin); close(stdin) }()
+	select {
+	case <-sig:
+	case <-stdin:
+	}
 }
 
 func outputWorker(t testing.TB, r *executor.Result) string {
@@ -485,14 +511,7 @@ func natsMain(specJSON string) int {
 		return 2
 	}
 	fmt.Println("ready " + s.ClientURL())
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
-	stdin := make(chan struct{})
-	go func() { io.Copy(io.Discard, os.Stdin); close(stdin) }()
-	select {
-	case <-sig:
-	case <-stdin:
-	}
+	waitForStop()
 	s.Shutdown()
 	return 0
 }

@@ -49,13 +49,7 @@ func configureForVM(fd int) error {
 // a VMM to inherit (QEMU's -netdev tap,fd=N). The tap lives as long as a descriptor of it is
 // open: when the VMM exits and the caller closed its own copy, the kernel removes it. Only for a
 // namespace of a pool with Config.ForVMs.
-func (n *NS) OpenTap() (*os.File, error) {
-	f, err := n.makeTap(false, 0)
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
-}
+func (n *NS) OpenTap() (*os.File, error) { return n.makeTap(false) }
 
 // MakeTap makes a persistent tap (TapName) owned by uid and gid, joined to eth0, for a VMM that
 // opens it by name from inside the namespace (Firecracker under its jailer, with
