@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestLazy(t *testing.T) {
@@ -55,4 +56,20 @@ func TestLazy(t *testing.T) {
 			t.Fatalf("Get after Close: %v (make called: %v), want ErrClosed without making", err, called)
 		}
 	})
+}
+
+// TestLazyAvailableFromMake: the tiers' make asks Available (through their own availability
+// check) while Get holds the lock; it must not wait on it.
+func TestLazyAvailableFromMake(t *testing.T) {
+	var l Lazy
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = l.Get(func() (*Pool, error) { _ = l.Available(); _ = l.Made(); return nil, errors.New("no pool") })
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Get's make calling Available deadlocked")
+	}
 }

@@ -41,7 +41,7 @@ func (s *Sandbox) netUnavailable(ctx context.Context) string {
 			return why
 		}
 	}
-	return callnet.Available()
+	return s.net.Available()
 }
 
 // netTable is the nftables table of the per-call networks of the sandbox whose run dir is dir:

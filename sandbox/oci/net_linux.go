@@ -39,7 +39,7 @@ func (s *Sandbox) netUnavailable() string {
 		// network namespace, which then refuses it (EPERM). crun and libcontainer join first.
 		return "the runc backend cannot join a prepared network namespace from a container's user namespace (use the embedded libcontainer or crun)"
 	}
-	return callnet.Available()
+	return s.net.Available()
 }
 
 // SupportsEgress implements sandbox.EgressSupporter.
