@@ -119,6 +119,15 @@ func TestOrphanedVMsAreReaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	helper.Wait()
+	// A killed keeper holds the run dir's lock until it has exited, which under load takes a
+	// while; New skips a locked dir (CI saw "New did not kill the orphan VMM" once).
+	for _, k := range keepers {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", k)); err != nil || strings.Contains(string(st), ") Z ") {
+				break
+			}
+		}
+	}
 	if _, err := os.Stat(dead); err != nil {
 		t.Fatalf("the crashed helper's run dir should still be there to reap: %v", err)
 	}
